@@ -1,0 +1,219 @@
+//! The gateway's own answers: one `Reply` type, and one error enum that becomes an HTTP answer in
+//! exactly one place ([`ApiError::into_reply`]), in FastAPI's shapes. Internal error text never
+//! reaches a client; it is logged with an id instead.
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::Value;
+
+pub const JSON: &str = "application/json";
+pub const TEXT: &str = "text/plain; charset=utf-8";
+
+/// A complete response written by the gateway itself (not proxied).
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub content_type: &'static str,
+    /// Extra headers, in order (CORS headers are added when the reply is written).
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json<T: Serialize>(status: u16, value: &T) -> Reply {
+        // Serializing our own plain structs cannot fail; fall back to an empty object if it does.
+        let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
+        Reply {
+            status,
+            content_type: JSON,
+            headers: Vec::new(),
+            body: Bytes::from(body),
+        }
+    }
+
+    pub fn text(status: u16, body: &'static str) -> Reply {
+        Reply {
+            status,
+            content_type: TEXT,
+            headers: Vec::new(),
+            body: Bytes::from_static(body.as_bytes()),
+        }
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    fn detail(status: u16, detail: &str) -> Reply {
+        Reply::json(status, &serde_json::json!({ "detail": detail }))
+    }
+}
+
+/// One entry of FastAPI's 422 `detail` list.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Issue {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub loc: Vec<Value>,
+    pub msg: String,
+    pub input: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ctx: Option<Value>,
+}
+
+impl Issue {
+    pub fn body_field(field: &str) -> Vec<Value> {
+        vec![Value::from("body"), Value::from(field)]
+    }
+
+    pub fn missing(field: &str, input: Value) -> Issue {
+        Issue {
+            kind: "missing",
+            loc: Issue::body_field(field),
+            msg: "Field required".into(),
+            input,
+            ctx: None,
+        }
+    }
+
+    pub fn string_type(field: &str, input: Value) -> Issue {
+        Issue {
+            kind: "string_type",
+            loc: Issue::body_field(field),
+            msg: "Input should be a valid string".into(),
+            input,
+            ctx: None,
+        }
+    }
+
+    /// The request has no body at all where a JSON object was required.
+    pub fn missing_body() -> Issue {
+        Issue {
+            kind: "missing",
+            loc: vec![Value::from("body")],
+            msg: "Field required".into(),
+            input: Value::Null,
+            ctx: None,
+        }
+    }
+
+    pub fn not_an_object(input: Value) -> Issue {
+        Issue {
+            kind: "model_attributes_type",
+            loc: vec![Value::from("body")],
+            msg: "Input should be a valid dictionary or object to extract fields from".into(),
+            input,
+            ctx: None,
+        }
+    }
+
+    pub fn json_invalid(pos: usize, error: &str) -> Issue {
+        Issue {
+            kind: "json_invalid",
+            loc: vec![Value::from("body"), Value::from(pos)],
+            msg: "JSON decode error".into(),
+            input: Value::Object(Default::default()),
+            ctx: Some(serde_json::json!({ "error": error })),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("validation failed")]
+    Validation(Vec<Issue>),
+    #[error("body could not be parsed")]
+    BodyParse,
+    #[error("request body too large")]
+    PayloadTooLarge,
+    #[error("email already registered")]
+    EmailTaken,
+    #[error("incorrect email or password")]
+    BadCredentials,
+    #[error("not authenticated")]
+    NotAuthenticated,
+    #[error("invalid token")]
+    InvalidToken,
+    #[error("user not found")]
+    UserNotFound,
+    #[error("not found")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed { allow: &'static str },
+    /// Too much work queued (password hashing); the client should retry shortly.
+    #[error("busy")]
+    Busy,
+    /// A dependency (the database) is unreachable or too slow.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn into_reply(self) -> Reply {
+        let bearer = |r: Reply| r.with_header("www-authenticate", "Bearer");
+        match self {
+            ApiError::Validation(issues) => {
+                Reply::json(422, &serde_json::json!({ "detail": issues }))
+            }
+            ApiError::BodyParse => Reply::detail(400, "There was an error parsing the body"),
+            ApiError::PayloadTooLarge => Reply::detail(413, "Request body too large"),
+            ApiError::EmailTaken => Reply::detail(400, "Email already registered"),
+            ApiError::BadCredentials => bearer(Reply::detail(401, "Incorrect email or password")),
+            ApiError::NotAuthenticated => bearer(Reply::detail(401, "Not authenticated")),
+            ApiError::InvalidToken => bearer(Reply::detail(401, "Invalid token")),
+            ApiError::UserNotFound => bearer(Reply::detail(401, "User not found")),
+            ApiError::NotFound => Reply::detail(404, "Not Found"),
+            ApiError::MethodNotAllowed { allow } => {
+                Reply::detail(405, "Method Not Allowed").with_header("allow", allow)
+            }
+            ApiError::Busy => Reply::detail(503, "Server busy, please retry shortly")
+                .with_header("retry-after", "1"),
+            ApiError::Unavailable(cause) => {
+                let id = uuid::Uuid::new_v4();
+                tracing::warn!(error_id = %id, %cause, "dependency unavailable");
+                Reply::detail(503, "Service temporarily unavailable")
+                    .with_header("retry-after", "1")
+            }
+            ApiError::Internal(cause) => {
+                let id = uuid::Uuid::new_v4();
+                tracing::error!(error_id = %id, %cause, "internal error");
+                Reply::detail(500, "Internal Server Error")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(e: ApiError) -> (u16, String) {
+        let r = e.into_reply();
+        (r.status, String::from_utf8(r.body.to_vec()).unwrap())
+    }
+
+    #[test]
+    fn shapes_match_fastapi() {
+        assert_eq!(
+            body(ApiError::BadCredentials),
+            (401, r#"{"detail":"Incorrect email or password"}"#.into())
+        );
+        assert_eq!(
+            body(ApiError::Validation(vec![Issue::json_invalid(1, "Expecting value")])),
+            (
+                422,
+                r#"{"detail":[{"type":"json_invalid","loc":["body",1],"msg":"JSON decode error","input":{},"ctx":{"error":"Expecting value"}}]}"#.into()
+            )
+        );
+        let internal = body(ApiError::Internal("secret db detail".into()));
+        assert_eq!(internal.0, 500);
+        assert!(!internal.1.contains("secret"));
+        let unavailable = body(ApiError::Unavailable(
+            "connection refused at 10.0.0.5".into(),
+        ));
+        assert!(!unavailable.1.contains("10.0.0.5"));
+    }
+}

@@ -1,0 +1,240 @@
+//! The gateway's shared state and its own endpoints (the seed's API, `/health`, `/ready`).
+//! Handlers take a decoded request and return a [`Reply`]; the pingora glue lives in `proxy.rs`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use deadpool_postgres::Pool;
+use serde::Serialize;
+
+use crate::api::{ApiError, Reply};
+use crate::config::Config;
+use crate::cors::Cors;
+use crate::forms;
+use crate::password::{self, HashPolicy, HashPool, PasswordError};
+use crate::routes::Endpoint;
+use crate::token::{self, TokenKeys};
+use crate::users::{self, User, UserResponse};
+
+pub struct App {
+    pub pool: Pool,
+    pub keys: TokenKeys,
+    pub hasher: HashPool,
+    pub policy: HashPolicy,
+    pub cors: Cors,
+    pub max_body_bytes: usize,
+    pub keepalive_seconds: u64,
+    pub access_log: bool,
+    /// Verified against when the email is unknown, so that costs the same as a wrong password.
+    dummy_hash: Arc<str>,
+}
+
+/// What a handler needs from a request.
+#[derive(Debug, Default)]
+pub struct OwnRequest {
+    pub content_type: Option<String>,
+    pub authorization: Option<Vec<u8>>,
+    pub body: Bytes,
+}
+
+#[derive(Serialize)]
+struct TokenResponse<'a> {
+    access_token: String,
+    token_type: &'static str,
+    user: UserResponse<'a>,
+}
+
+impl App {
+    /// Builds the state; the dummy hash is made here, with the configured policy.
+    pub fn new(config: &Config, pool: Pool) -> anyhow::Result<App> {
+        let policy = config.password.policy();
+        let keys = TokenKeys::new(
+            config.auth.secret_key.expose(),
+            config.auth.access_token_expire_minutes,
+            config.auth.max_token_bytes,
+        );
+        keys.self_test()
+            .map_err(|e| anyhow::anyhow!("token signing does not work: {e}"))?;
+        let dummy = policy.hash(&uuid::Uuid::new_v4().to_string())?;
+        Ok(App {
+            pool,
+            keys,
+            hasher: HashPool::new(config.password.workers(), config.password.hash_queue)?,
+            policy,
+            cors: Cors::new(&config.cors.origins),
+            max_body_bytes: config.server.max_body_bytes,
+            keepalive_seconds: config.server.keepalive_seconds,
+            access_log: config.log.access_log,
+            dummy_hash: Arc::from(dummy.as_str()),
+        })
+    }
+
+    pub async fn handle(&self, endpoint: Endpoint, req: &OwnRequest) -> Reply {
+        let result = match endpoint {
+            Endpoint::Health => Ok(Reply::json(200, &serde_json::json!({ "status": "ok" }))),
+            Endpoint::Ready => self.ready().await,
+            Endpoint::Register => self.register(req).await,
+            Endpoint::Token => self.login(req).await,
+            Endpoint::Me => self.me(req).await,
+            Endpoint::UpdateMe => self.update_me(req).await,
+        };
+        result.unwrap_or_else(ApiError::into_reply)
+    }
+
+    async fn ready(&self) -> Result<Reply, ApiError> {
+        let check = async {
+            let db = users::client(&self.pool).await?;
+            users::ping(&db).await
+        };
+        match tokio::time::timeout(Duration::from_secs(2), check).await {
+            Ok(Ok(())) => Ok(Reply::json(200, &serde_json::json!({ "status": "ready" }))),
+            Ok(Err(e)) => Err(match e {
+                ApiError::Unavailable(c) | ApiError::Internal(c) => ApiError::Unavailable(c),
+                other => other,
+            }),
+            Err(_) => Err(ApiError::Unavailable("readiness check timed out".into())),
+        }
+    }
+
+    fn token_reply(&self, user: &User) -> Result<Reply, ApiError> {
+        let access_token = self
+            .keys
+            .issue(&user.id)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(Reply::json(
+            200,
+            &TokenResponse {
+                access_token,
+                token_type: "bearer",
+                user: user.response(),
+            },
+        ))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn register(&self, req: &OwnRequest) -> Result<Reply, ApiError> {
+        let body = forms::decode_json_body(req.content_type.as_deref(), &req.body)?;
+        let new = forms::validate_new_user(body)?;
+        let db = users::client(&self.pool).await?;
+        if users::find_by_email(&db, &new.email).await?.is_some() {
+            return Err(ApiError::EmailTaken);
+        }
+        let policy = self.policy;
+        let password = new.password;
+        let hash = self
+            .hasher
+            .run(move || policy.hash(&password))
+            .await
+            .map_err(hashing_error)?;
+        // The seed stored a missing full name as "".
+        let full_name = new.full_name.unwrap_or_default();
+        match users::insert(&db, &new.email, &full_name, &hash).await? {
+            Some(user) => self.token_reply(&user),
+            // Someone registered the same email (in any case) meanwhile.
+            None => Err(ApiError::EmailTaken),
+        }
+    }
+
+    /// Unknown email, wrong password and inactive account do the same hashing work and get the
+    /// same answer.
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn login(&self, req: &OwnRequest) -> Result<Reply, ApiError> {
+        let form = forms::parse_login_form(req.content_type.as_deref(), &req.body).await?;
+        let db = users::client(&self.pool).await?;
+        let user = users::find_by_email(&db, &form.username).await?;
+        let stored: Arc<str> = match &user {
+            Some(u) => Arc::from(u.hashed_password.as_str()),
+            None => Arc::clone(&self.dummy_hash),
+        };
+        let policy = self.policy;
+        let password = form.password;
+        let check = Arc::clone(&stored);
+        let outcome = self
+            .hasher
+            .run(move || {
+                let ok = match password::verify(&password, &check) {
+                    Ok(ok) => ok,
+                    // A hash we cannot read is a failed login, not an outage.
+                    Err(PasswordError::UnknownScheme | PasswordError::Malformed(_)) => false,
+                    Err(e) => return Err(e),
+                };
+                // Upgrade legacy (bcrypt) or weaker hashes while the password is at hand.
+                let rehash = if ok && policy.needs_rehash(&check) {
+                    Some(policy.hash(&password)?)
+                } else {
+                    None
+                };
+                Ok((ok, rehash))
+            })
+            .await
+            .map_err(hashing_error)?;
+        let user = match (user, outcome) {
+            (Some(user), (true, rehash)) if user.is_active => {
+                if let Some(new_hash) = rehash {
+                    if let Err(e) =
+                        users::replace_password_hash(&db, &user.id, &stored, &new_hash).await
+                    {
+                        // The login itself succeeded; the upgrade is retried next time.
+                        tracing::warn!(user_id = %user.id, error = %e, "password hash upgrade failed");
+                    }
+                }
+                user
+            }
+            _ => return Err(ApiError::BadCredentials),
+        };
+        self.token_reply(&user)
+    }
+
+    /// The bearer token's subject, checked without touching the database (FastAPI's
+    /// `OAuth2PasswordBearer` + the seed's `verify_token`).
+    fn token_subject(&self, req: &OwnRequest) -> Result<String, ApiError> {
+        let token =
+            token::bearer_token(req.authorization.as_deref()).ok_or(ApiError::NotAuthenticated)?;
+        let verified = self
+            .keys
+            .verify(token)
+            .map_err(|_| ApiError::InvalidToken)?;
+        Ok(verified.user_id)
+    }
+
+    async fn me(&self, req: &OwnRequest) -> Result<Reply, ApiError> {
+        let user_id = self.token_subject(req)?;
+        let db = users::client(&self.pool).await?;
+        let user = active_user(&db, &user_id).await?;
+        Ok(Reply::json(200, &user.response()))
+    }
+
+    /// FastAPI's order: the body is decoded first (JSON errors), then the token is checked,
+    /// then the body is validated.
+    async fn update_me(&self, req: &OwnRequest) -> Result<Reply, ApiError> {
+        let body = forms::decode_json_body(req.content_type.as_deref(), &req.body)?;
+        let user_id = self.token_subject(req)?;
+        let db = users::client(&self.pool).await?;
+        let user = active_user(&db, &user_id).await?;
+        let update = forms::validate_user_update(body)?;
+        let user = match update.full_name {
+            None => user,
+            Some(full_name) => users::update_full_name(&db, &user.id, full_name.as_deref())
+                .await?
+                .ok_or(ApiError::UserNotFound)?,
+        };
+        Ok(Reply::json(200, &user.response()))
+    }
+}
+
+/// The seed's "User not found" for a deleted user; an inactive one cannot use its token.
+async fn active_user(db: &deadpool_postgres::Client, user_id: &str) -> Result<User, ApiError> {
+    match users::find_by_id(db, user_id).await? {
+        None => Err(ApiError::UserNotFound),
+        Some(user) if !user.is_active => Err(ApiError::InvalidToken),
+        Some(user) => Ok(user),
+    }
+}
+
+fn hashing_error(e: PasswordError) -> ApiError {
+    match e {
+        PasswordError::Busy => ApiError::Busy,
+        other => ApiError::Internal(other.to_string()),
+    }
+}

@@ -1,0 +1,828 @@
+//! Configuration: a TOML file (default `conf/gateway.toml`), then a `.env` file, then the process
+//! environment, validated once at load so that a bad value stops start-up instead of a request.
+//!
+//! The seed backend's variables (`DATABASE_URL`, `SECRET_KEY`, `ACCESS_TOKEN_EXPIRE_MINUTES`,
+//! `CORS_ORIGINS`) keep working, read case-insensitively as pydantic-settings read them.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::password::HashPolicy;
+
+/// The secret the seed backend shipped with; it is public, so it signs nothing outside development.
+const SEED_PLACEHOLDER_SECRETS: &[&str] =
+    &["your-secret-key-change-in-production", "your-secret-key"];
+const MIN_SECRET_BYTES: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("cannot read {path}: {message}")]
+    DotEnv { path: PathBuf, message: String },
+    #[error("invalid environment variable {name}: {message}")]
+    Env { name: String, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// A string that never prints: `Debug`, `Display` and `Serialize` all show `[redacted]`.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(if self.0.is_empty() { "" } else { "[redacted]" })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    #[default]
+    Production,
+    Development,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub auth: AuthConfig,
+    pub password: PasswordConfig,
+    pub cors: CorsConfig,
+    pub rate_limit: RateLimitConfig,
+    pub log: LogConfig,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// `host:port` of the HTTP listener.
+    pub listen: String,
+    /// Worker threads of the proxy service.
+    pub threads: usize,
+    /// `development` allows weak secrets and cheap hashing parameters; nothing else does.
+    pub environment: Environment,
+    /// Largest request body accepted by the gateway's own endpoints (413 beyond).
+    pub max_body_bytes: usize,
+    /// Seconds an idle downstream keep-alive connection is kept.
+    pub keepalive_seconds: u64,
+    /// Seconds pingora waits after SIGTERM before it stops accepting, then the drain limit.
+    pub shutdown_grace_seconds: u64,
+    pub shutdown_timeout_seconds: u64,
+    /// Directory for pingora's pid file and upgrade socket (default: a per-process temp path).
+    pub runtime_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    pub url: Secret,
+    pub pool_size: usize,
+    /// Longest wait for a pooled connection (and for a new one) before answering 503.
+    pub acquire_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub secret_key: Secret,
+    pub access_token_expire_minutes: i64,
+    /// Tokens longer than this are rejected before any parsing.
+    pub max_token_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PasswordConfig {
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
+    pub argon2_parallelism: u32,
+    /// Threads that hash; 0 means one per core.
+    pub hash_workers: usize,
+    /// Hash jobs allowed to wait; beyond it login answers 503 at once.
+    pub hash_queue: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorsConfig {
+    pub origins: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    pub login_per_ip_per_minute: u32,
+    pub login_per_account_per_minute: u32,
+    pub register_per_ip_per_minute: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `tracing` filter, e.g. `info` or `sentinel_gateway=debug,info`.
+    pub level: String,
+    /// `json` (one object per line) or `text`.
+    pub format: LogFormat,
+    /// One line per request.
+    pub access_log: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteAuth {
+    Required,
+    Public,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub prefix: String,
+    pub upstreams: Vec<String>,
+    #[serde(default = "RouteConfig::default_auth")]
+    pub auth: RouteAuth,
+}
+
+impl RouteConfig {
+    fn default_auth() -> RouteAuth {
+        RouteAuth::Required
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "0.0.0.0:8000".into(),
+            threads: 2,
+            environment: Environment::Production,
+            max_body_bytes: 64 * 1024,
+            keepalive_seconds: 60,
+            shutdown_grace_seconds: 0,
+            shutdown_timeout_seconds: 3,
+            runtime_dir: None,
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: Secret::default(),
+            pool_size: 16,
+            acquire_timeout_ms: 3000,
+            connect_timeout_ms: 3000,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            secret_key: Secret::default(),
+            access_token_expire_minutes: 30,
+            max_token_bytes: 4096,
+        }
+    }
+}
+
+impl Default for PasswordConfig {
+    fn default() -> Self {
+        let owasp = HashPolicy::OWASP_MINIMUM;
+        PasswordConfig {
+            argon2_memory_kib: owasp.memory_kib,
+            argon2_iterations: owasp.iterations,
+            argon2_parallelism: owasp.parallelism,
+            hash_workers: 0,
+            hash_queue: 256,
+        }
+    }
+}
+
+impl Default for CorsConfig {
+    fn default() -> Self {
+        CorsConfig {
+            origins: vec!["http://localhost:3000".into()],
+        }
+    }
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            login_per_ip_per_minute: 20,
+            login_per_account_per_minute: 10,
+            register_per_ip_per_minute: 10,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Json,
+            access_log: true,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::default(),
+            database: DatabaseConfig::default(),
+            auth: AuthConfig::default(),
+            password: PasswordConfig::default(),
+            cors: CorsConfig::default(),
+            rate_limit: RateLimitConfig::default(),
+            log: LogConfig::default(),
+            routes: Vec::new(),
+        }
+    }
+}
+
+/// Where the configuration comes from.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    /// The TOML file; when `required` is false a missing file means "defaults".
+    pub file: PathBuf,
+    pub file_required: bool,
+    /// The `.env` file (read when present, like pydantic-settings).
+    pub dotenv: PathBuf,
+    /// The process environment, passed in so that tests and callers decide what it is.
+    pub env: HashMap<String, String>,
+}
+
+/// Environment variables read on top of the file: (names, what they set). The first names are
+/// the seed's own; names are matched case-insensitively.
+pub const ENV_OVERRIDES: &[(&[&str], &str)] = &[
+    (&["DATABASE_URL", "SENTINEL_DATABASE_URL"], "database.url"),
+    (&["SECRET_KEY", "SENTINEL_SECRET_KEY"], "auth.secret_key"),
+    (
+        &[
+            "ACCESS_TOKEN_EXPIRE_MINUTES",
+            "SENTINEL_ACCESS_TOKEN_EXPIRE_MINUTES",
+        ],
+        "auth.access_token_expire_minutes",
+    ),
+    (&["CORS_ORIGINS", "SENTINEL_CORS_ORIGINS"], "cors.origins"),
+    (&["SENTINEL_LISTEN"], "server.listen"),
+    (&["SENTINEL_THREADS"], "server.threads"),
+    (&["SENTINEL_ENVIRONMENT"], "server.environment"),
+    (&["SENTINEL_RUNTIME_DIR"], "server.runtime_dir"),
+    (&["SENTINEL_LOG_LEVEL"], "log.level"),
+    (&["SENTINEL_LOG_FORMAT"], "log.format"),
+];
+
+impl Config {
+    /// Loads file → `.env` → environment, then validates.
+    pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
+        let mut config = match std::fs::read_to_string(&sources.file) {
+            Ok(text) => toml::from_str::<Config>(&text).map_err(|e| ConfigError::Parse {
+                path: sources.file.clone(),
+                message: one_line(e.message()),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !sources.file_required => {
+                Config::default()
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: sources.file.clone(),
+                    source,
+                })
+            }
+        };
+        let mut vars = read_dotenv(&sources.dotenv)?;
+        // The real environment wins over `.env`, as with pydantic-settings.
+        for (k, v) in &sources.env {
+            vars.insert(k.to_ascii_uppercase(), v.clone());
+        }
+        config.apply_env(&vars)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn apply_env(&mut self, vars: &HashMap<String, String>) -> Result<(), ConfigError> {
+        for (names, key) in ENV_OVERRIDES {
+            let Some((name, value)) = names
+                .iter()
+                .rev()
+                .find_map(|n| vars.get(*n).map(|v| (*n, v.as_str())))
+            else {
+                continue;
+            };
+            let bad = |message: String| ConfigError::Env {
+                name: name.to_string(),
+                message,
+            };
+            match *key {
+                "database.url" => self.database.url = Secret::new(value),
+                "auth.secret_key" => self.auth.secret_key = Secret::new(value),
+                "auth.access_token_expire_minutes" => {
+                    self.auth.access_token_expire_minutes = value
+                        .trim()
+                        .parse()
+                        .map_err(|_| bad(format!("expected a whole number, got {value:?}")))?
+                }
+                "cors.origins" => self.cors.origins = parse_origin_list(value).map_err(bad)?,
+                "server.listen" => self.server.listen = value.to_string(),
+                "server.threads" => {
+                    self.server.threads = value
+                        .trim()
+                        .parse()
+                        .map_err(|_| bad(format!("expected a whole number, got {value:?}")))?
+                }
+                "server.environment" => {
+                    self.server.environment = match value.trim().to_ascii_lowercase().as_str() {
+                        "production" => Environment::Production,
+                        "development" => Environment::Development,
+                        other => {
+                            return Err(bad(format!(
+                                "expected \"production\" or \"development\", got {other:?}"
+                            )))
+                        }
+                    }
+                }
+                "server.runtime_dir" => self.server.runtime_dir = Some(PathBuf::from(value)),
+                "log.level" => self.log.level = value.to_string(),
+                "log.format" => {
+                    self.log.format = match value.trim().to_ascii_lowercase().as_str() {
+                        "json" => LogFormat::Json,
+                        "text" => LogFormat::Text,
+                        other => {
+                            return Err(bad(format!(
+                                "expected \"json\" or \"text\", got {other:?}"
+                            )))
+                        }
+                    }
+                }
+                _ => unreachable!("every override key is handled"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Rejects what would fail later or weaken security; `development` relaxes the secret and
+    /// hashing-cost rules only.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let dev = self.server.environment == Environment::Development;
+        if self.server.listen.parse::<SocketAddr>().is_err() {
+            return invalid(format!(
+                "server.listen must be host:port with a numeric host, got {:?}",
+                self.server.listen
+            ));
+        }
+        if self.server.threads == 0 || self.server.threads > 256 {
+            return invalid("server.threads must be between 1 and 256".into());
+        }
+        if self.server.max_body_bytes < 1024 {
+            return invalid("server.max_body_bytes must be at least 1024".into());
+        }
+        if self.database.url.is_empty() {
+            return invalid("database.url is not set (config file, or DATABASE_URL)".into());
+        }
+        if let Err(e) = self.database.pg_config() {
+            return invalid(format!("database.url is not a PostgreSQL URL: {e}"));
+        }
+        if self.database.pool_size == 0 {
+            return invalid("database.pool_size must be at least 1".into());
+        }
+        let secret = self.auth.secret_key.expose();
+        if secret.is_empty() {
+            return invalid("auth.secret_key is not set (config file, or SECRET_KEY)".into());
+        }
+        if !dev {
+            if SEED_PLACEHOLDER_SECRETS.contains(&secret) {
+                return invalid(
+                    "auth.secret_key is the seed's public placeholder; set a random secret of at least 32 bytes (or server.environment = \"development\")".into(),
+                );
+            }
+            if secret.len() < MIN_SECRET_BYTES {
+                return invalid(format!(
+                    "auth.secret_key is {} bytes; at least {MIN_SECRET_BYTES} are required outside development",
+                    secret.len()
+                ));
+            }
+        }
+        if !(1..=60 * 24 * 365).contains(&self.auth.access_token_expire_minutes) {
+            return invalid("auth.access_token_expire_minutes must be between 1 and 525600".into());
+        }
+        if !(256..=65536).contains(&self.auth.max_token_bytes) {
+            return invalid("auth.max_token_bytes must be between 256 and 65536".into());
+        }
+        let policy = self.password.policy();
+        if let Err(e) = policy.check() {
+            return invalid(format!("password: {e}"));
+        }
+        if !dev && !policy.meets_owasp_minimum() {
+            return invalid(format!(
+                "password: argon2 parameters below OWASP's minimum (m={} KiB, t={}, p={}) are only allowed in development",
+                HashPolicy::OWASP_MINIMUM.memory_kib,
+                HashPolicy::OWASP_MINIMUM.iterations,
+                HashPolicy::OWASP_MINIMUM.parallelism
+            ));
+        }
+        if self.password.hash_queue == 0 {
+            return invalid("password.hash_queue must be at least 1".into());
+        }
+        for origin in &self.cors.origins {
+            if origin == "*" {
+                return invalid(
+                    "cors.origins cannot be \"*\": credentials are allowed, so origins must be listed".into(),
+                );
+            }
+            if !(origin.starts_with("http://") || origin.starts_with("https://"))
+                || origin.ends_with('/')
+            {
+                return invalid(format!(
+                    "cors.origins entries look like \"https://app.example.com\" (scheme, host, optional port, no path), got {origin:?}"
+                ));
+            }
+        }
+        let limits = &self.rate_limit;
+        if limits.login_per_ip_per_minute == 0
+            || limits.login_per_account_per_minute == 0
+            || limits.register_per_ip_per_minute == 0
+        {
+            return invalid("rate_limit values must be at least 1 per minute".into());
+        }
+        for route in &self.routes {
+            if !route.prefix.starts_with('/') {
+                return invalid(format!(
+                    "routes: prefix must start with '/', got {:?}",
+                    route.prefix
+                ));
+            }
+            if route.upstreams.is_empty() {
+                return invalid(format!("routes: {:?} has no upstreams", route.prefix));
+            }
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return invalid(format!("log.level: {e}"));
+        }
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> SocketAddr {
+        // validate() checked it parses.
+        self.server
+            .listen
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8000)))
+    }
+
+    /// The effective configuration as TOML, secrets redacted (for `check-config`).
+    pub fn redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        shown.database.url = Secret::new(redact_url(self.database.url.expose()));
+        let mut text = toml::to_string_pretty(&RedactedView(&shown))
+            .unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"));
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text
+    }
+}
+
+/// Serializes a config but shows the (already password-stripped) database URL in clear.
+struct RedactedView<'a>(&'a Config);
+
+impl Serialize for RedactedView<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Db<'a> {
+            url: &'a str,
+            pool_size: usize,
+            acquire_timeout_ms: u64,
+            connect_timeout_ms: u64,
+        }
+        #[derive(Serialize)]
+        struct View<'a> {
+            server: &'a ServerConfig,
+            database: Db<'a>,
+            auth: &'a AuthConfig,
+            password: &'a PasswordConfig,
+            cors: &'a CorsConfig,
+            rate_limit: &'a RateLimitConfig,
+            log: &'a LogConfig,
+            #[serde(skip_serializing_if = "<[_]>::is_empty")]
+            routes: &'a [RouteConfig],
+        }
+        let c = self.0;
+        View {
+            server: &c.server,
+            database: Db {
+                url: c.database.url.expose(),
+                pool_size: c.database.pool_size,
+                acquire_timeout_ms: c.database.acquire_timeout_ms,
+                connect_timeout_ms: c.database.connect_timeout_ms,
+            },
+            auth: &c.auth,
+            password: &c.password,
+            cors: &c.cors,
+            rate_limit: &c.rate_limit,
+            log: &c.log,
+            routes: &c.routes,
+        }
+        .serialize(s)
+    }
+}
+
+impl DatabaseConfig {
+    /// The URL as tokio-postgres understands it: SQLAlchemy's `postgresql+driver://` prefix is
+    /// accepted and dropped.
+    pub fn pg_config(&self) -> Result<tokio_postgres::Config, String> {
+        let url = normalize_database_url(self.url.expose());
+        let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
+            // tokio-postgres errors do not echo the URL, so they are safe to show.
+            format!("{e}")
+        })?;
+        if config.get_application_name().is_none() {
+            config.application_name("sentinel-gateway");
+        }
+        config.connect_timeout(std::time::Duration::from_millis(self.connect_timeout_ms));
+        Ok(config)
+    }
+}
+
+impl PasswordConfig {
+    pub fn policy(&self) -> HashPolicy {
+        HashPolicy {
+            memory_kib: self.argon2_memory_kib,
+            iterations: self.argon2_iterations,
+            parallelism: self.argon2_parallelism,
+        }
+    }
+
+    pub fn workers(&self) -> usize {
+        if self.hash_workers > 0 {
+            self.hash_workers
+        } else {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        }
+    }
+}
+
+/// `postgresql+psycopg://u@h/db` → `postgresql://u@h/db`.
+pub fn normalize_database_url(url: &str) -> String {
+    let url = url.trim();
+    for scheme in ["postgresql+", "postgres+"] {
+        if let Some(rest) = url.strip_prefix(scheme) {
+            if let Some(idx) = rest.find("://") {
+                return format!("postgresql{}", &rest[idx..]);
+            }
+        }
+    }
+    url.to_string()
+}
+
+/// Drops the password from a URL for display.
+fn redact_url(url: &str) -> String {
+    let url = normalize_database_url(url);
+    let Some(scheme_end) = url.find("://") else {
+        return "[redacted]".into();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match authority.rfind('@') {
+        Some(at) => {
+            let userinfo = &authority[..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            let shown_user = if userinfo.contains(':') {
+                format!("{user}:[redacted]")
+            } else {
+                user.to_string()
+            };
+            format!(
+                "{}{}@{}",
+                &url[..scheme_end + 3],
+                shown_user,
+                &rest[at + 1..]
+            )
+        }
+        None => url.clone(),
+    }
+}
+
+/// `CORS_ORIGINS` as pydantic-settings takes a list (JSON), or comma-separated.
+fn parse_origin_list(value: &str) -> Result<Vec<String>, String> {
+    let trimmed = value.trim();
+    if trimmed.starts_with('[') {
+        serde_json::from_str::<Vec<String>>(trimmed)
+            .map_err(|e| format!("expected a JSON list of strings: {e}"))
+    } else {
+        Ok(trimmed
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect())
+    }
+}
+
+fn read_dotenv(path: &Path) -> Result<HashMap<String, String>, ConfigError> {
+    let mut vars = HashMap::new();
+    let iter = match dotenvy::from_path_iter(path) {
+        Ok(iter) => iter,
+        Err(dotenvy::Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vars),
+        Err(e) => {
+            return Err(ConfigError::DotEnv {
+                path: path.to_path_buf(),
+                message: one_line(&e.to_string()),
+            })
+        }
+    };
+    for item in iter {
+        let (k, v) = item.map_err(|e| ConfigError::DotEnv {
+            path: path.to_path_buf(),
+            message: one_line(&e.to_string()),
+        })?;
+        vars.insert(k.to_ascii_uppercase(), v);
+    }
+    Ok(vars)
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD_SECRET: &str = "0123456789abcdef0123456789abcdef-test";
+
+    fn sources(file_text: &str, env: &[(&str, &str)]) -> (tempdir::Dir, Sources) {
+        let dir = tempdir::Dir::new();
+        let file = dir.path.join("gateway.toml");
+        std::fs::write(&file, file_text).unwrap();
+        let s = Sources {
+            file,
+            file_required: true,
+            dotenv: dir.path.join(".env"),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        (dir, s)
+    }
+
+    mod tempdir {
+        pub struct Dir {
+            pub path: std::path::PathBuf,
+        }
+        impl Dir {
+            pub fn new() -> Self {
+                let path = std::env::temp_dir().join(format!("sg-config-{}", uuid::Uuid::new_v4()));
+                std::fs::create_dir_all(&path).unwrap();
+                Dir { path }
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.path);
+            }
+        }
+    }
+
+    #[test]
+    fn seed_environment_variables_override_the_file() {
+        let (_d, s) = sources(
+            "[database]\nurl = \"postgres://a@h/x\"\n[auth]\nsecret_key = \"short\"\n",
+            &[
+                (
+                    "DATABASE_URL",
+                    "postgresql+psycopg://postgres@127.0.0.1/seed",
+                ),
+                ("secret_key", GOOD_SECRET),
+                ("ACCESS_TOKEN_EXPIRE_MINUTES", "45"),
+                (
+                    "CORS_ORIGINS",
+                    "[\"http://a.test\",\"https://b.test:8443\"]",
+                ),
+            ],
+        );
+        let c = Config::load(&s).unwrap();
+        assert_eq!(
+            c.database.url.expose(),
+            "postgresql+psycopg://postgres@127.0.0.1/seed"
+        );
+        assert_eq!(
+            normalize_database_url(c.database.url.expose()),
+            "postgresql://postgres@127.0.0.1/seed"
+        );
+        assert_eq!(c.auth.secret_key.expose(), GOOD_SECRET);
+        assert_eq!(c.auth.access_token_expire_minutes, 45);
+        assert_eq!(c.cors.origins, ["http://a.test", "https://b.test:8443"]);
+    }
+
+    #[test]
+    fn dotenv_is_read_and_the_environment_wins_over_it() {
+        let (d, s) = sources("", &[("DATABASE_URL", "postgres://env@h/x")]);
+        std::fs::write(
+            d.path.join(".env"),
+            format!("DATABASE_URL=postgres://dotenv@h/x\nSECRET_KEY={GOOD_SECRET}\n"),
+        )
+        .unwrap();
+        let c = Config::load(&s).unwrap();
+        assert_eq!(c.database.url.expose(), "postgres://env@h/x");
+        assert_eq!(c.auth.secret_key.expose(), GOOD_SECRET);
+    }
+
+    #[test]
+    fn weak_and_placeholder_secrets_are_refused_outside_development() {
+        for secret in ["your-secret-key-change-in-production", "too-short"] {
+            let (_d, s) = sources(
+                "[database]\nurl = \"postgres://a@h/x\"\n",
+                &[("SECRET_KEY", secret)],
+            );
+            let err = Config::load(&s).unwrap_err().to_string();
+            assert!(err.contains("secret_key"), "{err}");
+            let (_d, s) = sources(
+                "[server]\nenvironment = \"development\"\n[database]\nurl = \"postgres://a@h/x\"\n",
+                &[("SECRET_KEY", secret)],
+            );
+            assert!(Config::load(&s).is_ok());
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_one_line_errors() {
+        let (_d, s) = sources("[server]\nlisten = \"nowhere\"\n", &[]);
+        let err = Config::load(&s).unwrap_err().to_string();
+        assert!(err.contains("server.listen"), "{err}");
+        let (_d, s) = sources("[server]\nlisten_on = 1\n", &[]);
+        let err = Config::load(&s).unwrap_err().to_string();
+        assert!(
+            err.contains("unknown field") && !err.contains('\n'),
+            "{err}"
+        );
+        let (_d, s) = sources(
+            "[database]\nurl = \"postgres://a@h/x\"\n[password]\nargon2_memory_kib = 1024\n",
+            &[("SECRET_KEY", GOOD_SECRET)],
+        );
+        assert!(Config::load(&s).unwrap_err().to_string().contains("OWASP"));
+    }
+
+    #[test]
+    fn redacted_output_hides_secrets() {
+        let (_d, s) = sources(
+            "[database]\nurl = \"postgres://app:hunter2hunter2@db:5432/x\"\n",
+            &[("SECRET_KEY", GOOD_SECRET)],
+        );
+        let text = Config::load(&s).unwrap().redacted_toml();
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(!text.contains(GOOD_SECRET), "{text}");
+        assert!(
+            text.contains("postgres://app:[redacted]@db:5432/x"),
+            "{text}"
+        );
+        assert!(format!("{:?}", Secret::new("x")).contains("redacted"));
+    }
+}

@@ -1,0 +1,114 @@
+//! CORS as the seed's Starlette middleware answered it (credentials allowed, any method and
+//! requested header, configured origins), with one deliberate difference: a preflight from a
+//! foreign origin learns nothing about the policy (no `Access-Control-*` headers at all).
+
+use crate::api::Reply;
+
+pub const PREFLIGHT_VARY: &str =
+    "Origin, Access-Control-Request-Method, Access-Control-Request-Headers, Access-Control-Request-Private-Network";
+const ALLOW_METHODS: &str = "DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT, QUERY";
+const MAX_AGE: &str = "600";
+
+#[derive(Debug, Clone)]
+pub struct Cors {
+    origins: Vec<String>,
+}
+
+impl Cors {
+    pub fn new(origins: &[String]) -> Cors {
+        Cors {
+            origins: origins.to_vec(),
+        }
+    }
+
+    fn allows(&self, origin: &str) -> bool {
+        self.origins.iter().any(|o| o == origin)
+    }
+
+    /// A preflight is `OPTIONS` with both `Origin` and `Access-Control-Request-Method`.
+    pub fn is_preflight(
+        method: &http::Method,
+        origin: Option<&[u8]>,
+        request_method: Option<&[u8]>,
+    ) -> bool {
+        method == http::Method::OPTIONS && origin.is_some() && request_method.is_some()
+    }
+
+    /// The gateway's answer to a preflight, on any path.
+    pub fn preflight(&self, origin: &[u8], request_headers: Option<&[u8]>) -> Reply {
+        let origin = std::str::from_utf8(origin).ok().filter(|o| self.allows(o));
+        let Some(origin) = origin else {
+            return Reply::text(400, "Disallowed CORS origin").with_header("vary", PREFLIGHT_VARY);
+        };
+        let mut reply = Reply::text(200, "OK")
+            .with_header("vary", PREFLIGHT_VARY)
+            .with_header("access-control-allow-methods", ALLOW_METHODS)
+            .with_header("access-control-max-age", MAX_AGE)
+            .with_header("access-control-allow-credentials", "true")
+            .with_header("access-control-allow-origin", origin);
+        if let Some(requested) = request_headers.and_then(|h| std::str::from_utf8(h).ok()) {
+            // Any requested header is allowed: echo the list back.
+            reply = reply.with_header("access-control-allow-headers", requested);
+        }
+        reply
+    }
+
+    /// Headers for an ordinary (non-preflight) response, in the order Starlette sends them.
+    pub fn simple_headers(&self, origin: Option<&[u8]>) -> Vec<(&'static str, String)> {
+        let mut headers = Vec::with_capacity(3);
+        if let Some(origin) = origin {
+            headers.push(("access-control-allow-credentials", "true".to_string()));
+            if let Some(o) = std::str::from_utf8(origin).ok().filter(|o| self.allows(o)) {
+                headers.push(("access-control-allow-origin", o.to_string()));
+            }
+        }
+        headers.push(("vary", "Origin".to_string()));
+        headers
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cors() -> Cors {
+        Cors::new(&["http://localhost:3000".to_string()])
+    }
+
+    #[test]
+    fn preflight_from_the_frontend_echoes_requested_headers() {
+        let r = cors().preflight(
+            b"http://localhost:3000",
+            Some(b"content-type,authorization"),
+        );
+        assert_eq!(r.status, 200);
+        assert_eq!(&r.body[..], b"OK");
+        let h: Vec<_> = r.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        assert!(h.contains(&("access-control-allow-origin", "http://localhost:3000")));
+        assert!(h.contains(&("access-control-allow-headers", "content-type,authorization")));
+        assert!(h.contains(&("access-control-allow-credentials", "true")));
+    }
+
+    #[test]
+    fn foreign_origins_get_no_allow_headers() {
+        let r = cors().preflight(b"http://evil.example", None);
+        assert_eq!(r.status, 400);
+        assert!(r
+            .headers
+            .iter()
+            .all(|(k, _)| !k.starts_with("access-control")));
+        let simple = cors().simple_headers(Some(b"http://evil.example"));
+        assert!(simple
+            .iter()
+            .all(|(k, _)| *k != "access-control-allow-origin"));
+        let own = cors().simple_headers(Some(b"http://localhost:3000"));
+        assert!(own.contains(&(
+            "access-control-allow-origin",
+            "http://localhost:3000".into()
+        )));
+        assert_eq!(
+            cors().simple_headers(None),
+            vec![("vary", "Origin".to_string())]
+        );
+    }
+}

@@ -1,0 +1,193 @@
+//! PostgreSQL: the connection pool, and the embedded migrations that create a fresh schema or
+//! adopt the seed backend's existing `users` table in place.
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+use crate::config::DatabaseConfig;
+
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+
+const MIGRATION_TABLE: &str = "sentinel_schema_history";
+/// Serialises migrations of instances that start together against one database.
+const MIGRATION_LOCK_KEY: i64 = 0x5e47_1e1a_0000_0001;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("cannot connect to PostgreSQL: {0}")]
+    Connect(String),
+    #[error("cannot adopt the existing database: {0}; nothing was changed")]
+    NotAdoptable(String),
+    #[error("migration failed: {0}")]
+    Migration(String),
+    #[error("database error: {0}")]
+    Query(String),
+}
+
+/// The pool the request handlers use. Creating it opens no connection: connections are made on
+/// the runtime that first needs them (pingora's), so none outlives a start-up runtime.
+pub fn pool(config: &DatabaseConfig) -> Result<Pool, DbError> {
+    let pg = config.pg_config().map_err(DbError::Connect)?;
+    let manager = Manager::from_config(
+        pg,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let wait = Duration::from_millis(config.acquire_timeout_ms);
+    Pool::builder(manager)
+        .max_size(config.pool_size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(wait))
+        .create_timeout(Some(Duration::from_millis(config.connect_timeout_ms)))
+        .recycle_timeout(Some(wait))
+        .build()
+        .map_err(|e| DbError::Connect(e.to_string()))
+}
+
+/// A single connection of its own, for migrations and start-up checks.
+pub async fn connect(config: &DatabaseConfig) -> Result<tokio_postgres::Client, DbError> {
+    let pg = config.pg_config().map_err(DbError::Connect)?;
+    let timeout = Duration::from_millis(config.connect_timeout_ms.max(1000));
+    let (client, connection) = tokio::time::timeout(timeout, pg.connect(NoTls))
+        .await
+        .map_err(|_| DbError::Connect(format!("no answer within {} ms", timeout.as_millis())))?
+        .map_err(|e| DbError::Connect(describe(&e)))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "migration connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// A readable one-line description of a tokio-postgres error, including its cause.
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    use std::error::Error as _;
+    match (e.as_db_error(), e.source()) {
+        (Some(db), _) => format!("{} ({})", db.message(), db.code().code()),
+        (None, Some(source)) => format!("{e}: {source}"),
+        (None, None) => e.to_string(),
+    }
+}
+
+/// What `migrate` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationReport {
+    pub applied: Vec<String>,
+    pub adopted_existing_table: bool,
+}
+
+/// Applies the embedded migrations, holding an advisory lock so that concurrent instances take
+/// turns. On a database created by the seed backend it first checks that adoption is safe and
+/// stops, changing nothing, when it is not.
+pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<MigrationReport, DbError> {
+    let q = |e: tokio_postgres::Error| DbError::Query(describe(&e));
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
+        .await
+        .map_err(q)?;
+    let result = migrate_locked(client).await;
+    // The lock also ends with the session; unlocking keeps a reused connection clean.
+    let _ = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
+        .await;
+    result
+}
+
+async fn migrate_locked(client: &mut tokio_postgres::Client) -> Result<MigrationReport, DbError> {
+    let q = |e: tokio_postgres::Error| DbError::Query(describe(&e));
+    let history_exists: bool = client
+        .query_one(
+            "SELECT to_regclass($1) IS NOT NULL",
+            &[&format!("public.{MIGRATION_TABLE}")],
+        )
+        .await
+        .map_err(q)?
+        .get(0);
+    let users_exists: bool = client
+        .query_one("SELECT to_regclass('public.users') IS NOT NULL", &[])
+        .await
+        .map_err(q)?
+        .get(0);
+    let adopting = users_exists && !history_exists;
+    if users_exists {
+        check_adoptable(client).await?;
+    }
+    let mut runner = embedded::migrations::runner().set_abort_divergent(true);
+    runner.set_migration_table_name(MIGRATION_TABLE);
+    let report = runner
+        .run_async(client)
+        .await
+        .map_err(|e| DbError::Migration(e.to_string().replace('\n', " ")))?;
+    Ok(MigrationReport {
+        applied: report
+            .applied_migrations()
+            .iter()
+            .map(|m| m.to_string())
+            .collect(),
+        adopted_existing_table: adopting,
+    })
+}
+
+/// Refuses a `users` table that the migrations would fail on or silently misread.
+async fn check_adoptable(client: &tokio_postgres::Client) -> Result<(), DbError> {
+    let q = |e: tokio_postgres::Error| DbError::Query(describe(&e));
+    let rows = client
+        .query(
+            "SELECT column_name::text, data_type::text FROM information_schema.columns \
+             WHERE table_schema = 'public' AND table_name = 'users'",
+            &[],
+        )
+        .await
+        .map_err(q)?;
+    let columns: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let expected: &[(&str, &[&str])] = &[
+        ("id", &["character varying", "text"]),
+        ("email", &["character varying", "text"]),
+        ("full_name", &["character varying", "text"]),
+        ("hashed_password", &["character varying", "text"]),
+        ("is_active", &["boolean"]),
+        ("created_at", &["timestamp without time zone"]),
+        ("updated_at", &["timestamp without time zone"]),
+    ];
+    for (name, types) in expected {
+        match columns.iter().find(|(c, _)| c == name) {
+            None => {
+                return Err(DbError::NotAdoptable(format!(
+                    "table users has no column {name}"
+                )))
+            }
+            Some((_, t)) if !types.contains(&t.as_str()) => {
+                return Err(DbError::NotAdoptable(format!(
+                    "column users.{name} is {t}, expected {}",
+                    types.join(" or ")
+                )))
+            }
+            Some(_) => {}
+        }
+    }
+    let duplicates = client
+        .query(
+            "SELECT count(*) OVER (), lower(email) FROM users GROUP BY lower(email) \
+             HAVING count(*) > 1 ORDER BY 2 LIMIT 1",
+            &[],
+        )
+        .await
+        .map_err(q)?;
+    if let Some(row) = duplicates.first() {
+        let groups: i64 = row.get(0);
+        let example: String = row.get(1);
+        return Err(DbError::NotAdoptable(format!(
+            "{groups} email address(es) appear more than once when letter case is ignored \
+             (e.g. {example:?}); emails must be unique regardless of case, so merge or rename \
+             those accounts, then start again"
+        )));
+    }
+    Ok(())
+}

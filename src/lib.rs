@@ -1,0 +1,24 @@
+//! Sentinel Gateway: the SentinelShield auth API (byte-compatible with the seed's FastAPI
+//! backend) and an identity-aware reverse proxy, on Pingora and PostgreSQL.
+//!
+//! Request flow: `proxy` (pingora hooks) → `cors` / `routes` → `app` handlers →
+//! `forms` / `password` / `token` / `users` → `api::Reply`.
+
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod cors;
+pub mod db;
+pub mod email;
+pub mod forms;
+pub mod password;
+pub mod proxy;
+pub mod pyjson;
+pub mod routes;
+pub mod server;
+pub mod telemetry;
+pub mod token;
+pub mod users;

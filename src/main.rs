@@ -1,0 +1,92 @@
+//! `sentinel-gateway [--config FILE] [serve | migrate | check-config]`
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sentinel_gateway::config::{Config, Sources};
+use sentinel_gateway::{server, telemetry};
+
+const DEFAULT_CONFIG: &str = "conf/gateway.toml";
+
+#[derive(Parser)]
+#[command(
+    name = "sentinel-gateway",
+    version,
+    about = "Identity gateway for SentinelShield"
+)]
+struct Cli {
+    /// Configuration file (TOML). Without this flag, conf/gateway.toml is read if it exists.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    /// The .env file read after the config file (the environment still wins).
+    #[arg(long, global = true, default_value = ".env")]
+    env_file: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Validate the configuration and print it, secrets redacted.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let sources = Sources {
+        file: cli
+            .config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG)),
+        file_required: cli.config.is_some(),
+        dotenv: cli.env_file.clone(),
+        env: std::env::vars().collect(),
+    };
+    let config = match Config::load(&sources) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sentinel-gateway: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::CheckConfig => {
+            print!("{}", config.redacted_toml());
+            Ok(())
+        }
+        Command::Migrate => {
+            telemetry::init(&config.log);
+            server::migrate(&config).map(|report| {
+                println!(
+                    "migrations applied: {}{}",
+                    if report.applied.is_empty() {
+                        "none (up to date)".to_string()
+                    } else {
+                        report.applied.join(", ")
+                    },
+                    if report.adopted_existing_table {
+                        " (adopted the existing users table)"
+                    } else {
+                        ""
+                    }
+                );
+            })
+        }
+        Command::Serve => {
+            telemetry::init(&config.log);
+            server::serve(config)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sentinel-gateway: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! Start-up and the pingora server: check the listen address, migrate, build the state, run
+//! until SIGTERM.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use pingora::proxy::http_proxy_service_with_name;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server};
+
+use crate::app::App;
+use crate::config::Config;
+use crate::db;
+use crate::proxy::Gateway;
+
+/// Migrates the database once on a short-lived runtime of its own.
+pub fn migrate(config: &Config) -> anyhow::Result<db::MigrationReport> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the start-up runtime")?;
+    let report = rt.block_on(async {
+        let mut client = db::connect(&config.database).await?;
+        db::migrate(&mut client).await
+    })?;
+    Ok(report)
+}
+
+/// Serves until SIGTERM/SIGINT. Every start-up failure is returned (one line, non-zero exit),
+/// never a panic or a process left without a listener.
+pub fn serve(config: Config) -> anyhow::Result<()> {
+    let addr = config.listen_addr();
+    // Pingora retries a failed bind for 30 s and then panics inside a task while the process
+    // stays up: find out now instead.
+    std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+
+    let report = migrate(&config)?;
+    if report.adopted_existing_table {
+        tracing::info!("adopted the existing users table");
+    }
+    for name in &report.applied {
+        tracing::info!(migration = %name, "applied migration");
+    }
+
+    let pool = db::pool(&config.database)?;
+    let app = Arc::new(App::new(&config, pool)?);
+
+    let runtime_dir = RuntimeDir::create(config.server.runtime_dir.clone())?;
+    let server_conf = ServerConf {
+        threads: config.server.threads,
+        pid_file: runtime_dir.path.join("pingora.pid").display().to_string(),
+        upgrade_sock: runtime_dir.path.join("upgrade.sock").display().to_string(),
+        grace_period_seconds: Some(config.server.shutdown_grace_seconds),
+        graceful_shutdown_timeout_seconds: Some(config.server.shutdown_timeout_seconds),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, server_conf);
+    server.bootstrap();
+    let mut service =
+        http_proxy_service_with_name(&server.configuration, Gateway::new(app), "sentinel-gateway");
+    service.add_tcp(&config.server.listen);
+    server.add_service(service);
+    tracing::info!(listen = %addr, threads = config.server.threads, "sentinel-gateway listening");
+    server.run(RunArgs::default());
+    tracing::info!("sentinel-gateway stopped");
+    Ok(())
+}
+
+/// Where pingora keeps its pid file and upgrade socket: per process, so that several instances
+/// run side by side; removed on exit when we made it.
+struct RuntimeDir {
+    path: PathBuf,
+    owned: bool,
+}
+
+impl RuntimeDir {
+    fn create(configured: Option<PathBuf>) -> anyhow::Result<RuntimeDir> {
+        let (path, owned) = match configured {
+            Some(p) => (p, false),
+            None => (
+                std::env::temp_dir().join(format!("sentinel-gateway-{}", std::process::id())),
+                true,
+            ),
+        };
+        std::fs::create_dir_all(&path)
+            .with_context(|| format!("cannot create runtime directory {}", path.display()))?;
+        Ok(RuntimeDir { path, owned })
+    }
+}
+
+impl Drop for RuntimeDir {
+    fn drop(&mut self) {
+        if self.owned {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! The `users` table: one function per SQL statement. Emails are matched case-insensitively
+//! (the `lower(email)` unique index), ids are the seed's UUID strings.
+
+use chrono::NaiveDateTime;
+use deadpool_postgres::{Client, Pool, PoolError};
+use serde::Serialize;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::Row;
+
+use crate::api::ApiError;
+use crate::db::describe;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: String,
+    pub email: String,
+    pub full_name: Option<String>,
+    pub hashed_password: String,
+    /// A NULL `is_active` (never written by the seed, only by hand) counts as inactive.
+    pub is_active: bool,
+    /// UTC, as the seed stored it.
+    pub created_at: NaiveDateTime,
+}
+
+const COLUMNS: &str = "id, email, full_name, hashed_password, COALESCE(is_active, false), \
+                       COALESCE(created_at, updated_at, timestamp 'epoch')";
+
+impl TryFrom<Row> for User {
+    type Error = tokio_postgres::Error;
+
+    fn try_from(row: Row) -> Result<Self, Self::Error> {
+        Ok(User {
+            id: row.try_get(0)?,
+            email: row.try_get(1)?,
+            full_name: row.try_get(2)?,
+            hashed_password: row.try_get(3)?,
+            is_active: row.try_get(4)?,
+            created_at: row.try_get(5)?,
+        })
+    }
+}
+
+/// `UserResponse` of the seed, field order included.
+#[derive(Debug, Clone, Serialize)]
+pub struct UserResponse<'a> {
+    pub email: &'a str,
+    pub full_name: Option<&'a str>,
+    pub id: &'a str,
+    pub is_active: bool,
+    pub created_at: String,
+}
+
+impl User {
+    pub fn response(&self) -> UserResponse<'_> {
+        UserResponse {
+            email: &self.email,
+            full_name: self.full_name.as_deref(),
+            id: &self.id,
+            is_active: self.is_active,
+            // RFC 3339 in UTC with microseconds, e.g. 2026-11-25T15:56:59.033749Z.
+            created_at: self.created_at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+        }
+    }
+}
+
+/// Errors of storage calls, already in the form the API answers with.
+fn db_error(e: tokio_postgres::Error) -> ApiError {
+    if e.is_closed() || e.as_db_error().is_none() {
+        ApiError::Unavailable(describe(&e))
+    } else {
+        ApiError::Internal(describe(&e))
+    }
+}
+
+pub async fn client(pool: &Pool) -> Result<Client, ApiError> {
+    pool.get().await.map_err(|e| match e {
+        PoolError::Backend(e) => db_error(e),
+        other => ApiError::Unavailable(other.to_string()),
+    })
+}
+
+fn rows_to_user(row: Option<Row>) -> Result<Option<User>, ApiError> {
+    row.map(User::try_from)
+        .transpose()
+        .map_err(|e| ApiError::Internal(describe(&e)))
+}
+
+#[tracing::instrument(level = "debug", skip(db))]
+pub async fn find_by_id(db: &Client, id: &str) -> Result<Option<User>, ApiError> {
+    let sql = format!("SELECT {COLUMNS} FROM users WHERE id = $1");
+    let stmt = db.prepare_cached(&sql).await.map_err(db_error)?;
+    rows_to_user(db.query_opt(&stmt, &[&id]).await.map_err(db_error)?)
+}
+
+#[tracing::instrument(level = "debug", skip(db, email))]
+pub async fn find_by_email(db: &Client, email: &str) -> Result<Option<User>, ApiError> {
+    let sql = format!("SELECT {COLUMNS} FROM users WHERE lower(email) = lower($1)");
+    let stmt = db.prepare_cached(&sql).await.map_err(db_error)?;
+    rows_to_user(db.query_opt(&stmt, &[&email]).await.map_err(db_error)?)
+}
+
+/// Inserts a new active user; `Ok(None)` when the email (in any letter case) is taken.
+#[tracing::instrument(level = "debug", skip(db, email, full_name, hashed_password))]
+pub async fn insert(
+    db: &Client,
+    email: &str,
+    full_name: &str,
+    hashed_password: &str,
+) -> Result<Option<User>, ApiError> {
+    let sql = format!(
+        "INSERT INTO users (id, email, full_name, hashed_password, is_active, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, true, now() AT TIME ZONE 'utc', now() AT TIME ZONE 'utc') \
+         ON CONFLICT DO NOTHING RETURNING {COLUMNS}"
+    );
+    let stmt = db.prepare_cached(&sql).await.map_err(db_error)?;
+    let id = uuid::Uuid::new_v4().to_string();
+    match db
+        .query_opt(&stmt, &[&id, &email, &full_name, &hashed_password])
+        .await
+    {
+        Ok(row) => rows_to_user(row),
+        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => Ok(None),
+        Err(e) => Err(db_error(e)),
+    }
+}
+
+/// Sets `full_name` (None clears it); `Ok(None)` when the user is gone.
+#[tracing::instrument(level = "debug", skip(db, full_name))]
+pub async fn update_full_name(
+    db: &Client,
+    id: &str,
+    full_name: Option<&str>,
+) -> Result<Option<User>, ApiError> {
+    let sql = format!(
+        "UPDATE users SET full_name = $2, updated_at = now() AT TIME ZONE 'utc' \
+         WHERE id = $1 RETURNING {COLUMNS}"
+    );
+    let stmt = db.prepare_cached(&sql).await.map_err(db_error)?;
+    rows_to_user(
+        db.query_opt(&stmt, &[&id, &full_name])
+            .await
+            .map_err(db_error)?,
+    )
+}
+
+/// Replaces a password hash, unless it changed since `old` was read (then the newer one stays).
+#[tracing::instrument(level = "debug", skip(db, old, new))]
+pub async fn replace_password_hash(
+    db: &Client,
+    id: &str,
+    old: &str,
+    new: &str,
+) -> Result<bool, ApiError> {
+    let stmt = db
+        .prepare_cached(
+            "UPDATE users SET hashed_password = $3, updated_at = now() AT TIME ZONE 'utc' \
+             WHERE id = $1 AND hashed_password = $2",
+        )
+        .await
+        .map_err(db_error)?;
+    Ok(db
+        .execute(&stmt, &[&id, &old, &new])
+        .await
+        .map_err(db_error)?
+        == 1)
+}
+
+/// `SELECT 1`, for readiness.
+pub async fn ping(db: &Client) -> Result<(), ApiError> {
+    db.simple_query("SELECT 1")
+        .await
+        .map_err(db_error)
+        .map(|_| ())
+}
