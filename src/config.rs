@@ -72,7 +72,7 @@ pub enum Environment {
     Development,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
@@ -263,21 +263,6 @@ impl Default for LogConfig {
             level: "info".into(),
             format: LogFormat::Json,
             access_log: true,
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            server: ServerConfig::default(),
-            database: DatabaseConfig::default(),
-            auth: AuthConfig::default(),
-            password: PasswordConfig::default(),
-            cors: CorsConfig::default(),
-            rate_limit: RateLimitConfig::default(),
-            log: LogConfig::default(),
-            routes: Vec::new(),
         }
     }
 }

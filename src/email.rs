@@ -104,16 +104,13 @@ fn strip_display_name(value: &str) -> &str {
     if inner.is_empty() {
         return value;
     }
-    let name_ok = if name.is_empty() {
-        true
-    } else if name.len() >= 2 && name.starts_with('"') && name.ends_with('"') {
-        true
-    } else {
-        name.split_whitespace().all(|word| {
+    let quoted = name.len() >= 2 && name.starts_with('"') && name.ends_with('"');
+    let name_ok = name.is_empty()
+        || quoted
+        || name.split_whitespace().all(|word| {
             word.chars()
                 .all(|c| c.is_alphanumeric() || c == '_' || ".!#$%&'*+-/=?^`{|}~".contains(c))
-        })
-    };
+        });
     if name_ok {
         inner
     } else {
@@ -173,10 +170,25 @@ fn bad_char_list(chars: impl Iterator<Item = char>) -> String {
     shown.join(", ")
 }
 
+/// Format (Cf) and private-use (Co) characters: invisible or meaningless in an address, and
+/// the stuff of spoofing (U+202E turns text around). email-validator refuses Unicode category C.
+fn is_format_or_private(c: char) -> bool {
+    matches!(c as u32,
+        0x00AD | 0x0600..=0x0605 | 0x061C | 0x06DD | 0x070F | 0x0890..=0x0891 | 0x08E2
+        | 0x180E | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x2064 | 0x2066..=0x206F
+        | 0xFEFF | 0xFFF9..=0xFFFB | 0x110BD | 0x110CD | 0x13430..=0x1343F | 0x1BCA0..=0x1BCA3
+        | 0x1D173..=0x1D17A | 0xE0001 | 0xE0020..=0xE007F
+        | 0xE000..=0xF8FF | 0xF0000..=0xFFFFD | 0x100000..=0x10FFFD)
+}
+
 fn unsafe_chars(s: &str, allow_space: bool) -> Result<(), EmailError> {
     let bad: Vec<char> = s
         .chars()
-        .filter(|c| c.is_control() || (c.is_whitespace() && !(allow_space && *c == ' ')))
+        .filter(|c| {
+            c.is_control()
+                || is_format_or_private(*c)
+                || (c.is_whitespace() && !(allow_space && *c == ' '))
+        })
         .collect();
     if bad.is_empty() {
         Ok(())
@@ -392,6 +404,9 @@ mod tests {
             "support@example.com"
         );
         assert_eq!(normalize("a@xn--exmple-cua.com").unwrap(), "a@exämple.com");
+        assert!(normalize("\u{202e}@example.com").is_err());
+        assert!(normalize("a\u{200b}b@example.com").is_err());
+        assert!(normalize("a@exa\u{200b}mple.com").is_err());
     }
 
     /// Messages captured from the seed backend (shared/fixtures and a probe of the peer).

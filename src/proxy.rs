@@ -97,7 +97,12 @@ impl Gateway {
                     session.set_keepalive(None);
                     return Ok(ApiError::PayloadTooLarge.into_reply());
                 }
-                Err(BodyError::Io(e)) => return Err(e),
+                Err(BodyError::Io(e)) => {
+                    // Broken framing (a bad chunk size, a body cut short): the client's fault.
+                    tracing::debug!(error = %e, "cannot read request body");
+                    session.set_keepalive(None);
+                    return Ok(ApiError::BodyParse.into_reply());
+                }
             }
         } else {
             Bytes::new()

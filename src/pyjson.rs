@@ -40,6 +40,9 @@ fn syntax(pos: usize, msg: &'static str) -> JsonError {
     JsonError::Syntax { pos, msg }
 }
 
+/// A value and the offset just after it.
+type Parsed = Result<(Value, usize), JsonError>;
+
 struct Parser<'a> {
     s: &'a [char],
     depth: usize,
@@ -80,11 +83,7 @@ impl Parser<'_> {
         }
     }
 
-    fn nested(
-        &mut self,
-        i: usize,
-        parse: fn(&mut Self, usize) -> Result<(Value, usize), JsonError>,
-    ) -> Result<(Value, usize), JsonError> {
+    fn nested(&mut self, i: usize, parse: fn(&mut Self, usize) -> Parsed) -> Parsed {
         if self.depth >= MAX_DEPTH {
             return Err(syntax(i, "Maximum nesting depth exceeded"));
         }

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs sentinel-gateway on this machine for trying it out: makes sure PostgreSQL is up, creates
+# the `sentinelshield` database if needed, keeps a random development secret in target/dev/,
+# and serves conf/gateway.toml on :8000 (override with SENTINEL_LISTEN). Ctrl-C stops it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/ensure-deps.sh
+
+PGHOST=${PGHOST:-127.0.0.1}
+PGPORT=${PGPORT:-5432}
+DB=${SENTINEL_DEV_DB:-sentinelshield}
+export DATABASE_URL=${DATABASE_URL:-postgres://postgres@$PGHOST:$PGPORT/$DB}
+if ! psql "postgres://postgres@$PGHOST:$PGPORT/postgres" -tAc "SELECT 1 FROM pg_database WHERE datname = '$DB'" | grep -q 1; then
+  createdb -h "$PGHOST" -p "$PGPORT" -U postgres "$DB"
+  echo "run-dev: created database $DB"
+fi
+
+mkdir -p target/dev
+if [ -z "${SECRET_KEY:-}" ]; then
+  [ -s target/dev/secret ] || head -c 48 /dev/urandom | base64 | tr -d '\n/+=' > target/dev/secret
+  SECRET_KEY=$(cat target/dev/secret)
+  export SECRET_KEY
+fi
+export SENTINEL_LOG_FORMAT=${SENTINEL_LOG_FORMAT:-text}
+
+cargo build --release --quiet
+exec target/release/sentinel-gateway --config conf/gateway.toml "$@"

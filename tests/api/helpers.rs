@@ -1,0 +1,399 @@
+//! `TestApp`: the real binary on a free port against a fresh PostgreSQL database of its own,
+//! stopped with SIGTERM and its database dropped when the test ends.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const SEED_SECRET: &str = "seed-fixture-secret-change-me-0123456789abcdef";
+
+pub fn admin_url() -> String {
+    std::env::var("TEST_DATABASE_ADMIN_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+}
+
+pub fn db_url(name: &str) -> String {
+    let admin = admin_url();
+    let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+    format!("{base}/{name}")
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/seed")
+        .join(name)
+}
+
+pub fn fixture_json(name: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture(name)).unwrap()).unwrap()
+}
+
+pub async fn pg(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
+    tokio::spawn(conn);
+    client
+}
+
+/// A fresh database, dropped on drop.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub async fn create() -> TestDb {
+        let name = format!("sg_test_{}", uuid::Uuid::new_v4().simple());
+        pg(&admin_url())
+            .await
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        TestDb {
+            url: db_url(&name),
+            name,
+        }
+    }
+
+    /// The seed backend's schema and rows, as it left them.
+    pub async fn load_seed(&self) {
+        let client = pg(&self.url).await;
+        for file in ["schema.sql", "users.sql"] {
+            let sql = std::fs::read_to_string(fixture(file)).unwrap();
+            client.batch_execute(&sql).await.unwrap();
+        }
+    }
+
+    pub async fn client(&self) -> tokio_postgres::Client {
+        pg(&self.url).await
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime: do the async work on a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok((client, conn)) =
+                    tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls).await
+                {
+                    tokio::spawn(conn);
+                    let _ = client
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// How to start a gateway.
+#[derive(Default)]
+pub struct Spawn {
+    pub config_extra: String,
+    pub env: Vec<(String, String)>,
+    pub seed_data: bool,
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub port: u16,
+    pub client: reqwest::Client,
+    pub db: TestDb,
+    child: Option<Child>,
+    pub dir: TempDir,
+}
+
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        let p = std::env::temp_dir().join(format!("sg-test-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_sentinel-gateway")
+}
+
+/// The config file a test gateway uses.
+pub fn config_text(port: u16, db_url: &str, extra: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\nthreads = 2\n\n\
+         [database]\nurl = \"{db_url}\"\n\n\
+         [auth]\nsecret_key = \"{SEED_SECRET}\"\n\n\
+         [log]\nlevel = \"warn\"\nformat = \"text\"\n\n{extra}"
+    )
+}
+
+/// A command for the binary with a clean environment (no DATABASE_URL etc. from outside).
+pub fn command(dir: &Path, config: &Path) -> Command {
+    let mut cmd = Command::new(binary());
+    cmd.env_clear()
+        .current_dir(dir)
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null());
+    cmd
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        TestApp::spawn_with(Spawn::default()).await
+    }
+
+    pub async fn spawn_seeded() -> TestApp {
+        TestApp::spawn_with(Spawn {
+            seed_data: true,
+            ..Spawn::default()
+        })
+        .await
+    }
+
+    pub async fn spawn_with(spec: Spawn) -> TestApp {
+        let db = TestDb::create().await;
+        if spec.seed_data {
+            db.load_seed().await;
+        }
+        TestApp::start_on(db, spec).await
+    }
+
+    /// Starts a gateway on an existing database.
+    pub async fn start_on(db: TestDb, spec: Spawn) -> TestApp {
+        let dir = TempDir::new();
+        let port = free_port();
+        let config = dir.0.join("gateway.toml");
+        std::fs::write(&config, config_text(port, &db.url, &spec.config_extra)).unwrap();
+        let log = std::fs::File::create(dir.0.join("gateway.log")).unwrap();
+        let mut cmd = command(&dir.0, &config);
+        cmd.envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        let child = cmd.spawn().expect("start the gateway binary");
+        let mut app = TestApp {
+            base: format!("http://127.0.0.1:{port}"),
+            port,
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            db,
+            child: Some(child),
+            dir,
+        };
+        app.wait_until_healthy().await;
+        app
+    }
+
+    async fn wait_until_healthy(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = self.client.get(self.url("/health")).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                panic!(
+                    "gateway exited with {status} before it was healthy:\n{}",
+                    self.logs()
+                );
+            }
+            if Instant::now() > deadline {
+                panic!("gateway not healthy after 30 s:\n{}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(self.dir.0.join("gateway.log")) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// SIGTERM, then wait up to `limit`; returns the exit status and how long it took.
+    pub fn terminate(&mut self, limit: Duration) -> Option<(ExitStatus, Duration)> {
+        let mut child = self.child.take()?;
+        let started = Instant::now();
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        while started.elapsed() < limit {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some((status, started.elapsed()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    pub async fn register(&self, email: &str, password: &str) -> reqwest::Response {
+        self.client
+            .post(self.url("/auth/register"))
+            .json(&serde_json::json!({ "email": email, "password": password }))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn login(&self, username: &str, password: &str) -> reqwest::Response {
+        self.client
+            .post(self.url("/auth/token"))
+            .form(&[("username", username), ("password", password)])
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn login_multipart(&self, username: &str, password: &str) -> reqwest::Response {
+        let form = reqwest::multipart::Form::new()
+            .text("username", username.to_string())
+            .text("password", password.to_string());
+        self.client
+            .post(self.url("/auth/token"))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn me(&self, token: &str) -> reqwest::Response {
+        self.client
+            .get(self.url("/auth/users/me"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Registers a user and returns (token, user id).
+    pub async fn registered(&self, email: &str, password: &str) -> (String, String) {
+        let r = self.register(email, password).await;
+        assert_eq!(r.status(), 200, "register {email}");
+        let body: Value = r.json().await.unwrap();
+        (
+            body["access_token"].as_str().unwrap().to_string(),
+            body["user"]["id"].as_str().unwrap().to_string(),
+        )
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.terminate(Duration::from_secs(10));
+    }
+}
+
+/// A response as (status, selected headers, body).
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub text: String,
+}
+
+impl Answer {
+    pub async fn of(r: reqwest::Response) -> Answer {
+        Answer {
+            status: r.status().as_u16(),
+            headers: r.headers().clone(),
+            text: r.text().await.unwrap(),
+        }
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Raw bytes to the gateway over a plain socket; returns everything it answered until it
+/// closed or went quiet.
+pub async fn raw(port: u16, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match tokio::time::timeout(Duration::from_millis(1500), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Asserts the shape the seed's `UserResponse` has.
+pub fn assert_user_shape(user: &Value) {
+    let keys: Vec<&str> = user
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys,
+        ["email", "full_name", "id", "is_active", "created_at"],
+        "{user}"
+    );
+    uuid::Uuid::parse_str(user["id"].as_str().unwrap()).unwrap();
+    let created = user["created_at"].as_str().unwrap();
+    chrono::DateTime::parse_from_rfc3339(created)
+        .unwrap_or_else(|e| panic!("created_at {created:?} is not RFC 3339: {e}"));
+    assert!(created.ends_with('Z'), "{created}");
+}
+
+/// Asserts the shape of the seed's `TokenResponse`.
+pub fn assert_token_shape(body: &Value) {
+    let keys: Vec<&str> = body
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(keys, ["access_token", "token_type", "user"], "{body}");
+    assert_eq!(body["token_type"], "bearer");
+    assert_eq!(body["access_token"].as_str().unwrap().split('.').count(), 3);
+    assert_user_shape(&body["user"]);
+}

@@ -1,0 +1,146 @@
+use serde_json::Value;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn login_accepts_urlencoded_and_multipart_forms() {
+    let app = TestApp::spawn().await;
+    let (_, id) = app.registered("form@example.com", "FormPassword1!").await;
+    for answer in [
+        app.login("form@example.com", "FormPassword1!").await,
+        app.login_multipart("form@example.com", "FormPassword1!")
+            .await,
+    ] {
+        assert_eq!(answer.status(), 200);
+        let body: Value = answer.json().await.unwrap();
+        assert_token_shape(&body);
+        assert_eq!(body["user"]["id"], id.as_str());
+        assert_eq!(
+            app.me(body["access_token"].as_str().unwrap())
+                .await
+                .status(),
+            200
+        );
+    }
+}
+
+#[tokio::test]
+async fn login_ignores_the_letter_case_of_the_email() {
+    let app = TestApp::spawn().await;
+    app.registered("Mixed.Case@example.com", "CasePassword1!")
+        .await;
+    let r = app.login("mixed.case@EXAMPLE.com", "CasePassword1!").await;
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["user"]["email"], "Mixed.Case@example.com");
+}
+
+#[tokio::test]
+async fn unknown_email_wrong_password_and_inactive_account_get_the_same_answer() {
+    let app = TestApp::spawn().await;
+    app.registered("known@example.com", "KnownPassword1!").await;
+    app.registered("inactive@example.com", "InactivePassword1!")
+        .await;
+    app.db
+        .client()
+        .await
+        .execute(
+            "UPDATE users SET is_active = false WHERE email = 'inactive@example.com'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let answers = [
+        Answer::of(app.login("nobody@example.com", "KnownPassword1!").await).await,
+        Answer::of(app.login("known@example.com", "wrong-password").await).await,
+        Answer::of(
+            app.login("inactive@example.com", "InactivePassword1!")
+                .await,
+        )
+        .await,
+        // Short legacy-style passwords are just wrong at login, never a 422.
+        Answer::of(app.login("known@example.com", "x").await).await,
+    ];
+    for a in &answers {
+        assert_eq!(a.status, 401);
+        assert_eq!(a.text, r#"{"detail":"Incorrect email or password"}"#);
+        assert_eq!(a.header("www-authenticate"), Some("Bearer"));
+        let mut names: Vec<_> = a.headers.keys().map(|k| k.as_str().to_string()).collect();
+        names.sort();
+        let mut first: Vec<_> = answers[0]
+            .headers
+            .keys()
+            .map(|k| k.as_str().to_string())
+            .collect();
+        first.sort();
+        assert_eq!(names, first);
+    }
+}
+
+#[tokio::test]
+async fn form_field_rules_follow_oauth2_password_request_form() {
+    let app = TestApp::spawn().await;
+    let (_, _) = app
+        .registered("fields@example.com", "FieldsPassword1!")
+        .await;
+    let post = |body: &'static str| {
+        app.client
+            .post(app.url("/auth/token"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+    };
+    // grant_type, when present and not empty, must be "password".
+    assert_eq!(
+        post("username=fields@example.com&password=FieldsPassword1!&grant_type=password")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        post("username=fields@example.com&password=FieldsPassword1!&grant_type=")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let a = Answer::of(
+        post("username=fields@example.com&password=FieldsPassword1!&grant_type=refresh_token")
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, 422);
+    assert_eq!(
+        a.json()["detail"][0]["loc"],
+        serde_json::json!(["body", "grant_type"])
+    );
+    // scope, client_id and client_secret are accepted and ignored.
+    assert_eq!(
+        post("username=fields@example.com&password=FieldsPassword1!&scope=a+b&client_id=x&client_secret=y").await.unwrap().status(),
+        200
+    );
+    // Empty values count as missing.
+    let a = Answer::of(post("username=&password=").await.unwrap()).await;
+    assert_eq!(
+        a.text,
+        r#"{"detail":[{"type":"missing","loc":["body","username"],"msg":"Field required","input":null},{"type":"missing","loc":["body","password"],"msg":"Field required","input":null}]}"#
+    );
+    // Multipart with a missing password.
+    let form = reqwest::multipart::Form::new().text("username", "fields@example.com");
+    let a = Answer::of(
+        app.client
+            .post(app.url("/auth/token"))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, 422);
+    assert_eq!(
+        a.text,
+        r#"{"detail":[{"type":"missing","loc":["body","password"],"msg":"Field required","input":null}]}"#
+    );
+}

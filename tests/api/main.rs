@@ -1,0 +1,12 @@
+//! Integration tests: the real `sentinel-gateway` binary, a real PostgreSQL, HTTP over sockets.
+
+mod helpers;
+
+mod adoption;
+mod cors;
+mod goldens;
+mod hostile_input;
+mod login;
+mod me;
+mod register;
+mod startup;

@@ -1,0 +1,173 @@
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+fn token(name: &str) -> String {
+    fixture_json("tokens.json")[name]["token"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn the_seed_backends_tokens_behave_as_their_names_say() {
+    let app = TestApp::spawn_seeded().await;
+    let a = Answer::of(app.me(&token("valid_until_2100")).await).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.json()["id"], "cf33c6d8-c568-40da-85d6-bad6a194617e");
+    assert_user_shape(&a.json());
+    for (name, detail) in [
+        ("expired_2020", "Invalid token"),
+        ("other_secret", "Invalid token"),
+        ("unknown_user", "User not found"),
+    ] {
+        let a = Answer::of(app.me(&token(name)).await).await;
+        assert_eq!(a.status, 401, "{name}");
+        assert_eq!(a.json(), json!({ "detail": detail }), "{name}");
+        assert_eq!(a.header("www-authenticate"), Some("Bearer"), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn our_tokens_carry_sub_and_integer_exp_for_the_configured_lifetime() {
+    let app = TestApp::spawn().await;
+    let (token, id) = app
+        .registered("claims@example.com", "ClaimsPassword1!")
+        .await;
+    let [header, payload, _sig]: [&str; 3] =
+        token.split('.').collect::<Vec<_>>().try_into().unwrap();
+    let decode = |s: &str| -> Value { serde_json::from_slice(&base64_decode(s)).unwrap() };
+    let header = decode(header);
+    assert_eq!(header["alg"], "HS256");
+    assert!(header.get("kid").is_none());
+    let claims = decode(payload);
+    assert_eq!(claims["sub"], id.as_str());
+    assert!(claims.get("aud").is_none());
+    let exp = claims["exp"].as_i64().expect("integer exp");
+    let now = chrono::Utc::now().timestamp();
+    assert!((exp - now - 30 * 60).abs() < 60, "exp {exp} now {now}");
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    const A: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut bits = 0u32;
+    let mut n = 0;
+    let mut out = Vec::new();
+    for c in s.chars() {
+        bits = (bits << 6) | A.find(c).unwrap() as u32;
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn missing_other_scheme_and_garbage_tokens_are_refused() {
+    let app = TestApp::spawn().await;
+    let cases = [
+        (None, "Not authenticated"),
+        (Some("Basic YTpi"), "Not authenticated"),
+        (Some("Bearer not.a.token"), "Invalid token"),
+        (Some("bearer not.a.token"), "Invalid token"),
+        (Some("Bearer"), "Invalid token"),
+    ];
+    for (header, detail) in cases {
+        let mut req = app.client.get(app.url("/auth/users/me"));
+        if let Some(h) = header {
+            req = req.header("authorization", h);
+        }
+        let a = Answer::of(req.send().await.unwrap()).await;
+        assert_eq!(a.status, 401, "{header:?}");
+        assert_eq!(a.json(), json!({ "detail": detail }), "{header:?}");
+        assert_eq!(a.header("www-authenticate"), Some("Bearer"));
+    }
+    // A token far beyond the length cap is refused without trouble.
+    let huge = format!("Bearer {}", "a".repeat(6000));
+    let a = Answer::of(
+        app.client
+            .get(app.url("/auth/users/me"))
+            .header("authorization", huge)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, 401);
+}
+
+#[tokio::test]
+async fn deactivated_and_deleted_users_cannot_use_their_tokens() {
+    let app = TestApp::spawn().await;
+    let (token, id) = app.registered("gone@example.com", "GonePassword1!").await;
+    assert_eq!(app.me(&token).await.status(), 200);
+    let db = app.db.client().await;
+    db.execute("UPDATE users SET is_active = false WHERE id = $1", &[&id])
+        .await
+        .unwrap();
+    let a = Answer::of(app.me(&token).await).await;
+    assert_eq!(
+        (a.status, a.json()),
+        (401, json!({"detail": "Invalid token"}))
+    );
+    db.execute("DELETE FROM users WHERE id = $1", &[&id])
+        .await
+        .unwrap();
+    let a = Answer::of(app.me(&token).await).await;
+    assert_eq!(
+        (a.status, a.json()),
+        (401, json!({"detail": "User not found"}))
+    );
+}
+
+#[tokio::test]
+async fn patch_me_changes_only_what_is_sent() {
+    let app = TestApp::spawn().await;
+    let (token, _) = app.registered("patch@example.com", "PatchPassword1!").await;
+    let patch = |body: &'static str, auth: bool| {
+        let mut r = app
+            .client
+            .patch(app.url("/auth/users/me"))
+            .header("content-type", "application/json")
+            .body(body);
+        if auth {
+            r = r.bearer_auth(&token);
+        }
+        r.send()
+    };
+    let a = Answer::of(patch(r#"{"full_name":"Ada King"}"#, true).await.unwrap()).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.json()["full_name"], "Ada King");
+    assert_user_shape(&a.json());
+    // Absent: unchanged. Unknown fields (email) are ignored.
+    let a = Answer::of(
+        patch(r#"{"email":"other@example.com"}"#, true)
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (a.json()["full_name"].clone(), a.json()["email"].clone()),
+        (json!("Ada King"), json!("patch@example.com"))
+    );
+    // Null clears.
+    let a = Answer::of(patch(r#"{"full_name":null}"#, true).await.unwrap()).await;
+    assert_eq!(a.json()["full_name"], Value::Null);
+    // Wrong type: 422 and nothing changed.
+    let a = Answer::of(patch(r#"{"full_name":5}"#, true).await.unwrap()).await;
+    assert_eq!(a.status, 422);
+    assert_eq!(a.json()["detail"][0]["type"], "string_type");
+    // No token: 401, even with a valid body; malformed JSON is reported first, as FastAPI does.
+    let a = Answer::of(patch(r#"{"full_name":"x"}"#, false).await.unwrap()).await;
+    assert_eq!(
+        (a.status, a.json()),
+        (401, json!({"detail": "Not authenticated"}))
+    );
+    let a = Answer::of(patch("{bad", false).await.unwrap()).await;
+    assert_eq!(a.status, 422);
+    assert_eq!(a.json()["detail"][0]["type"], "json_invalid");
+    let me: Value = app.me(&token).await.json().await.unwrap();
+    assert_eq!(me["full_name"], Value::Null);
+}

@@ -1,0 +1,213 @@
+//! Operating the binary: configuration, start-up failures, shutdown, side-by-side instances.
+
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use crate::helpers::*;
+
+fn one_line_failure(out: &Output) -> String {
+    assert!(!out.status.success(), "expected failure");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    stderr
+}
+
+#[test]
+fn a_bad_config_file_is_one_line_and_exit_code_2() {
+    let dir = TempDir::new();
+    let config = dir.0.join("gateway.toml");
+    for (text, expect) in [
+        ("[server]\nlisten = 5\n", "invalid config file"),
+        ("[server]\nlisten_on = \"x\"\n", "unknown field"),
+        ("[server\n", "invalid config file"),
+    ] {
+        std::fs::write(&config, text).unwrap();
+        let out = command(&dir.0, &config)
+            .arg("check-config")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{text}");
+        assert!(one_line_failure(&out).contains(expect), "{text}");
+    }
+    let missing = command(&dir.0, &dir.0.join("nope.toml")).output().unwrap();
+    assert!(one_line_failure(&missing).contains("cannot read config file"));
+}
+
+#[test]
+fn weak_or_placeholder_secrets_are_refused_outside_development() {
+    let dir = TempDir::new();
+    let config = dir.0.join("gateway.toml");
+    std::fs::write(
+        &config,
+        "[database]\nurl = \"postgres://postgres@127.0.0.1/x\"\n",
+    )
+    .unwrap();
+    for secret in ["your-secret-key-change-in-production", "short"] {
+        let out = command(&dir.0, &config)
+            .env("SECRET_KEY", secret)
+            .arg("check-config")
+            .output()
+            .unwrap();
+        assert!(one_line_failure(&out).contains("secret_key"));
+        let ok = command(&dir.0, &config)
+            .env("SECRET_KEY", secret)
+            .env("SENTINEL_ENVIRONMENT", "development")
+            .arg("check-config")
+            .output()
+            .unwrap();
+        assert!(ok.status.success());
+    }
+}
+
+#[test]
+fn check_config_prints_the_effective_config_without_secrets() {
+    let dir = TempDir::new();
+    let config = dir.0.join("gateway.toml");
+    std::fs::write(&config, "[server]\nlisten = \"127.0.0.1:8123\"\n").unwrap();
+    // The seed's variables, from a .env file and from the environment (which wins).
+    std::fs::write(
+        dir.0.join(".env"),
+        format!("DATABASE_URL=postgresql+psycopg://app:dotenv-pass@db.internal/seed\nSECRET_KEY={SEED_SECRET}\nACCESS_TOKEN_EXPIRE_MINUTES=15\n"),
+    )
+    .unwrap();
+    let out = command(&dir.0, &config)
+        .env("ACCESS_TOKEN_EXPIRE_MINUTES", "45")
+        .arg("check-config")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("listen = \"127.0.0.1:8123\""), "{text}");
+    assert!(
+        text.contains("url = \"postgresql://app:[redacted]@db.internal/seed\""),
+        "{text}"
+    );
+    assert!(text.contains("access_token_expire_minutes = 45"), "{text}");
+    assert!(
+        !text.contains("dotenv-pass") && !text.contains(SEED_SECRET),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_unreachable_database_stops_start_up_with_one_line() {
+    let dir = TempDir::new();
+    let config = dir.0.join("gateway.toml");
+    let dead_port = free_port();
+    std::fs::write(
+        &config,
+        config_text(
+            free_port(),
+            &format!("postgres://postgres@127.0.0.1:{dead_port}/x"),
+            "",
+        ),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let out = command(&dir.0, &config).output().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert!(one_line_failure(&out).contains("PostgreSQL"));
+}
+
+#[tokio::test]
+async fn a_port_in_use_stops_start_up_with_one_line() {
+    let db = TestDb::create().await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = TempDir::new();
+    let config = dir.0.join("gateway.toml");
+    std::fs::write(&config, config_text(port, &db.url, "")).unwrap();
+    let started = Instant::now();
+    let out = command(&dir.0, &config).output().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(one_line_failure(&out).contains(&format!("cannot listen on 127.0.0.1:{port}")));
+}
+
+#[tokio::test]
+async fn sigterm_ends_the_process_within_seconds() {
+    let mut app = TestApp::spawn().await;
+    let (status, took) = app
+        .terminate(Duration::from_secs(10))
+        .expect("exited after SIGTERM");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test]
+async fn two_instances_run_side_by_side_on_one_database() {
+    let first = TestApp::spawn().await;
+    let second_db_url = first.db.url.clone();
+    let dir = TempDir::new();
+    let port = free_port();
+    let config = dir.0.join("gateway.toml");
+    std::fs::write(&config, config_text(port, &second_db_url, "")).unwrap();
+    let mut child = command(&dir.0, &config).spawn().unwrap();
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.get(format!("{base}/health")).send().await.is_err() {
+        assert!(Instant::now() < deadline, "second instance never came up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A user registered through one logs in through the other.
+    first.registered("both@example.com", "BothPassword1!").await;
+    let r = client
+        .post(format!("{base}/auth/token"))
+        .form(&[
+            ("username", "both@example.com"),
+            ("password", "BothPassword1!"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    child.wait().unwrap();
+    // The first is unaffected by the second's exit.
+    assert_eq!(
+        first
+            .client
+            .get(first.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn health_and_ready() {
+    let app = TestApp::spawn().await;
+    let a = Answer::of(app.client.get(app.url("/health")).send().await.unwrap()).await;
+    assert_eq!((a.status, a.text.as_str()), (200, r#"{"status":"ok"}"#));
+    let a = Answer::of(app.client.get(app.url("/ready")).send().await.unwrap()).await;
+    assert_eq!((a.status, a.text.as_str()), (200, r#"{"status":"ready"}"#));
+    let a = Answer::of(app.client.head(app.url("/health")).send().await.unwrap()).await;
+    assert_eq!((a.status, a.text.as_str()), (200, ""));
+    let a = Answer::of(app.client.get(app.url("/nowhere")).send().await.unwrap()).await;
+    assert_eq!(
+        (a.status, a.text.as_str()),
+        (404, r#"{"detail":"Not Found"}"#)
+    );
+    let a = Answer::of(
+        app.client
+            .get(app.url("/auth/register"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (a.status, a.text.as_str()),
+        (405, r#"{"detail":"Method Not Allowed"}"#)
+    );
+    assert_eq!(a.header("allow"), Some("POST"));
+}
