@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Benchmark of the seed API: sentinel-gateway against the seed's FastAPI backend, same machine,
+# same run. Measures requests/s and p99 of GET /auth/users/me and POST /auth/token with wrk at
+# 8 and 64 connections, plus the argon2 verification ceiling of this machine.
+#
+#   bench/auth.sh [seconds-per-run]        (default 10)
+#
+# Needs PostgreSQL on 127.0.0.1:5432 (scripts/ensure-deps.sh), wrk, python3 with venv; installs
+# wrk and the seed's Python requirements (into target/bench/) when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${1:-10}
+GW_PORT=${GW_PORT:-18300}
+SEED_PORT=${SEED_PORT:-18400}
+SEED_DIR=${SEED_DIR:-../shared/peers/seed_fastapi}
+SECRET="bench-secret-0123456789abcdef0123456789abcdef"
+PASSWORD="BenchPassword123!"
+OUT=target/bench
+mkdir -p "$OUT"
+
+scripts/ensure-deps.sh
+command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+
+pids=()
+# Each service runs in a process group of its own (setsid), so that its workers go too.
+cleanup() {
+  for p in "${pids[@]}"; do kill -TERM -- "-$p" 2>/dev/null || true; done
+  sleep 2
+  for p in "${pids[@]}"; do kill -KILL -- "-$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+for db in sg_bench seed_bench; do
+  dropdb -h 127.0.0.1 -U postgres --if-exists --force "$db"
+  createdb -h 127.0.0.1 -U postgres "$db"
+done
+
+cargo build --release --quiet --bin sentinel-gateway --example hash_rate
+setsid env -i PATH="$PATH" DATABASE_URL="postgres://postgres@127.0.0.1/sg_bench" SECRET_KEY="$SECRET" \
+  SENTINEL_LISTEN="127.0.0.1:$GW_PORT" SENTINEL_LOG_LEVEL=warn \
+  target/release/sentinel-gateway --config conf/gateway.toml >"$OUT/gateway.log" 2>&1 &
+pids+=($!)
+
+if [ ! -x "$OUT/seed-venv/bin/uvicorn" ]; then
+  python3 -m venv "$OUT/seed-venv"
+  "$OUT/seed-venv/bin/pip" install -q -r "$SEED_DIR/requirements.txt"
+fi
+(cd "$SEED_DIR" && exec setsid env -i PATH="$PATH" DATABASE_URL="postgresql+psycopg://postgres@127.0.0.1/seed_bench" \
+  SECRET_KEY="$SECRET" "$OLDPWD/$OUT/seed-venv/bin/uvicorn" app.main:app --port "$SEED_PORT" \
+  --workers 2 --log-level warning) >"$OUT/seed.log" 2>&1 &
+pids+=($!)
+
+wait_up() { for _ in $(seq 1 100); do curl -sf "$1/health" >/dev/null && return 0; sleep 0.2; done; echo "no answer from $1" >&2; exit 1; }
+token_for() { # base -> registers bench@example.com, prints a token
+  curl -sf -X POST "$1/auth/register" -H 'content-type: application/json' \
+    -d "{\"email\":\"bench@example.com\",\"password\":\"$PASSWORD\",\"full_name\":\"Bench\"}" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])'
+}
+
+declare -A BASE=([gateway]="http://127.0.0.1:$GW_PORT" [seed]="http://127.0.0.1:$SEED_PORT")
+declare -A TOKEN
+for who in gateway seed; do wait_up "${BASE[$who]}"; TOKEN[$who]=$(token_for "${BASE[$who]}"); done
+
+# wrk output -> "req/s p99 errors"
+summarize() {
+  awk '/Requests\/sec/ {rps=$2} / 99%/ {p99=$2} /Non-2xx/ {err+=$5} /Socket errors/ {gsub(",","");err+=$4+$6+$8+$10} END {printf "%s %s %d\n", rps, p99, err}'
+}
+
+results=()
+run() { # who endpoint conns
+  local who=$1 ep=$2 c=$3 out
+  if [ "$ep" = me ]; then
+    out=$(wrk -t2 -c"$c" -d"${DURATION}s" --latency -H "Authorization: Bearer ${TOKEN[$who]}" "${BASE[$who]}/auth/users/me")
+  else
+    out=$(BENCH_USER=bench@example.com BENCH_PASSWORD="$PASSWORD" wrk -t2 -c"$c" -d"${DURATION}s" --latency --timeout 10s -s bench/login.lua "${BASE[$who]}/auth/token")
+  fi
+  echo "$out" >"$OUT/wrk-$who-$ep-$c.txt"
+  results+=("$who $ep $c $(echo "$out" | summarize)")
+}
+
+for ep in me token; do for c in 8 64; do for who in gateway seed; do run "$who" "$ep" "$c"; done; done; done
+ceiling=$(target/release/examples/hash_rate 5)
+
+printf '\n%-8s %-26s %5s %12s %10s %8s\n' who endpoint conns "req/s" p99 errors
+for r in "${results[@]}"; do
+  read -r who ep c rps p99 err <<<"$r"
+  name=$([ "$ep" = me ] && echo "GET /auth/users/me" || echo "POST /auth/token")
+  printf '%-8s %-26s %5s %12s %10s %8s\n' "$who" "$name" "$c" "$rps" "$p99" "$err"
+done
+echo
+python3 - "$ceiling" "${results[@]}" <<'PY'
+import sys
+ceiling = float(sys.argv[1])
+rows = {}
+for r in sys.argv[2:]:
+    who, ep, c, rps, p99, err = r.split()
+    rows[(who, ep, c)] = float(rps)
+for c in ("8", "64"):
+    print(f"users/me gateway/seed at {c} connections: {rows[('gateway','me',c)] / max(rows[('seed','me',c)], 0.01):.1f}x")
+for c in ("8", "64"):
+    print(f"login at {c} connections: {rows[('gateway','token',c)]:.1f}/s = {rows[('gateway','token',c)] / ceiling:.0%} of the argon2 ceiling ({ceiling:.1f} verifications/s on all cores)")
+PY
