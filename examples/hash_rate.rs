@@ -12,10 +12,11 @@ use sentinel_gateway::password::{verify, HashPolicy};
 fn main() {
     let mut args = std::env::args().skip(1);
     let seconds: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(5);
-    let threads: usize = args
-        .next()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
+    let threads: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    });
     let policy = HashPolicy::OWASP_MINIMUM;
     let Ok(hash) = policy.hash("bench-password-123") else {
         eprintln!("hashing failed");
