@@ -135,6 +135,12 @@ pub enum ApiError {
     NotAuthenticated,
     #[error("invalid token")]
     InvalidToken,
+    /// A proxied request's token is bad, expired, or its user inactive or gone.
+    #[error("rejected token")]
+    RejectedToken,
+    /// A path with dot segments or backslashes.
+    #[error("bad path")]
+    BadPath,
     #[error("user not found")]
     UserNotFound,
     #[error("not found")]
@@ -165,6 +171,9 @@ impl ApiError {
             ApiError::NotAuthenticated => bearer(Reply::detail(401, "Not authenticated")),
             ApiError::InvalidToken => bearer(Reply::detail(401, "Invalid token")),
             ApiError::UserNotFound => bearer(Reply::detail(401, "User not found")),
+            ApiError::RejectedToken => Reply::detail(401, "Invalid token")
+                .with_header("www-authenticate", "Bearer error=\"invalid_token\""),
+            ApiError::BadPath => Reply::detail(400, "Invalid path"),
             ApiError::NotFound => Reply::detail(404, "Not Found"),
             ApiError::MethodNotAllowed { allow } => {
                 Reply::detail(405, "Method Not Allowed").with_header("allow", allow)

@@ -12,13 +12,21 @@ use crate::api::{ApiError, Reply};
 use crate::config::Config;
 use crate::cors::Cors;
 use crate::forms;
+use crate::identity::TrustedProxies;
 use crate::password::{self, HashPolicy, HashPool, PasswordError};
-use crate::routes::Endpoint;
+use crate::routes::{Endpoint, Router};
 use crate::token::{self, TokenKeys};
+use crate::upstreams::ProxyRoute;
+use crate::user_cache::UserCache;
 use crate::users::{self, User, UserResponse};
 
 pub struct App {
     pub pool: Pool,
+    pub router: Router,
+    /// The configured routes, in config order (the router's indexes point here).
+    pub routes: Vec<ProxyRoute>,
+    pub users: Arc<UserCache>,
+    pub trusted_proxies: TrustedProxies,
     pub keys: TokenKeys,
     pub hasher: HashPool,
     pub policy: HashPolicy,
@@ -47,7 +55,12 @@ struct TokenResponse<'a> {
 
 impl App {
     /// Builds the state; the dummy hash is made here, with the configured policy.
-    pub fn new(config: &Config, pool: Pool) -> anyhow::Result<App> {
+    pub fn new(
+        config: &Config,
+        pool: Pool,
+        routes: Vec<ProxyRoute>,
+        users: Arc<UserCache>,
+    ) -> anyhow::Result<App> {
         let policy = config.password.policy();
         let keys = TokenKeys::new(
             config.auth.secret_key.expose(),
@@ -59,6 +72,11 @@ impl App {
         let dummy = policy.hash(&uuid::Uuid::new_v4().to_string())?;
         Ok(App {
             pool,
+            router: Router::new(&config.routes),
+            routes,
+            users,
+            trusted_proxies: TrustedProxies::parse(&config.proxy.trusted_proxies)
+                .map_err(|e| anyhow::anyhow!("proxy.trusted_proxies: {e}"))?,
             keys,
             hasher: HashPool::new(config.password.workers(), config.password.hash_queue)?,
             policy,

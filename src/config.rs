@@ -82,7 +82,31 @@ pub struct Config {
     pub cors: CorsConfig,
     pub rate_limit: RateLimitConfig,
     pub log: LogConfig,
+    pub proxy: ProxyConfig,
     pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Peers (addresses or CIDR blocks) whose `X-Forwarded-*` headers are kept and extended;
+    /// from anyone else they are replaced. Empty: trust no one.
+    pub trusted_proxies: Vec<String>,
+    /// How often each upstream is probed (TCP connect); an unhealthy one gets no traffic.
+    pub health_check_interval_ms: u64,
+    /// How long a verified user's state is reused without asking PostgreSQL. Changes arrive
+    /// sooner through LISTEN/NOTIFY; this is the safety net.
+    pub user_cache_ttl_seconds: u64,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            trusted_proxies: Vec::new(),
+            health_check_interval_ms: 1000,
+            user_cache_ttl_seconds: 30,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -182,11 +206,22 @@ pub struct RouteConfig {
     pub upstreams: Vec<String>,
     #[serde(default = "RouteConfig::default_auth")]
     pub auth: RouteAuth,
+    #[serde(default = "RouteConfig::default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Longest wait for the upstream's next bytes (504 beyond).
+    #[serde(default = "RouteConfig::default_read_timeout_ms")]
+    pub read_timeout_ms: u64,
 }
 
 impl RouteConfig {
     fn default_auth() -> RouteAuth {
         RouteAuth::Required
+    }
+    fn default_connect_timeout_ms() -> u64 {
+        2000
+    }
+    fn default_read_timeout_ms() -> u64 {
+        30_000
     }
 }
 
@@ -473,7 +508,38 @@ impl Config {
         {
             return invalid("rate_limit values must be at least 1 per minute".into());
         }
+        if let Err(e) = crate::identity::TrustedProxies::parse(&self.proxy.trusted_proxies) {
+            return invalid(format!("proxy.trusted_proxies: {e}"));
+        }
+        if self.proxy.health_check_interval_ms < 100 {
+            return invalid("proxy.health_check_interval_ms must be at least 100".into());
+        }
         for route in &self.routes {
+            if route
+                .upstreams
+                .iter()
+                .any(|u| u.parse::<SocketAddr>().is_err())
+            {
+                return invalid(format!(
+                    "routes: {:?} upstreams must be ip:port addresses, got {:?}",
+                    route.prefix, route.upstreams
+                ));
+            }
+            if route.connect_timeout_ms == 0 || route.read_timeout_ms == 0 {
+                return invalid(format!(
+                    "routes: {:?} timeouts must be positive",
+                    route.prefix
+                ));
+            }
+            if self
+                .routes
+                .iter()
+                .filter(|r| r.prefix == route.prefix)
+                .count()
+                > 1
+            {
+                return invalid(format!("routes: prefix {:?} appears twice", route.prefix));
+            }
             if !route.prefix.starts_with('/') {
                 return invalid(format!(
                     "routes: prefix must start with '/', got {:?}",
@@ -532,6 +598,7 @@ impl Serialize for RedactedView<'_> {
             cors: &'a CorsConfig,
             rate_limit: &'a RateLimitConfig,
             log: &'a LogConfig,
+            proxy: &'a ProxyConfig,
             #[serde(skip_serializing_if = "<[_]>::is_empty")]
             routes: &'a [RouteConfig],
         }
@@ -549,6 +616,7 @@ impl Serialize for RedactedView<'_> {
             cors: &c.cors,
             rate_limit: &c.rate_limit,
             log: &c.log,
+            proxy: &c.proxy,
             routes: &c.routes,
         }
         .serialize(s)

@@ -1,20 +1,31 @@
 //! The pingora glue: each `ProxyHttp` hook is a few lines that hand over to the pure modules.
-//! Every request the gateway answers itself (its endpoints, preflights, 404s) is written by
-//! [`write_reply`], which adds the CORS headers.
+//!
+//! - `request_filter`: request id, preflights, the gateway's own endpoints (answered here, by
+//!   [`write_reply`], which adds CORS and `X-Request-Id`), and for routes: removal of every
+//!   client-sent identity header, then bearer verification on protected routes.
+//! - `upstream_peer`: a healthy upstream of the route, with the route's timeouts.
+//! - `upstream_request_filter`: the identity and forwarding headers only the gateway sets.
+//! - `response_filter`: CORS and `X-Request-Id` on upstream responses.
+//! - `fail_to_proxy`: 502/504 as FastAPI-shaped JSON.
 
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use pingora::http::ResponseHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::api::{ApiError, Reply};
 use crate::app::{App, OwnRequest};
+use crate::config::RouteAuth;
 use crate::cors::Cors;
-use crate::routes::{classify, Endpoint, Route};
+use crate::identity;
+use crate::routes::{Endpoint, Route};
+use crate::token;
+use crate::user_cache::UserState;
 
 pub struct Gateway {
     app: Arc<App>,
@@ -29,11 +40,35 @@ impl Gateway {
 /// Per-request state.
 pub struct RequestCtx {
     started: Instant,
+    request_id: String,
+    origin: Option<Vec<u8>>,
     endpoint: Option<Endpoint>,
+    route: Option<usize>,
+    user: Option<Arc<UserState>>,
+    /// `X-Forwarded-*` as a trusted proxy sent them (never from anyone else).
+    forwarded: Forwarded,
+}
+
+#[derive(Default)]
+struct Forwarded {
+    for_: Option<String>,
+    proto: Option<String>,
+    host: Option<String>,
 }
 
 fn header<'a>(session: &'a Session, name: &str) -> Option<&'a [u8]> {
     session.req_header().headers.get(name).map(|v| v.as_bytes())
+}
+
+fn header_string(session: &Session, name: &str) -> Option<String> {
+    header(session, name).and_then(|v| std::str::from_utf8(v).ok().map(str::to_string))
+}
+
+fn client_ip(session: &Session) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
 }
 
 /// Why a body could not be read in full.
@@ -61,22 +96,22 @@ async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, BodyErr
     Ok(body.freeze())
 }
 
-/// Writes a gateway-own answer with CORS headers (`cors` empty for preflights, whose reply
-/// carries its own).
+/// Writes a gateway-own answer followed by `extra` headers (CORS, request id).
 async fn write_reply(
     session: &mut Session,
     reply: Reply,
-    cors: Vec<(&'static str, String)>,
+    extra: Vec<(&'static str, String)>,
 ) -> Result<()> {
     let head_only = session.req_header().method == http::Method::HEAD;
-    let mut resp = ResponseHeader::build(reply.status, Some(4 + reply.headers.len() + cors.len()))?;
+    let mut resp =
+        ResponseHeader::build(reply.status, Some(4 + reply.headers.len() + extra.len()))?;
     // Starlette's order: the endpoint's own headers, length and type, then CORS.
     for (name, value) in reply.headers {
         resp.append_header(name, value)?;
     }
     resp.insert_header("content-length", reply.body.len().to_string())?;
     resp.insert_header("content-type", reply.content_type)?;
-    for (name, value) in cors {
+    for (name, value) in extra {
         resp.append_header(name, value)?;
     }
     if head_only || reply.body.is_empty() {
@@ -88,6 +123,13 @@ async fn write_reply(
 }
 
 impl Gateway {
+    /// CORS and request-id headers for a response to this request.
+    fn response_extras(&self, ctx: &RequestCtx) -> Vec<(&'static str, String)> {
+        let mut headers = self.app.cors.simple_headers(ctx.origin.as_deref());
+        headers.push((identity::REQUEST_ID, ctx.request_id.clone()));
+        headers
+    }
+
     async fn answer_own(&self, session: &mut Session, endpoint: Endpoint) -> Result<Reply> {
         let body = if endpoint.reads_body() {
             match read_body(session, self.app.max_body_bytes).await {
@@ -115,6 +157,60 @@ impl Gateway {
         };
         Ok(self.app.handle(endpoint, &request).await)
     }
+
+    /// Removes every client-sent header in the identity namespace (all spellings), keeping the
+    /// `X-Forwarded-*` values of a trusted proxy aside first.
+    fn strip_identity_headers(&self, session: &mut Session, ctx: &mut RequestCtx) {
+        let trusted = client_ip(session).is_some_and(|ip| self.app.trusted_proxies.contains(ip));
+        if trusted {
+            ctx.forwarded = Forwarded {
+                for_: header_string(session, identity::FORWARDED_FOR),
+                proto: header_string(session, identity::FORWARDED_PROTO),
+                host: header_string(session, identity::FORWARDED_HOST),
+            };
+        }
+        let req = session.req_header_mut();
+        let doomed: Vec<http::HeaderName> = req
+            .headers
+            .keys()
+            .filter(|name| identity::is_reserved(name.as_str()))
+            .cloned()
+            .collect();
+        for name in doomed {
+            req.remove_header(&name);
+        }
+        // Ours replaces the client's in any case; a malformed one is not even logged upstream.
+        req.remove_header(identity::REQUEST_ID);
+    }
+
+    /// Bearer verification for a route. `Ok(None)`: anonymous (public routes only).
+    async fn authenticate(
+        &self,
+        session: &Session,
+        auth: RouteAuth,
+    ) -> Result<Option<Arc<UserState>>, ApiError> {
+        let Some(token) = token::bearer_token(header(session, "authorization")) else {
+            return match auth {
+                RouteAuth::Required => Err(ApiError::NotAuthenticated),
+                RouteAuth::Public => Ok(None),
+            };
+        };
+        let verified = match self.app.keys.verify(token) {
+            Ok(v) => v,
+            Err(_) if auth == RouteAuth::Public => return Ok(None),
+            Err(_) => return Err(ApiError::RejectedToken),
+        };
+        match self
+            .app
+            .users
+            .get(&self.app.pool, &verified.user_id)
+            .await?
+        {
+            Some(user) if user.active => Ok(Some(user)),
+            _ if auth == RouteAuth::Public => Ok(None),
+            _ => Err(ApiError::RejectedToken),
+        }
+    }
 }
 
 #[async_trait]
@@ -124,56 +220,176 @@ impl ProxyHttp for Gateway {
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             started: Instant::now(),
+            request_id: String::new(),
+            origin: None,
             endpoint: None,
+            route: None,
+            user: None,
+            forwarded: Forwarded::default(),
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         session.set_keepalive(Some(self.app.keepalive_seconds));
+        ctx.request_id = match header(session, identity::REQUEST_ID) {
+            Some(id) if identity::valid_request_id(id) => String::from_utf8_lossy(id).into_owned(),
+            _ => uuid::Uuid::new_v4().simple().to_string(),
+        };
+        ctx.origin = header(session, "origin").map(<[u8]>::to_vec);
         let method = session.req_header().method.clone();
-        let origin = header(session, "origin").map(<[u8]>::to_vec);
         if Cors::is_preflight(
             &method,
-            origin.as_deref(),
+            ctx.origin.as_deref(),
             header(session, "access-control-request-method"),
         ) {
             let reply = self.app.cors.preflight(
-                origin.as_deref().unwrap_or_default(),
+                ctx.origin.as_deref().unwrap_or_default(),
                 header(session, "access-control-request-headers"),
             );
-            write_reply(session, reply, Vec::new()).await?;
+            let extra = vec![(identity::REQUEST_ID, ctx.request_id.clone())];
+            write_reply(session, reply, extra).await?;
             return Ok(true);
         }
-        let reply = match classify(&method, session.req_header().uri.path()) {
+        let reply = match self
+            .app
+            .router
+            .classify(&method, session.req_header().uri.path())
+        {
             Route::Own(endpoint) => {
                 ctx.endpoint = Some(endpoint);
                 self.answer_own(session, endpoint).await?
             }
+            Route::Proxy(index) => {
+                self.strip_identity_headers(session, ctx);
+                ctx.route = Some(index);
+                let auth = self.app.routes[index].auth;
+                match self.authenticate(session, auth).await {
+                    Ok(user) => {
+                        ctx.user = user;
+                        return Ok(false);
+                    }
+                    Err(e) => e.into_reply(),
+                }
+            }
             Route::MethodNotAllowed(allow) => ApiError::MethodNotAllowed { allow }.into_reply(),
+            Route::BadPath => ApiError::BadPath.into_reply(),
             Route::NotFound => ApiError::NotFound.into_reply(),
         };
-        let cors = self.app.cors.simple_headers(origin.as_deref());
-        write_reply(session, reply, cors).await?;
+        let extra = self.response_extras(ctx);
+        write_reply(session, reply, extra).await?;
         Ok(true)
     }
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
-        _ctx: &mut RequestCtx,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        // Every request is answered in request_filter until routes are proxied.
-        Err(Error::explain(HTTPStatus(404), "no route"))
+        let Some(route) = ctx.route.and_then(|i| self.app.routes.get(i)) else {
+            return Err(Error::explain(HTTPStatus(404), "no route"));
+        };
+        let Some(backend) = route.upstreams.select(b"", 256) else {
+            return Err(Error::explain(HTTPStatus(502), "no healthy upstream"));
+        };
+        let mut peer = HttpPeer::new(backend, false, String::new());
+        peer.options.connection_timeout = Some(route.connect_timeout);
+        peer.options.total_connection_timeout = Some(route.connect_timeout);
+        // A WebSocket may be quiet for long; its idle time is bounded by keep-alive pings.
+        if !session.is_upgrade_req() {
+            peer.options.read_timeout = Some(route.read_timeout);
+        }
+        peer.options.write_timeout = Some(route.read_timeout);
+        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // A client cannot name our headers as hop-by-hop: only `upgrade` survives.
+        match upstream
+            .headers
+            .get("connection")
+            .and_then(|v| identity::sanitize_connection(v.as_bytes()))
+        {
+            Some(token) => upstream.insert_header("connection", token)?,
+            None => {
+                upstream.remove_header("connection");
+            }
+        }
+        if let Some(user) = &ctx.user {
+            upstream.insert_header(identity::USER_ID, user.id.as_str())?;
+            upstream.insert_header(identity::USER_EMAIL, user.email.as_str())?;
+        }
+        upstream.insert_header(identity::REQUEST_ID, ctx.request_id.as_str())?;
+        let peer = client_ip(session)
+            .map(|ip| ip.to_string())
+            .unwrap_or_default();
+        let forwarded_for = match ctx.forwarded.for_.take() {
+            Some(chain) => format!("{chain}, {peer}"),
+            None => peer,
+        };
+        upstream.insert_header(identity::FORWARDED_FOR, forwarded_for)?;
+        let proto = ctx.forwarded.proto.take().unwrap_or_else(|| "http".into());
+        upstream.insert_header(identity::FORWARDED_PROTO, proto)?;
+        let host = ctx
+            .forwarded
+            .host
+            .take()
+            .or_else(|| header_string(session, "host"))
+            .or_else(|| session.req_header().uri.host().map(str::to_string));
+        if let Some(host) = host {
+            upstream.insert_header(identity::FORWARDED_HOST, host)?;
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // The gateway owns the CORS policy: an upstream's own allow-headers are replaced.
+        let theirs: Vec<http::HeaderName> = upstream_response
+            .headers
+            .keys()
+            .filter(|k| k.as_str().starts_with("access-control-"))
+            .cloned()
+            .collect();
+        for name in theirs {
+            upstream_response.remove_header(&name);
+        }
+        for (name, value) in self.response_extras(ctx) {
+            if name == "vary" {
+                let merged = match upstream_response.headers.get("vary") {
+                    Some(v) if !v.as_bytes().is_empty() => {
+                        format!("{}, {}", String::from_utf8_lossy(v.as_bytes()), value)
+                    }
+                    _ => value,
+                };
+                upstream_response.insert_header("vary", merged)?;
+            } else {
+                upstream_response.insert_header(name, value)?;
+            }
+        }
+        Ok(())
     }
 
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
         e: &Error,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let code = match e.etype() {
             HTTPStatus(code) => *code,
+            ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError
+            | ConnectProxyFailure => 502,
+            ReadTimedout | WriteTimedout => 504,
             _ => match e.esource() {
                 ErrorSource::Downstream => match e.etype() {
                     WriteError | ReadError | ConnectionClosed => 0,
@@ -189,11 +405,8 @@ impl ProxyHttp for Gateway {
                 .and_then(|s| s.canonical_reason())
                 .unwrap_or("Error");
             let reply = Reply::json(code, &serde_json::json!({ "detail": detail }));
-            let cors = self
-                .app
-                .cors
-                .simple_headers(header(session, "origin").map(<[u8]>::to_vec).as_deref());
-            if let Err(err) = write_reply(session, reply, cors).await {
+            let extra = self.response_extras(ctx);
+            if let Err(err) = write_reply(session, reply, extra).await {
                 tracing::debug!(error = %err, "could not send error response");
             }
         }
@@ -212,6 +425,10 @@ impl ProxyHttp for Gateway {
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
+        let route = ctx
+            .route
+            .and_then(|i| self.app.routes.get(i))
+            .map(|r| r.prefix.as_str());
         // The path only: query strings can carry secrets.
         tracing::info!(
             target: "access",
@@ -220,8 +437,11 @@ impl ProxyHttp for Gateway {
             status,
             duration_us = ctx.started.elapsed().as_micros() as u64,
             client = session.client_addr().map(|a| a.to_string()).unwrap_or_default(),
-            endpoint = ctx.endpoint.map(Endpoint::name).unwrap_or("-"),
-            error = e.map(|e| e.etype().as_str()).unwrap_or(""),
+            request_id = %ctx.request_id,
+            endpoint = ctx.endpoint.map(Endpoint::name),
+            route,
+            user_id = ctx.user.as_ref().map(|u| u.id.as_str()),
+            error = e.map(|e| e.etype().as_str()),
         );
     }
 }

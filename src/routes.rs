@@ -1,6 +1,9 @@
-//! Which requests the gateway answers itself. Pure: method and path in, decision out.
+//! Where a request goes: one of the gateway's own endpoints, or a configured route (longest
+//! prefix wins), or nowhere. Pure: method and path in, decision out.
 
 use http::Method;
+
+use crate::config::{RouteAuth, RouteConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
@@ -38,7 +41,56 @@ pub enum Route {
     Own(Endpoint),
     /// One of our paths with another method: 405 with this `Allow`.
     MethodNotAllowed(&'static str),
+    /// The index of a configured route.
+    Proxy(usize),
+    /// A path with `.`/`..` segments (plain or percent-encoded) or backslashes: refused before
+    /// it can match one prefix here and mean another path upstream.
+    BadPath,
     NotFound,
+}
+
+/// The configured routes, longest prefix first.
+#[derive(Debug, Clone, Default)]
+pub struct Router {
+    /// (prefix, index into the config's routes, auth)
+    prefixes: Vec<(String, usize, RouteAuth)>,
+}
+
+impl Router {
+    pub fn new(routes: &[RouteConfig]) -> Router {
+        let mut prefixes: Vec<_> = routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.prefix.clone(), i, r.auth))
+            .collect();
+        prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        Router { prefixes }
+    }
+
+    /// The gateway's own endpoints first, then the routes.
+    pub fn classify(&self, method: &Method, path: &str) -> Route {
+        match classify(method, path) {
+            Route::NotFound => {}
+            own => return own,
+        }
+        if !is_canonical(path) {
+            return Route::BadPath;
+        }
+        self.prefixes
+            .iter()
+            .find(|(prefix, _, _)| path.starts_with(prefix.as_str()))
+            .map_or(Route::NotFound, |(_, i, _)| Route::Proxy(*i))
+    }
+}
+
+/// No dot segments and no backslashes, also when percent-encoded.
+pub fn is_canonical(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    if lower.contains('\\') || lower.contains("%5c") {
+        return false;
+    }
+    let decoded = lower.replace("%2e", ".").replace("%2f", "/");
+    !decoded.split('/').any(|seg| seg == "." || seg == "..")
 }
 
 pub fn classify(method: &Method, path: &str) -> Route {
@@ -92,5 +144,60 @@ mod tests {
         );
         assert_eq!(classify(&Method::GET, "/nowhere"), Route::NotFound);
         assert_eq!(classify(&Method::GET, "/auth/users/me/"), Route::NotFound);
+    }
+
+    fn route(prefix: &str, auth: RouteAuth) -> RouteConfig {
+        RouteConfig {
+            prefix: prefix.into(),
+            upstreams: vec!["127.0.0.1:9000".into()],
+            auth,
+            connect_timeout_ms: 1000,
+            read_timeout_ms: 1000,
+        }
+    }
+
+    #[test]
+    fn longest_prefix_wins_and_own_endpoints_come_first() {
+        let r = Router::new(&[
+            route("/api/", RouteAuth::Required),
+            route("/api/public/", RouteAuth::Public),
+            route("/", RouteAuth::Public),
+        ]);
+        assert_eq!(r.classify(&Method::GET, "/api/x"), Route::Proxy(0));
+        assert_eq!(r.classify(&Method::GET, "/api/public/x"), Route::Proxy(1));
+        assert_eq!(r.classify(&Method::GET, "/other"), Route::Proxy(2));
+        assert_eq!(
+            r.classify(&Method::GET, "/health"),
+            Route::Own(Endpoint::Health)
+        );
+        assert_eq!(
+            r.classify(&Method::GET, "/auth/token"),
+            Route::MethodNotAllowed("POST")
+        );
+        assert_eq!(
+            Router::new(&[]).classify(&Method::GET, "/api/x"),
+            Route::NotFound
+        );
+    }
+
+    #[test]
+    fn dot_segments_are_refused_in_any_spelling() {
+        let r = Router::new(&[route("/api/public/", RouteAuth::Public)]);
+        for path in [
+            "/api/public/../admin",
+            "/api/public/%2e%2e/admin",
+            "/api/public/%2E./admin",
+            "/api/public/.%2e%2fadmin",
+            "/api/public/./x",
+            "/api/public/..",
+            "/api/public/a\\..\\b",
+            "/api/public/%5c..",
+        ] {
+            assert_eq!(r.classify(&Method::GET, path), Route::BadPath, "{path}");
+        }
+        assert_eq!(
+            r.classify(&Method::GET, "/api/public/a..b/.c"),
+            Route::Proxy(0)
+        );
     }
 }

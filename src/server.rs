@@ -3,16 +3,20 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use pingora::proxy::http_proxy_service_with_name;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
+use pingora::services::background::background_service;
 
 use crate::app::App;
 use crate::config::Config;
 use crate::db;
 use crate::proxy::Gateway;
+use crate::upstreams;
+use crate::user_cache::{UserCache, UserChangeListener};
 
 /// Migrates the database once on a short-lived runtime of its own.
 pub fn migrate(config: &Config) -> anyhow::Result<db::MigrationReport> {
@@ -44,7 +48,23 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     }
 
     let pool = db::pool(&config.database)?;
-    let app = Arc::new(App::new(&config, pool)?);
+    let interval = Duration::from_millis(config.proxy.health_check_interval_ms);
+    let mut routes = Vec::with_capacity(config.routes.len());
+    let mut health_checks = Vec::with_capacity(config.routes.len());
+    for route in &config.routes {
+        let (route, checker) = upstreams::build(route, interval)?;
+        routes.push(route);
+        health_checks.push(checker);
+    }
+    let users = Arc::new(UserCache::new(
+        Duration::from_secs(config.proxy.user_cache_ttl_seconds),
+        100_000,
+    ));
+    let listener = UserChangeListener {
+        cache: Arc::clone(&users),
+        database: config.database.clone(),
+    };
+    let app = Arc::new(App::new(&config, pool, routes, users)?);
 
     let runtime_dir = RuntimeDir::create(config.server.runtime_dir.clone())?;
     let server_conf = ServerConf {
@@ -61,6 +81,10 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         http_proxy_service_with_name(&server.configuration, Gateway::new(app), "sentinel-gateway");
     service.add_tcp(&config.server.listen);
     server.add_service(service);
+    server.add_service(background_service("user change listener", listener));
+    for checker in health_checks {
+        server.add_service(checker);
+    }
     tracing::info!(listen = %addr, threads = config.server.threads, "sentinel-gateway listening");
     server.run(RunArgs::default());
     tracing::info!("sentinel-gateway stopped");

@@ -1,0 +1,182 @@
+//! Identity headers: what a client may not send (anything in the gateway's namespace, however
+//! it is spelt), and what the gateway sets for upstreams. Pure functions over header names and
+//! values; `proxy.rs` applies them to requests.
+
+use std::net::IpAddr;
+
+pub const USER_ID: &str = "x-user-id";
+pub const USER_EMAIL: &str = "x-user-email";
+pub const REQUEST_ID: &str = "x-request-id";
+pub const FORWARDED_FOR: &str = "x-forwarded-for";
+pub const FORWARDED_PROTO: &str = "x-forwarded-proto";
+pub const FORWARDED_HOST: &str = "x-forwarded-host";
+
+/// A header name as the identity rules compare it: lower-cased, every character other than an
+/// ASCII letter or digit turned into `-` (so `X_User_Id`, `x.user.id` and `X-USER-ID` are one).
+pub fn normalize_name(name: &str) -> String {
+    name.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                b.to_ascii_lowercase() as char
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+/// Headers only the gateway may set: the `x-user-*` and `x-forwarded-*` families, `forwarded`
+/// and `x-real-ip`. (`x-request-id` is kept when well-formed; see [`valid_request_id`].)
+pub fn is_reserved(name: &str) -> bool {
+    let n = normalize_name(name);
+    n.starts_with("x-user-")
+        || n.starts_with("x-forwarded-")
+        || n == "forwarded"
+        || n == "x-real-ip"
+}
+
+/// A request id worth keeping: 1 to 128 characters of letters, digits, `-`, `_`, `.`, `:`.
+pub fn valid_request_id(value: &[u8]) -> bool {
+    (1..=128).contains(&value.len())
+        && value
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// The `Connection` header to send upstream: only the tokens that govern the connection itself
+/// (`upgrade`, for WebSockets), so that a client cannot name a gateway-set header in it and
+/// have it dropped as hop-by-hop.
+pub fn sanitize_connection(value: &[u8]) -> Option<&'static str> {
+    let text = std::str::from_utf8(value).ok()?;
+    text.split(',')
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        .then_some("upgrade")
+}
+
+/// Whether `addr` is one of the configured trusted proxies (exact addresses or CIDR blocks).
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies {
+    nets: Vec<(IpAddr, u8)>,
+}
+
+impl TrustedProxies {
+    /// Parses entries like `10.0.0.5`, `10.0.0.0/8`, `::1`, `fd00::/8`.
+    pub fn parse(entries: &[String]) -> Result<TrustedProxies, String> {
+        let mut nets = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let (addr, len) = match entry.split_once('/') {
+                Some((a, l)) => (a, Some(l)),
+                None => (entry.as_str(), None),
+            };
+            let ip: IpAddr = addr
+                .trim()
+                .parse()
+                .map_err(|_| format!("not an IP address: {entry:?}"))?;
+            let max = if ip.is_ipv4() { 32 } else { 128 };
+            let len = match len {
+                Some(l) => l
+                    .trim()
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|l| *l <= max)
+                    .ok_or_else(|| format!("bad prefix length in {entry:?}"))?,
+                None => max,
+            };
+            nets.push((ip, len));
+        }
+        Ok(TrustedProxies { nets })
+    }
+
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        let addr = match addr {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(addr),
+            v4 => v4,
+        };
+        self.nets.iter().any(|(net, len)| match (net, addr) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => prefix_eq(&n.octets(), &a.octets(), *len),
+            (IpAddr::V6(n), IpAddr::V6(a)) => prefix_eq(&n.octets(), &a.octets(), *len),
+            _ => false,
+        })
+    }
+}
+
+fn prefix_eq(a: &[u8], b: &[u8], bits: u8) -> bool {
+    let full = (bits / 8) as usize;
+    let rest = bits % 8;
+    if a[..full] != b[..full] {
+        return false;
+    }
+    if rest == 0 {
+        return true;
+    }
+    let mask = 0xffu8 << (8 - rest);
+    (a[full] & mask) == (b[full] & mask)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_spelling_of_an_identity_header_is_reserved() {
+        for name in [
+            "X-User-Id",
+            "x_user_id",
+            "x.user.id",
+            "X-USER-ID",
+            "x-user-email",
+            "X_User_Roles",
+            "x-forwarded-for",
+            "X_Forwarded_Host",
+            "x.forwarded.proto",
+            "Forwarded",
+            "X-Real-IP",
+            "x_real_ip",
+        ] {
+            assert!(is_reserved(name), "{name}");
+        }
+        for name in [
+            "x-userid",
+            "x-user",
+            "authorization",
+            "x-requested-with",
+            "user-agent",
+        ] {
+            assert!(!is_reserved(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn request_ids() {
+        assert!(valid_request_id(b"3f2c-abc_DEF.1:2"));
+        assert!(!valid_request_id(b""));
+        assert!(!valid_request_id(b"has space"));
+        assert!(!valid_request_id(b"line\nbreak"));
+        assert!(!valid_request_id(&[b'a'; 129]));
+    }
+
+    #[test]
+    fn connection_keeps_only_upgrade() {
+        assert_eq!(sanitize_connection(b"X-User-Id"), None);
+        assert_eq!(sanitize_connection(b"keep-alive, X-User-Id"), None);
+        assert_eq!(
+            sanitize_connection(b"Upgrade, x-user-email"),
+            Some("upgrade")
+        );
+    }
+
+    #[test]
+    fn trusted_proxies_match_addresses_and_blocks() {
+        let t =
+            TrustedProxies::parse(&["10.0.0.0/8".into(), "192.168.1.7".into(), "fd00::/8".into()])
+                .unwrap();
+        assert!(t.contains("10.1.2.3".parse().unwrap()));
+        assert!(t.contains("192.168.1.7".parse().unwrap()));
+        assert!(!t.contains("192.168.1.8".parse().unwrap()));
+        assert!(t.contains("fd12::1".parse().unwrap()));
+        assert!(t.contains("::ffff:10.0.0.1".parse().unwrap()));
+        assert!(!TrustedProxies::default().contains("127.0.0.1".parse().unwrap()));
+        assert!(TrustedProxies::parse(&["10.0.0.0/33".into()]).is_err());
+        assert!(TrustedProxies::parse(&["nope".into()]).is_err());
+    }
+}

@@ -1,0 +1,166 @@
+//! The state of users seen on proxied requests, kept in memory so that a proxied request costs
+//! no database query, and dropped the moment PostgreSQL says the user changed: a trigger
+//! (`V3__user_change_notify.sql`) sends `NOTIFY sentinel_user_changed, '<id>'` on every update
+//! or delete, and [`UserChangeListener`] evicts that id on every running instance.
+//!
+//! The TTL is the safety net. While the listener is disconnected (it may have missed
+//! notifications) entries are re-read from the database, and used stale only if that fails.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::Pool;
+use futures_util::StreamExt;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use tokio_postgres::AsyncMessage;
+
+use crate::api::ApiError;
+use crate::config::DatabaseConfig;
+use crate::users;
+
+pub const CHANNEL: &str = "sentinel_user_changed";
+
+/// What a proxied request needs to know about its user. More than one flag on purpose: this is
+/// where a per-user "tokens valid after" time for logout and password change will live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserState {
+    pub id: String,
+    pub email: String,
+    pub active: bool,
+}
+
+pub struct UserCache {
+    /// `None` caches "no such user", so a deleted user's tokens do not reach the database.
+    entries: moka::sync::Cache<String, Option<Arc<UserState>>>,
+    listening: AtomicBool,
+}
+
+impl UserCache {
+    pub fn new(ttl: Duration, capacity: u64) -> UserCache {
+        UserCache {
+            entries: moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(ttl)
+                .build(),
+            listening: AtomicBool::new(false),
+        }
+    }
+
+    pub fn invalidate(&self, id: &str) {
+        self.entries.invalidate(id);
+    }
+
+    pub fn invalidate_all(&self) {
+        self.entries.invalidate_all();
+    }
+
+    pub fn is_listening(&self) -> bool {
+        self.listening.load(Ordering::Acquire)
+    }
+
+    /// The user's state: from memory while change notifications flow, else from PostgreSQL
+    /// (falling back to what memory has if PostgreSQL cannot answer).
+    pub async fn get(&self, pool: &Pool, id: &str) -> Result<Option<Arc<UserState>>, ApiError> {
+        let cached = self.entries.get(id);
+        if let Some(hit) = &cached {
+            if self.is_listening() {
+                return Ok(hit.clone());
+            }
+        }
+        let fresh = async {
+            let db = users::client(pool).await?;
+            users::find_by_id(&db, id).await
+        }
+        .await;
+        match fresh {
+            Ok(user) => {
+                let state = user.map(|u| {
+                    Arc::new(UserState {
+                        id: u.id,
+                        email: u.email,
+                        active: u.is_active,
+                    })
+                });
+                self.entries.insert(id.to_string(), state.clone());
+                Ok(state)
+            }
+            Err(e) => match cached {
+                Some(stale) => Ok(stale),
+                None => Err(e),
+            },
+        }
+    }
+}
+
+/// Keeps one connection LISTENing and evicts changed users; reconnects with back-off.
+pub struct UserChangeListener {
+    pub cache: Arc<UserCache>,
+    pub database: DatabaseConfig,
+}
+
+impl UserChangeListener {
+    /// Runs one LISTEN session until the connection ends.
+    async fn listen_once(&self) -> Result<(), String> {
+        let pg = self.database.pg_config()?;
+        let (client, mut connection) = pg
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| crate::db::describe(&e))?;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let driver = tokio::spawn(async move {
+            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(message) = messages.next().await {
+                match message {
+                    Ok(AsyncMessage::Notification(n)) => {
+                        if tx.send(n.payload().to_string()).is_err() {
+                            break;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        });
+        let listen = client.batch_execute(&format!("LISTEN {CHANNEL}")).await;
+        if let Err(e) = listen {
+            driver.abort();
+            return Err(crate::db::describe(&e));
+        }
+        // Anything may have changed while nobody listened.
+        self.cache.invalidate_all();
+        self.cache.listening.store(true, Ordering::Release);
+        tracing::info!("listening for user changes");
+        while let Some(id) = rx.recv().await {
+            self.cache.invalidate(&id);
+        }
+        self.cache.listening.store(false, Ordering::Release);
+        drop(client);
+        Err("notification connection closed".into())
+    }
+}
+
+#[async_trait]
+impl BackgroundService for UserChangeListener {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            tokio::select! {
+                result = self.listen_once() => {
+                    self.cache.listening.store(false, Ordering::Release);
+                    if let Err(e) = result {
+                        tracing::warn!(error = %e, "user change listener down; retrying");
+                    }
+                }
+                _ = shutdown.changed() => return,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.changed() => return,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+}
