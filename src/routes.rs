@@ -63,7 +63,7 @@ impl Router {
             .enumerate()
             .map(|(i, r)| (r.prefix.clone(), i, r.auth))
             .collect();
-        prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
         Router { prefixes }
     }
 
