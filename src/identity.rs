@@ -43,14 +43,18 @@ pub fn valid_request_id(value: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
-/// The `Connection` header to send upstream: only the tokens that govern the connection itself
-/// (`upgrade`, for WebSockets), so that a client cannot name a gateway-set header in it and
-/// have it dropped as hop-by-hop.
-pub fn sanitize_connection(value: &[u8]) -> Option<&'static str> {
-    let text = std::str::from_utf8(value).ok()?;
-    text.split(',')
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-        .then_some("upgrade")
+/// A client's `Connection` header without the tokens that nominate identity headers. Pingora
+/// removes nominated headers before the gateway sets its own (and refuses nominations of
+/// `Host` and `X-Forwarded-*`); dropping our namespace from the list first keeps such requests
+/// working while the client's values are gone anyway. `None`: nothing left.
+pub fn connection_without_reserved(value: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(value);
+    let kept: Vec<&str> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && !is_reserved(t) && normalize_name(t) != "x-request-id")
+        .collect();
+    (!kept.is_empty()).then(|| kept.join(", "))
 }
 
 /// Whether `addr` is one of the configured trusted proxies (exact addresses or CIDR blocks).

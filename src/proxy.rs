@@ -181,6 +181,20 @@ impl Gateway {
         }
         // Ours replaces the client's in any case; a malformed one is not even logged upstream.
         req.remove_header(identity::REQUEST_ID);
+        // `Connection: X-User-Id` must not make the proxy drop the header the gateway sets.
+        let connection: Vec<Option<String>> = req
+            .headers
+            .get_all("connection")
+            .iter()
+            .map(|v| identity::connection_without_reserved(v.as_bytes()))
+            .collect();
+        if !connection.is_empty() {
+            req.remove_header("connection");
+            for value in connection.into_iter().flatten() {
+                // Rebuilt from a valid header value minus some tokens: still valid.
+                let _ = req.append_header("connection", value);
+            }
+        }
     }
 
     /// Bearer verification for a route. `Ok(None)`: anonymous (public routes only).
@@ -309,17 +323,6 @@ impl ProxyHttp for Gateway {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        // A client cannot name our headers as hop-by-hop: only `upgrade` survives.
-        match upstream
-            .headers
-            .get("connection")
-            .and_then(|v| identity::sanitize_connection(v.as_bytes()))
-        {
-            Some(token) => upstream.insert_header("connection", token)?,
-            None => {
-                upstream.remove_header("connection");
-            }
-        }
         if let Some(user) = &ctx.user {
             upstream.insert_header(identity::USER_ID, user.id.as_str())?;
             upstream.insert_header(identity::USER_EMAIL, user.email.as_str())?;
@@ -399,6 +402,9 @@ impl ProxyHttp for Gateway {
                 _ => 500,
             },
         };
+        // Pingora closes the connection after a failed proxy attempt: say so in the answer,
+        // so that clients do not send their next request into a closing socket.
+        session.set_keepalive(None);
         if code > 0 && session.response_written().is_none() {
             let detail = http::StatusCode::from_u16(code)
                 .ok()

@@ -2,7 +2,7 @@
 //! JSON describing what it received — method, path, headers (in order, duplicates kept) and body
 //! size — so you can see the identity headers the gateway sets.
 //!
-//! `demo-upstream [ADDR]` (default 127.0.0.1:9000). `GET /slow?ms=N` answers after N ms.
+//! `demo-upstream [ADDR]` (default 127.0.0.1:9000). A query `?delay_ms=N` delays the answer.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -17,13 +17,12 @@ use hyper_util::rt::TokioIo;
 
 async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
-    if parts.uri.path() == "/slow" {
-        let ms = parts
-            .uri
-            .query()
-            .and_then(|q| q.strip_prefix("ms="))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(1000);
+    let delay = parts
+        .uri
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("delay_ms=")))
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(ms) = delay {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     let body_bytes = match body.collect().await {

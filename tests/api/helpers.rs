@@ -313,6 +313,88 @@ impl TestApp {
     }
 }
 
+/// The demo upstream binary on a free port; killed on drop.
+pub struct Upstream {
+    pub port: u16,
+    child: Child,
+}
+
+impl Upstream {
+    pub async fn start() -> Upstream {
+        Upstream::start_on(free_port()).await
+    }
+
+    pub async fn start_on(port: u16) -> Upstream {
+        let child = Command::new(env!("CARGO_BIN_EXE_demo-upstream"))
+            .arg(format!("127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start demo-upstream");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "demo-upstream did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Upstream { port, child }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `[[routes]]` entries for a test config.
+pub fn route(prefix: &str, upstreams: &[String], auth: &str, extra: &str) -> String {
+    let list: Vec<String> = upstreams.iter().map(|u| format!("\"{u}\"")).collect();
+    format!(
+        "[[routes]]\nprefix = \"{prefix}\"\nupstreams = [{}]\nauth = \"{auth}\"\n{extra}\n",
+        list.join(", ")
+    )
+}
+
+/// What the demo upstream says it received.
+pub struct Echo(pub Value);
+
+impl Echo {
+    /// Every value of a header, by exact (lower-case) name.
+    pub fn all(&self, name: &str) -> Vec<String> {
+        self.0["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|pair| pair[0].as_str() == Some(name))
+            .map(|pair| pair[1].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    pub fn one(&self, name: &str) -> Option<String> {
+        let all = self.all(name);
+        assert!(all.len() <= 1, "{name} sent {} times: {all:?}", all.len());
+        all.into_iter().next()
+    }
+
+    /// Names of every header the upstream saw.
+    pub fn names(&self) -> Vec<String> {
+        self.0["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|pair| pair[0].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.terminate(Duration::from_secs(10));

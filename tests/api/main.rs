@@ -8,5 +8,6 @@ mod goldens;
 mod hostile_input;
 mod login;
 mod me;
+mod proxy;
 mod register;
 mod startup;

@@ -1,0 +1,450 @@
+//! The gateway in front of upstream services: routes, bearer verification, identity headers.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::helpers::*;
+
+async fn gateway_with(upstreams: &[String], extra_routes: &str) -> TestApp {
+    let mut routes = route("/api/", upstreams, "required", "");
+    routes.push_str(&route("/public/", upstreams, "public", ""));
+    routes.push_str(extra_routes);
+    TestApp::spawn_with(Spawn {
+        config_extra: routes,
+        ..Spawn::default()
+    })
+    .await
+}
+
+async fn echo(r: reqwest::Response) -> Echo {
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    assert_eq!(status, 200, "expected the upstream's answer, got {text}");
+    Echo(serde_json::from_str(&text).unwrap())
+}
+
+#[tokio::test]
+async fn protected_routes_reach_the_upstream_only_with_a_valid_token() {
+    let up = Upstream::start().await;
+    let app = gateway_with(&[up.addr()], "").await;
+    let (token, id) = app.registered("proxy@example.com", "ProxyPassword1!").await;
+
+    let e = echo(
+        app.client
+            .get(app.url("/api/things?x=1"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(e.0["path"], "/api/things?x=1");
+    assert_eq!(e.one("x-user-id"), Some(id.clone()));
+    assert_eq!(e.one("x-user-email"), Some("proxy@example.com".into()));
+    assert_eq!(e.one("x-forwarded-for"), Some("127.0.0.1".into()));
+    assert_eq!(e.one("x-forwarded-proto"), Some("http".into()));
+    assert_eq!(
+        e.one("x-forwarded-host"),
+        Some(format!("127.0.0.1:{}", app.port))
+    );
+    assert!(e.one("x-request-id").is_some());
+
+    // No token: 401 Not authenticated; bad ones: 401 Invalid token with invalid_token.
+    let a = Answer::of(app.client.get(app.url("/api/things")).send().await.unwrap()).await;
+    assert_eq!(
+        (a.status, a.json()),
+        (401, json!({"detail": "Not authenticated"}))
+    );
+    let expired = fixture_json("tokens.json")["expired_2020"]["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let other = fixture_json("tokens.json")["other_secret"]["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let tampered = format!("{}x", &token[..token.len() - 1]);
+    for bad in [
+        "garbage",
+        expired.as_str(),
+        other.as_str(),
+        tampered.as_str(),
+    ] {
+        let a = Answer::of(
+            app.client
+                .get(app.url("/api/things"))
+                .bearer_auth(bad)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            (a.status, a.json()),
+            (401, json!({"detail": "Invalid token"})),
+            "{bad}"
+        );
+        assert_eq!(
+            a.header("www-authenticate"),
+            Some("Bearer error=\"invalid_token\"")
+        );
+    }
+}
+
+#[tokio::test]
+async fn unknown_paths_are_404_and_the_longest_prefix_wins() {
+    let up = Upstream::start().await;
+    let app = gateway_with(
+        &[up.addr()],
+        &route("/api/open/", &[up.addr()], "public", ""),
+    )
+    .await;
+    let a = Answer::of(app.client.get(app.url("/elsewhere")).send().await.unwrap()).await;
+    assert_eq!(
+        (a.status, a.text.as_str()),
+        (404, r#"{"detail":"Not Found"}"#)
+    );
+    // /api/open/ is public although /api/ is protected.
+    let e = echo(app.client.get(app.url("/api/open/x")).send().await.unwrap()).await;
+    assert_eq!(e.one("x-user-id"), None);
+    assert_eq!(
+        app.client
+            .get(app.url("/api/closed"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    // Dot segments cannot walk from a public prefix into a protected one (raw requests: HTTP
+    // clients would normalise these paths away).
+    for path in [
+        "/api/open/../secret",
+        "/api/open/%2e%2e/secret",
+        "/public/..%2fapi/x",
+    ] {
+        let answer = raw(
+            app.port,
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{path}: {answer}");
+        assert!(answer.contains(r#"{"detail":"Invalid path"}"#), "{answer}");
+    }
+}
+
+#[tokio::test]
+async fn client_identity_headers_never_reach_the_upstream_in_any_spelling() {
+    let up = Upstream::start().await;
+    let app = gateway_with(&[up.addr()], "").await;
+    let (token, id) = app.registered("spoof@example.com", "SpoofPassword1!").await;
+    let spoofs = [
+        ("X-User-Id", "admin"),
+        ("x-user-id", "admin2"),
+        ("X_User_Id", "admin3"),
+        ("x.user.id", "admin4"),
+        ("X-USER-EMAIL", "root@example.com"),
+        ("x_user_email", "root2@example.com"),
+        ("X-User-Roles", "admin"),
+        ("X-Forwarded-For", "1.2.3.4"),
+        ("x_forwarded_for", "5.6.7.8"),
+        ("X-Forwarded-Host", "evil.example"),
+        ("X-Forwarded-Proto", "https"),
+        ("Forwarded", "for=1.2.3.4"),
+        ("X-Real-IP", "1.2.3.4"),
+        ("x.real.ip", "1.2.3.4"),
+        ("X-Request-Id", "bad id with spaces"),
+    ];
+    for (path, auth) in [("/api/x", true), ("/public/x", false)] {
+        let mut req = app.client.get(app.url(path)).header(
+            "Connection",
+            "keep-alive, X-User-Id, X-User-Email, X-Forwarded-For",
+        );
+        for (k, v) in spoofs {
+            req = req.header(k, v);
+        }
+        // Duplicates too.
+        req = req.header("X-User-Id", "dup1").header("X-User-Id", "dup2");
+        if auth {
+            req = req.bearer_auth(&token);
+        }
+        let e = echo(req.send().await.unwrap()).await;
+        for name in e.names() {
+            let normalized = name.replace(['_', '.'], "-");
+            if normalized.starts_with("x-user-")
+                || normalized.starts_with("x-forwarded-")
+                || normalized == "forwarded"
+                || normalized == "x-real-ip"
+            {
+                assert!(
+                    [
+                        "x-user-id",
+                        "x-user-email",
+                        "x-forwarded-for",
+                        "x-forwarded-proto",
+                        "x-forwarded-host"
+                    ]
+                    .contains(&name.as_str()),
+                    "{path}: client header {name} reached the upstream"
+                );
+            }
+        }
+        if auth {
+            assert_eq!(e.one("x-user-id"), Some(id.clone()), "{path}");
+            assert_eq!(
+                e.one("x-user-email"),
+                Some("spoof@example.com".into()),
+                "{path}"
+            );
+        } else {
+            assert_eq!(e.one("x-user-id"), None, "{path}");
+            assert_eq!(e.one("x-user-email"), None, "{path}");
+        }
+        assert_eq!(e.one("x-forwarded-for"), Some("127.0.0.1".into()), "{path}");
+        assert_eq!(e.one("x-forwarded-proto"), Some("http".into()), "{path}");
+        assert_eq!(
+            e.one("x-forwarded-host"),
+            Some(format!("127.0.0.1:{}", app.port)),
+            "{path}"
+        );
+        assert_ne!(e.one("x-request-id"), Some("bad id with spaces".into()));
+        assert!(e.all("x-real-ip").is_empty() && e.all("forwarded").is_empty());
+    }
+}
+
+#[tokio::test]
+async fn request_ids_are_kept_when_well_formed_and_echoed() {
+    let up = Upstream::start().await;
+    let app = gateway_with(&[up.addr()], "").await;
+    let r = app
+        .client
+        .get(app.url("/public/x"))
+        .header("X-Request-Id", "req-123.abc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "req-123.abc");
+    let e = echo(r).await;
+    assert_eq!(e.one("x-request-id"), Some("req-123.abc".into()));
+    let r = app.client.get(app.url("/public/x")).send().await.unwrap();
+    let generated = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(echo(r).await.one("x-request-id"), Some(generated.clone()));
+    assert!(generated.len() >= 16);
+    // The gateway's own answers carry one too.
+    let r = app.client.get(app.url("/health")).send().await.unwrap();
+    assert!(r.headers().contains_key("x-request-id"));
+}
+
+#[tokio::test]
+async fn proxied_responses_carry_the_gateways_cors_headers() {
+    let up = Upstream::start().await;
+    let app = gateway_with(&[up.addr()], "").await;
+    let r = app
+        .client
+        .get(app.url("/public/x"))
+        .header("Origin", "http://localhost:3000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "http://localhost:3000"
+    );
+    assert_eq!(r.headers()["access-control-allow-credentials"], "true");
+    assert_eq!(r.headers()["vary"], "Origin");
+    let r = app
+        .client
+        .get(app.url("/public/x"))
+        .header("Origin", "http://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(!r.headers().contains_key("access-control-allow-origin"));
+    // Preflights on routes are the gateway's, and never reach the upstream.
+    let r = app
+        .client
+        .request(reqwest::Method::OPTIONS, app.url("/api/x"))
+        .header("Origin", "http://localhost:3000")
+        .header("Access-Control-Request-Method", "DELETE")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "OK");
+}
+
+#[tokio::test]
+async fn deactivation_and_deletion_shut_users_out_within_a_second_on_every_instance() {
+    let up = Upstream::start().await;
+    let first = gateway_with(&[up.addr()], "").await;
+    // A second instance on the same database.
+    let mut extra = route("/api/", &[up.addr()], "required", "");
+    extra.push_str(&route("/public/", &[up.addr()], "public", ""));
+    let db_url = first.db.url.clone();
+    let dir = TempDir::new();
+    let port = free_port();
+    let config = dir.0.join("gateway.toml");
+    std::fs::write(&config, config_text(port, &db_url, &extra)).unwrap();
+    let mut second = command(&dir.0, &config).spawn().unwrap();
+    let second_base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while first
+        .client
+        .get(format!("{second_base}/health"))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let (token, id) = first
+        .registered("deactivate@example.com", "DeactPassword1!")
+        .await;
+    let get = |base: String| {
+        let client = first.client.clone();
+        let token = token.clone();
+        async move {
+            client
+                .get(format!("{base}/api/x"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    // Both instances have the user cached.
+    for _ in 0..3 {
+        assert_eq!(get(first.base.clone()).await, 200);
+        assert_eq!(get(second_base.clone()).await, 200);
+    }
+    let db = first.db.client().await;
+    db.execute("UPDATE users SET is_active = false WHERE id = $1", &[&id])
+        .await
+        .unwrap();
+    let changed = Instant::now();
+    loop {
+        let (a, b) = (
+            get(first.base.clone()).await,
+            get(second_base.clone()).await,
+        );
+        if a == 401 && b == 401 {
+            break;
+        }
+        assert!(
+            changed.elapsed() < Duration::from_secs(1),
+            "still {a}/{b} after 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Reactivated, then deleted.
+    db.execute("UPDATE users SET is_active = true WHERE id = $1", &[&id])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(get(first.base.clone()).await, 200);
+    db.execute("DELETE FROM users WHERE id = $1", &[&id])
+        .await
+        .unwrap();
+    let changed = Instant::now();
+    loop {
+        let (a, b) = (
+            get(first.base.clone()).await,
+            get(second_base.clone()).await,
+        );
+        if a == 401 && b == 401 {
+            break;
+        }
+        assert!(
+            changed.elapsed() < Duration::from_secs(1),
+            "still {a}/{b} after 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    unsafe {
+        libc::kill(second.id() as i32, libc::SIGTERM);
+    }
+    second.wait().unwrap();
+}
+
+#[tokio::test]
+async fn upstream_failures_are_json_502_and_504_and_nothing_else_suffers() {
+    let up = Upstream::start().await;
+    let dead = format!("127.0.0.1:{}", free_port());
+    let app = gateway_with(
+        &[up.addr()],
+        &format!(
+            "{}{}",
+            route("/down/", &[dead], "public", ""),
+            route("/slow/", &[up.addr()], "public", "read_timeout_ms = 300")
+        ),
+    )
+    .await;
+    let a = Answer::of(
+        app.client
+            .get(app.url("/down/x"))
+            .header("Origin", "http://localhost:3000")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (a.status, a.text.as_str()),
+        (502, r#"{"detail":"Bad Gateway"}"#)
+    );
+    assert_eq!(
+        a.header("access-control-allow-origin"),
+        Some("http://localhost:3000")
+    );
+    // The route waits 300 ms for the upstream's answer.
+    let started = Instant::now();
+    let a = Answer::of(
+        app.client
+            .get(app.url("/slow/x?delay_ms=3000"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (a.status, a.text.as_str()),
+        (504, r#"{"detail":"Gateway Timeout"}"#)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let a = Answer::of(
+        app.client
+            .get(app.url("/slow/x?delay_ms=10"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(
+        app.client
+            .get(app.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        app.client
+            .get(app.url("/public/fine"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
