@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs sentinel-gateway on this machine for trying it out: makes sure PostgreSQL is up, creates
 # the `sentinelshield` database if needed, keeps a random development secret in target/dev/,
-# and serves conf/gateway.toml on :8000 (override with SENTINEL_LISTEN). Ctrl-C stops it.
+# starts the demo upstream on 127.0.0.1:9000 (the routes /api/ and /public/ of
+# conf/gateway.toml point there) and serves on :8000 (override with SENTINEL_LISTEN).
+# Ctrl-C stops both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-deps.sh
@@ -23,5 +25,13 @@ if [ -z "${SECRET_KEY:-}" ]; then
 fi
 export SENTINEL_LOG_FORMAT=${SENTINEL_LOG_FORMAT:-text}
 
-cargo build --release --quiet
-exec target/release/sentinel-gateway --config conf/gateway.toml "$@"
+cargo build --release --quiet --bins
+upstream_pid=
+if (exec 3<>/dev/tcp/127.0.0.1/9000) 2>/dev/null; then
+  echo "run-dev: something already listens on 127.0.0.1:9000; using it as the upstream"
+else
+  target/release/demo-upstream 127.0.0.1:9000 &
+  upstream_pid=$!
+fi
+trap '[ -n "$upstream_pid" ] && kill "$upstream_pid" 2>/dev/null' EXIT
+target/release/sentinel-gateway --config conf/gateway.toml "$@"
