@@ -45,6 +45,7 @@ pub struct RequestCtx {
     endpoint: Option<Endpoint>,
     route: Option<usize>,
     user: Option<Arc<UserState>>,
+    connect_retries: usize,
     /// `X-Forwarded-*` as a trusted proxy sent them (never from anyone else).
     forwarded: Forwarded,
 }
@@ -239,6 +240,7 @@ impl ProxyHttp for Gateway {
             endpoint: None,
             route: None,
             user: None,
+            connect_retries: 0,
             forwarded: Forwarded::default(),
         }
     }
@@ -315,6 +317,26 @@ impl ProxyHttp for Gateway {
         peer.options.write_timeout = Some(route.read_timeout);
         peer.options.idle_timeout = Some(Duration::from_secs(60));
         Ok(Box::new(peer))
+    }
+
+    /// A refused or timed-out connection sent nothing upstream: try the next upstream of the
+    /// route (round-robin moves on), at most once per other upstream.
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let others = ctx
+            .route
+            .and_then(|i| self.app.routes.get(i))
+            .map_or(0, |r| r.upstream_count.saturating_sub(1));
+        if ctx.connect_retries < others {
+            ctx.connect_retries += 1;
+            e.set_retry(true);
+        }
+        e
     }
 
     async fn upstream_request_filter(

@@ -15,6 +15,7 @@ pub struct ProxyRoute {
     pub prefix: String,
     pub auth: RouteAuth,
     pub upstreams: Arc<LoadBalancer<RoundRobin>>,
+    pub upstream_count: usize,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
 }
@@ -40,6 +41,7 @@ pub fn build(
         prefix: route.prefix.clone(),
         auth: route.auth,
         upstreams: service.task(),
+        upstream_count: route.upstreams.len(),
         connect_timeout: Duration::from_millis(route.connect_timeout_ms),
         read_timeout: Duration::from_millis(route.read_timeout_ms),
     };

@@ -9,5 +9,6 @@ mod hostile_input;
 mod login;
 mod me;
 mod proxy;
+mod proxy_streams;
 mod register;
 mod startup;

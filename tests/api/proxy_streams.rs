@@ -1,0 +1,235 @@
+//! Balancing and health, trusted proxies, large streaming bodies and WebSockets through the
+//! gateway.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::helpers::*;
+
+async fn server_of(app: &TestApp, path: &str) -> Result<String, u16> {
+    let r = app.client.get(app.url(path)).send().await.unwrap();
+    if r.status() != 200 {
+        return Err(r.status().as_u16());
+    }
+    let v: serde_json::Value = r.json().await.unwrap();
+    Ok(v["server"].as_str().unwrap().to_string())
+}
+
+#[tokio::test]
+async fn round_robin_skips_a_dead_upstream_and_takes_it_back_when_it_recovers() {
+    let a = Upstream::start().await;
+    let b = Upstream::start().await;
+    let b_port = b.port;
+    let app = TestApp::spawn_with(Spawn {
+        config_extra: format!(
+            "[proxy]\nhealth_check_interval_ms = 200\n\n{}",
+            route("/lb/", &[a.addr(), b.addr()], "public", "")
+        ),
+        ..Spawn::default()
+    })
+    .await;
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for _ in 0..10 {
+        *seen
+            .entry(server_of(&app, "/lb/x").await.unwrap())
+            .or_default() += 1;
+    }
+    assert_eq!(seen.len(), 2, "both upstreams serve: {seen:?}");
+    assert!(seen.values().all(|n| *n >= 3), "round-robin: {seen:?}");
+
+    // B dies: every request still succeeds (a refused connect moves on to A), and after the
+    // next health check B gets nothing.
+    drop(b);
+    for _ in 0..20 {
+        assert_eq!(server_of(&app, "/lb/x").await, Ok(a.addr()));
+    }
+    // B comes back on the same port and gets traffic again.
+    let b = Upstream::start_on(b_port).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if server_of(&app, "/lb/x").await == Ok(b.addr()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "recovered upstream never used again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn no_healthy_upstream_is_a_502_and_other_routes_keep_working() {
+    let up = Upstream::start().await;
+    let gone = Upstream::start().await;
+    let gone_addr = gone.addr();
+    let app = TestApp::spawn_with(Spawn {
+        config_extra: format!(
+            "[proxy]\nhealth_check_interval_ms = 200\n\n{}{}",
+            route("/gone/", &[gone_addr], "public", ""),
+            route("/ok/", &[up.addr()], "public", "")
+        ),
+        ..Spawn::default()
+    })
+    .await;
+    assert!(server_of(&app, "/gone/x").await.is_ok());
+    drop(gone);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let a = Answer::of(app.client.get(app.url("/gone/x")).send().await.unwrap()).await;
+    assert_eq!(
+        (a.status, a.text.as_str()),
+        (502, r#"{"detail":"Bad Gateway"}"#)
+    );
+    assert!(server_of(&app, "/ok/x").await.is_ok());
+}
+
+#[tokio::test]
+async fn forwarded_headers_are_kept_only_from_trusted_proxies() {
+    let up = Upstream::start().await;
+    let app = TestApp::spawn_with(Spawn {
+        config_extra: format!(
+            "[proxy]\ntrusted_proxies = [\"127.0.0.0/8\"]\n\n{}",
+            route("/p/", &[up.addr()], "public", "")
+        ),
+        ..Spawn::default()
+    })
+    .await;
+    let r = app
+        .client
+        .get(app.url("/p/x"))
+        .header("X-Forwarded-For", "203.0.113.9")
+        .header("X-Forwarded-Proto", "https")
+        .header("X-Forwarded-Host", "app.example.com")
+        .header("X-User-Id", "still-not-allowed")
+        .send()
+        .await
+        .unwrap();
+    let e = Echo(r.json().await.unwrap());
+    assert_eq!(
+        e.one("x-forwarded-for"),
+        Some("203.0.113.9, 127.0.0.1".into())
+    );
+    assert_eq!(e.one("x-forwarded-proto"), Some("https".into()));
+    assert_eq!(e.one("x-forwarded-host"), Some("app.example.com".into()));
+    assert_eq!(e.one("x-user-id"), None);
+}
+
+#[tokio::test]
+async fn hundred_megabyte_bodies_stream_both_ways_with_flat_gateway_memory() {
+    const SIZE: u64 = 100 * 1024 * 1024;
+    let up = Upstream::start().await;
+    let app = TestApp::spawn_with(Spawn {
+        config_extra: route("/api/", &[up.addr()], "required", ""),
+        ..Spawn::default()
+    })
+    .await;
+    let (token, _) = app
+        .registered("stream@example.com", "StreamPassword1!")
+        .await;
+    let (_, peak_before) = app.rss_kib();
+
+    // Upload: 100 MB in 1 MB chunks, counted by the upstream as it arrives.
+    let chunk = bytes::Bytes::from(vec![b'u'; 1024 * 1024]);
+    let body =
+        futures_util::stream::iter((0..100).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
+    let r = app
+        .client
+        .post(app.url("/api/upload"))
+        .bearer_auth(&token)
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let e: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(e["body_bytes"].as_u64(), Some(SIZE));
+
+    // Download: 100 MB, read as it comes.
+    let r = app
+        .client
+        .get(app.url(&format!("/api/download?bytes={SIZE}")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut stream = r.bytes_stream();
+    let mut received = 0u64;
+    while let Some(chunk) = stream.next().await {
+        received += chunk.unwrap().len() as u64;
+    }
+    assert_eq!(received, SIZE);
+
+    let (_, peak_after) = app.rss_kib();
+    let grew_mib = peak_after.saturating_sub(peak_before) / 1024;
+    assert!(
+        grew_mib < 32,
+        "gateway peak RSS grew by {grew_mib} MiB for 200 MB of bodies"
+    );
+}
+
+async fn websocket_handshake(port: u16, token: Option<&str>) -> (tokio::net::TcpStream, String) {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "GET /api/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{auth}\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    (s, String::from_utf8_lossy(&head).into_owned())
+}
+
+#[tokio::test]
+async fn websocket_upgrades_pass_on_a_protected_route() {
+    let up = Upstream::start().await;
+    let app = TestApp::spawn_with(Spawn {
+        config_extra: route("/api/", &[up.addr()], "required", ""),
+        ..Spawn::default()
+    })
+    .await;
+    let (token, _) = app.registered("ws@example.com", "WsPassword123!").await;
+
+    let (_, head) = websocket_handshake(app.port, None).await;
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+
+    let (mut s, head) = websocket_handshake(app.port, Some(&token)).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // RFC 6455's example: the accept value for this key.
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+    // A masked text frame "hello"; the demo upstream echoes the bytes back.
+    let frame = [
+        0x81u8, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
+    ];
+    for _ in 0..3 {
+        s.write_all(&frame).await.unwrap();
+        let mut back = [0u8; 11];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, frame);
+    }
+}
