@@ -12,10 +12,10 @@ use crate::api::{ApiError, Reply};
 use crate::config::Config;
 use crate::cors::Cors;
 use crate::forms;
-use crate::identity::TrustedProxies;
+use crate::identity::{RequestIds, TrustedProxies};
 use crate::password::{self, HashPolicy, HashPool, PasswordError};
 use crate::routes::{Endpoint, Router};
-use crate::token::{self, TokenKeys};
+use crate::token::{self, TokenError, TokenKeys, Verified};
 use crate::upstreams::ProxyRoute;
 use crate::user_cache::UserCache;
 use crate::users::{self, User, UserResponse};
@@ -36,6 +36,10 @@ pub struct App {
     pub access_log: bool,
     /// Verified against when the email is unknown, so that costs the same as a wrong password.
     dummy_hash: Arc<str>,
+    /// Tokens already verified (only verified ones get in), so that a client's every request
+    /// does not redo the HMAC and JSON work; expiry is still checked on each use.
+    verified_tokens: moka::sync::Cache<String, Verified>,
+    pub request_ids: RequestIds,
 }
 
 /// What a handler needs from a request.
@@ -85,7 +89,27 @@ impl App {
             keepalive_seconds: config.server.keepalive_seconds,
             access_log: config.log.access_log,
             dummy_hash: Arc::from(dummy.as_str()),
+            verified_tokens: moka::sync::Cache::builder()
+                .max_capacity(20_000)
+                .time_to_live(Duration::from_secs(60))
+                .build(),
+            request_ids: RequestIds::new(),
         })
+    }
+
+    /// [`TokenKeys::verify`], remembering tokens that passed until they expire (or a minute).
+    pub fn verify_token(&self, token: &str) -> Result<Verified, TokenError> {
+        if let Some(hit) = self.verified_tokens.get(token) {
+            if hit.expires_at > chrono::Utc::now().timestamp() {
+                return Ok(hit);
+            }
+            self.verified_tokens.invalidate(token);
+            return Err(TokenError::Invalid("expired".into()));
+        }
+        let verified = self.keys.verify(token)?;
+        self.verified_tokens
+            .insert(token.to_string(), verified.clone());
+        Ok(verified)
     }
 
     pub async fn handle(&self, endpoint: Endpoint, req: &OwnRequest) -> Reply {

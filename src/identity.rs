@@ -25,14 +25,62 @@ pub fn normalize_name(name: &str) -> String {
         .collect()
 }
 
+/// Whether `name`, normalised as in [`normalize_name`], starts with (or, with `whole`, equals)
+/// `target` (lower-case, `-` as separator). Allocation-free: this runs on every header of every
+/// proxied request.
+fn normalized_matches(name: &[u8], target: &[u8], whole: bool) -> bool {
+    if name.len() < target.len() || (whole && name.len() != target.len()) {
+        return false;
+    }
+    name.iter().zip(target).all(|(n, t)| {
+        let n = if n.is_ascii_alphanumeric() {
+            n.to_ascii_lowercase()
+        } else {
+            b'-'
+        };
+        n == *t
+    })
+}
+
 /// Headers only the gateway may set: the `x-user-*` and `x-forwarded-*` families, `forwarded`
 /// and `x-real-ip`. (`x-request-id` is kept when well-formed; see [`valid_request_id`].)
 pub fn is_reserved(name: &str) -> bool {
-    let n = normalize_name(name);
-    n.starts_with("x-user-")
-        || n.starts_with("x-forwarded-")
-        || n == "forwarded"
-        || n == "x-real-ip"
+    let n = name.as_bytes();
+    normalized_matches(n, b"x-user-", false)
+        || normalized_matches(n, b"x-forwarded-", false)
+        || normalized_matches(n, b"forwarded", true)
+        || normalized_matches(n, b"x-real-ip", true)
+}
+
+/// Request ids for requests that came without a good one: a random per-process prefix and a
+/// counter, so that making one costs no system call. Unique, not secret.
+pub struct RequestIds {
+    prefix: u64,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl RequestIds {
+    pub fn new() -> RequestIds {
+        let bytes = *uuid::Uuid::new_v4().as_bytes();
+        let (a, b) = bytes.split_at(8);
+        RequestIds {
+            prefix: u64::from_le_bytes(a.try_into().unwrap_or_default()),
+            next: std::sync::atomic::AtomicU64::new(u64::from_le_bytes(
+                b.try_into().unwrap_or_default(),
+            )),
+        }
+    }
+
+    pub fn next(&self) -> String {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{:016x}{:016x}", self.prefix, n)
+    }
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        RequestIds::new()
+    }
 }
 
 /// A request id worth keeping: 1 to 128 characters of letters, digits, `-`, `_`, `.`, `:`.
@@ -148,6 +196,15 @@ mod tests {
         ] {
             assert!(!is_reserved(name), "{name}");
         }
+    }
+
+    #[test]
+    fn generated_request_ids_are_unique_and_well_formed() {
+        let ids = RequestIds::new();
+        let (a, b) = (ids.next(), ids.next());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 32);
+        assert!(valid_request_id(a.as_bytes()));
     }
 
     #[test]

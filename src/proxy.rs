@@ -210,7 +210,7 @@ impl Gateway {
                 RouteAuth::Public => Ok(None),
             };
         };
-        let verified = match self.app.keys.verify(token) {
+        let verified = match self.app.verify_token(token) {
             Ok(v) => v,
             Err(_) if auth == RouteAuth::Public => return Ok(None),
             Err(_) => return Err(ApiError::RejectedToken),
@@ -249,7 +249,7 @@ impl ProxyHttp for Gateway {
         session.set_keepalive(Some(self.app.keepalive_seconds));
         ctx.request_id = match header(session, identity::REQUEST_ID) {
             Some(id) if identity::valid_request_id(id) => String::from_utf8_lossy(id).into_owned(),
-            _ => uuid::Uuid::new_v4().simple().to_string(),
+            _ => self.app.request_ids.next(),
         };
         ctx.origin = header(session, "origin").map(<[u8]>::to_vec);
         let method = session.req_header().method.clone();

@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# Proxy benchmark, all in one run on this machine: a small fixed response served by nginx, and
+# requests/s and p99 at 64 connections (wrk) for
+#   (a) the upstream directly,
+#   (b) nginx and (c) HAProxy as plain reverse proxies, no auth,
+#   (d) a bare Pingora passthrough proxy (examples/bare_proxy.rs: the framework's ceiling),
+#   (e) sentinel-gateway on a bearer-verified protected route,
+#   (f) the same with its access log on (the product default),
+# (b)-(f) on the same number of worker threads (THREADS, default 1).
+#
+#   bench/proxy.sh [seconds-per-run] [threads]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${1:-10}
+THREADS=${2:-1}
+CONNS=${CONNS:-64}
+OUT=target/bench/proxy
+mkdir -p "$OUT"
+rm -f "$OUT"/*
+
+scripts/ensure-deps.sh
+need=()
+for tool in nginx haproxy wrk; do
+  command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || need+=("$tool")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+UP=$(port); NG=$(port); HA=$(port); BARE=$(port); GW=$(port); GWLOG=$(port)
+
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null || true; done
+  sleep 1
+  for p in "${pids[@]}"; do kill -KILL -- "-$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+started=0
+start() { started=$((started + 1)); setsid "$@" >"$OUT/service-$started.log" 2>&1 & pids+=($!); }
+
+cat >"$OUT/upstream.conf" <<CONF
+worker_processes 1; daemon off; pid $PWD/$OUT/upstream.pid; error_log stderr;
+events { worker_connections 4096; }
+http { access_log off;
+  server { listen 127.0.0.1:$UP; location / { default_type text/plain; return 200 "ok\n"; } } }
+CONF
+cat >"$OUT/nginx.conf" <<CONF
+worker_processes $THREADS; daemon off; pid $PWD/$OUT/nginx.pid; error_log stderr;
+events { worker_connections 4096; }
+http { access_log off;
+  upstream up { server 127.0.0.1:$UP; keepalive 128; }
+  server { listen 127.0.0.1:$NG;
+    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+CONF
+cat >"$OUT/haproxy.cfg" <<CONF
+global
+  nbthread $THREADS
+  maxconn 4000
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+frontend f
+  bind 127.0.0.1:$HA
+  default_backend b
+backend b
+  server s1 127.0.0.1:$UP
+CONF
+
+dropdb -h 127.0.0.1 -U postgres --if-exists --force sg_proxy_bench >/dev/null 2>&1 || true
+createdb -h 127.0.0.1 -U postgres sg_proxy_bench
+gateway_conf() { # port access_log
+  cat <<CONF
+[server]
+listen = "127.0.0.1:$1"
+threads = $THREADS
+[database]
+url = "postgres://postgres@127.0.0.1:5432/sg_proxy_bench"
+[auth]
+secret_key = "bench-secret-0123456789abcdef0123456789abcdef"
+[log]
+level = "info"
+access_log = $2
+[[routes]]
+prefix = "/bench/"
+upstreams = ["127.0.0.1:$UP"]
+auth = "required"
+CONF
+}
+gateway_conf "$GW" false >"$OUT/gateway.toml"
+gateway_conf "$GWLOG" true >"$OUT/gateway-log.toml"
+
+cargo build --release --quiet --bins --example bare_proxy
+start "$NGINX" -c "$PWD/$OUT/upstream.conf"
+start "$NGINX" -c "$PWD/$OUT/nginx.conf"
+start "$HAPROXY" -db -f "$OUT/haproxy.cfg"
+start target/release/examples/bare_proxy "127.0.0.1:$BARE" "127.0.0.1:$UP" "$THREADS"
+start target/release/sentinel-gateway --config "$OUT/gateway.toml"
+start target/release/sentinel-gateway --config "$OUT/gateway-log.toml"
+
+for p in $UP $NG $HA $BARE $GW $GWLOG; do
+  for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$p/" && break; sleep 0.1; done
+done
+TOKEN=$(curl -sf -X POST "http://127.0.0.1:$GW/auth/register" -H 'content-type: application/json' \
+  -d '{"email":"bench@example.com","password":"BenchPassword123!"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+curl -sf "http://127.0.0.1:$GW/bench/x" -H "Authorization: Bearer $TOKEN" >/dev/null
+
+summarize() {
+  awk '/Requests\/sec/ {rps=$2} / 99%/ {p99=$2} / 50%/ {p50=$2} /Non-2xx/ {err+=$5} /Socket errors/ {gsub(",","");err+=$4+$6+$8+$10} END {printf "%s %s %s %d\n", rps, p50, p99, err}'
+}
+rows=()
+run() { # name url [header]
+  local name=$1 url=$2 out
+  shift 2
+  out=$(wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency "$@" "$url")
+  echo "$out" >"$OUT/wrk-$name.txt"
+  rows+=("$name $(echo "$out" | summarize)")
+}
+run a-upstream "http://127.0.0.1:$UP/bench/x"
+run b-nginx "http://127.0.0.1:$NG/bench/x"
+run c-haproxy "http://127.0.0.1:$HA/bench/x"
+run d-pingora-bare "http://127.0.0.1:$BARE/bench/x"
+run e-gateway "http://127.0.0.1:$GW/bench/x" -H "Authorization: Bearer $TOKEN"
+run f-gateway-access-log "http://127.0.0.1:$GWLOG/bench/x" -H "Authorization: Bearer $TOKEN"
+
+echo
+echo "$CONNS connections, $THREADS proxy thread(s), ${DURATION}s each"
+python3 - "${rows[@]}" <<'PY'
+import sys
+def ms(v):
+    return float(v[:-2]) if v.endswith("ms") else float(v[:-2]) / 1000 if v.endswith("us") else float(v[:-1]) * 1000
+rows = [r.split() for r in sys.argv[1:]]
+print(f"{'setup':24} {'req/s':>10} {'p50':>9} {'p99':>9} {'errors':>7}")
+data = {}
+for name, rps, p50, p99, err in rows:
+    data[name] = (float(rps), ms(p50), ms(p99))
+    print(f"{name:24} {float(rps):10.0f} {p50:>9} {p99:>9} {err:>7}")
+e, d, b, c, a = data["e-gateway"], data["d-pingora-bare"], data["b-nginx"], data["c-haproxy"], data["a-upstream"]
+print(f"(e)/(d) throughput {e[0]/d[0]:.2f}x   (e)/(b) {e[0]/b[0]:.2f}x   (e)/(c) {e[0]/c[0]:.2f}x")
+print(f"p99 added by the gateway over the bare proxy: {e[2]-d[2]:+.2f} ms; over the upstream: {e[2]-a[2]:+.2f} ms")
+PY
