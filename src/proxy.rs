@@ -97,6 +97,22 @@ async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, BodyErr
     Ok(body.freeze())
 }
 
+/// How much of a refused body is read and dropped before answering 413.
+const DRAIN_LIMIT: usize = 8 * 1024 * 1024;
+
+async fn discard_body(session: &mut Session, limit: usize, within: Duration) {
+    let drain = async {
+        let mut seen = 0usize;
+        while let Ok(Some(chunk)) = session.read_request_body().await {
+            seen += chunk.len();
+            if seen > limit {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(within, drain).await;
+}
+
 /// Writes a gateway-own answer followed by `extra` headers (CORS, request id).
 async fn write_reply(
     session: &mut Session,
@@ -136,7 +152,9 @@ impl Gateway {
             match read_body(session, self.app.max_body_bytes).await {
                 Ok(body) => body,
                 Err(BodyError::TooLarge) => {
-                    // The rest of the body is unread: this connection cannot be reused.
+                    // Read (and drop) a bounded rest of the body so the client finishes sending
+                    // and sees the 413 rather than a reset; then close the connection.
+                    discard_body(session, DRAIN_LIMIT, Duration::from_secs(2)).await;
                     session.set_keepalive(None);
                     return Ok(ApiError::PayloadTooLarge.into_reply());
                 }
