@@ -122,12 +122,14 @@ run() { # name url [header]
   echo "$out" >"$OUT/wrk-$name.txt"
   rows+=("$name $(echo "$out" | summarize)")
 }
-run a-upstream "http://127.0.0.1:$UP/bench/x"
-run b-nginx "http://127.0.0.1:$NG/bench/x"
-run c-haproxy "http://127.0.0.1:$HA/bench/x"
-run d-pingora-bare "http://127.0.0.1:$BARE/bench/x"
-run e-gateway "http://127.0.0.1:$GW/bench/x" -H "Authorization: Bearer $TOKEN"
-run f-gateway-access-log "http://127.0.0.1:$GWLOG/bench/x" -H "Authorization: Bearer $TOKEN"
+# Every setup gets the very same requests, bearer token included.
+AUTH="Authorization: Bearer $TOKEN"
+run a-upstream "http://127.0.0.1:$UP/bench/x" -H "$AUTH"
+run b-nginx "http://127.0.0.1:$NG/bench/x" -H "$AUTH"
+run c-haproxy "http://127.0.0.1:$HA/bench/x" -H "$AUTH"
+run d-pingora-bare "http://127.0.0.1:$BARE/bench/x" -H "$AUTH"
+run e-gateway "http://127.0.0.1:$GW/bench/x" -H "$AUTH"
+run f-gateway-access-log "http://127.0.0.1:$GWLOG/bench/x" -H "$AUTH"
 
 echo
 echo "$CONNS connections, $THREADS proxy thread(s), ${DURATION}s each"
