@@ -25,6 +25,14 @@ impl Cors {
         self.origins.iter().any(|o| o == origin)
     }
 
+    /// The configured origin equal to `origin`, if any.
+    pub fn allowed_origin(&self, origin: &[u8]) -> Option<&str> {
+        self.origins
+            .iter()
+            .find(|o| o.as_bytes() == origin)
+            .map(String::as_str)
+    }
+
     /// A preflight is `OPTIONS` with both `Origin` and `Access-Control-Request-Method`.
     pub fn is_preflight(
         method: &http::Method,

@@ -364,10 +364,10 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let Some(user) = &ctx.user {
-            upstream.insert_header(identity::USER_ID, user.id.as_str())?;
-            upstream.insert_header(identity::USER_EMAIL, user.email.as_str())?;
+            upstream.append_header(identity::USER_ID, user.id_header.clone())?;
+            upstream.append_header(identity::USER_EMAIL, user.email_header.clone())?;
         }
-        upstream.insert_header(identity::REQUEST_ID, ctx.request_id.as_str())?;
+        upstream.append_header(identity::REQUEST_ID, ctx.request_id.as_str())?;
         let peer = client_ip(session)
             .map(|ip| ip.to_string())
             .unwrap_or_default();
@@ -375,17 +375,20 @@ impl ProxyHttp for Gateway {
             Some(chain) => format!("{chain}, {peer}"),
             None => peer,
         };
-        upstream.insert_header(identity::FORWARDED_FOR, forwarded_for)?;
-        let proto = ctx.forwarded.proto.take().unwrap_or_else(|| "http".into());
-        upstream.insert_header(identity::FORWARDED_PROTO, proto)?;
-        let host = ctx
-            .forwarded
-            .host
-            .take()
-            .or_else(|| header_string(session, "host"))
-            .or_else(|| session.req_header().uri.host().map(str::to_string));
-        if let Some(host) = host {
-            upstream.insert_header(identity::FORWARDED_HOST, host)?;
+        upstream.append_header(identity::FORWARDED_FOR, forwarded_for)?;
+        match ctx.forwarded.proto.take() {
+            Some(proto) => upstream.append_header(identity::FORWARDED_PROTO, proto)?,
+            None => upstream.append_header(identity::FORWARDED_PROTO, "http")?,
+        };
+        match ctx.forwarded.host.take() {
+            Some(host) => {
+                upstream.append_header(identity::FORWARDED_HOST, host)?;
+            }
+            None => {
+                if let Some(host) = session.req_header().headers.get("host").cloned() {
+                    upstream.append_header(identity::FORWARDED_HOST, host)?;
+                }
+            }
         }
         Ok(())
     }
@@ -397,28 +400,34 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         // The gateway owns the CORS policy: an upstream's own allow-headers are replaced.
-        let theirs: Vec<http::HeaderName> = upstream_response
-            .headers
+        let headers = &upstream_response.headers;
+        if headers
             .keys()
-            .filter(|k| k.as_str().starts_with("access-control-"))
-            .cloned()
-            .collect();
-        for name in theirs {
-            upstream_response.remove_header(&name);
-        }
-        for (name, value) in self.response_extras(ctx) {
-            if name == "vary" {
-                let merged = match upstream_response.headers.get("vary") {
-                    Some(v) if !v.as_bytes().is_empty() => {
-                        format!("{}, {}", String::from_utf8_lossy(v.as_bytes()), value)
-                    }
-                    _ => value,
-                };
-                upstream_response.insert_header("vary", merged)?;
-            } else {
-                upstream_response.insert_header(name, value)?;
+            .any(|k| k.as_str().starts_with("access-control-"))
+        {
+            let theirs: Vec<http::HeaderName> = headers
+                .keys()
+                .filter(|k| k.as_str().starts_with("access-control-"))
+                .cloned()
+                .collect();
+            for name in theirs {
+                upstream_response.remove_header(&name);
             }
         }
+        if let Some(origin) = ctx.origin.as_deref() {
+            upstream_response.insert_header("access-control-allow-credentials", "true")?;
+            if let Some(allowed) = self.app.cors.allowed_origin(origin) {
+                upstream_response.insert_header("access-control-allow-origin", allowed)?;
+            }
+        }
+        match upstream_response.headers.get("vary") {
+            Some(v) if !v.as_bytes().is_empty() => {
+                let merged = format!("{}, Origin", String::from_utf8_lossy(v.as_bytes()));
+                upstream_response.insert_header("vary", merged)?;
+            }
+            _ => upstream_response.insert_header("vary", "Origin")?,
+        }
+        upstream_response.insert_header(identity::REQUEST_ID, ctx.request_id.as_str())?;
         Ok(())
     }
 

@@ -83,14 +83,43 @@ impl Router {
     }
 }
 
-/// No dot segments and no backslashes, also when percent-encoded.
+/// No dot segments and no backslashes, also when percent-encoded. Allocation-free: it runs on
+/// every proxied request.
 pub fn is_canonical(path: &str) -> bool {
-    let lower = path.to_ascii_lowercase();
-    if lower.contains('\\') || lower.contains("%5c") {
-        return false;
+    let b = path.as_bytes();
+    // Decoded view: `%2e` is a dot, `%2f` a slash, `%5c` (like `\`) refuses outright.
+    let mut segment_dots = 0usize; // dots seen in the current segment, -1 when anything else
+    let mut only_dots = true;
+    let mut i = 0;
+    let end_segment = |dots: usize, only: bool| only && (dots == 1 || dots == 2);
+    while i <= b.len() {
+        let (unit, step) = match b.get(i) {
+            None => (b'/', 1),
+            Some(b'%') if i + 3 <= b.len() => {
+                match (b[i + 1].to_ascii_lowercase(), b[i + 2].to_ascii_lowercase()) {
+                    (b'2', b'e') => (b'.', 3),
+                    (b'2', b'f') => (b'/', 3),
+                    (b'5', b'c') => return false,
+                    _ => (b'%', 1),
+                }
+            }
+            Some(b'\\') => return false,
+            Some(c) => (*c, 1),
+        };
+        match unit {
+            b'/' => {
+                if end_segment(segment_dots, only_dots) {
+                    return false;
+                }
+                segment_dots = 0;
+                only_dots = true;
+            }
+            b'.' => segment_dots += 1,
+            _ => only_dots = false,
+        }
+        i += step;
     }
-    let decoded = lower.replace("%2e", ".").replace("%2f", "/");
-    !decoded.split('/').any(|seg| seg == "." || seg == "..")
+    true
 }
 
 pub fn classify(method: &Method, path: &str) -> Route {

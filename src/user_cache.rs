@@ -30,6 +30,23 @@ pub struct UserState {
     pub id: String,
     pub email: String,
     pub active: bool,
+    /// `id` and `email` as header values, made once per cache fill rather than per request.
+    pub id_header: http::HeaderValue,
+    pub email_header: http::HeaderValue,
+}
+
+impl UserState {
+    /// `None` for values that cannot be header values (control characters): such a user
+    /// cannot be forwarded with its identity, so it is treated as unknown.
+    pub fn new(id: String, email: String, active: bool) -> Option<UserState> {
+        Some(UserState {
+            id_header: http::HeaderValue::from_str(&id).ok()?,
+            email_header: http::HeaderValue::from_str(&email).ok()?,
+            id,
+            email,
+            active,
+        })
+    }
 }
 
 pub struct UserCache {
@@ -77,13 +94,9 @@ impl UserCache {
         .await;
         match fresh {
             Ok(user) => {
-                let state = user.map(|u| {
-                    Arc::new(UserState {
-                        id: u.id,
-                        email: u.email,
-                        active: u.is_active,
-                    })
-                });
+                let state = user
+                    .and_then(|u| UserState::new(u.id, u.email, u.is_active))
+                    .map(Arc::new);
                 self.entries.insert(id.to_string(), state.clone());
                 Ok(state)
             }
