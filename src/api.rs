@@ -147,6 +147,12 @@ pub enum ApiError {
     NotFound,
     #[error("method not allowed")]
     MethodNotAllowed { allow: &'static str },
+    /// A login or registration rate limit: come back in this many seconds.
+    #[error("rate limited")]
+    TooManyRequests {
+        retry_after_secs: u64,
+        detail: &'static str,
+    },
     /// Too much work queued (password hashing); the client should retry shortly.
     #[error("busy")]
     Busy,
@@ -177,6 +183,12 @@ impl ApiError {
             ApiError::NotFound => Reply::detail(404, "Not Found"),
             ApiError::MethodNotAllowed { allow } => {
                 Reply::detail(405, "Method Not Allowed").with_header("allow", allow)
+            }
+            ApiError::TooManyRequests {
+                retry_after_secs,
+                detail,
+            } => {
+                Reply::detail(429, detail).with_header("retry-after", retry_after_secs.to_string())
             }
             ApiError::Busy => Reply::detail(503, "Server busy, please retry shortly")
                 .with_header("retry-after", "1"),

@@ -14,6 +14,7 @@ use crate::cors::Cors;
 use crate::forms;
 use crate::identity::{RequestIds, TrustedProxies};
 use crate::password::{self, HashPolicy, HashPool, PasswordError};
+use crate::rate_limit::Limiters;
 use crate::routes::{Endpoint, Router};
 use crate::token::{self, TokenError, TokenKeys, Verified};
 use crate::upstreams::ProxyRoute;
@@ -26,6 +27,7 @@ pub struct App {
     /// The configured routes, in config order (the router's indexes point here).
     pub routes: Vec<ProxyRoute>,
     pub users: Arc<UserCache>,
+    pub limiters: Arc<Limiters>,
     pub trusted_proxies: TrustedProxies,
     pub keys: TokenKeys,
     pub hasher: HashPool,
@@ -45,6 +47,8 @@ pub struct App {
 /// What a handler needs from a request.
 #[derive(Debug, Default)]
 pub struct OwnRequest {
+    /// The client's address as the rate limits see it (see `proxy::client_ip_for_limits`).
+    pub client_ip: Option<std::net::IpAddr>,
     pub content_type: Option<String>,
     pub authorization: Option<Vec<u8>>,
     pub body: Bytes,
@@ -64,6 +68,7 @@ impl App {
         pool: Pool,
         routes: Vec<ProxyRoute>,
         users: Arc<UserCache>,
+        limiters: Arc<Limiters>,
     ) -> anyhow::Result<App> {
         let policy = config.password.policy();
         let keys = TokenKeys::new(
@@ -79,6 +84,7 @@ impl App {
             router: Router::new(&config.routes),
             routes,
             users,
+            limiters,
             trusted_proxies: TrustedProxies::parse(&config.proxy.trusted_proxies)
                 .map_err(|e| anyhow::anyhow!("proxy.trusted_proxies: {e}"))?,
             keys,
@@ -156,6 +162,12 @@ impl App {
 
     #[tracing::instrument(level = "debug", skip_all)]
     async fn register(&self, req: &OwnRequest) -> Result<Reply, ApiError> {
+        self.limiters
+            .register(req.client_ip)
+            .map_err(|l| ApiError::TooManyRequests {
+                retry_after_secs: l.retry_after_secs,
+                detail: "Too many registrations, try again later",
+            })?;
         let body = forms::decode_json_body(req.content_type.as_deref(), &req.body)?;
         let new = forms::validate_new_user(body)?;
         let db = users::client(&self.pool).await?;
@@ -183,6 +195,13 @@ impl App {
     #[tracing::instrument(level = "debug", skip_all)]
     async fn login(&self, req: &OwnRequest) -> Result<Reply, ApiError> {
         let form = forms::parse_login_form(req.content_type.as_deref(), &req.body).await?;
+        // Before any query or hashing; unknown accounts are counted like known ones.
+        self.limiters
+            .login(req.client_ip, &form.username)
+            .map_err(|l| ApiError::TooManyRequests {
+                retry_after_secs: l.retry_after_secs,
+                detail: "Too many login attempts, try again later",
+            })?;
         let db = users::client(&self.pool).await?;
         let user = users::find_by_email(&db, &form.username).await?;
         let stored: Arc<str> = match &user {

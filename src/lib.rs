@@ -18,6 +18,7 @@ pub mod identity;
 pub mod password;
 pub mod proxy;
 pub mod pyjson;
+pub mod rate_limit;
 pub mod routes;
 pub mod server;
 pub mod telemetry;

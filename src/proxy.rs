@@ -72,6 +72,22 @@ fn client_ip(session: &Session) -> Option<IpAddr> {
         .map(|a| a.ip())
 }
 
+/// The client as the rate limits see it: the socket peer, or — when the peer is a trusted
+/// proxy — the nearest untrusted address of its `X-Forwarded-For` chain.
+fn client_ip_for_limits(session: &Session, trusted: &identity::TrustedProxies) -> Option<IpAddr> {
+    let peer = client_ip(session)?;
+    if !trusted.contains(peer) {
+        return Some(peer);
+    }
+    let chain = header(session, identity::FORWARDED_FOR).and_then(|v| std::str::from_utf8(v).ok());
+    chain
+        .into_iter()
+        .flat_map(|c| c.rsplit(','))
+        .filter_map(|entry| entry.trim().parse::<IpAddr>().ok())
+        .find(|ip| !trusted.contains(*ip))
+        .or(Some(peer))
+}
+
 /// Why a body could not be read in full.
 enum BodyError {
     TooLarge,
@@ -169,6 +185,7 @@ impl Gateway {
             Bytes::new()
         };
         let request = OwnRequest {
+            client_ip: client_ip_for_limits(session, &self.app.trusted_proxies),
             content_type: header(session, "content-type")
                 .map(|v| String::from_utf8_lossy(v).into_owned()),
             authorization: header(session, "authorization").map(<[u8]>::to_vec),

@@ -15,6 +15,7 @@ use crate::app::App;
 use crate::config::Config;
 use crate::db;
 use crate::proxy::Gateway;
+use crate::rate_limit::{LimiterJanitor, Limiters};
 use crate::upstreams;
 use crate::user_cache::{UserCache, UserChangeListener};
 
@@ -64,7 +65,12 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         cache: Arc::clone(&users),
         database: config.database.clone(),
     };
-    let app = Arc::new(App::new(&config, pool, routes, users)?);
+    let limiters = Arc::new(Limiters::new(&config.rate_limit));
+    let janitor = LimiterJanitor {
+        limiters: Arc::clone(&limiters),
+        every: Duration::from_secs(30),
+    };
+    let app = Arc::new(App::new(&config, pool, routes, users, limiters)?);
 
     let runtime_dir = RuntimeDir::create(config.server.runtime_dir.clone())?;
     let server_conf = ServerConf {
@@ -82,6 +88,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     service.add_tcp(&config.server.listen);
     server.add_service(service);
     server.add_service(background_service("user change listener", listener));
+    server.add_service(background_service("rate limiter janitor", janitor));
     for checker in health_checks {
         server.add_service(checker);
     }

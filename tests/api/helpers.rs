@@ -143,12 +143,19 @@ pub fn binary() -> &'static str {
 }
 
 /// The config file a test gateway uses.
+/// Rate limits stay out of the way of tests that are not about them.
 pub fn config_text(port: u16, db_url: &str, extra: &str) -> String {
+    let limits = if extra.contains("[rate_limit]") {
+        ""
+    } else {
+        "[rate_limit]\nlogin_per_ip_per_minute = 100000\nlogin_per_account_per_minute = 100000\n\
+         register_per_ip_per_minute = 100000\n\n"
+    };
     format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\nthreads = 2\n\n\
          [database]\nurl = \"{db_url}\"\n\n\
          [auth]\nsecret_key = \"{SEED_SECRET}\"\n\n\
-         [log]\nlevel = \"warn\"\nformat = \"text\"\n\n{extra}"
+         [log]\nlevel = \"warn\"\nformat = \"text\"\n\n{limits}{extra}"
     )
 }
 

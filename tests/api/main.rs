@@ -10,5 +10,6 @@ mod login;
 mod me;
 mod proxy;
 mod proxy_streams;
+mod rate_limits;
 mod register;
 mod startup;
