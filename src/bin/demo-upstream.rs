@@ -7,7 +7,9 @@
 //! - `bytes=N`: answer with N bytes of body instead, streamed in 64 KiB chunks.
 //!
 //! A WebSocket upgrade (`Upgrade: websocket`) is accepted and every byte sent on the upgraded
-//! connection is echoed back as it arrives.
+//! connection is echoed back as it arrives. `GET /__requests` (asked directly, not through the
+//! gateway) answers how many other requests it has served, for tests that must prove a request
+//! never arrived.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -70,7 +72,14 @@ fn upgrade(mut req: Request<Incoming>) -> Response<Body> {
     resp
 }
 
+static SERVED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 async fn handle(req: Request<Incoming>, server: &str) -> Result<Response<Body>, Infallible> {
+    if req.uri().path() == "/__requests" {
+        let n = SERVED.load(std::sync::atomic::Ordering::SeqCst);
+        return Ok(Response::new(Full::new(Bytes::from(n.to_string())).boxed()));
+    }
+    SERVED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let is_websocket = req
         .headers()
         .get("upgrade")

@@ -371,6 +371,18 @@ impl Upstream {
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
+
+    /// How many requests reached this upstream so far.
+    pub async fn served(&self) -> u64 {
+        reqwest::get(format!("http://{}/__requests", self.addr()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
 }
 
 impl Drop for Upstream {

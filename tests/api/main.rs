@@ -3,6 +3,7 @@
 mod helpers;
 
 mod adoption;
+mod attacks;
 mod cors;
 mod goldens;
 mod hostile_input;
