@@ -23,6 +23,9 @@ use crate::users;
 
 pub const CHANNEL: &str = "sentinel_user_changed";
 
+/// How long a proxied request waits for PostgreSQL when a stale entry could answer instead.
+const STALE_REFRESH_WAIT: Duration = Duration::from_millis(250);
+
 /// What a proxied request needs to know about its user. More than one flag on purpose: this is
 /// where a per-user "tokens valid after" time for logout and password change will live.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,8 +93,15 @@ impl UserCache {
         let fresh = async {
             let db = users::client(pool).await?;
             users::find_by_id(&db, id).await
-        }
-        .await;
+        };
+        // With a stale entry at hand, a database that does not answer quickly is not waited
+        // for: users already verified keep working through an outage.
+        let fresh = match &cached {
+            Some(_) => tokio::time::timeout(STALE_REFRESH_WAIT, fresh)
+                .await
+                .unwrap_or_else(|_| Err(ApiError::Unavailable("user refresh timed out".into()))),
+            None => fresh.await,
+        };
         match fresh {
             Ok(user) => {
                 let state = user

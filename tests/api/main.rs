@@ -5,6 +5,7 @@ mod helpers;
 mod adoption;
 mod attacks;
 mod cors;
+mod db_outage;
 mod goldens;
 mod hostile_input;
 mod login;
