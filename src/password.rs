@@ -8,9 +8,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
+use std::cell::RefCell;
+
 use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use tokio::sync::oneshot;
 
 /// Argon2id cost parameters.
@@ -60,11 +62,24 @@ impl HashPolicy {
 
     /// A PHC-format argon2id hash with a random salt.
     pub fn hash(&self, password: &str) -> Result<String, PasswordError> {
+        let err = |e: &dyn std::fmt::Display| PasswordError::Hash(e.to_string());
         let salt = SaltString::generate(&mut OsRng);
-        self.argon2()?
-            .hash_password(password.as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .map_err(|e| PasswordError::Hash(e.to_string()))
+        let mut salt_buf = [0u8; 64];
+        let salt_bytes = salt
+            .as_salt()
+            .decode_b64(&mut salt_buf)
+            .map_err(|e| err(&e))?;
+        let mut out = [0u8; 32];
+        argon2_with_thread_memory(&self.argon2()?, password.as_bytes(), salt_bytes, &mut out)?;
+        let params = self.params().map_err(|e| err(&e))?;
+        let phc = PasswordHash {
+            algorithm: Algorithm::Argon2id.ident(),
+            version: Some(Version::V0x13.into()),
+            params: ParamsString::try_from(&params).map_err(|e| err(&e))?,
+            salt: Some(salt.as_salt()),
+            hash: Some(Output::new(&out).map_err(|e| err(&e))?),
+        };
+        Ok(phc.to_string())
     }
 
     /// True when `stored` should be replaced by a hash made with this policy.
@@ -131,21 +146,72 @@ impl Scheme {
 /// passlib did when it made those hashes, so long legacy passwords still verify.
 pub fn verify(password: &str, stored: &str) -> Result<bool, PasswordError> {
     match Scheme::of(stored) {
-        Scheme::Argon2 => {
-            let parsed =
-                PasswordHash::new(stored).map_err(|e| PasswordError::Malformed(e.to_string()))?;
-            // The parameters come from the stored hash itself.
-            match Argon2::default().verify_password(password.as_bytes(), &parsed) {
-                Ok(()) => Ok(true),
-                Err(argon2::password_hash::Error::Password) => Ok(false),
-                Err(e) => Err(PasswordError::Malformed(e.to_string())),
-            }
-        }
+        Scheme::Argon2 => verify_argon2(password, stored),
         Scheme::Bcrypt => {
             bcrypt::verify(password, stored).map_err(|e| PasswordError::Malformed(e.to_string()))
         }
         Scheme::Unknown => Err(PasswordError::UnknownScheme),
     }
+}
+
+/// The largest argon2 memory a stored hash may ask for (256 MiB); more is treated as malformed.
+const MAX_ARGON2_BLOCKS: usize = 256 * 1024;
+
+thread_local! {
+    /// Each hashing thread's argon2 working memory, allocated once and reused. Allocating
+    /// 19 MiB per hash made glibc keep hundreds of MiB resident under a login flood.
+    static ARGON2_MEMORY: RefCell<Vec<Block>> = const { RefCell::new(Vec::new()) };
+}
+
+fn argon2_with_thread_memory(
+    argon: &Argon2<'_>,
+    password: &[u8],
+    salt: &[u8],
+    out: &mut [u8],
+) -> Result<(), PasswordError> {
+    let need = argon.params().block_count();
+    if need > MAX_ARGON2_BLOCKS {
+        return Err(PasswordError::Malformed(format!(
+            "argon2 memory of {need} KiB"
+        )));
+    }
+    ARGON2_MEMORY.with(|cell| {
+        let mut blocks = cell.borrow_mut();
+        if blocks.len() < need {
+            blocks.resize(need, Block::default());
+        }
+        argon
+            .hash_password_into_with_memory(password, salt, out, &mut blocks[..need])
+            .map_err(|e| PasswordError::Malformed(e.to_string()))
+    })
+}
+
+/// Verifies against a PHC argon2 string with the parameters it carries, in constant time.
+fn verify_argon2(password: &str, stored: &str) -> Result<bool, PasswordError> {
+    let malformed = |e: &dyn std::fmt::Display| PasswordError::Malformed(e.to_string());
+    let parsed = PasswordHash::new(stored).map_err(|e| malformed(&e))?;
+    let algorithm = Algorithm::try_from(parsed.algorithm).map_err(|e| malformed(&e))?;
+    let version = match parsed.version {
+        Some(v) => Version::try_from(v).map_err(|e| malformed(&e))?,
+        None => Version::default(),
+    };
+    let params = Params::try_from(&parsed).map_err(|e| malformed(&e))?;
+    let expected = parsed.hash.ok_or_else(|| malformed(&"no hash"))?;
+    let salt = parsed.salt.ok_or_else(|| malformed(&"no salt"))?;
+    let mut salt_buf = [0u8; 64];
+    let salt = salt.decode_b64(&mut salt_buf).map_err(|e| malformed(&e))?;
+    let mut out = vec![0u8; expected.len()];
+    argon2_with_thread_memory(
+        &Argon2::new(algorithm, version, params),
+        password.as_bytes(),
+        salt,
+        &mut out,
+    )?;
+    let diff = out
+        .iter()
+        .zip(expected.as_bytes())
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+    Ok(diff == 0 && out.len() == expected.len())
 }
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
@@ -231,6 +297,32 @@ mod tests {
         assert!(!verify("correct horsE", &h).unwrap());
         assert!(!FAST.needs_rehash(&h));
         assert!(HashPolicy::OWASP_MINIMUM.needs_rehash(&h));
+    }
+
+    #[test]
+    fn hashes_made_elsewhere_verify_and_ours_verify_elsewhere() {
+        use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+        // Made by the argon2 crate's own PHC path (as other tools make them).
+        let salt = SaltString::generate(&mut OsRng);
+        let theirs = Argon2::default()
+            .hash_password(b"interop pw", &salt)
+            .unwrap()
+            .to_string();
+        assert!(verify("interop pw", &theirs).unwrap());
+        assert!(!verify("interop pX", &theirs).unwrap());
+        // Ours, checked by the crate's verifier.
+        let ours = HashPolicy::OWASP_MINIMUM.hash("interop pw").unwrap();
+        let parsed = PasswordHash::new(&ours).unwrap();
+        assert!(Argon2::default()
+            .verify_password(b"interop pw", &parsed)
+            .is_ok());
+        // Argon2i / argon2d hashes verify too (need a rehash).
+        let argon2i = Argon2::new(Algorithm::Argon2i, Version::V0x13, Params::default())
+            .hash_password(b"old", &salt)
+            .unwrap()
+            .to_string();
+        assert!(verify("old", &argon2i).unwrap());
+        assert!(HashPolicy::OWASP_MINIMUM.needs_rehash(&argon2i));
     }
 
     #[test]
