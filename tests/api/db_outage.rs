@@ -133,29 +133,16 @@ impl Drop for OwnCluster {
 async fn a_database_outage_degrades_gracefully_and_recovers_without_a_restart() {
     let cluster = OwnCluster::create();
     let up = Upstream::start().await;
-    let dir = TempDir::new();
-    let port = free_port();
-    let config = dir.0.join("gateway.toml");
-    std::fs::write(
-        &config,
-        config_text(
-            port,
-            &cluster.url(),
-            &route("/api/", &[up.addr()], "required", ""),
-        ),
+    let gateway = Instance::start(
+        &cluster.url(),
+        &route("/api/", &[up.addr()], "required", ""),
     )
-    .unwrap();
-    let mut child = command(&dir.0, &config).spawn().unwrap();
+    .await;
+    let base = gateway.base.clone();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(15))
         .build()
         .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while client.get(format!("{base}/health")).send().await.is_err() {
-        assert!(Instant::now() < deadline, "gateway did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let r = client
         .post(format!("{base}/auth/register"))
         .json(&serde_json::json!({"email": "outage@example.com", "password": "OutagePassword1!"}))
@@ -263,8 +250,4 @@ async fn a_database_outage_degrades_gracefully_and_recovers_without_a_restart() 
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    child.wait().unwrap();
 }

@@ -339,6 +339,49 @@ impl TestApp {
     }
 }
 
+/// Another gateway process, on a database that someone else owns; SIGTERM on drop.
+pub struct Instance {
+    pub base: String,
+    child: Child,
+    _dir: TempDir,
+}
+
+impl Instance {
+    pub async fn start(db_url: &str, extra: &str) -> Instance {
+        let dir = TempDir::new();
+        let port = free_port();
+        let config = dir.0.join("gateway.toml");
+        std::fs::write(&config, config_text(port, db_url, extra)).unwrap();
+        let log = std::fs::File::create(dir.0.join("gateway.log")).unwrap();
+        let child = command(&dir.0, &config)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while client.get(format!("{base}/health")).send().await.is_err() {
+            assert!(Instant::now() < deadline, "gateway instance never came up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Instance {
+            base,
+            child,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let _ = self.child.wait();
+    }
+}
+
 /// The demo upstream binary on a free port; killed on drop.
 pub struct Upstream {
     pub port: u16,

@@ -281,24 +281,8 @@ async fn deactivation_and_deletion_shut_users_out_within_a_second_on_every_insta
     // A second instance on the same database.
     let mut extra = route("/api/", &[up.addr()], "required", "");
     extra.push_str(&route("/public/", &[up.addr()], "public", ""));
-    let db_url = first.db.url.clone();
-    let dir = TempDir::new();
-    let port = free_port();
-    let config = dir.0.join("gateway.toml");
-    std::fs::write(&config, config_text(port, &db_url, &extra)).unwrap();
-    let mut second = command(&dir.0, &config).spawn().unwrap();
-    let second_base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while first
-        .client
-        .get(format!("{second_base}/health"))
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let second = Instance::start(&first.db.url, &extra).await;
+    let second_base = second.base.clone();
 
     let (token, id) = first
         .registered("deactivate@example.com", "DeactPassword1!")
@@ -317,6 +301,23 @@ async fn deactivation_and_deletion_shut_users_out_within_a_second_on_every_insta
                 .as_u16()
         }
     };
+    let both_refused_within_a_second = || async {
+        let changed = Instant::now();
+        loop {
+            let (a, b) = (
+                get(first.base.clone()).await,
+                get(second_base.clone()).await,
+            );
+            if a == 401 && b == 401 {
+                return;
+            }
+            assert!(
+                changed.elapsed() < Duration::from_secs(1),
+                "still {a}/{b} after 1 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
     // Both instances have the user cached.
     for _ in 0..3 {
         assert_eq!(get(first.base.clone()).await, 200);
@@ -326,21 +327,7 @@ async fn deactivation_and_deletion_shut_users_out_within_a_second_on_every_insta
     db.execute("UPDATE users SET is_active = false WHERE id = $1", &[&id])
         .await
         .unwrap();
-    let changed = Instant::now();
-    loop {
-        let (a, b) = (
-            get(first.base.clone()).await,
-            get(second_base.clone()).await,
-        );
-        if a == 401 && b == 401 {
-            break;
-        }
-        assert!(
-            changed.elapsed() < Duration::from_secs(1),
-            "still {a}/{b} after 1 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    both_refused_within_a_second().await;
     // Reactivated, then deleted.
     db.execute("UPDATE users SET is_active = true WHERE id = $1", &[&id])
         .await
@@ -350,25 +337,7 @@ async fn deactivation_and_deletion_shut_users_out_within_a_second_on_every_insta
     db.execute("DELETE FROM users WHERE id = $1", &[&id])
         .await
         .unwrap();
-    let changed = Instant::now();
-    loop {
-        let (a, b) = (
-            get(first.base.clone()).await,
-            get(second_base.clone()).await,
-        );
-        if a == 401 && b == 401 {
-            break;
-        }
-        assert!(
-            changed.elapsed() < Duration::from_secs(1),
-            "still {a}/{b} after 1 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    unsafe {
-        libc::kill(second.id() as i32, libc::SIGTERM);
-    }
-    second.wait().unwrap();
+    both_refused_within_a_second().await;
 }
 
 #[tokio::test]

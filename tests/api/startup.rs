@@ -141,19 +141,9 @@ async fn sigterm_ends_the_process_within_seconds() {
 #[tokio::test]
 async fn two_instances_run_side_by_side_on_one_database() {
     let first = TestApp::spawn().await;
-    let second_db_url = first.db.url.clone();
-    let dir = TempDir::new();
-    let port = free_port();
-    let config = dir.0.join("gateway.toml");
-    std::fs::write(&config, config_text(port, &second_db_url, "")).unwrap();
-    let mut child = command(&dir.0, &config).spawn().unwrap();
+    let second = Instance::start(&first.db.url, "").await;
     let client = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while client.get(format!("{base}/health")).send().await.is_err() {
-        assert!(Instant::now() < deadline, "second instance never came up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let base = second.base.clone();
     // A user registered through one logs in through the other.
     first.registered("both@example.com", "BothPassword1!").await;
     let r = client
@@ -166,10 +156,7 @@ async fn two_instances_run_side_by_side_on_one_database() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    child.wait().unwrap();
+    drop(second);
     // The first is unaffected by the second's exit.
     assert_eq!(
         first
