@@ -21,10 +21,6 @@ impl Cors {
         }
     }
 
-    fn allows(&self, origin: &str) -> bool {
-        self.origins.iter().any(|o| o == origin)
-    }
-
     /// The configured origin equal to `origin`, if any.
     pub fn allowed_origin(&self, origin: &[u8]) -> Option<&str> {
         self.origins
@@ -44,8 +40,7 @@ impl Cors {
 
     /// The gateway's answer to a preflight, on any path.
     pub fn preflight(&self, origin: &[u8], request_headers: Option<&[u8]>) -> Reply {
-        let origin = std::str::from_utf8(origin).ok().filter(|o| self.allows(o));
-        let Some(origin) = origin else {
+        let Some(origin) = self.allowed_origin(origin) else {
             return Reply::text(400, "Disallowed CORS origin").with_header("vary", PREFLIGHT_VARY);
         };
         let mut reply = Reply::text(200, "OK")
@@ -61,18 +56,36 @@ impl Cors {
         reply
     }
 
-    /// Headers for an ordinary (non-preflight) response, in the order Starlette sends them.
+    /// The CORS rule for an ordinary (non-preflight) response, own or proxied: with an
+    /// `Origin`, credentials are allowed (as Starlette sends it) and a configured origin is
+    /// echoed; `Vary: Origin` always. Allocation-free for the proxy's hot path.
+    pub fn simple(&self, origin: Option<&[u8]>) -> SimpleCors<'_> {
+        SimpleCors {
+            allow_credentials: origin.is_some(),
+            allow_origin: origin.and_then(|o| self.allowed_origin(o)),
+        }
+    }
+
+    /// [`Cors::simple`] as headers, in the order Starlette sends them.
     pub fn simple_headers(&self, origin: Option<&[u8]>) -> Vec<(&'static str, String)> {
+        let rule = self.simple(origin);
         let mut headers = Vec::with_capacity(3);
-        if let Some(origin) = origin {
+        if rule.allow_credentials {
             headers.push(("access-control-allow-credentials", "true".to_string()));
-            if let Some(o) = std::str::from_utf8(origin).ok().filter(|o| self.allows(o)) {
-                headers.push(("access-control-allow-origin", o.to_string()));
-            }
+        }
+        if let Some(o) = rule.allow_origin {
+            headers.push(("access-control-allow-origin", o.to_string()));
         }
         headers.push(("vary", "Origin".to_string()));
         headers
     }
+}
+
+/// See [`Cors::simple`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SimpleCors<'a> {
+    pub allow_credentials: bool,
+    pub allow_origin: Option<&'a str>,
 }
 
 #[cfg(test)]

@@ -100,7 +100,11 @@ pub fn connection_without_reserved(value: &[u8]) -> Option<String> {
     let kept: Vec<&str> = text
         .split(',')
         .map(str::trim)
-        .filter(|t| !t.is_empty() && !is_reserved(t) && normalize_name(t) != "x-request-id")
+        .filter(|t| {
+            !t.is_empty()
+                && !is_reserved(t)
+                && !normalized_matches(t.as_bytes(), b"x-request-id", true)
+        })
         .collect();
     (!kept.is_empty()).then(|| kept.join(", "))
 }

@@ -431,11 +431,12 @@ impl ProxyHttp for Gateway {
                 upstream_response.remove_header(&name);
             }
         }
-        if let Some(origin) = ctx.origin.as_deref() {
+        let cors = self.app.cors.simple(ctx.origin.as_deref());
+        if cors.allow_credentials {
             upstream_response.insert_header("access-control-allow-credentials", "true")?;
-            if let Some(allowed) = self.app.cors.allowed_origin(origin) {
-                upstream_response.insert_header("access-control-allow-origin", allowed)?;
-            }
+        }
+        if let Some(allowed) = cors.allow_origin {
+            upstream_response.insert_header("access-control-allow-origin", allowed)?;
         }
         match upstream_response.headers.get("vary") {
             Some(v) if !v.as_bytes().is_empty() => {
