@@ -139,15 +139,7 @@ async fn migrate_is_idempotent_on_fresh_and_adopted_databases() {
         assert!(String::from_utf8_lossy(&second.stdout).contains("up to date"));
         // A migrated database starts too.
         let app = TestApp::start_on(db, Spawn::default()).await;
-        assert_eq!(
-            app.client
-                .get(app.url("/ready"))
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            200
-        );
+        assert_eq!(app.status("/ready").await, 200);
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

@@ -155,13 +155,7 @@ async fn a_database_outage_degrades_gracefully_and_recovers_without_a_restart() 
         .unwrap()
         .to_string();
     assert_eq!(
-        client
-            .get(format!("{base}/api/x"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        get_status(&client, &format!("{base}/api/x"), Some(&token)).await,
         200
     );
 
@@ -169,12 +163,7 @@ async fn a_database_outage_degrades_gracefully_and_recovers_without_a_restart() 
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Liveness stays, readiness goes, auth endpoints answer 503 JSON within a bounded wait.
     assert_eq!(
-        client
-            .get(format!("{base}/health"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        get_status(&client, &format!("{base}/health"), None).await,
         200
     );
     let started = Instant::now();
@@ -203,13 +192,7 @@ async fn a_database_outage_degrades_gracefully_and_recovers_without_a_restart() 
     for _ in 0..5 {
         let started = Instant::now();
         assert_eq!(
-            client
-                .get(format!("{base}/api/x"))
-                .bearer_auth(&token)
-                .send()
-                .await
-                .unwrap()
-                .status(),
+            get_status(&client, &format!("{base}/api/x"), Some(&token)).await,
             200
         );
         assert!(
@@ -222,13 +205,7 @@ async fn a_database_outage_degrades_gracefully_and_recovers_without_a_restart() 
     cluster.start();
     let back = Instant::now();
     loop {
-        let ready = client
-            .get(format!("{base}/ready"))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            == 200;
+        let ready = get_status(&client, &format!("{base}/ready"), None).await == 200;
         let login = client
             .post(format!("{base}/auth/token"))
             .form(&[

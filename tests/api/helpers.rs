@@ -266,6 +266,11 @@ impl TestApp {
         (field("VmRSS:"), field("VmHWM:"))
     }
 
+    /// The status of a plain GET of `path`.
+    pub async fn status(&self, path: &str) -> u16 {
+        get_status(&self.client, &self.url(path), None).await
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
@@ -480,6 +485,15 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         self.terminate(Duration::from_secs(10));
     }
+}
+
+/// The status of a GET of `url`, with a bearer token if given.
+pub async fn get_status(client: &reqwest::Client, url: &str, token: Option<&str>) -> u16 {
+    let mut req = client.get(url);
+    if let Some(token) = token {
+        req = req.bearer_auth(token);
+    }
+    req.send().await.unwrap().status().as_u16()
 }
 
 /// A response as (status, selected headers, body).

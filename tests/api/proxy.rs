@@ -108,15 +108,7 @@ async fn unknown_paths_are_404_and_the_longest_prefix_wins() {
     // /api/open/ is public although /api/ is protected.
     let e = echo(app.client.get(app.url("/api/open/x")).send().await.unwrap()).await;
     assert_eq!(e.one("x-user-id"), None);
-    assert_eq!(
-        app.client
-            .get(app.url("/api/closed"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
+    assert_eq!(app.status("/api/closed").await, 401);
     // Dot segments cannot walk from a public prefix into a protected one (raw requests: HTTP
     // clients would normalise these paths away).
     for path in [
@@ -398,22 +390,6 @@ async fn upstream_failures_are_json_502_and_504_and_nothing_else_suffers() {
     )
     .await;
     assert_eq!(a.status, 200, "{}", a.text);
-    assert_eq!(
-        app.client
-            .get(app.url("/health"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        app.client
-            .get(app.url("/public/fine"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(app.status("/health").await, 200);
+    assert_eq!(app.status("/public/fine").await, 200);
 }

@@ -158,16 +158,7 @@ async fn two_instances_run_side_by_side_on_one_database() {
     assert_eq!(r.status(), 200);
     drop(second);
     // The first is unaffected by the second's exit.
-    assert_eq!(
-        first
-            .client
-            .get(first.url("/health"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(first.status("/health").await, 200);
 }
 
 #[tokio::test]
