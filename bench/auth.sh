@@ -19,16 +19,10 @@ OUT=target/bench
 mkdir -p "$OUT"
 
 scripts/ensure-deps.sh
-command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 
-pids=()
-# Each service runs in a process group of its own (setsid), so that its workers go too.
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM -- "-$p" 2>/dev/null || true; done
-  sleep 2
-  for p in "${pids[@]}"; do kill -KILL -- "-$p" 2>/dev/null || true; done
-}
-trap cleanup EXIT
+
+source bench/lib.sh
+install_missing wrk
 
 for db in sg_bench seed_bench; do
   dropdb -h 127.0.0.1 -U postgres --if-exists --force "$db"
@@ -50,9 +44,8 @@ register_per_ip_per_minute = 1000000
 [log]
 level = "warn"
 CONF
-setsid env -i PATH="$PATH" SECRET_KEY="$SECRET" \
-  target/release/sentinel-gateway --config "$OUT/gateway.toml" >"$OUT/gateway.log" 2>&1 &
-pids+=($!)
+start "$OUT/gateway.log" env -i PATH="$PATH" SECRET_KEY="$SECRET" \
+  target/release/sentinel-gateway --config "$OUT/gateway.toml"
 
 if [ ! -x "$OUT/seed-venv/bin/uvicorn" ]; then
   python3 -m venv "$OUT/seed-venv"

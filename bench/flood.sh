@@ -13,28 +13,13 @@ OUT=target/bench/flood
 mkdir -p "$OUT"
 rm -f "$OUT"/*
 
+source bench/lib.sh
 scripts/ensure-deps.sh
-for tool in nginx wrk; do
-  command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk >/dev/null; break; }
-done
+install_missing nginx wrk
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP=$(port); GW=$(port)
 
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM -- "-$p" 2>/dev/null || true; done
-  sleep 1
-  for p in "${pids[@]}"; do kill -KILL -- "-$p" 2>/dev/null || true; done
-}
-trap cleanup EXIT
-
-cat >"$OUT/upstream.conf" <<CONF
-worker_processes 1; daemon off; pid $PWD/$OUT/upstream.pid; error_log stderr;
-events { worker_connections 4096; }
-http { access_log off;
-  server { listen 127.0.0.1:$UP; location / { default_type text/plain; return 200 "ok\n"; } } }
-CONF
+upstream_conf "$OUT/upstream.conf" "$UP"
 dropdb -h 127.0.0.1 -U postgres --if-exists --force sg_flood_bench >/dev/null 2>&1 || true
 createdb -h 127.0.0.1 -U postgres sg_flood_bench
 cat >"$OUT/gateway.toml" <<CONF
@@ -58,8 +43,8 @@ auth = "required"
 CONF
 
 cargo build --release --quiet --bins
-setsid "$NGINX" -c "$PWD/$OUT/upstream.conf" >"$OUT/nginx.log" 2>&1 & pids+=($!)
-setsid target/release/sentinel-gateway --config "$OUT/gateway.toml" >"$OUT/gateway.log" 2>&1 & pids+=($!)
+start "$OUT/nginx.log" "$NGINX" -c "$PWD/$OUT/upstream.conf"
+start "$OUT/gateway.log" target/release/sentinel-gateway --config "$OUT/gateway.toml"
 GW_PID=${pids[1]}
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$GW/health" >/dev/null && break; sleep 0.1; done
 TOKEN=$(curl -sf -X POST "http://127.0.0.1:$GW/auth/register" -H 'content-type: application/json' \

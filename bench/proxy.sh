@@ -18,36 +18,18 @@ OUT=target/bench/proxy
 mkdir -p "$OUT"
 rm -f "$OUT"/*
 
+source bench/lib.sh
 scripts/ensure-deps.sh
-need=()
-for tool in nginx haproxy wrk; do
-  command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || need+=("$tool")
-done
-if [ ${#need[@]} -gt 0 ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+install_missing nginx haproxy wrk
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP=$(port); NG=$(port); HA=$(port); BARE=$(port); GW=$(port); GWLOG=$(port)
 
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null || true; done
-  sleep 1
-  for p in "${pids[@]}"; do kill -KILL -- "-$p" 2>/dev/null || true; done
-}
-trap cleanup EXIT
 started=0
-start() { started=$((started + 1)); setsid "$@" >"$OUT/service-$started.log" 2>&1 & pids+=($!); }
+service() { started=$((started + 1)); start "$OUT/service-$started.log" "$@"; }
 
-cat >"$OUT/upstream.conf" <<CONF
-worker_processes 1; daemon off; pid $PWD/$OUT/upstream.pid; error_log stderr;
-events { worker_connections 4096; }
-http { access_log off;
-  server { listen 127.0.0.1:$UP; location / { default_type text/plain; return 200 "ok\n"; } } }
-CONF
+upstream_conf "$OUT/upstream.conf" "$UP"
 cat >"$OUT/nginx.conf" <<CONF
 worker_processes $THREADS; daemon off; pid $PWD/$OUT/nginx.pid; error_log stderr;
 events { worker_connections 4096; }
@@ -97,12 +79,12 @@ gateway_conf "$GW" false >"$OUT/gateway.toml"
 gateway_conf "$GWLOG" true >"$OUT/gateway-log.toml"
 
 cargo build --release --quiet --bins --example bare_proxy
-start "$NGINX" -c "$PWD/$OUT/upstream.conf"
-start "$NGINX" -c "$PWD/$OUT/nginx.conf"
-start "$HAPROXY" -db -f "$OUT/haproxy.cfg"
-start target/release/examples/bare_proxy "127.0.0.1:$BARE" "127.0.0.1:$UP" "$THREADS"
-start target/release/sentinel-gateway --config "$OUT/gateway.toml"
-start target/release/sentinel-gateway --config "$OUT/gateway-log.toml"
+service "$NGINX" -c "$PWD/$OUT/upstream.conf"
+service "$NGINX" -c "$PWD/$OUT/nginx.conf"
+service "$HAPROXY" -db -f "$OUT/haproxy.cfg"
+service target/release/examples/bare_proxy "127.0.0.1:$BARE" "127.0.0.1:$UP" "$THREADS"
+service target/release/sentinel-gateway --config "$OUT/gateway.toml"
+service target/release/sentinel-gateway --config "$OUT/gateway-log.toml"
 
 for p in $UP $NG $HA $BARE $GW $GWLOG; do
   for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$p/" && break; sleep 0.1; done

@@ -1,0 +1,42 @@
+# Shared by the benchmark scripts (sourced, not run): tools, free ports, services started in
+# process groups of their own and stopped on exit, and the fixed-response nginx upstream.
+
+# install_missing TOOL... — apt-get installs the Debian packages of the same names when missing.
+install_missing() {
+  local need=() tool
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || need+=("$tool")
+  done
+  if [ ${#need[@]} -gt 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  fi
+}
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# start LOG COMMAND... — runs COMMAND in a process group of its own (so that its workers are
+# stopped with it), output to LOG; its pid is appended to `pids`.
+pids=()
+start() {
+  local log=$1
+  shift
+  setsid "$@" >"$log" 2>&1 &
+  pids+=($!)
+}
+cleanup() {
+  local p
+  for p in "${pids[@]}"; do kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null || true; done
+  sleep 1
+  for p in "${pids[@]}"; do kill -KILL -- "-$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+# upstream_conf FILE PORT — an nginx answering "ok" to everything on 127.0.0.1:PORT.
+upstream_conf() {
+  cat >"$1" <<CONF
+worker_processes 1; daemon off; pid $PWD/$1.pid; error_log stderr;
+events { worker_connections 4096; }
+http { access_log off;
+  server { listen 127.0.0.1:$2; location / { default_type text/plain; return 200 "ok\n"; } } }
+CONF
+}
