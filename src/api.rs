@@ -127,6 +127,12 @@ pub enum ApiError {
     BodyParse,
     #[error("request body too large")]
     PayloadTooLarge,
+    /// The request head is larger than `server.max_header_bytes`.
+    #[error("request head too large")]
+    HeadersTooLarge,
+    /// An own endpoint's body did not arrive within `server.body_timeout_ms`.
+    #[error("request body too slow")]
+    BodyTimeout,
     #[error("email already registered")]
     EmailTaken,
     #[error("incorrect email or password")]
@@ -172,6 +178,8 @@ impl ApiError {
             }
             ApiError::BodyParse => Reply::detail(400, "There was an error parsing the body"),
             ApiError::PayloadTooLarge => Reply::detail(413, "Request body too large"),
+            ApiError::HeadersTooLarge => Reply::detail(431, "Request header fields too large"),
+            ApiError::BodyTimeout => Reply::detail(408, "Request body not received in time"),
             ApiError::EmailTaken => Reply::detail(400, "Email already registered"),
             ApiError::BadCredentials => bearer(Reply::detail(401, "Incorrect email or password")),
             ApiError::NotAuthenticated => bearer(Reply::detail(401, "Not authenticated")),

@@ -34,6 +34,8 @@ pub struct App {
     pub policy: HashPolicy,
     pub cors: Cors,
     pub max_body_bytes: usize,
+    pub body_timeout: Duration,
+    pub max_header_bytes: usize,
     pub keepalive_seconds: u64,
     pub access_log: bool,
     /// Verified against when the email is unknown, so that costs the same as a wrong password.
@@ -92,6 +94,8 @@ impl App {
             policy,
             cors: Cors::new(&config.cors.origins),
             max_body_bytes: config.server.max_body_bytes,
+            body_timeout: Duration::from_millis(config.server.body_timeout_ms),
+            max_header_bytes: config.server.max_header_bytes,
             keepalive_seconds: config.server.keepalive_seconds,
             access_log: config.log.access_log,
             dummy_hash: Arc::from(dummy.as_str()),

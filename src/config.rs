@@ -122,6 +122,13 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Seconds an idle downstream keep-alive connection is kept.
     pub keepalive_seconds: u64,
+    /// A new connection must deliver a complete request head within this time (a kept-alive one
+    /// within `keepalive_seconds` plus this), however slowly its bytes arrive.
+    pub header_timeout_ms: u64,
+    /// The gateway's own endpoints must receive their whole body within this time (408 beyond).
+    pub body_timeout_ms: u64,
+    /// Largest request head (names, values and separators) accepted on any path (431 beyond).
+    pub max_header_bytes: usize,
     /// Seconds pingora waits after SIGTERM before it stops accepting, then the drain limit.
     pub shutdown_grace_seconds: u64,
     pub shutdown_timeout_seconds: u64,
@@ -233,6 +240,9 @@ impl Default for ServerConfig {
             environment: Environment::Production,
             max_body_bytes: 64 * 1024,
             keepalive_seconds: 60,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 10_000,
+            max_header_bytes: 32 * 1024,
             shutdown_grace_seconds: 0,
             shutdown_timeout_seconds: 3,
             runtime_dir: None,
@@ -439,6 +449,12 @@ impl Config {
         }
         if self.server.max_body_bytes < 1024 {
             return invalid("server.max_body_bytes must be at least 1024".into());
+        }
+        if !(8192..=1024 * 1024).contains(&self.server.max_header_bytes) {
+            return invalid("server.max_header_bytes must be between 8192 and 1048576".into());
+        }
+        if self.server.header_timeout_ms == 0 || self.server.body_timeout_ms == 0 {
+            return invalid("server.header_timeout_ms and body_timeout_ms must be positive".into());
         }
         if self.database.url.is_empty() {
             return invalid("database.url is not set (config file, or DATABASE_URL)".into());

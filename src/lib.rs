@@ -14,6 +14,7 @@ pub mod cors;
 pub mod db;
 pub mod email;
 pub mod forms;
+pub mod front;
 pub mod identity;
 pub mod password;
 pub mod proxy;

@@ -91,12 +91,35 @@ fn client_ip_for_limits(session: &Session, trusted: &identity::TrustedProxies) -
 /// Why a body could not be read in full.
 enum BodyError {
     TooLarge,
+    TooSlow,
     Io(Box<Error>),
 }
 
-/// Reads the whole body of a gateway-own request, refusing more than `limit` bytes (by the
-/// declared length first, then by what actually arrives).
-async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, BodyError> {
+/// The size of a request head as it arrived: request line, names, values and separators.
+/// Counted from the parsed head, so it is exact to the byte for a well-formed request.
+fn head_size(req: &RequestHeader) -> usize {
+    let line = req.method.as_str().len() + req.raw_path().len() + "  HTTP/1.1\r\n".len();
+    req.headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + ": \r\n".len())
+        .sum::<usize>()
+        + line
+}
+
+/// Reads the whole body of a gateway-own request within `within`, refusing more than `limit`
+/// bytes (by the declared length first, then by what actually arrives).
+async fn read_body(
+    session: &mut Session,
+    limit: usize,
+    within: Duration,
+) -> Result<Bytes, BodyError> {
+    match tokio::time::timeout(within, read_body_unbounded(session, limit)).await {
+        Ok(body) => body,
+        Err(_) => Err(BodyError::TooSlow),
+    }
+}
+
+async fn read_body_unbounded(session: &mut Session, limit: usize) -> Result<Bytes, BodyError> {
     let declared = header(session, "content-length")
         .and_then(|v| std::str::from_utf8(v).ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
@@ -165,7 +188,7 @@ impl Gateway {
 
     async fn answer_own(&self, session: &mut Session, endpoint: Endpoint) -> Result<Reply> {
         let body = if endpoint.reads_body() {
-            match read_body(session, self.app.max_body_bytes).await {
+            match read_body(session, self.app.max_body_bytes, self.app.body_timeout).await {
                 Ok(body) => body,
                 Err(BodyError::TooLarge) => {
                     // Read (and drop) a bounded rest of the body so the client finishes sending
@@ -173,6 +196,10 @@ impl Gateway {
                     discard_body(session, DRAIN_LIMIT, Duration::from_secs(2)).await;
                     session.set_keepalive(None);
                     return Ok(ApiError::PayloadTooLarge.into_reply());
+                }
+                Err(BodyError::TooSlow) => {
+                    session.set_keepalive(None);
+                    return Ok(ApiError::BodyTimeout.into_reply());
                 }
                 Err(BodyError::Io(e)) => {
                     // Broken framing (a bad chunk size, a body cut short): the client's fault.
@@ -287,6 +314,13 @@ impl ProxyHttp for Gateway {
             _ => self.app.request_ids.next(),
         };
         ctx.origin = header(session, "origin").map(<[u8]>::to_vec);
+        if head_size(session.req_header()) > self.app.max_header_bytes {
+            // Whatever body follows is not read: close after answering.
+            session.set_keepalive(None);
+            let extra = self.response_extras(ctx);
+            write_reply(session, ApiError::HeadersTooLarge.into_reply(), extra).await?;
+            return Ok(true);
+        }
         let method = session.req_header().method.clone();
         if Cors::is_preflight(
             &method,
@@ -329,6 +363,15 @@ impl ProxyHttp for Gateway {
         let extra = self.response_extras(ctx);
         write_reply(session, reply, extra).await?;
         Ok(true)
+    }
+
+    fn on_connection_reuse(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+        connection: Box<dyn std::any::Any + Send + Sync>,
+    ) {
+        crate::front::HeadSeen::mark(&*connection);
     }
 
     async fn upstream_peer(

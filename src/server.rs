@@ -6,14 +6,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use pingora::proxy::http_proxy_service_with_name;
+use pingora::proxy::http_proxy;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
+use pingora::services::listening::Service;
 
 use crate::app::App;
 use crate::config::Config;
 use crate::db;
+use crate::front::Front;
 use crate::proxy::Gateway;
 use crate::rate_limit::{LimiterJanitor, Limiters};
 use crate::upstreams;
@@ -83,8 +85,12 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     };
     let mut server = Server::new_with_opt_and_conf(None, server_conf);
     server.bootstrap();
-    let mut service =
-        http_proxy_service_with_name(&server.configuration, Gateway::new(app), "sentinel-gateway");
+    let front = Front::new(
+        http_proxy(&server.configuration, Gateway::new(app)),
+        Duration::from_millis(config.server.header_timeout_ms),
+        Duration::from_secs(config.server.keepalive_seconds),
+    );
+    let mut service = Service::new("sentinel-gateway".to_string(), front);
     service.add_tcp(&config.server.listen);
     server.add_service(service);
     server.add_service(background_service("user change listener", listener));

@@ -109,6 +109,8 @@ pub fn free_port() -> u16 {
 #[derive(Default)]
 pub struct Spawn {
     pub config_extra: String,
+    /// Keys added to the `[server]` table.
+    pub server_extra: String,
     pub env: Vec<(String, String)>,
     pub seed_data: bool,
 }
@@ -145,6 +147,11 @@ pub fn binary() -> &'static str {
 /// The config file a test gateway uses.
 /// Rate limits stay out of the way of tests that are not about them.
 pub fn config_text(port: u16, db_url: &str, extra: &str) -> String {
+    config_text_with(port, db_url, "", extra)
+}
+
+/// [`config_text`] with extra keys in the `[server]` table.
+pub fn config_text_with(port: u16, db_url: &str, server_extra: &str, extra: &str) -> String {
     let limits = if extra.contains("[rate_limit]") {
         ""
     } else {
@@ -152,7 +159,7 @@ pub fn config_text(port: u16, db_url: &str, extra: &str) -> String {
          register_per_ip_per_minute = 100000\n\n"
     };
     format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\nthreads = 2\n\n\
+        "[server]\nlisten = \"127.0.0.1:{port}\"\nthreads = 2\n{server_extra}\n\
          [database]\nurl = \"{db_url}\"\n\n\
          [auth]\nsecret_key = \"{SEED_SECRET}\"\n\n\
          [log]\nlevel = \"warn\"\nformat = \"text\"\n\n{limits}{extra}"
@@ -196,7 +203,11 @@ impl TestApp {
         let dir = TempDir::new();
         let port = free_port();
         let config = dir.0.join("gateway.toml");
-        std::fs::write(&config, config_text(port, &db.url, &spec.config_extra)).unwrap();
+        std::fs::write(
+            &config,
+            config_text_with(port, &db.url, &spec.server_extra, &spec.config_extra),
+        )
+        .unwrap();
         let log = std::fs::File::create(dir.0.join("gateway.log")).unwrap();
         let mut cmd = command(&dir.0, &config);
         cmd.envs(spec.env.iter().map(|(k, v)| (k, v)))

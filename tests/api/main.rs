@@ -14,4 +14,5 @@ mod proxy;
 mod proxy_streams;
 mod rate_limits;
 mod register;
+mod slow_clients;
 mod startup;
