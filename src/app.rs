@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::api::{ApiError, Reply};
 use crate::config::Config;
 use crate::cors::Cors;
+use crate::email;
 use crate::forms;
 use crate::identity::{RequestIds, TrustedProxies};
 use crate::password::{self, HashPolicy, HashPool, PasswordError};
@@ -199,15 +200,16 @@ impl App {
     #[tracing::instrument(level = "debug", skip_all)]
     async fn login(&self, req: &OwnRequest) -> Result<Reply, ApiError> {
         let form = forms::parse_login_form(req.content_type.as_deref(), &req.body).await?;
+        let account = email::login_account(&form.username);
         // Before any query or hashing; unknown accounts are counted like known ones.
         self.limiters
-            .login(req.client_ip, &form.username)
+            .login(req.client_ip, &account)
             .map_err(|l| ApiError::TooManyRequests {
                 retry_after_secs: l.retry_after_secs,
                 detail: "Too many login attempts, try again later",
             })?;
         let db = users::client(&self.pool).await?;
-        let user = users::find_by_email(&db, &form.username).await?;
+        let user = users::find_by_email(&db, &account).await?;
         let stored: Arc<str> = match &user {
             Some(u) => Arc::from(u.hashed_password.as_str()),
             None => Arc::clone(&self.dummy_hash),

@@ -93,6 +93,17 @@ pub fn normalize(input: &str) -> Result<String, EmailError> {
     Ok(normalized)
 }
 
+/// The account a login names: the username normalised as registration normalised the stored
+/// email (NFC, IDNA domain, display name dropped), so that every spelling registration treats
+/// as the same address reaches the same account and the same rate-limit bucket. A username that
+/// is not a valid address is looked up as typed (it matches no account the API created).
+pub fn login_account(username: &str) -> std::borrow::Cow<'_, str> {
+    match normalize(username) {
+        Ok(address) => std::borrow::Cow::Owned(address),
+        Err(_) => std::borrow::Cow::Borrowed(username),
+    }
+}
+
 /// pydantic accepts `Name <address>` and `"Name" <address>` and keeps the address.
 fn strip_display_name(value: &str) -> &str {
     let trimmed = value.trim();

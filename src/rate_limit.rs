@@ -36,9 +36,10 @@ fn per_minute(n: u32) -> Quota {
     Quota::per_minute(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN))
 }
 
-/// The key an account is limited under: trimmed and lower-cased, as emails are matched.
-pub fn account_key(username: &str) -> String {
-    username.trim().to_lowercase()
+/// The key an account is limited under: the login account (see `email::login_account`) trimmed
+/// and lower-cased, as emails are matched.
+pub fn account_key(account: &str) -> String {
+    account.trim().to_lowercase()
 }
 
 impl Limiters {

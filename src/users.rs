@@ -79,6 +79,11 @@ pub async fn client(pool: &Pool) -> Result<Client, ApiError> {
     })
 }
 
+/// PostgreSQL text cannot hold NUL (it refuses the parameter outright): such a key names no row.
+fn storable(key: &str) -> bool {
+    !key.contains('\0')
+}
+
 fn rows_to_user(row: Option<Row>) -> Result<Option<User>, ApiError> {
     row.map(User::try_from)
         .transpose()
@@ -87,6 +92,9 @@ fn rows_to_user(row: Option<Row>) -> Result<Option<User>, ApiError> {
 
 #[tracing::instrument(level = "debug", skip(db))]
 pub async fn find_by_id(db: &Client, id: &str) -> Result<Option<User>, ApiError> {
+    if !storable(id) {
+        return Ok(None);
+    }
     let sql = format!("SELECT {COLUMNS} FROM users WHERE id = $1");
     let stmt = db.prepare_cached(&sql).await.map_err(db_error)?;
     rows_to_user(db.query_opt(&stmt, &[&id]).await.map_err(db_error)?)
@@ -94,6 +102,9 @@ pub async fn find_by_id(db: &Client, id: &str) -> Result<Option<User>, ApiError>
 
 #[tracing::instrument(level = "debug", skip(db, email))]
 pub async fn find_by_email(db: &Client, email: &str) -> Result<Option<User>, ApiError> {
+    if !storable(email) {
+        return Ok(None);
+    }
     let sql = format!("SELECT {COLUMNS} FROM users WHERE lower(email) = lower($1)");
     let stmt = db.prepare_cached(&sql).await.map_err(db_error)?;
     rows_to_user(db.query_opt(&stmt, &[&email]).await.map_err(db_error)?)

@@ -1,5 +1,7 @@
 //! Malformed and hostile bodies: always a clear 4xx in FastAPI's shape, never a 500.
 
+use serde_json::json;
+
 use crate::helpers::*;
 
 async fn post(app: &TestApp, path: &str, content_type: Option<&str>, body: Vec<u8>) -> Answer {
@@ -33,6 +35,7 @@ async fn malformed_bodies_never_cause_a_server_error() {
         ("/auth/token", Some("multipart/form-data; boundary=\"\""), b"--\r\n".to_vec(), 400),
         ("/auth/token", Some("multipart/form-data; boundary=zz"), b"--zz\r\nContent-Disposition: form-data; name=\"username\"\r\n\r\n\xff\xff\r\n--zz--\r\n".to_vec(), 400),
         ("/auth/token", form, b"username=%ff%fe&password=%00".to_vec(), 401),
+        ("/auth/token", form, b"username=target%00@example.com&password=x".to_vec(), 401),
         ("/auth/token", form, b"%%%=&&&==".to_vec(), 422),
         ("/auth/token", Some("text/plain"), b"username=a&password=b".to_vec(), 422),
         ("/auth/token", None, b"".to_vec(), 422),
@@ -103,4 +106,82 @@ async fn raw_protocol_garbage_is_refused_and_the_gateway_stays_up() {
         assert!(!answer.contains(" 500 "), "{answer}");
     }
     assert_eq!(app.status("/health").await, 200);
+}
+
+/// Spellings that registration normalises to an existing address cannot make a second account;
+/// each of them logs in to the one account, and all share its rate-limit bucket.
+#[tokio::test]
+async fn unicode_and_quoting_tricks_reach_one_account_or_none() {
+    let app = TestApp::spawn_with(Spawn {
+        config_extra: "[rate_limit]\nlogin_per_ip_per_minute = 1000\n\
+                       login_per_account_per_minute = 12\nregister_per_ip_per_minute = 1000\n"
+            .into(),
+        ..Spawn::default()
+    })
+    .await;
+    let password = "VictimPassword1!";
+    // NFC "josé" on a non-ASCII domain.
+    let (_, id) = app.registered("jos\u{e9}@ex\u{e4}mple.com", password).await;
+    let same_account = [
+        "jose\u{301}@ex\u{e4}mple.com",        // NFD local part
+        "JOS\u{c9}@EX\u{c4}MPLE.COM",          // upper case
+        "jos\u{e9}@xn--exmple-cua.com",        // the domain in punycode
+        "Victim <jos\u{e9}@ex\u{e4}mple.com>", // a display name
+        "  jos\u{e9}@ex\u{e4}mple.com  ",      // padding
+    ];
+    for spelling in same_account {
+        let a = Answer::of(app.register(spelling, "OtherPassword1!").await).await;
+        assert_eq!(
+            (a.status, a.text.as_str()),
+            (400, r#"{"detail":"Email already registered"}"#),
+            "{spelling:?}"
+        );
+        let a = Answer::of(app.login(spelling, password).await).await;
+        assert_eq!(a.status, 200, "{spelling:?}: {}", a.text);
+        assert_eq!(a.json()["user"]["id"], id.as_str(), "{spelling:?}");
+    }
+    // Refused outright: quoting, invisible and bidi characters, look-alike at-signs, NUL,
+    // a trailing dot.
+    for trick in [
+        "\"jos\u{e9}\"@ex\u{e4}mple.com",
+        "\"jos\u{e9}@ex\u{e4}mple.com\"@evil.com",
+        "jos\u{e9}\u{200b}@ex\u{e4}mple.com",
+        "\u{202e}moc.elpmaxe@jos\u{e9}",
+        "jos\u{e9}\u{ff20}ex\u{e4}mple.com",
+        "jos\u{e9}@ex\u{e4}mple.com\u{0}",
+        "jos\u{e9}@ex\u{e4}mple.com.",
+        "jos\u{e9}@ex\u{e4}mple.com <attacker@evil.com>",
+    ] {
+        let a = Answer::of(app.register(trick, password).await).await;
+        assert_eq!(a.status, 422, "{trick:?}: {}", a.text);
+        assert_eq!(
+            a.json()["detail"][0]["loc"],
+            json!(["body", "email"]),
+            "{trick:?}"
+        );
+        // As a login they name no account.
+        assert_eq!(app.login(trick, password).await.status(), 401, "{trick:?}");
+    }
+    let count: i64 = app
+        .db
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM users", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 1);
+    // The account's bucket (12) already counted the five logins above; the tricks named other
+    // keys. Wrong passwords under the same five spellings run it out within its last 7 tokens
+    // (plus one or two refilled while the test ran): one bucket, not one per spelling.
+    let mut statuses = Vec::new();
+    for spelling in same_account.iter().cycle().take(10) {
+        statuses.push(app.login(spelling, "wrong").await.status().as_u16());
+    }
+    let first_429 = statuses.iter().position(|s| *s == 429);
+    assert!(
+        first_429.is_some_and(|i| (7..=9).contains(&i)),
+        "{statuses:?}"
+    );
+    assert!(statuses[..7].iter().all(|s| *s == 401), "{statuses:?}");
 }
