@@ -9,6 +9,10 @@
 # (b)-(f) on the same number of worker threads (THREADS, default 1).
 #
 #   bench/proxy.sh [seconds-per-run] [threads]
+#
+# With 2+ cores the proxies under test share the last THREADS cores and wrk and the upstream
+# the others (PIN=0 to let the scheduler mix them): on this 2-core box, unpinned runs measure
+# mostly who wins the scheduler's favour against wrk and the upstream.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${1:-10}
@@ -25,6 +29,19 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 
 UP=$(port); NG=$(port); HA=$(port); BARE=$(port); GW=$(port); GWLOG=$(port)
+
+CORES=$(nproc)
+PIN=${PIN:-1}
+if [ "$PIN" = 1 ] && [ "$CORES" -gt "$THREADS" ]; then
+  PROXY_CPUS="$((CORES - THREADS))-$((CORES - 1))"
+  LOAD_CPUS="0-$((CORES - THREADS - 1))"
+  on_proxy=(taskset -c "$PROXY_CPUS")
+  on_load=(taskset -c "$LOAD_CPUS")
+else
+  PIN=0
+  on_proxy=()
+  on_load=()
+fi
 
 started=0
 service() { started=$((started + 1)); start "$OUT/service-$started.log" "$@"; }
@@ -79,12 +96,12 @@ gateway_conf "$GW" false >"$OUT/gateway.toml"
 gateway_conf "$GWLOG" true >"$OUT/gateway-log.toml"
 
 cargo build --release --quiet --bins --example bare_proxy
-service "$NGINX" -c "$PWD/$OUT/upstream.conf"
-service "$NGINX" -c "$PWD/$OUT/nginx.conf"
-service "$HAPROXY" -db -f "$OUT/haproxy.cfg"
-service target/release/examples/bare_proxy "127.0.0.1:$BARE" "127.0.0.1:$UP" "$THREADS"
-service target/release/sentinel-gateway --config "$OUT/gateway.toml"
-service target/release/sentinel-gateway --config "$OUT/gateway-log.toml"
+service "${on_load[@]}" "$NGINX" -c "$PWD/$OUT/upstream.conf"
+service "${on_proxy[@]}" "$NGINX" -c "$PWD/$OUT/nginx.conf"
+service "${on_proxy[@]}" "$HAPROXY" -db -f "$OUT/haproxy.cfg"
+service "${on_proxy[@]}" target/release/examples/bare_proxy "127.0.0.1:$BARE" "127.0.0.1:$UP" "$THREADS"
+service "${on_proxy[@]}" target/release/sentinel-gateway --config "$OUT/gateway.toml"
+service "${on_proxy[@]}" target/release/sentinel-gateway --config "$OUT/gateway-log.toml"
 
 for p in $UP $NG $HA $BARE $GW $GWLOG; do
   for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$p/" && break; sleep 0.1; done
@@ -100,7 +117,7 @@ rows=()
 run() { # name url [header]
   local name=$1 url=$2 out
   shift 2
-  out=$(wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency "$@" "$url")
+  out=$("${on_load[@]}" wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency "$@" "$url")
   echo "$out" >"$OUT/wrk-$name.txt"
   rows+=("$name $(echo "$out" | summarize)")
 }
@@ -114,7 +131,8 @@ run e-gateway "http://127.0.0.1:$GW/bench/x" -H "$AUTH"
 run f-gateway-access-log "http://127.0.0.1:$GWLOG/bench/x" -H "$AUTH"
 
 echo
-echo "$CONNS connections, $THREADS proxy thread(s), ${DURATION}s each"
+if [ "$PIN" = 1 ]; then pinning="proxies on cpu $PROXY_CPUS, wrk and upstream on cpu $LOAD_CPUS"; else pinning="unpinned"; fi
+echo "$CONNS connections, $THREADS proxy thread(s), ${DURATION}s each, $pinning"
 python3 - "${rows[@]}" <<'PY'
 import sys
 def ms(v):

@@ -382,18 +382,13 @@ impl ProxyHttp for Gateway {
         let Some(route) = ctx.route.and_then(|i| self.app.routes.get(i)) else {
             return Err(Error::explain(HTTPStatus(404), "no route"));
         };
-        let Some(backend) = route.upstreams.select(b"", 256) else {
+        let Some(mut peer) = route.upstreams.select() else {
             return Err(Error::explain(HTTPStatus(502), "no healthy upstream"));
         };
-        let mut peer = HttpPeer::new(backend, false, String::new());
-        peer.options.connection_timeout = Some(route.connect_timeout);
-        peer.options.total_connection_timeout = Some(route.connect_timeout);
         // A WebSocket may be quiet for long; its idle time is bounded by keep-alive pings.
-        if !session.is_upgrade_req() {
-            peer.options.read_timeout = Some(route.read_timeout);
+        if session.is_upgrade_req() {
+            peer.options.read_timeout = None;
         }
-        peer.options.write_timeout = Some(route.read_timeout);
-        peer.options.idle_timeout = Some(Duration::from_secs(60));
         Ok(Box::new(peer))
     }
 

@@ -1,12 +1,21 @@
-//! The upstreams of each configured route: a round-robin load balancer whose members are probed
-//! in the background (TCP connect); an unhealthy one gets no traffic until it answers again.
+//! The upstreams of each configured route: round-robin over the members that pass pingora's
+//! active health check (TCP connect, in the background); an unhealthy one gets no traffic until
+//! it answers again.
+//!
+//! Pingora's `LoadBalancer` runs the checks, but requests do not go through its `select`: that
+//! hashes every candidate twice with SipHash (a "seen" set and the health map), which profiling
+//! showed at about 17% of the gateway's CPU per proxied request. The health check reports each
+//! change to [`Members`] instead, and selection is an atomic counter and a flag per member.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pingora::lb::health_check::TcpHealthCheck;
+use async_trait::async_trait;
+use pingora::lb::health_check::{HealthObserve, TcpHealthCheck};
 use pingora::lb::selection::RoundRobin;
-use pingora::lb::LoadBalancer;
+use pingora::lb::{Backend, LoadBalancer};
+use pingora::prelude::HttpPeer;
 use pingora::services::background::{background_service, GenBackgroundService};
 
 use crate::config::{RouteAuth, RouteConfig};
@@ -14,10 +23,57 @@ use crate::config::{RouteAuth, RouteConfig};
 pub struct ProxyRoute {
     pub prefix: String,
     pub auth: RouteAuth,
-    pub upstreams: Arc<LoadBalancer<RoundRobin>>,
+    pub upstreams: Arc<Members>,
     pub upstream_count: usize,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+}
+
+/// A route's upstreams in config order, each with its current health.
+pub struct Members {
+    members: Vec<Member>,
+    next: AtomicUsize,
+}
+
+struct Member {
+    backend: Backend,
+    /// The peer every request to this member starts from (timeouts included).
+    peer: HttpPeer,
+    healthy: AtomicBool,
+}
+
+impl Members {
+    /// The next healthy member after the last one chosen, as a peer to connect to.
+    pub fn select(&self) -> Option<HttpPeer> {
+        let n = self.members.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|i| &self.members[(start + i) % n])
+            .find(|m| m.healthy.load(Ordering::Relaxed))
+            .map(|m| m.peer.clone())
+    }
+
+    fn set_health(&self, target: &Backend, healthy: bool) {
+        for member in self.members.iter().filter(|m| m.backend.addr == target.addr) {
+            member.healthy.store(healthy, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Receives the health check's verdicts (only changes are reported; members start healthy, as
+/// pingora's backends do).
+struct HealthReports(Arc<Members>);
+
+#[async_trait]
+impl HealthObserve for HealthReports {
+    async fn observe(&self, target: &Backend, healthy: bool) {
+        if !healthy {
+            tracing::warn!(upstream = %target.addr, "upstream failed its health check");
+        } else {
+            tracing::info!(upstream = %target.addr, "upstream healthy again");
+        }
+        self.0.set_health(target, healthy);
+    }
 }
 
 /// Builds one route's balancer and the background service that health-checks it (to be added
@@ -29,7 +85,33 @@ pub fn build(
     let mut lb =
         LoadBalancer::<RoundRobin>::try_from_iter(route.upstreams.iter().map(String::as_str))
             .map_err(|e| anyhow::anyhow!("routes: {:?}: {e}", route.prefix))?;
+    let connect_timeout = Duration::from_millis(route.connect_timeout_ms);
+    let read_timeout = Duration::from_millis(route.read_timeout_ms);
+    let members = route
+        .upstreams
+        .iter()
+        .map(|addr| {
+            let backend = Backend::new(addr)
+                .map_err(|e| anyhow::anyhow!("routes: {:?}: {addr}: {e}", route.prefix))?;
+            let mut peer = HttpPeer::new(&backend, false, String::new());
+            peer.options.connection_timeout = Some(connect_timeout);
+            peer.options.total_connection_timeout = Some(connect_timeout);
+            peer.options.read_timeout = Some(read_timeout);
+            peer.options.write_timeout = Some(read_timeout);
+            peer.options.idle_timeout = Some(Duration::from_secs(60));
+            Ok(Member {
+                backend,
+                peer,
+                healthy: AtomicBool::new(true),
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let members = Arc::new(Members {
+        members,
+        next: AtomicUsize::new(0),
+    });
     let mut check = TcpHealthCheck::new();
+    check.health_changed_callback = Some(Box::new(HealthReports(Arc::clone(&members))));
     check.consecutive_success = 1;
     check.consecutive_failure = 1;
     check.peer_template.options.connection_timeout = Some(Duration::from_millis(500));
@@ -40,10 +122,10 @@ pub fn build(
     let proxy_route = ProxyRoute {
         prefix: route.prefix.clone(),
         auth: route.auth,
-        upstreams: service.task(),
+        upstreams: members,
         upstream_count: route.upstreams.len(),
-        connect_timeout: Duration::from_millis(route.connect_timeout_ms),
-        read_timeout: Duration::from_millis(route.read_timeout_ms),
+        connect_timeout,
+        read_timeout,
     };
     Ok((proxy_route, service))
 }
