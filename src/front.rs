@@ -81,20 +81,33 @@ impl ServerApp for Front {
         }
         let seen = Arc::new(HeadSeen::default());
         let mut budget = self.header_timeout;
+        // One timer per connection, moved only when it fires (re-arming it for every request
+        // would cost a timer-wheel insertion and removal per request).
+        let timer = tokio::time::sleep(budget);
+        tokio::pin!(timer);
         loop {
+            let started = tokio::time::Instant::now();
             seen.reset();
             session.set_connection_user_context(Some(Box::new(Arc::clone(&seen))));
             let request = self.proxy.process_new_http(session, shutdown);
             tokio::pin!(request);
-            let reused = tokio::select! {
-                biased;
-                reused = &mut request => reused,
-                () = tokio::time::sleep(budget) => {
-                    if !seen.is_set() {
-                        tracing::debug!(?budget, "request head not complete in time; closing");
-                        return None;
+            let reused = loop {
+                tokio::select! {
+                    biased;
+                    reused = &mut request => break reused,
+                    () = &mut timer => {
+                        let now = tokio::time::Instant::now();
+                        let deadline = started + budget;
+                        if seen.is_set() {
+                            // The head is in; look again one budget from now.
+                            timer.as_mut().reset(now + budget);
+                        } else if now >= deadline {
+                            tracing::debug!(?budget, "request head not complete in time; closing");
+                            return None;
+                        } else {
+                            timer.as_mut().reset(deadline);
+                        }
                     }
-                    request.await
                 }
             };
             let (stream, settings) = reused?.consume();

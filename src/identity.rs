@@ -45,11 +45,21 @@ fn normalized_matches(name: &[u8], target: &[u8], whole: bool) -> bool {
 /// Headers only the gateway may set: the `x-user-*` and `x-forwarded-*` families, `forwarded`
 /// and `x-real-ip`. (`x-request-id` is kept when well-formed; see [`valid_request_id`].)
 pub fn is_reserved(name: &str) -> bool {
-    let n = name.as_bytes();
+    is_reserved_name(name.as_bytes())
+}
+
+/// [`is_reserved`] over raw name bytes (as a request head carries them).
+pub fn is_reserved_name(n: &[u8]) -> bool {
     normalized_matches(n, b"x-user-", false)
         || normalized_matches(n, b"x-forwarded-", false)
         || normalized_matches(n, b"forwarded", true)
         || normalized_matches(n, b"x-real-ip", true)
+}
+
+/// Whether `name` is some spelling of `X-Request-Id` (the gateway's is the only one an upstream
+/// sees: frameworks that fold `_` into `-` would otherwise see two).
+pub fn is_request_id_name(name: &[u8]) -> bool {
+    normalized_matches(name, b"x-request-id", true)
 }
 
 /// Request ids for requests that came without a good one: a random per-process prefix and a
@@ -71,9 +81,19 @@ impl RequestIds {
         }
     }
 
-    pub fn next(&self) -> String {
+    /// The next id (32 lower-case hex digits: prefix, counter) as a header value, made without
+    /// formatting machinery: it is on every proxied request.
+    pub fn next_header(&self) -> http::HeaderValue {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        format!("{:016x}{:016x}", self.prefix, n)
+        let mut id = [0u8; 32];
+        for (i, word) in [self.prefix, n].into_iter().enumerate() {
+            for (j, digit) in id[i * 16..(i + 1) * 16].iter_mut().enumerate() {
+                *digit = HEX[((word >> (60 - 4 * j)) & 0xf) as usize];
+            }
+        }
+        http::HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(&id))
+            .unwrap_or_else(|_| http::HeaderValue::from_static("0"))
     }
 }
 
@@ -100,11 +120,7 @@ pub fn connection_without_reserved(value: &[u8]) -> Option<String> {
     let kept: Vec<&str> = text
         .split(',')
         .map(str::trim)
-        .filter(|t| {
-            !t.is_empty()
-                && !is_reserved(t)
-                && !normalized_matches(t.as_bytes(), b"x-request-id", true)
-        })
+        .filter(|t| !t.is_empty() && !is_reserved(t) && !is_request_id_name(t.as_bytes()))
         .collect();
     (!kept.is_empty()).then(|| kept.join(", "))
 }
@@ -205,10 +221,17 @@ mod tests {
     #[test]
     fn generated_request_ids_are_unique_and_well_formed() {
         let ids = RequestIds::new();
-        let (a, b) = (ids.next(), ids.next());
+        let (a, b) = (ids.next_header(), ids.next_header());
         assert_ne!(a, b);
         assert_eq!(a.len(), 32);
         assert!(valid_request_id(a.as_bytes()));
+        // prefix then counter, as hex
+        let expected = format!(
+            "{:016x}{:016x}",
+            ids.prefix,
+            ids.next.load(std::sync::atomic::Ordering::Relaxed) - 1
+        );
+        assert_eq!(b.to_str().unwrap(), expected);
     }
 
     #[test]

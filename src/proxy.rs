@@ -37,19 +37,29 @@ impl Gateway {
     }
 }
 
+/// Headers the gateway adds for upstreams: user id and email, request id, X-Forwarded-For,
+/// -Proto and -Host.
+const IDENTITY_HEADERS: usize = 6;
+
+/// What happens to a client header on its way upstream.
+enum Keep {
+    Drop,
+    AsIs,
+    Replace(String),
+}
+
 /// Per-request state.
 pub struct RequestCtx {
     started: Instant,
-    request_id: String,
+    request_id: http::HeaderValue,
     origin: Option<Vec<u8>>,
     endpoint: Option<Endpoint>,
     route: Option<usize>,
     user: Option<Arc<UserState>>,
     connect_retries: usize,
-    /// `X-Forwarded-*` as a trusted proxy sent them (never from anyone else).
-    forwarded: Forwarded,
 }
 
+/// `X-Forwarded-*` as a trusted proxy sent them (never from anyone else).
 #[derive(Default)]
 struct Forwarded {
     for_: Option<String>,
@@ -57,12 +67,13 @@ struct Forwarded {
     host: Option<String>,
 }
 
-fn header<'a>(session: &'a Session, name: &str) -> Option<&'a [u8]> {
-    session.req_header().headers.get(name).map(|v| v.as_bytes())
+/// The request id as text (it was checked to be plain ASCII, or made so).
+fn request_id_text(ctx: &RequestCtx) -> String {
+    ctx.request_id.to_str().unwrap_or_default().to_string()
 }
 
-fn header_string(session: &Session, name: &str) -> Option<String> {
-    header(session, name).and_then(|v| std::str::from_utf8(v).ok().map(str::to_string))
+fn header<'a>(session: &'a Session, name: &str) -> Option<&'a [u8]> {
+    session.req_header().headers.get(name).map(|v| v.as_bytes())
 }
 
 fn client_ip(session: &Session) -> Option<IpAddr> {
@@ -182,7 +193,7 @@ impl Gateway {
     /// CORS and request-id headers for a response to this request.
     fn response_extras(&self, ctx: &RequestCtx) -> Vec<(&'static str, String)> {
         let mut headers = self.app.cors.simple_headers(ctx.origin.as_deref());
-        headers.push((identity::REQUEST_ID, ctx.request_id.clone()));
+        headers.push((identity::REQUEST_ID, request_id_text(ctx)));
         headers
     }
 
@@ -221,43 +232,113 @@ impl Gateway {
         Ok(self.app.handle(endpoint, &request).await)
     }
 
-    /// Removes every client-sent header in the identity namespace (all spellings), keeping the
-    /// `X-Forwarded-*` values of a trusted proxy aside first.
-    fn strip_identity_headers(&self, session: &mut Session, ctx: &mut RequestCtx) {
-        let trusted = client_ip(session).is_some_and(|ip| self.app.trusted_proxies.contains(ip));
-        if trusted {
-            ctx.forwarded = Forwarded {
-                for_: header_string(session, identity::FORWARDED_FOR),
-                proto: header_string(session, identity::FORWARDED_PROTO),
-                host: header_string(session, identity::FORWARDED_HOST),
-            };
-        }
-        let req = session.req_header_mut();
-        let doomed: Vec<http::HeaderName> = req
-            .headers
-            .keys()
-            .filter(|name| identity::is_reserved(name.as_str()))
-            .cloned()
-            .collect();
-        for name in doomed {
-            req.remove_header(&name);
-        }
-        // Ours replaces the client's in any case; a malformed one is not even logged upstream.
-        req.remove_header(identity::REQUEST_ID);
-        // `Connection: X-User-Id` must not make the proxy drop the header the gateway sets.
-        let connection: Vec<Option<String>> = req
-            .headers
-            .get_all("connection")
-            .iter()
-            .map(|v| identity::connection_without_reserved(v.as_bytes()))
-            .collect();
-        if !connection.is_empty() {
-            req.remove_header("connection");
-            for value in connection.into_iter().flatten() {
-                // Rebuilt from a valid header value minus some tokens: still valid.
-                let _ = req.append_header("connection", value);
+    /// The request head the upstream gets, in place of the client's: every client header in
+    /// the identity namespace (all spellings) and every spelling of `X-Request-Id` dropped,
+    /// `Connection` nominations of identity headers dropped, then the gateway's identity
+    /// headers. Rebuilt in one pass with room for everything, rather than removing and appending
+    /// on pingora's header maps, which regrow (and rehash) several times per request.
+    fn rebuild_for_upstream(&self, session: &mut Session, ctx: &RequestCtx) -> Result<()> {
+        let peer = client_ip(session);
+        let trusted = peer.is_some_and(|ip| self.app.trusted_proxies.contains(ip));
+        let req = session.req_header();
+        let mut out = RequestHeader::build(
+            req.method.clone(),
+            req.raw_path(),
+            Some(req.headers.len() + IDENTITY_HEADERS),
+        )?;
+        out.set_version(req.version);
+        let mut forwarded = Forwarded::default();
+        let mut host = None;
+        let mut keep = |name: &[u8], value: &http::HeaderValue| -> Keep {
+            if identity::is_reserved_name(name) {
+                if trusted {
+                    let text = || value.to_str().ok().map(str::to_string);
+                    let slot = if name.eq_ignore_ascii_case(identity::FORWARDED_FOR.as_bytes()) {
+                        &mut forwarded.for_
+                    } else if name.eq_ignore_ascii_case(identity::FORWARDED_PROTO.as_bytes()) {
+                        &mut forwarded.proto
+                    } else if name.eq_ignore_ascii_case(identity::FORWARDED_HOST.as_bytes()) {
+                        &mut forwarded.host
+                    } else {
+                        return Keep::Drop;
+                    };
+                    if slot.is_none() {
+                        *slot = text();
+                    }
+                }
+                return Keep::Drop;
+            }
+            if identity::is_request_id_name(name) {
+                return Keep::Drop;
+            }
+            if name.eq_ignore_ascii_case(b"host") && host.is_none() {
+                host = Some(value.clone());
+            }
+            // `Connection: X-User-Id` must not make the proxy drop a header the gateway sets.
+            if name.eq_ignore_ascii_case(b"connection") {
+                return match identity::connection_without_reserved(value.as_bytes()) {
+                    Some(rest) => Keep::Replace(rest),
+                    None => Keep::Drop,
+                };
+            }
+            Keep::AsIs
+        };
+        if req.has_case() {
+            for (name, value) in req.case_header_iter() {
+                match keep(name.as_slice(), value) {
+                    Keep::Drop => {}
+                    Keep::AsIs => {
+                        out.append_header(name.clone(), value.clone())?;
+                    }
+                    // Rebuilt from a valid header value minus some tokens: still valid.
+                    Keep::Replace(rest) => {
+                        out.append_header(name.clone(), rest)?;
+                    }
+                }
+            }
+        } else {
+            for (name, value) in req.headers.iter() {
+                match keep(name.as_str().as_bytes(), value) {
+                    Keep::Drop => {}
+                    Keep::AsIs => {
+                        out.append_header(name, value.clone())?;
+                    }
+                    Keep::Replace(rest) => {
+                        out.append_header(name, rest)?;
+                    }
+                }
             }
         }
+        if let Some(user) = &ctx.user {
+            out.append_header(identity::USER_ID, user.id_header.clone())?;
+            out.append_header(identity::USER_EMAIL, user.email_header.clone())?;
+        }
+        out.append_header(identity::REQUEST_ID, ctx.request_id.clone())?;
+        let peer = peer.map(|ip| ip.to_string()).unwrap_or_default();
+        let forwarded_for = match forwarded.for_ {
+            Some(chain) => format!("{chain}, {peer}"),
+            None => peer,
+        };
+        out.append_header(identity::FORWARDED_FOR, forwarded_for)?;
+        match forwarded.proto {
+            Some(proto) => out.append_header(identity::FORWARDED_PROTO, proto)?,
+            None => out.append_header(
+                identity::FORWARDED_PROTO,
+                http::HeaderValue::from_static("http"),
+            )?,
+        };
+        match forwarded.host {
+            Some(host) => {
+                out.append_header(identity::FORWARDED_HOST, host)?;
+            }
+            None => {
+                if let Some(host) = host {
+                    out.append_header(identity::FORWARDED_HOST, host)?;
+                }
+            }
+        }
+        *session.req_header_mut() = out;
+        Ok(())
     }
 
     /// Bearer verification for a route. `Ok(None)`: anonymous (public routes only).
@@ -297,21 +378,20 @@ impl ProxyHttp for Gateway {
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             started: Instant::now(),
-            request_id: String::new(),
+            request_id: http::HeaderValue::from_static(""),
             origin: None,
             endpoint: None,
             route: None,
             user: None,
             connect_retries: 0,
-            forwarded: Forwarded::default(),
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         session.set_keepalive(Some(self.app.keepalive_seconds));
-        ctx.request_id = match header(session, identity::REQUEST_ID) {
-            Some(id) if identity::valid_request_id(id) => String::from_utf8_lossy(id).into_owned(),
-            _ => self.app.request_ids.next(),
+        ctx.request_id = match session.req_header().headers.get(identity::REQUEST_ID) {
+            Some(id) if identity::valid_request_id(id.as_bytes()) => id.clone(),
+            _ => self.app.request_ids.next_header(),
         };
         ctx.origin = header(session, "origin").map(<[u8]>::to_vec);
         if head_size(session.req_header()) > self.app.max_header_bytes {
@@ -331,7 +411,7 @@ impl ProxyHttp for Gateway {
                 ctx.origin.as_deref().unwrap_or_default(),
                 header(session, "access-control-request-headers"),
             );
-            let extra = vec![(identity::REQUEST_ID, ctx.request_id.clone())];
+            let extra = vec![(identity::REQUEST_ID, request_id_text(ctx))];
             write_reply(session, reply, extra).await?;
             return Ok(true);
         }
@@ -345,12 +425,12 @@ impl ProxyHttp for Gateway {
                 self.answer_own(session, endpoint).await?
             }
             Route::Proxy(index) => {
-                self.strip_identity_headers(session, ctx);
                 ctx.route = Some(index);
                 let auth = self.app.routes[index].auth;
                 match self.authenticate(session, auth).await {
                     Ok(user) => {
                         ctx.user = user;
+                        self.rebuild_for_upstream(session, ctx)?;
                         return Ok(false);
                     }
                     Err(e) => e.into_reply(),
@@ -412,42 +492,6 @@ impl ProxyHttp for Gateway {
         e
     }
 
-    async fn upstream_request_filter(
-        &self,
-        session: &mut Session,
-        upstream: &mut RequestHeader,
-        ctx: &mut RequestCtx,
-    ) -> Result<()> {
-        if let Some(user) = &ctx.user {
-            upstream.append_header(identity::USER_ID, user.id_header.clone())?;
-            upstream.append_header(identity::USER_EMAIL, user.email_header.clone())?;
-        }
-        upstream.append_header(identity::REQUEST_ID, ctx.request_id.as_str())?;
-        let peer = client_ip(session)
-            .map(|ip| ip.to_string())
-            .unwrap_or_default();
-        let forwarded_for = match ctx.forwarded.for_.take() {
-            Some(chain) => format!("{chain}, {peer}"),
-            None => peer,
-        };
-        upstream.append_header(identity::FORWARDED_FOR, forwarded_for)?;
-        match ctx.forwarded.proto.take() {
-            Some(proto) => upstream.append_header(identity::FORWARDED_PROTO, proto)?,
-            None => upstream.append_header(identity::FORWARDED_PROTO, "http")?,
-        };
-        match ctx.forwarded.host.take() {
-            Some(host) => {
-                upstream.append_header(identity::FORWARDED_HOST, host)?;
-            }
-            None => {
-                if let Some(host) = session.req_header().headers.get("host").cloned() {
-                    upstream.append_header(identity::FORWARDED_HOST, host)?;
-                }
-            }
-        }
-        Ok(())
-    }
-
     async fn response_filter(
         &self,
         _session: &mut Session,
@@ -483,7 +527,7 @@ impl ProxyHttp for Gateway {
             }
             _ => upstream_response.insert_header("vary", "Origin")?,
         }
-        upstream_response.insert_header(identity::REQUEST_ID, ctx.request_id.as_str())?;
+        upstream_response.insert_header(identity::REQUEST_ID, ctx.request_id.clone())?;
         Ok(())
     }
 
@@ -548,7 +592,7 @@ impl ProxyHttp for Gateway {
             status,
             duration_us = ctx.started.elapsed().as_micros() as u64,
             client = session.client_addr().map(|a| a.to_string()).unwrap_or_default(),
-            request_id = %ctx.request_id,
+            request_id = ctx.request_id.to_str().unwrap_or_default(),
             endpoint = ctx.endpoint.map(Endpoint::name),
             route,
             user_id = ctx.user.as_ref().map(|u| u.id.as_str()),

@@ -54,7 +54,11 @@ impl Members {
     }
 
     fn set_health(&self, target: &Backend, healthy: bool) {
-        for member in self.members.iter().filter(|m| m.backend.addr == target.addr) {
+        for member in self
+            .members
+            .iter()
+            .filter(|m| m.backend.addr == target.addr)
+        {
             member.healthy.store(healthy, Ordering::Relaxed);
         }
     }
@@ -98,7 +102,8 @@ pub fn build(
             peer.options.total_connection_timeout = Some(connect_timeout);
             peer.options.read_timeout = Some(read_timeout);
             peer.options.write_timeout = Some(read_timeout);
-            peer.options.idle_timeout = Some(Duration::from_secs(60));
+            // No idle timeout on pooled upstream connections: pingora's pool is bounded and
+            // notices an upstream closing an idle one; a timeout would cost a timer per request.
             Ok(Member {
                 backend,
                 peer,
