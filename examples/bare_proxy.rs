@@ -10,6 +10,10 @@ use pingora::prelude::*;
 use pingora::proxy::{http_proxy_service, ProxyHttp, Session};
 use pingora::server::configuration::ServerConf;
 
+/// The same allocator as the gateway, so that the comparison measures the gateway's own work.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct Bare(SocketAddr);
 
 #[async_trait]

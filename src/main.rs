@@ -7,6 +7,12 @@ use clap::{Parser, Subcommand};
 use sentinel_gateway::config::{Config, Sources};
 use sentinel_gateway::{server, telemetry};
 
+/// mimalloc rather than glibc's malloc: a proxied request makes dozens of small allocations
+/// (pingora's header maps and futures among them), and `bench/proxy-instructions.sh` showed
+/// glibc's malloc/free as the largest single share of what the gateway adds per request.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const DEFAULT_CONFIG: &str = "conf/gateway.toml";
 
 #[derive(Parser)]
