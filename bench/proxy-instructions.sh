@@ -7,6 +7,8 @@
 # same for both: same syscalls) is not counted, so the ratio overstates the gateway's share.
 #
 #   bench/proxy-instructions.sh [seconds]      (default 10; ~1k req/s under valgrind)
+#   HEADERS=browser bench/proxy-instructions.sh   requests carry a browser's dozen headers
+#                                                 (default: wrk's Host plus the bearer token)
 #
 # Output: instructions per request for both, the difference, and the functions it goes to
 # (exclusive instructions per request, gateway minus bare).
@@ -40,12 +42,21 @@ measure() { # name command...
     -d '{"email":"bench@example.com","password":"BenchPassword123!"}' |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])' 2>/dev/null || echo none)
   local auth="Authorization: Bearer $token"
+  local extra=()
+  if [ "${HEADERS:-}" = browser ]; then
+    extra=(-H "User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36"
+      -H "Accept: application/json, text/plain, */*" -H "Accept-Language: en-GB,en;q=0.9"
+      -H "Accept-Encoding: gzip, deflate, br" -H "Origin: http://localhost:3000"
+      -H "Referer: http://localhost:3000/dashboard" -H "Sec-Fetch-Mode: cors" -H "Sec-Fetch-Site: same-site"
+      -H "Sec-Fetch-Dest: empty" -H "Cookie: theme=dark; _ga=GA1.1.123456789.1700000000"
+      -H "Connection: keep-alive")
+  fi
   # Warm caches, pools and the token cache first; count only the steady state.
-  wrk -t1 -c4 -d2s "http://127.0.0.1:$p/bench/x" -H "$auth" >/dev/null
+  wrk -t1 -c4 -d2s "http://127.0.0.1:$p/bench/x" -H "$auth" "${extra[@]}" >/dev/null
   local vg=${pids[-1]}
   callgrind_control -i on "$vg" >/dev/null
   local out
-  out=$(wrk -t1 -c4 -d"${DURATION}s" "http://127.0.0.1:$p/bench/x" -H "$auth")
+  out=$(wrk -t1 -c4 -d"${DURATION}s" "http://127.0.0.1:$p/bench/x" -H "$auth" "${extra[@]}")
   callgrind_control -i off "$vg" >/dev/null
   callgrind_control -d "$vg" >/dev/null
   sleep 1

@@ -37,17 +37,6 @@ impl Gateway {
     }
 }
 
-/// Headers the gateway adds for upstreams: user id and email, request id, X-Forwarded-For,
-/// -Proto and -Host.
-const IDENTITY_HEADERS: usize = 6;
-
-/// What happens to a client header on its way upstream.
-enum Keep {
-    Drop,
-    AsIs,
-    Replace(String),
-}
-
 /// Per-request state.
 pub struct RequestCtx {
     started: Instant,
@@ -232,112 +221,80 @@ impl Gateway {
         Ok(self.app.handle(endpoint, &request).await)
     }
 
-    /// The request head the upstream gets, in place of the client's: every client header in
-    /// the identity namespace (all spellings) and every spelling of `X-Request-Id` dropped,
-    /// `Connection` nominations of identity headers dropped, then the gateway's identity
-    /// headers. Rebuilt in one pass with room for everything, rather than removing and appending
-    /// on pingora's header maps, which regrow (and rehash) several times per request.
-    fn rebuild_for_upstream(&self, session: &mut Session, ctx: &RequestCtx) -> Result<()> {
+    /// Turns the client's request head into the one the upstream gets, in place: every client
+    /// header in the identity namespace (all spellings) and every spelling of `X-Request-Id`
+    /// removed, `Connection` nominations of identity headers dropped, then the gateway's
+    /// identity headers added. Done on the downstream head (which pingora copies for each
+    /// upstream attempt) so that a retry does not redo it.
+    fn prepare_upstream_head(&self, session: &mut Session, ctx: &RequestCtx) -> Result<()> {
         let peer = client_ip(session);
-        let trusted = peer.is_some_and(|ip| self.app.trusted_proxies.contains(ip));
-        let req = session.req_header();
-        let mut out = RequestHeader::build(
-            req.method.clone(),
-            req.raw_path(),
-            Some(req.headers.len() + IDENTITY_HEADERS),
-        )?;
-        out.set_version(req.version);
-        let mut forwarded = Forwarded::default();
-        let mut host = None;
-        let mut keep = |name: &[u8], value: &http::HeaderValue| -> Keep {
-            if identity::is_reserved_name(name) {
-                if trusted {
-                    let text = || value.to_str().ok().map(str::to_string);
-                    let slot = if name.eq_ignore_ascii_case(identity::FORWARDED_FOR.as_bytes()) {
-                        &mut forwarded.for_
-                    } else if name.eq_ignore_ascii_case(identity::FORWARDED_PROTO.as_bytes()) {
-                        &mut forwarded.proto
-                    } else if name.eq_ignore_ascii_case(identity::FORWARDED_HOST.as_bytes()) {
-                        &mut forwarded.host
-                    } else {
-                        return Keep::Drop;
-                    };
-                    if slot.is_none() {
-                        *slot = text();
-                    }
-                }
-                return Keep::Drop;
-            }
-            if identity::is_request_id_name(name) {
-                return Keep::Drop;
-            }
-            if name.eq_ignore_ascii_case(b"host") && host.is_none() {
-                host = Some(value.clone());
-            }
-            // `Connection: X-User-Id` must not make the proxy drop a header the gateway sets.
-            if name.eq_ignore_ascii_case(b"connection") {
-                return match identity::connection_without_reserved(value.as_bytes()) {
-                    Some(rest) => Keep::Replace(rest),
-                    None => Keep::Drop,
-                };
-            }
-            Keep::AsIs
-        };
-        if req.has_case() {
-            for (name, value) in req.case_header_iter() {
-                match keep(name.as_slice(), value) {
-                    Keep::Drop => {}
-                    Keep::AsIs => {
-                        out.append_header(name.clone(), value.clone())?;
-                    }
-                    // Rebuilt from a valid header value minus some tokens: still valid.
-                    Keep::Replace(rest) => {
-                        out.append_header(name.clone(), rest)?;
-                    }
-                }
+        let forwarded = if peer.is_some_and(|ip| self.app.trusted_proxies.contains(ip)) {
+            let value = |name| {
+                header(session, name)
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                    .map(str::to_string)
+            };
+            Forwarded {
+                for_: value(identity::FORWARDED_FOR),
+                proto: value(identity::FORWARDED_PROTO),
+                host: value(identity::FORWARDED_HOST),
             }
         } else {
-            for (name, value) in req.headers.iter() {
-                match keep(name.as_str().as_bytes(), value) {
-                    Keep::Drop => {}
-                    Keep::AsIs => {
-                        out.append_header(name, value.clone())?;
-                    }
-                    Keep::Replace(rest) => {
-                        out.append_header(name, rest)?;
-                    }
-                }
+            Forwarded::default()
+        };
+        let req = session.req_header_mut();
+        // Usually empty: no allocation then.
+        let doomed: Vec<http::HeaderName> = req
+            .headers
+            .keys()
+            .filter(|name| {
+                let name = name.as_str().as_bytes();
+                identity::is_reserved_name(name) || identity::is_request_id_name(name)
+            })
+            .cloned()
+            .collect();
+        for name in doomed {
+            req.remove_header(&name);
+        }
+        // `Connection: X-User-Id` must not make the proxy drop a header the gateway sets.
+        if req.headers.contains_key(http::header::CONNECTION) {
+            let kept: Vec<Option<String>> = req
+                .headers
+                .get_all(http::header::CONNECTION)
+                .iter()
+                .map(|v| identity::connection_without_reserved(v.as_bytes()))
+                .collect();
+            req.remove_header(&http::header::CONNECTION);
+            for value in kept.into_iter().flatten() {
+                // Rebuilt from a valid header value minus some tokens: still valid.
+                req.append_header(http::header::CONNECTION, value)?;
             }
         }
         if let Some(user) = &ctx.user {
-            out.append_header(identity::USER_ID, user.id_header.clone())?;
-            out.append_header(identity::USER_EMAIL, user.email_header.clone())?;
+            req.append_header(identity::USER_ID, user.id_header.clone())?;
+            req.append_header(identity::USER_EMAIL, user.email_header.clone())?;
         }
-        out.append_header(identity::REQUEST_ID, ctx.request_id.clone())?;
+        req.append_header(identity::REQUEST_ID, ctx.request_id.clone())?;
         let peer = peer.map(|ip| ip.to_string()).unwrap_or_default();
         let forwarded_for = match forwarded.for_ {
             Some(chain) => format!("{chain}, {peer}"),
             None => peer,
         };
-        out.append_header(identity::FORWARDED_FOR, forwarded_for)?;
+        req.append_header(identity::FORWARDED_FOR, forwarded_for)?;
         match forwarded.proto {
-            Some(proto) => out.append_header(identity::FORWARDED_PROTO, proto)?,
-            None => out.append_header(
+            Some(proto) => req.append_header(identity::FORWARDED_PROTO, proto)?,
+            None => req.append_header(
                 identity::FORWARDED_PROTO,
                 http::HeaderValue::from_static("http"),
             )?,
         };
-        match forwarded.host {
-            Some(host) => {
-                out.append_header(identity::FORWARDED_HOST, host)?;
-            }
-            None => {
-                if let Some(host) = host {
-                    out.append_header(identity::FORWARDED_HOST, host)?;
-                }
-            }
+        let host = match forwarded.host {
+            Some(host) => http::HeaderValue::try_from(host).ok(),
+            None => req.headers.get(http::header::HOST).cloned(),
+        };
+        if let Some(host) = host {
+            req.append_header(identity::FORWARDED_HOST, host)?;
         }
-        *session.req_header_mut() = out;
         Ok(())
     }
 
@@ -430,7 +387,7 @@ impl ProxyHttp for Gateway {
                 match self.authenticate(session, auth).await {
                     Ok(user) => {
                         ctx.user = user;
-                        self.rebuild_for_upstream(session, ctx)?;
+                        self.prepare_upstream_head(session, ctx)?;
                         return Ok(false);
                     }
                     Err(e) => e.into_reply(),
