@@ -216,6 +216,28 @@ fn verify_argon2(password: &str, stored: &str) -> Result<bool, PasswordError> {
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
+/// The hashing threads' niceness. A login flood keeps every hashing thread busy; at a lower
+/// priority they yield the cores to the proxy and `/health` threads whenever those have work,
+/// so proxied traffic of signed-in users degrades less (hashing is the work that can wait:
+/// its queue is bounded and answers 503 when full).
+pub const HASH_THREAD_NICE: i32 = 10;
+
+/// Lowers the calling thread's scheduling priority (Linux keeps a nice value per thread).
+/// Failure is harmless: the thread then runs at normal priority.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: `gettid` and `setpriority` take plain integers and touch no memory of ours.
+        let result = unsafe {
+            let tid = libc::gettid();
+            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, HASH_THREAD_NICE)
+        };
+        if result != 0 {
+            tracing::debug!("could not lower the hashing thread's priority");
+        }
+    }
+}
+
 /// A fixed set of threads that hash and verify, fed by a bounded queue. When the queue is full
 /// the caller gets [`PasswordError::Busy`] at once instead of piling up memory and latency.
 pub struct HashPool {
@@ -232,15 +254,18 @@ impl HashPool {
             let receiver = Arc::clone(&receiver);
             std::thread::Builder::new()
                 .name(format!("sg-hash-{i}"))
-                .spawn(move || loop {
-                    let job = {
-                        let Ok(guard) = receiver.lock() else { return };
-                        match guard.recv() {
-                            Ok(job) => job,
-                            Err(_) => return,
-                        }
-                    };
-                    job();
+                .spawn(move || {
+                    lower_priority();
+                    loop {
+                        let job = {
+                            let Ok(guard) = receiver.lock() else { return };
+                            match guard.recv() {
+                                Ok(job) => job,
+                                Err(_) => return,
+                            }
+                        };
+                        job();
+                    }
                 })?;
         }
         Ok(HashPool {

@@ -144,3 +144,38 @@ async fn form_field_rules_follow_oauth2_password_request_form() {
         r#"{"detail":[{"type":"missing","loc":["body","password"],"msg":"Field required","input":null}]}"#
     );
 }
+
+/// Password hashing runs on threads of lower priority than the proxy's, so that a login flood
+/// leaves the cores to proxied traffic and `/health` whenever they need them.
+#[tokio::test]
+async fn hashing_threads_run_at_a_lower_priority_than_request_threads() {
+    let app = TestApp::spawn().await;
+    // (thread name, nice) of every thread of the gateway; field 19 of stat is the nice value,
+    // counted after the `(comm)` field, which may itself contain spaces.
+    let threads: Vec<(String, i64)> = std::fs::read_dir(format!("/proc/{}/task", app.pid()))
+        .unwrap()
+        .filter_map(|t| {
+            let dir = t.ok()?.path();
+            let name = std::fs::read_to_string(dir.join("comm")).ok()?.trim().to_string();
+            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+            let after_comm = &stat[stat.rfind(')')? + 2..];
+            let nice = after_comm.split_whitespace().nth(16)?.parse().ok()?;
+            Some((name, nice))
+        })
+        .collect();
+    let hashing: Vec<i64> = threads
+        .iter()
+        .filter(|(name, _)| name.starts_with("sg-hash-"))
+        .map(|(_, nice)| *nice)
+        .collect();
+    assert!(!hashing.is_empty(), "no hashing threads among {threads:?}");
+    assert!(hashing.iter().all(|n| *n == 10), "{threads:?}");
+    let others: Vec<&(String, i64)> = threads
+        .iter()
+        .filter(|(name, _)| !name.starts_with("sg-hash-"))
+        .collect();
+    assert!(others.iter().all(|(_, n)| *n == 0), "{threads:?}");
+    // Logins still work.
+    app.registered("nice@example.com", "NicePassword1!").await;
+    assert_eq!(app.login("nice@example.com", "NicePassword1!").await.status(), 200);
+}
