@@ -156,7 +156,10 @@ async fn hashing_threads_run_at_a_lower_priority_than_request_threads() {
         .unwrap()
         .filter_map(|t| {
             let dir = t.ok()?.path();
-            let name = std::fs::read_to_string(dir.join("comm")).ok()?.trim().to_string();
+            let name = std::fs::read_to_string(dir.join("comm"))
+                .ok()?
+                .trim()
+                .to_string();
             let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
             let after_comm = &stat[stat.rfind(')')? + 2..];
             let nice = after_comm.split_whitespace().nth(16)?.parse().ok()?;
@@ -177,5 +180,10 @@ async fn hashing_threads_run_at_a_lower_priority_than_request_threads() {
     assert!(others.iter().all(|(_, n)| *n == 0), "{threads:?}");
     // Logins still work.
     app.registered("nice@example.com", "NicePassword1!").await;
-    assert_eq!(app.login("nice@example.com", "NicePassword1!").await.status(), 200);
+    assert_eq!(
+        app.login("nice@example.com", "NicePassword1!")
+            .await
+            .status(),
+        200
+    );
 }
