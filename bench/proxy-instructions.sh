@@ -9,6 +9,7 @@
 #   bench/proxy-instructions.sh [seconds]      (default 10; ~1k req/s under valgrind)
 #   HEADERS=browser bench/proxy-instructions.sh   requests carry a browser's dozen headers
 #                                                 (default: wrk's Host plus the bearer token)
+#   GATEWAY_BIN=path bench/proxy-instructions.sh  another build of the gateway (an older commit)
 #
 # Output: instructions per request for both, the difference, and the functions it goes to
 # (exclusive instructions per request, gateway minus bare).
@@ -91,7 +92,7 @@ prefix = "/bench/"
 upstreams = ["127.0.0.1:$UP"]
 auth = "required"
 CONF
-measure gateway "$GW" target/release/sentinel-gateway --config "$OUT/gateway.toml"
+measure gateway "$GW" "${GATEWAY_BIN:-target/release/sentinel-gateway}" --config "$OUT/gateway.toml"
 
 python3 - "$OUT" <<'PY'
 import glob, re, subprocess, sys
