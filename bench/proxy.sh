@@ -10,12 +10,17 @@
 #
 #   bench/proxy.sh [seconds-per-run] [threads]
 #
+# Each setup runs ROUNDS times (default 3), the rounds interleaved (a b c d e f, a b c ...), and
+# the table shows each setup's median round: this machine's speed drifts by 10% and more
+# within minutes, and back-to-back runs of one setup would carry that drift into the ratios.
+#
 # With 2+ cores the proxies under test share the last THREADS cores and wrk and the upstream
 # the others (PIN=0 to let the scheduler mix them): on this 2-core box, unpinned runs measure
 # mostly who wins the scheduler's favour against wrk and the upstream.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${1:-10}
+ROUNDS=${ROUNDS:-3}
 THREADS=${2:-1}
 CONNS=${CONNS:-64}
 OUT=target/bench/proxy
@@ -118,32 +123,44 @@ run() { # name url [header]
   local name=$1 url=$2 out
   shift 2
   out=$("${on_load[@]}" wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency "$@" "$url")
-  echo "$out" >"$OUT/wrk-$name.txt"
+  echo "$out" >"$OUT/wrk-$name-$round.txt"
   rows+=("$name $(echo "$out" | summarize)")
 }
 # Every setup gets the very same requests, bearer token included.
 AUTH="Authorization: Bearer $TOKEN"
-run a-upstream "http://127.0.0.1:$UP/bench/x" -H "$AUTH"
-run b-nginx "http://127.0.0.1:$NG/bench/x" -H "$AUTH"
-run c-haproxy "http://127.0.0.1:$HA/bench/x" -H "$AUTH"
-run d-pingora-bare "http://127.0.0.1:$BARE/bench/x" -H "$AUTH"
-run e-gateway "http://127.0.0.1:$GW/bench/x" -H "$AUTH"
-run f-gateway-access-log "http://127.0.0.1:$GWLOG/bench/x" -H "$AUTH"
+for round in $(seq 1 "$ROUNDS"); do
+  run a-upstream "http://127.0.0.1:$UP/bench/x" -H "$AUTH"
+  run b-nginx "http://127.0.0.1:$NG/bench/x" -H "$AUTH"
+  run c-haproxy "http://127.0.0.1:$HA/bench/x" -H "$AUTH"
+  run d-pingora-bare "http://127.0.0.1:$BARE/bench/x" -H "$AUTH"
+  run e-gateway "http://127.0.0.1:$GW/bench/x" -H "$AUTH"
+  run f-gateway-access-log "http://127.0.0.1:$GWLOG/bench/x" -H "$AUTH"
+done
 
 echo
 if [ "$PIN" = 1 ]; then pinning="proxies on cpu $PROXY_CPUS, wrk and upstream on cpu $LOAD_CPUS"; else pinning="unpinned"; fi
-echo "$CONNS connections, $THREADS proxy thread(s), ${DURATION}s each, $pinning"
+echo "$CONNS connections, $THREADS proxy thread(s), $ROUNDS interleaved rounds of ${DURATION}s (median shown), $pinning"
 python3 - "${rows[@]}" <<'PY'
 import sys
 def ms(v):
     return float(v[:-2]) if v.endswith("ms") else float(v[:-2]) / 1000 if v.endswith("us") else float(v[:-1]) * 1000
 rows = [r.split() for r in sys.argv[1:]]
-print(f"{'setup':24} {'req/s':>10} {'p50':>9} {'p99':>9} {'errors':>7}")
-data = {}
+runs = {}
 for name, rps, p50, p99, err in rows:
-    data[name] = (float(rps), ms(p50), ms(p99))
-    print(f"{name:24} {float(rps):10.0f} {p50:>9} {p99:>9} {err:>7}")
+    runs.setdefault(name, []).append((float(rps), ms(p50), ms(p99), int(err), p50, p99))
+print(f"{'setup':24} {'req/s':>10} {'p50':>9} {'p99':>9} {'errors':>7}   rounds (req/s)")
+data = {}
+for name, results in runs.items():
+    ordered = sorted(results)
+    median = ordered[len(ordered) // 2]
+    data[name] = median[:3]
+    errors = sum(r[3] for r in results)
+    each = " ".join(f"{r[0]:.0f}" for r in results)
+    print(f"{name:24} {median[0]:10.0f} {median[4]:>9} {median[5]:>9} {errors:>7}   {each}")
 e, d, b, c, a = data["e-gateway"], data["d-pingora-bare"], data["b-nginx"], data["c-haproxy"], data["a-upstream"]
-print(f"(e)/(d) throughput {e[0]/d[0]:.2f}x   (e)/(b) {e[0]/b[0]:.2f}x   (e)/(c) {e[0]/c[0]:.2f}x")
+f = data["f-gateway-access-log"]
+print(f"(e)/(d) throughput {e[0]/d[0]:.2f}x   (e)/(b) {e[0]/b[0]:.2f}x   (e)/(c) {e[0]/c[0]:.2f}x   (f)/(d) {f[0]/d[0]:.2f}x")
+ratios = " ".join(f"{ge[0]/gd[0]:.2f}" for ge, gd in zip(runs["e-gateway"], runs["d-pingora-bare"]))
+print(f"(e)/(d) round by round: {ratios}")
 print(f"p99 added by the gateway over the bare proxy: {e[2]-d[2]:+.2f} ms; over the upstream: {e[2]-a[2]:+.2f} ms")
 PY

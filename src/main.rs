@@ -66,7 +66,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Migrate => {
-            telemetry::init(&config.log);
+            let _log = telemetry::init(&config.log);
             server::migrate(&config).map(|report| {
                 println!(
                     "migrations applied: {}{}",
@@ -84,7 +84,7 @@ fn main() -> ExitCode {
             })
         }
         Command::Serve => {
-            telemetry::init(&config.log);
+            let _log = telemetry::init(&config.log);
             server::serve(config)
         }
     };

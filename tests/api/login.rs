@@ -187,3 +187,63 @@ async fn hashing_threads_run_at_a_lower_priority_than_request_threads() {
         200
     );
 }
+
+/// The access log: one line per request with what an operator needs, and never a secret (no
+/// query string, no token, no password, no request body).
+#[tokio::test]
+async fn the_access_log_records_requests_without_secrets() {
+    let app = TestApp::spawn_with(Spawn {
+        env: vec![
+            ("SENTINEL_LOG_LEVEL".into(), "info".into()),
+            ("SENTINEL_LOG_FORMAT".into(), "json".into()),
+        ],
+        ..Spawn::default()
+    })
+    .await;
+    let password = "LoggedPassword1!";
+    let (token, _) = app.registered("logged@example.com", password).await;
+    assert_eq!(
+        app.login("logged@example.com", password).await.status(),
+        200
+    );
+    let r = app
+        .client
+        .get(app.url("/auth/users/me?api_key=query-secret"))
+        .bearer_auth(&token)
+        .header("x-request-id", "trace-me-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Lines are written by a background thread: give it a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let line = loop {
+        let logs = app.logs();
+        if let Some(line) = logs.lines().find(|l| l.contains("trace-me-1")) {
+            break (line.to_string(), logs);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no access line:\n{logs}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let (line, logs) = line;
+    let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(entry["target"], "access");
+    assert_eq!(entry["method"], "GET");
+    assert_eq!(entry["path"], "/auth/users/me");
+    assert_eq!(entry["status"], 200);
+    assert_eq!(entry["endpoint"], "users_me");
+    assert!(entry["duration_us"].is_u64(), "{line}");
+    // Three requests before this one: register, login, me.
+    assert!(
+        logs.lines()
+            .filter(|l| l.contains("\"target\":\"access\""))
+            .count()
+            >= 3
+    );
+    for secret in [password, token.as_str(), "query-secret", "api_key"] {
+        assert!(!logs.contains(secret), "{secret} in the log:\n{logs}");
+    }
+}
