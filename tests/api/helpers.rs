@@ -71,6 +71,16 @@ impl TestDb {
     pub async fn client(&self) -> tokio_postgres::Client {
         pg(&self.url).await
     }
+
+    /// How many rows the users table holds.
+    pub async fn user_count(&self) -> i64 {
+        self.client()
+            .await
+            .query_one("SELECT count(*) FROM users", &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
 }
 
 impl Drop for TestDb {

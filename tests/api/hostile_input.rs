@@ -47,14 +47,7 @@ async fn malformed_bodies_never_cause_a_server_error() {
         assert!(a.json().get("detail").is_some(), "{shown:?}");
     }
     // Nothing was created by any of it, and the real user still works.
-    let count: i64 = app
-        .db
-        .client()
-        .await
-        .query_one("SELECT count(*) FROM users", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let count = app.db.user_count().await;
     assert_eq!(count, 1);
     assert_eq!(app.me(&token).await.status(), 200);
 }
@@ -162,14 +155,7 @@ async fn unicode_and_quoting_tricks_reach_one_account_or_none() {
         // As a login they name no account.
         assert_eq!(app.login(trick, password).await.status(), 401, "{trick:?}");
     }
-    let count: i64 = app
-        .db
-        .client()
-        .await
-        .query_one("SELECT count(*) FROM users", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let count = app.db.user_count().await;
     assert_eq!(count, 1);
     // One bucket for all spellings: run it out under the first spelling, and every other
     // spelling is refused at once. (Were they separate buckets, each would still have its 12.)

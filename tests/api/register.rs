@@ -128,14 +128,7 @@ async fn fifty_concurrent_registrations_of_one_email_let_exactly_one_through() {
         }
     }
     assert_eq!(ok, 1);
-    let count: i64 = app
-        .db
-        .client()
-        .await
-        .query_one("SELECT count(*) FROM users", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let count = app.db.user_count().await;
     assert_eq!(count, 1);
 }
 
