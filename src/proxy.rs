@@ -441,7 +441,7 @@ impl ProxyHttp for Gateway {
         let others = ctx
             .route
             .and_then(|i| self.app.routes.get(i))
-            .map_or(0, |r| r.upstream_count.saturating_sub(1));
+            .map_or(0, |r| r.upstreams.len().saturating_sub(1));
         if ctx.connect_retries < others {
             ctx.connect_retries += 1;
             e.set_retry(true);

@@ -23,10 +23,8 @@ use crate::config::{RouteAuth, RouteConfig};
 pub struct ProxyRoute {
     pub prefix: String,
     pub auth: RouteAuth,
+    /// The route's upstreams; each one's peer carries the route's connect and read timeouts.
     pub upstreams: Arc<Members>,
-    pub upstream_count: usize,
-    pub connect_timeout: Duration,
-    pub read_timeout: Duration,
 }
 
 /// A route's upstreams in config order, each with its current health.
@@ -43,6 +41,14 @@ struct Member {
 }
 
 impl Members {
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
     /// The next healthy member after the last one chosen, as a peer to connect to.
     pub fn select(&self) -> Option<HttpPeer> {
         let n = self.members.len();
@@ -128,9 +134,6 @@ pub fn build(
         prefix: route.prefix.clone(),
         auth: route.auth,
         upstreams: members,
-        upstream_count: route.upstreams.len(),
-        connect_timeout,
-        read_timeout,
     };
     Ok((proxy_route, service))
 }

@@ -33,6 +33,17 @@ fn as_postgres(program: &Path, args: &[&str]) -> std::process::Output {
     cmd.args(args).output().expect("run a PostgreSQL tool")
 }
 
+/// [`as_postgres`], failing the test with the tool's stderr when it does not succeed.
+fn must_as_postgres(program: &Path, args: &[&str]) {
+    let out = as_postgres(program, args);
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        program.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 struct OwnCluster {
     dir: PathBuf,
     port: u16,
@@ -50,7 +61,7 @@ impl OwnCluster {
                 .unwrap();
         }
         let data = dir.join("data");
-        let out = as_postgres(
+        must_as_postgres(
             &pg_bin("initdb"),
             &[
                 "-D",
@@ -60,11 +71,6 @@ impl OwnCluster {
                 "-U",
                 "postgres",
             ],
-        );
-        assert!(
-            out.status.success(),
-            "initdb: {}",
-            String::from_utf8_lossy(&out.stderr)
         );
         let cluster = OwnCluster {
             dir,
@@ -82,7 +88,7 @@ impl OwnCluster {
         );
         let data = self.dir.join("data");
         let log = self.dir.join("log");
-        let out = as_postgres(
+        must_as_postgres(
             &pg_bin("pg_ctl"),
             &[
                 "-D",
@@ -94,11 +100,6 @@ impl OwnCluster {
                 "-w",
                 "start",
             ],
-        );
-        assert!(
-            out.status.success(),
-            "pg_ctl start: {}",
-            String::from_utf8_lossy(&out.stderr)
         );
     }
 

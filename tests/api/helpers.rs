@@ -292,6 +292,11 @@ impl TestApp {
         get_status(&self.client, &self.url(path), None).await
     }
 
+    /// `GET path`, answered in full.
+    pub async fn get(&self, path: &str) -> Answer {
+        Answer::of(self.client.get(self.url(path)).send().await.unwrap()).await
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }

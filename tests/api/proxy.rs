@@ -51,7 +51,7 @@ async fn protected_routes_reach_the_upstream_only_with_a_valid_token() {
     assert!(e.one("x-request-id").is_some());
 
     // No token: 401 Not authenticated; bad ones: 401 Invalid token with invalid_token.
-    let a = Answer::of(app.client.get(app.url("/api/things")).send().await.unwrap()).await;
+    let a = app.get("/api/things").await;
     assert_eq!(
         (a.status, a.json()),
         (401, json!({"detail": "Not authenticated"}))
@@ -100,7 +100,7 @@ async fn unknown_paths_are_404_and_the_longest_prefix_wins() {
         &route("/api/open/", &[up.addr()], "public", ""),
     )
     .await;
-    let a = Answer::of(app.client.get(app.url("/elsewhere")).send().await.unwrap()).await;
+    let a = app.get("/elsewhere").await;
     assert_eq!(
         (a.status, a.text.as_str()),
         (404, r#"{"detail":"Not Found"}"#)
@@ -375,14 +375,7 @@ async fn upstream_failures_are_json_502_and_504_and_nothing_else_suffers() {
     );
     // The route waits 300 ms for the upstream's answer.
     let started = Instant::now();
-    let a = Answer::of(
-        app.client
-            .get(app.url("/slow/x?delay_ms=3000"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let a = app.get("/slow/x?delay_ms=3000").await;
     assert_eq!(
         (a.status, a.text.as_str()),
         (504, r#"{"detail":"Gateway Timeout"}"#)
@@ -392,14 +385,7 @@ async fn upstream_failures_are_json_502_and_504_and_nothing_else_suffers() {
         "{:?}",
         started.elapsed()
     );
-    let a = Answer::of(
-        app.client
-            .get(app.url("/slow/x?delay_ms=10"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let a = app.get("/slow/x?delay_ms=10").await;
     assert_eq!(a.status, 200, "{}", a.text);
     assert_eq!(app.status("/health").await, 200);
     assert_eq!(app.status("/public/fine").await, 200);

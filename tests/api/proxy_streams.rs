@@ -78,7 +78,7 @@ async fn no_healthy_upstream_is_a_502_and_other_routes_keep_working() {
     assert!(server_of(&app, "/gone/x").await.is_ok());
     drop(gone);
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let a = Answer::of(app.client.get(app.url("/gone/x")).send().await.unwrap()).await;
+    let a = app.get("/gone/x").await;
     assert_eq!(
         (a.status, a.text.as_str()),
         (502, r#"{"detail":"Bad Gateway"}"#)

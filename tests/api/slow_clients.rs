@@ -38,6 +38,26 @@ async fn until_closed(s: &mut TcpStream, limit: Duration) -> Option<(String, Ins
     }
 }
 
+/// Sends one more header line every 200 ms (each read is quick, the head never ends) until the
+/// gateway closes the connection; when it did, or `None` if it was still open after 8 s.
+async fn trickle_until_closed(s: &mut TcpStream) -> Option<Instant> {
+    let mut probe = [0u8; 1];
+    for i in 0..40 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if s.write_all(format!("X-Slow-{i}: y\r\n").as_bytes())
+            .await
+            .is_err()
+        {
+            return Some(Instant::now());
+        }
+        if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(1), s.read(&mut probe)).await
+        {
+            return Some(Instant::now());
+        }
+    }
+    None
+}
+
 #[tokio::test]
 async fn a_request_head_trickled_slowly_is_cut_off_at_the_deadline() {
     let app = spawn("").await;
@@ -46,25 +66,9 @@ async fn a_request_head_trickled_slowly_is_cut_off_at_the_deadline() {
     s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
         .await
         .unwrap();
-    // One header line every 200 ms: each read is quick, the head never ends.
-    let mut closed_while_writing = None;
-    for i in 0..40 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        if s.write_all(format!("X-Slow-{i}: y\r\n").as_bytes())
-            .await
-            .is_err()
-        {
-            closed_while_writing = Some(Instant::now());
-            break;
-        }
-        let mut probe = [0u8; 1];
-        if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(1), s.read(&mut probe)).await
-        {
-            closed_while_writing = Some(Instant::now());
-            break;
-        }
-    }
-    let closed = closed_while_writing.expect("a trickled head was still accepted after 8 s");
+    let closed = trickle_until_closed(&mut s)
+        .await
+        .expect("a trickled head was still accepted after 8 s");
     let took = closed - opened;
     assert!(
         took >= Duration::from_millis(900) && took < Duration::from_millis(3000),
@@ -106,19 +110,10 @@ async fn a_kept_alive_connection_gets_keepalive_plus_head_time_for_its_next_head
     let answered = Instant::now();
     // The next head starts at once but never finishes.
     s.write_all(b"GET /health HTTP/1.1\r\n").await.unwrap();
-    let mut closed = None;
-    for _ in 0..40 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        if s.write_all(b"X-Slow: y\r\n").await.is_err() {
-            closed = Some(Instant::now());
-            break;
-        }
-        if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(1), s.read(&mut buf)).await {
-            closed = Some(Instant::now());
-            break;
-        }
-    }
-    let took = closed.expect("a trickled second head was still accepted after 8 s") - answered;
+    let closed = trickle_until_closed(&mut s)
+        .await
+        .expect("a trickled second head was still accepted after 8 s");
+    let took = closed - answered;
     // keep-alive 1 s + head 1 s.
     assert!(took < Duration::from_millis(4000), "closed after {took:?}");
 }

@@ -164,25 +164,18 @@ async fn two_instances_run_side_by_side_on_one_database() {
 #[tokio::test]
 async fn health_and_ready() {
     let app = TestApp::spawn().await;
-    let a = Answer::of(app.client.get(app.url("/health")).send().await.unwrap()).await;
+    let a = app.get("/health").await;
     assert_eq!((a.status, a.text.as_str()), (200, r#"{"status":"ok"}"#));
-    let a = Answer::of(app.client.get(app.url("/ready")).send().await.unwrap()).await;
+    let a = app.get("/ready").await;
     assert_eq!((a.status, a.text.as_str()), (200, r#"{"status":"ready"}"#));
     let a = Answer::of(app.client.head(app.url("/health")).send().await.unwrap()).await;
     assert_eq!((a.status, a.text.as_str()), (200, ""));
-    let a = Answer::of(app.client.get(app.url("/nowhere")).send().await.unwrap()).await;
+    let a = app.get("/nowhere").await;
     assert_eq!(
         (a.status, a.text.as_str()),
         (404, r#"{"detail":"Not Found"}"#)
     );
-    let a = Answer::of(
-        app.client
-            .get(app.url("/auth/register"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let a = app.get("/auth/register").await;
     assert_eq!(
         (a.status, a.text.as_str()),
         (405, r#"{"detail":"Method Not Allowed"}"#)
