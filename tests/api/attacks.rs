@@ -219,6 +219,52 @@ async fn forged_and_malformed_tokens_never_reach_the_upstream() {
     assert_eq!(up.served().await, before + 2);
 }
 
+/// A genuinely signed token for a real user, longer than `auth.max_token_bytes` (4 KiB) but well
+/// inside the head limit: refused for its size alone, on a proxied route.
+#[tokio::test]
+async fn an_oversized_token_with_a_valid_signature_is_refused() {
+    let up = Upstream::start().await;
+    let app = TestApp::spawn_with(Spawn {
+        config_extra: route("/api/", &[up.addr()], "required", ""),
+        ..Spawn::default()
+    })
+    .await;
+    let (_, id) = app
+        .registered("big@example.com", "BigTokenPassword1!")
+        .await;
+    let now = chrono::Utc::now().timestamp();
+    let hs = r#"{"alg":"HS256","typ":"JWT"}"#;
+    let claims = |pad: usize| {
+        format!(
+            r#"{{"sub":"{id}","exp":{},"pad":"{}"}}"#,
+            now + 600,
+            "p".repeat(pad)
+        )
+    };
+    // Control: the same construction under the limit is accepted.
+    let small = signed(hs, &claims(100), SEED_SECRET);
+    assert_eq!(
+        get_status(&app.client, &app.url("/api/x"), Some(&small)).await,
+        200
+    );
+    let big = signed(hs, &claims(6 * 1024), SEED_SECRET);
+    assert!(big.len() > 4096 && big.len() < 16 * 1024);
+    let before = up.served().await;
+    let r = app
+        .client
+        .get(app.url("/api/x"))
+        .bearer_auth(&big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap(),
+        json!({"detail": "Invalid token"})
+    );
+    assert_eq!(up.served().await, before);
+}
+
 #[tokio::test]
 async fn smuggling_and_broken_framing_are_refused_and_the_upstream_sees_only_real_requests() {
     let up = Upstream::start().await;
