@@ -2,6 +2,11 @@
 //! requested header, configured origins), with one deliberate difference: a preflight from a
 //! foreign origin learns nothing about the policy (no `Access-Control-*` headers at all).
 
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, ACCESS_CONTROL_ALLOW_CREDENTIALS,
+    ACCESS_CONTROL_ALLOW_ORIGIN, VARY,
+};
+
 use crate::api::Reply;
 
 pub const PREFLIGHT_VARY: &str =
@@ -81,6 +86,49 @@ impl Cors {
     }
 }
 
+impl Cors {
+    /// Puts the gateway's CORS rule on a proxied response: an upstream's own
+    /// `Access-Control-*` headers are replaced (the gateway owns the policy), and `Origin` is
+    /// added to whatever `Vary` the upstream sent.
+    pub fn apply_to_proxied(&self, headers: &mut HeaderMap, origin: Option<&[u8]>) {
+        if headers
+            .keys()
+            .any(|k| k.as_str().starts_with("access-control-"))
+        {
+            let theirs: Vec<HeaderName> = headers
+                .keys()
+                .filter(|k| k.as_str().starts_with("access-control-"))
+                .cloned()
+                .collect();
+            for name in theirs {
+                headers.remove(&name);
+            }
+        }
+        let rule = self.simple(origin);
+        if rule.allow_credentials {
+            headers.insert(
+                ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+        }
+        if let Some(allowed) = rule
+            .allow_origin
+            .and_then(|o| HeaderValue::from_str(o).ok())
+        {
+            headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, allowed);
+        }
+        let vary = match headers.get(VARY) {
+            Some(theirs) if !theirs.is_empty() => {
+                let mut merged = theirs.as_bytes().to_vec();
+                merged.extend_from_slice(b", Origin");
+                HeaderValue::from_bytes(&merged).ok()
+            }
+            _ => None,
+        };
+        headers.insert(VARY, vary.unwrap_or(HeaderValue::from_static("Origin")));
+    }
+}
+
 /// See [`Cors::simple`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SimpleCors<'a> {
@@ -108,6 +156,32 @@ mod tests {
         assert!(h.contains(&("access-control-allow-origin", "http://localhost:3000")));
         assert!(h.contains(&("access-control-allow-headers", "content-type,authorization")));
         assert!(h.contains(&("access-control-allow-credentials", "true")));
+    }
+
+    #[test]
+    fn proxied_responses_carry_the_gateways_policy_not_the_upstreams() {
+        let mut headers = HeaderMap::new();
+        headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+        headers.insert(
+            HeaderName::from_static("access-control-allow-headers"),
+            HeaderValue::from_static("*"),
+        );
+        headers.insert(VARY, HeaderValue::from_static("Accept-Encoding"));
+        cors().apply_to_proxied(&mut headers, Some(b"http://localhost:3000"));
+        assert_eq!(
+            headers[ACCESS_CONTROL_ALLOW_ORIGIN],
+            "http://localhost:3000"
+        );
+        assert_eq!(headers[ACCESS_CONTROL_ALLOW_CREDENTIALS], "true");
+        assert!(headers.get("access-control-allow-headers").is_none());
+        assert_eq!(headers[VARY], "Accept-Encoding, Origin");
+
+        let mut headers = HeaderMap::new();
+        headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+        cors().apply_to_proxied(&mut headers, Some(b"http://evil.example"));
+        assert!(headers.get(ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
+        assert_eq!(headers[ACCESS_CONTROL_ALLOW_CREDENTIALS], "true");
+        assert_eq!(headers[VARY], "Origin");
     }
 
     #[test]

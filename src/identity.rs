@@ -4,12 +4,16 @@
 
 use std::net::IpAddr;
 
-pub const USER_ID: &str = "x-user-id";
-pub const USER_EMAIL: &str = "x-user-email";
-pub const REQUEST_ID: &str = "x-request-id";
-pub const FORWARDED_FOR: &str = "x-forwarded-for";
-pub const FORWARDED_PROTO: &str = "x-forwarded-proto";
-pub const FORWARDED_HOST: &str = "x-forwarded-host";
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION};
+
+pub const USER_ID: HeaderName = HeaderName::from_static("x-user-id");
+pub const USER_EMAIL: HeaderName = HeaderName::from_static("x-user-email");
+/// `x-request-id`, as text for the gateway's own answers (which spell headers as uvicorn does).
+pub const REQUEST_ID_NAME: &str = "x-request-id";
+pub const REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_NAME);
+pub const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// A header name as the identity rules compare it: lower-cased, every character other than an
 /// ASCII letter or digit turned into `-` (so `X_User_Id`, `x.user.id` and `X-USER-ID` are one).
@@ -123,6 +127,74 @@ pub fn connection_without_reserved(value: &[u8]) -> Option<String> {
         .filter(|t| !t.is_empty() && !is_reserved(t) && !is_request_id_name(t.as_bytes()))
         .collect();
     (!kept.is_empty()).then(|| kept.join(", "))
+}
+
+/// Whether a `Connection` value nominates a header in the identity namespace (see
+/// [`connection_without_reserved`]); most requests' `keep-alive` does not.
+fn nominates_reserved(value: &[u8]) -> bool {
+    value
+        .split(|b| *b == b',')
+        .map(<[u8]>::trim_ascii)
+        .any(|t| is_reserved_name(t) || is_request_id_name(t))
+}
+
+/// What the gateway tells an upstream about a request.
+pub struct UpstreamIdentity {
+    /// `X-User-Id` and `X-User-Email`, on protected routes.
+    pub user: Option<(HeaderValue, HeaderValue)>,
+    pub request_id: HeaderValue,
+    pub forwarded_for: HeaderValue,
+    pub forwarded_proto: HeaderValue,
+    /// Absent when the client sent no `Host` (HTTP/1.0) and no trusted proxy named one.
+    pub forwarded_host: Option<HeaderValue>,
+}
+
+/// Turns the client's headers into the upstream's, in place: every header in the identity
+/// namespace (all spellings) and every spelling of `X-Request-Id` removed, `Connection`
+/// nominations of those dropped, then the gateway's own headers added.
+pub fn prepare_upstream_headers(headers: &mut HeaderMap, identity: UpstreamIdentity) {
+    // Usually empty: no allocation then.
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let name = name.as_str().as_bytes();
+            is_reserved_name(name) || is_request_id_name(name)
+        })
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(&name);
+    }
+    // `Connection: X-User-Id` must not make the proxy drop a header the gateway sets.
+    if headers
+        .get_all(CONNECTION)
+        .iter()
+        .any(|v| nominates_reserved(v.as_bytes()))
+    {
+        let kept: Vec<String> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| connection_without_reserved(v.as_bytes()))
+            .collect();
+        headers.remove(CONNECTION);
+        for value in kept {
+            // A valid header value minus some tokens is still valid.
+            if let Ok(value) = HeaderValue::try_from(value) {
+                headers.append(CONNECTION, value);
+            }
+        }
+    }
+    headers.reserve(6);
+    if let Some((id, email)) = identity.user {
+        headers.append(USER_ID, id);
+        headers.append(USER_EMAIL, email);
+    }
+    headers.append(REQUEST_ID, identity.request_id);
+    headers.append(FORWARDED_FOR, identity.forwarded_for);
+    headers.append(FORWARDED_PROTO, identity.forwarded_proto);
+    if let Some(host) = identity.forwarded_host {
+        headers.append(FORWARDED_HOST, host);
+    }
 }
 
 /// Whether `addr` is one of the configured trusted proxies (exact addresses or CIDR blocks).
@@ -254,6 +326,81 @@ mod tests {
             connection_without_reserved(b"Upgrade, x-user-email"),
             Some("Upgrade".into())
         );
+    }
+
+    #[test]
+    fn upstream_headers_replace_every_client_identity_header() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("host", "app.example"),
+            ("x_user_id", "1"),
+            ("x-user-email", "evil@example.com"),
+            ("x.forwarded.for", "6.6.6.6"),
+            ("forwarded", "for=6.6.6.6"),
+            ("x-real-ip", "6.6.6.6"),
+            ("x_request_id", "client"),
+            ("connection", "keep-alive, X-User-Id"),
+            ("connection", "x-forwarded-host"),
+            ("accept", "*/*"),
+        ] {
+            headers.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        prepare_upstream_headers(
+            &mut headers,
+            UpstreamIdentity {
+                user: Some((
+                    HeaderValue::from_static("42"),
+                    HeaderValue::from_static("a@b.c"),
+                )),
+                request_id: HeaderValue::from_static("rid"),
+                forwarded_for: HeaderValue::from_static("127.0.0.1"),
+                forwarded_proto: HeaderValue::from_static("http"),
+                forwarded_host: Some(HeaderValue::from_static("app.example")),
+            },
+        );
+        let mut seen: Vec<(String, String)> = headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
+            .collect();
+        seen.sort();
+        let expected = [
+            ("accept", "*/*"),
+            ("connection", "keep-alive"),
+            ("host", "app.example"),
+            ("x-forwarded-for", "127.0.0.1"),
+            ("x-forwarded-host", "app.example"),
+            ("x-forwarded-proto", "http"),
+            ("x-request-id", "rid"),
+            ("x-user-email", "a@b.c"),
+            ("x-user-id", "42"),
+        ];
+        let expected: Vec<(String, String)> = expected
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(seen, expected);
+    }
+
+    #[test]
+    fn a_plain_connection_header_is_left_as_sent() {
+        let mut headers = HeaderMap::new();
+        headers.append(CONNECTION, HeaderValue::from_static("Keep-Alive"));
+        prepare_upstream_headers(
+            &mut headers,
+            UpstreamIdentity {
+                user: None,
+                request_id: HeaderValue::from_static("rid"),
+                forwarded_for: HeaderValue::from_static("127.0.0.1"),
+                forwarded_proto: HeaderValue::from_static("http"),
+                forwarded_host: None,
+            },
+        );
+        assert_eq!(headers.get(CONNECTION).unwrap(), "Keep-Alive");
+        assert!(headers.get(USER_ID).is_none());
+        assert!(headers.get(FORWARDED_HOST).is_none());
     }
 
     #[test]

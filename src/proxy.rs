@@ -61,7 +61,7 @@ fn request_id_text(ctx: &RequestCtx) -> String {
     ctx.request_id.to_str().unwrap_or_default().to_string()
 }
 
-fn header<'a>(session: &'a Session, name: &str) -> Option<&'a [u8]> {
+fn header(session: &Session, name: impl http::header::AsHeaderName) -> Option<&[u8]> {
     session.req_header().headers.get(name).map(|v| v.as_bytes())
 }
 
@@ -182,7 +182,7 @@ impl Gateway {
     /// CORS and request-id headers for a response to this request.
     fn response_extras(&self, ctx: &RequestCtx) -> Vec<(&'static str, String)> {
         let mut headers = self.app.cors.simple_headers(ctx.origin.as_deref());
-        headers.push((identity::REQUEST_ID, request_id_text(ctx)));
+        headers.push((identity::REQUEST_ID_NAME, request_id_text(ctx)));
         headers
     }
 
@@ -221,15 +221,20 @@ impl Gateway {
         Ok(self.app.handle(endpoint, &request).await)
     }
 
-    /// Turns the client's request head into the one the upstream gets, in place: every client
-    /// header in the identity namespace (all spellings) and every spelling of `X-Request-Id`
-    /// removed, `Connection` nominations of identity headers dropped, then the gateway's
-    /// identity headers added. Done on the downstream head (which pingora copies for each
-    /// upstream attempt) so that a retry does not redo it.
+    /// Turns the client's request head into the one the upstream gets, in place (pingora
+    /// copies the downstream head for each upstream attempt, so a retry does not redo this):
+    /// see [`identity::prepare_upstream_headers`].
+    ///
+    /// The head is edited as a plain `http` header map, without pingora's record of each
+    /// name's original case: through `RequestHeader` every added header costs two map
+    /// insertions, a name parse and an allocation, and the case record is copied again for
+    /// each upstream attempt. Names therefore reach upstreams in lower case (as HAProxy
+    /// sends them; HTTP names are case-insensitive). A request target that does not
+    /// round-trip through the URI (absolute-form) is carried over verbatim.
     fn prepare_upstream_head(&self, session: &mut Session, ctx: &RequestCtx) -> Result<()> {
         let peer = client_ip(session);
         let forwarded = if peer.is_some_and(|ip| self.app.trusted_proxies.contains(ip)) {
-            let value = |name| {
+            let value = |name: http::HeaderName| {
                 header(session, name)
                     .and_then(|v| std::str::from_utf8(v).ok())
                     .map(str::to_string)
@@ -243,62 +248,48 @@ impl Gateway {
             Forwarded::default()
         };
         let req = session.req_header_mut();
-        // Usually empty: no allocation then.
-        let doomed: Vec<http::HeaderName> = req
-            .headers
-            .keys()
-            .filter(|name| {
-                let name = name.as_str().as_bytes();
-                identity::is_reserved_name(name) || identity::is_request_id_name(name)
-            })
-            .cloned()
-            .collect();
-        for name in doomed {
-            req.remove_header(&name);
-        }
-        // `Connection: X-User-Id` must not make the proxy drop a header the gateway sets.
-        if req.headers.contains_key(http::header::CONNECTION) {
-            let kept: Vec<Option<String>> = req
-                .headers
-                .get_all(http::header::CONNECTION)
-                .iter()
-                .map(|v| identity::connection_without_reserved(v.as_bytes()))
-                .collect();
-            req.remove_header(&http::header::CONNECTION);
-            for value in kept.into_iter().flatten() {
-                // Rebuilt from a valid header value minus some tokens: still valid.
-                req.append_header(http::header::CONNECTION, value)?;
-            }
-        }
-        if let Some(user) = &ctx.user {
-            req.append_header(identity::USER_ID, user.id_header.clone())?;
-            req.append_header(identity::USER_EMAIL, user.email_header.clone())?;
-        }
-        req.append_header(identity::REQUEST_ID, ctx.request_id.clone())?;
+        let verbatim_target = (Some(req.raw_path())
+            != req.uri.path_and_query().map(|p| p.as_str().as_bytes()))
+        .then(|| req.raw_path().to_vec());
+        let placeholder = RequestHeader::from(http::Request::new(()).into_parts().0);
+        let mut parts = http::request::Parts::from(std::mem::replace(req, placeholder));
+
         let peer = peer.map(|ip| ip.to_string()).unwrap_or_default();
         let forwarded_for = match forwarded.for_ {
             Some(chain) => format!("{chain}, {peer}"),
             None => peer,
         };
-        req.append_header(identity::FORWARDED_FOR, forwarded_for)?;
-        match forwarded.proto {
-            Some(proto) => req.append_header(identity::FORWARDED_PROTO, proto)?,
-            None => req.append_header(
-                identity::FORWARDED_PROTO,
-                http::HeaderValue::from_static("http"),
-            )?,
-        };
-        let host = match forwarded.host {
+        let forwarded_host = match forwarded.host {
             Some(host) => http::HeaderValue::try_from(host).ok(),
-            None => req.headers.get(http::header::HOST).cloned(),
+            None => parts.headers.get(http::header::HOST).cloned(),
         };
-        if let Some(host) = host {
-            req.append_header(identity::FORWARDED_HOST, host)?;
+        let forwarded_proto = forwarded
+            .proto
+            .and_then(|p| http::HeaderValue::try_from(p).ok())
+            .unwrap_or(http::HeaderValue::from_static("http"));
+        identity::prepare_upstream_headers(
+            &mut parts.headers,
+            identity::UpstreamIdentity {
+                user: ctx
+                    .user
+                    .as_ref()
+                    .map(|u| (u.id_header.clone(), u.email_header.clone())),
+                request_id: ctx.request_id.clone(),
+                // Made from an address or from a header value plus one: valid.
+                forwarded_for: http::HeaderValue::try_from(forwarded_for)
+                    .map_err(|_| Error::explain(InvalidHTTPHeader, "bad X-Forwarded-For"))?,
+                forwarded_proto,
+                forwarded_host,
+            },
+        );
+        let mut head = RequestHeader::from(parts);
+        if let Some(target) = verbatim_target {
+            head.set_raw_path(&target)?;
         }
+        *req = head;
         Ok(())
     }
 
-    /// Bearer verification for a route. `Ok(None)`: anonymous (public routes only).
     async fn authenticate(
         &self,
         session: &Session,
@@ -368,7 +359,7 @@ impl ProxyHttp for Gateway {
                 ctx.origin.as_deref().unwrap_or_default(),
                 header(session, "access-control-request-headers"),
             );
-            let extra = vec![(identity::REQUEST_ID, request_id_text(ctx))];
+            let extra = vec![(identity::REQUEST_ID_NAME, request_id_text(ctx))];
             write_reply(session, reply, extra).await?;
             return Ok(true);
         }
@@ -455,36 +446,25 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        // The gateway owns the CORS policy: an upstream's own allow-headers are replaced.
-        let headers = &upstream_response.headers;
-        if headers
-            .keys()
-            .any(|k| k.as_str().starts_with("access-control-"))
-        {
-            let theirs: Vec<http::HeaderName> = headers
-                .keys()
-                .filter(|k| k.as_str().starts_with("access-control-"))
-                .cloned()
-                .collect();
-            for name in theirs {
-                upstream_response.remove_header(&name);
-            }
+        // Edited as a plain header map, as the request head is (see `prepare_upstream_head`):
+        // header names reach the client in lower case, the reason phrase as the upstream sent it.
+        let reason = upstream_response
+            .get_reason_phrase()
+            .filter(|r| Some(*r) != upstream_response.status.canonical_reason())
+            .map(str::to_string);
+        let placeholder = ResponseHeader::from(http::Response::new(()).into_parts().0);
+        let mut parts =
+            http::response::Parts::from(std::mem::replace(upstream_response, placeholder));
+        self.app
+            .cors
+            .apply_to_proxied(&mut parts.headers, ctx.origin.as_deref());
+        parts
+            .headers
+            .insert(identity::REQUEST_ID, ctx.request_id.clone());
+        *upstream_response = ResponseHeader::from(parts);
+        if reason.is_some() {
+            upstream_response.set_reason_phrase(reason.as_deref())?;
         }
-        let cors = self.app.cors.simple(ctx.origin.as_deref());
-        if cors.allow_credentials {
-            upstream_response.insert_header("access-control-allow-credentials", "true")?;
-        }
-        if let Some(allowed) = cors.allow_origin {
-            upstream_response.insert_header("access-control-allow-origin", allowed)?;
-        }
-        match upstream_response.headers.get("vary") {
-            Some(v) if !v.as_bytes().is_empty() => {
-                let merged = format!("{}, Origin", String::from_utf8_lossy(v.as_bytes()));
-                upstream_response.insert_header("vary", merged)?;
-            }
-            _ => upstream_response.insert_header("vary", "Origin")?,
-        }
-        upstream_response.insert_header(identity::REQUEST_ID, ctx.request_id.clone())?;
         Ok(())
     }
 

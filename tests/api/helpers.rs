@@ -600,3 +600,60 @@ pub fn assert_token_shape(body: &Value) {
     assert_eq!(body["access_token"].as_str().unwrap().split('.').count(), 3);
     assert_user_shape(&body["user"]);
 }
+
+/// An upstream on a plain socket that records every request head exactly as the gateway wrote
+/// it (byte for byte, names in the case they were sent) and answers each with `reply`, a
+/// complete response with a `Content-Length`. Keeps connections alive, as pingora pools them.
+pub struct RawUpstream {
+    pub port: u16,
+    heads: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RawUpstream {
+    pub async fn start(reply: &'static [u8]) -> RawUpstream {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = heads.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut pending = Vec::new();
+                    let mut buf = [0u8; 8192];
+                    loop {
+                        while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head: Vec<u8> = pending.drain(..end + 4).collect();
+                            seen.lock().unwrap().push(head);
+                            if s.write_all(reply).await.is_err() {
+                                return;
+                            }
+                        }
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => pending.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        RawUpstream { port, heads, task }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The request heads received so far.
+    pub fn heads(&self) -> Vec<Vec<u8>> {
+        self.heads.lock().unwrap().clone()
+    }
+}
+
+impl Drop for RawUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
