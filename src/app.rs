@@ -43,7 +43,7 @@ pub struct App {
     dummy_hash: Arc<str>,
     /// Tokens already verified (only verified ones get in), so that a client's every request
     /// does not redo the HMAC and JSON work; expiry is still checked on each use.
-    verified_tokens: moka::sync::Cache<String, Verified>,
+    verified_tokens: moka::sync::Cache<String, Arc<Verified>, foldhash::fast::RandomState>,
     pub request_ids: RequestIds,
 }
 
@@ -103,13 +103,13 @@ impl App {
             verified_tokens: moka::sync::Cache::builder()
                 .max_capacity(20_000)
                 .time_to_live(Duration::from_secs(60))
-                .build(),
+                .build_with_hasher(foldhash::fast::RandomState::default()),
             request_ids: RequestIds::new(),
         })
     }
 
     /// [`TokenKeys::verify`], remembering tokens that passed until they expire (or a minute).
-    pub fn verify_token(&self, token: &str) -> Result<Verified, TokenError> {
+    pub fn verify_token(&self, token: &str) -> Result<Arc<Verified>, TokenError> {
         if let Some(hit) = self.verified_tokens.get(token) {
             if hit.expires_at > chrono::Utc::now().timestamp() {
                 return Ok(hit);
@@ -117,7 +117,7 @@ impl App {
             self.verified_tokens.invalidate(token);
             return Err(TokenError::Invalid("expired".into()));
         }
-        let verified = self.keys.verify(token)?;
+        let verified = Arc::new(self.keys.verify(token)?);
         self.verified_tokens
             .insert(token.to_string(), verified.clone());
         Ok(verified)

@@ -120,7 +120,7 @@ async fn read_body(
 }
 
 async fn read_body_unbounded(session: &mut Session, limit: usize) -> Result<Bytes, BodyError> {
-    let declared = header(session, "content-length")
+    let declared = header(session, http::header::CONTENT_LENGTH)
         .and_then(|v| std::str::from_utf8(v).ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
@@ -213,9 +213,9 @@ impl Gateway {
         };
         let request = OwnRequest {
             client_ip: client_ip_for_limits(session, &self.app.trusted_proxies),
-            content_type: header(session, "content-type")
+            content_type: header(session, http::header::CONTENT_TYPE)
                 .map(|v| String::from_utf8_lossy(v).into_owned()),
-            authorization: header(session, "authorization").map(<[u8]>::to_vec),
+            authorization: header(session, http::header::AUTHORIZATION).map(<[u8]>::to_vec),
             body,
         };
         Ok(self.app.handle(endpoint, &request).await)
@@ -295,7 +295,7 @@ impl Gateway {
         session: &Session,
         auth: RouteAuth,
     ) -> Result<Option<Arc<UserState>>, ApiError> {
-        let Some(token) = token::bearer_token(header(session, "authorization")) else {
+        let Some(token) = token::bearer_token(header(session, http::header::AUTHORIZATION)) else {
             return match auth {
                 RouteAuth::Required => Err(ApiError::NotAuthenticated),
                 RouteAuth::Public => Ok(None),
@@ -341,7 +341,7 @@ impl ProxyHttp for Gateway {
             Some(id) if identity::valid_request_id(id.as_bytes()) => id.clone(),
             _ => self.app.request_ids.next_header(),
         };
-        ctx.origin = header(session, "origin").map(<[u8]>::to_vec);
+        ctx.origin = header(session, http::header::ORIGIN).map(<[u8]>::to_vec);
         if head_size(session.req_header()) > self.app.max_header_bytes {
             // Whatever body follows is not read: close after answering.
             session.set_keepalive(None);
@@ -353,11 +353,11 @@ impl ProxyHttp for Gateway {
         if Cors::is_preflight(
             &method,
             ctx.origin.as_deref(),
-            header(session, "access-control-request-method"),
+            header(session, http::header::ACCESS_CONTROL_REQUEST_METHOD),
         ) {
             let reply = self.app.cors.preflight(
                 ctx.origin.as_deref().unwrap_or_default(),
-                header(session, "access-control-request-headers"),
+                header(session, http::header::ACCESS_CONTROL_REQUEST_HEADERS),
             );
             let extra = vec![(identity::REQUEST_ID_NAME, request_id_text(ctx))];
             write_reply(session, reply, extra).await?;

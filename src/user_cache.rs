@@ -54,7 +54,7 @@ impl UserState {
 
 pub struct UserCache {
     /// `None` caches "no such user", so a deleted user's tokens do not reach the database.
-    entries: moka::sync::Cache<String, Option<Arc<UserState>>>,
+    entries: moka::sync::Cache<String, Option<Arc<UserState>>, foldhash::fast::RandomState>,
     listening: AtomicBool,
 }
 
@@ -64,7 +64,7 @@ impl UserCache {
             entries: moka::sync::Cache::builder()
                 .max_capacity(capacity)
                 .time_to_live(ttl)
-                .build(),
+                .build_with_hasher(foldhash::fast::RandomState::default()),
             listening: AtomicBool::new(false),
         }
     }
