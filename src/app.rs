@@ -22,6 +22,15 @@ use crate::upstreams::ProxyRoute;
 use crate::user_cache::UserCache;
 use crate::users::{self, User, UserResponse};
 
+type TokenCache = quick_cache::sync::Cache<
+    String,
+    Arc<Verified>,
+    quick_cache::UnitWeighter,
+    foldhash::fast::RandomState,
+>;
+
+const TOKEN_CACHE_CAPACITY: usize = 20_000;
+
 pub struct App {
     pub pool: Pool,
     pub router: Router,
@@ -43,7 +52,8 @@ pub struct App {
     dummy_hash: Arc<str>,
     /// Tokens already verified (only verified ones get in), so that a client's every request
     /// does not redo the HMAC and JSON work; expiry is still checked on each use.
-    verified_tokens: moka::sync::Cache<String, Arc<Verified>, foldhash::fast::RandomState>,
+    /// Tokens that passed verification, until they expire (bounded; the least useful go first).
+    verified_tokens: TokenCache,
     pub request_ids: RequestIds,
 }
 
@@ -100,21 +110,25 @@ impl App {
             keepalive_seconds: config.server.keepalive_seconds,
             access_log: config.log.access_log,
             dummy_hash: Arc::from(dummy.as_str()),
-            verified_tokens: moka::sync::Cache::builder()
-                .max_capacity(20_000)
-                .time_to_live(Duration::from_secs(60))
-                .build_with_hasher(foldhash::fast::RandomState::default()),
+            verified_tokens: quick_cache::sync::Cache::with(
+                TOKEN_CACHE_CAPACITY,
+                TOKEN_CACHE_CAPACITY as u64,
+                quick_cache::UnitWeighter,
+                foldhash::fast::RandomState::default(),
+                Default::default(),
+            ),
             request_ids: RequestIds::new(),
         })
     }
 
-    /// [`TokenKeys::verify`], remembering tokens that passed until they expire (or a minute).
+    /// [`TokenKeys::verify`], remembering tokens that passed until they expire. (A verdict
+    /// depends only on the token, the key and the clock: nothing else can change it.)
     pub fn verify_token(&self, token: &str) -> Result<Arc<Verified>, TokenError> {
         if let Some(hit) = self.verified_tokens.get(token) {
             if hit.expires_at > chrono::Utc::now().timestamp() {
                 return Ok(hit);
             }
-            self.verified_tokens.invalidate(token);
+            self.verified_tokens.remove(token);
             return Err(TokenError::Invalid("expired".into()));
         }
         let verified = Arc::new(self.keys.verify(token)?);

@@ -8,7 +8,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
@@ -53,28 +53,44 @@ impl UserState {
 }
 
 pub struct UserCache {
-    /// `None` caches "no such user", so a deleted user's tokens do not reach the database.
-    entries: moka::sync::Cache<String, Option<Arc<UserState>>, foldhash::fast::RandomState>,
+    entries: quick_cache::sync::Cache<
+        String,
+        Entry,
+        quick_cache::UnitWeighter,
+        foldhash::fast::RandomState,
+    >,
+    ttl: Duration,
     listening: AtomicBool,
 }
 
+#[derive(Clone)]
+struct Entry {
+    /// `None` caches "no such user", so a deleted user's tokens do not reach the database.
+    state: Option<Arc<UserState>>,
+    fetched: Instant,
+}
+
 impl UserCache {
-    pub fn new(ttl: Duration, capacity: u64) -> UserCache {
+    pub fn new(ttl: Duration, capacity: usize) -> UserCache {
         UserCache {
-            entries: moka::sync::Cache::builder()
-                .max_capacity(capacity)
-                .time_to_live(ttl)
-                .build_with_hasher(foldhash::fast::RandomState::default()),
+            entries: quick_cache::sync::Cache::with(
+                capacity,
+                capacity as u64,
+                quick_cache::UnitWeighter,
+                foldhash::fast::RandomState::default(),
+                Default::default(),
+            ),
+            ttl,
             listening: AtomicBool::new(false),
         }
     }
 
     pub fn invalidate(&self, id: &str) {
-        self.entries.invalidate(id);
+        self.entries.remove(id);
     }
 
     pub fn invalidate_all(&self) {
-        self.entries.invalidate_all();
+        self.entries.clear();
     }
 
     pub fn is_listening(&self) -> bool {
@@ -84,7 +100,11 @@ impl UserCache {
     /// The user's state: from memory while change notifications flow, else from PostgreSQL
     /// (falling back to what memory has if PostgreSQL cannot answer).
     pub async fn get(&self, pool: &Pool, id: &str) -> Result<Option<Arc<UserState>>, ApiError> {
-        let cached = self.entries.get(id);
+        let cached = self
+            .entries
+            .get(id)
+            .filter(|e| e.fetched.elapsed() < self.ttl)
+            .map(|e| e.state);
         if let Some(hit) = &cached {
             if self.is_listening() {
                 return Ok(hit.clone());
@@ -107,7 +127,11 @@ impl UserCache {
                 let state = user
                     .and_then(|u| UserState::new(u.id, u.email, u.is_active))
                     .map(Arc::new);
-                self.entries.insert(id.to_string(), state.clone());
+                let entry = Entry {
+                    state: state.clone(),
+                    fetched: Instant::now(),
+                };
+                self.entries.insert(id.to_string(), entry);
                 Ok(state)
             }
             Err(e) => match cached {

@@ -325,3 +325,33 @@ async fn smuggling_and_broken_framing_are_refused_and_the_upstream_sees_only_rea
     assert_eq!(up.served().await, before);
     assert_eq!(app.status("/health").await, 200);
 }
+
+#[tokio::test]
+async fn a_token_that_expires_while_remembered_is_refused_from_then_on() {
+    let up = Upstream::start().await;
+    let app = TestApp::spawn_with(Spawn {
+        config_extra: route("/api/", &[up.addr()], "required", ""),
+        ..Spawn::default()
+    })
+    .await;
+    let (_, id) = app.registered("brief@example.com", "BriefPassword1!").await;
+    let exp = chrono::Utc::now().timestamp() + 2;
+    let token = signed(
+        r#"{"alg":"HS256","typ":"JWT"}"#,
+        &format!(r#"{{"sub":"{id}","exp":{exp}}}"#),
+        SEED_SECRET,
+    );
+    let url = app.url("/api/x");
+    // Verified once, then answered from the gateway's memory of verified tokens.
+    for _ in 0..3 {
+        assert_eq!(get_status(&app.client, &url, Some(&token)).await, 200);
+    }
+    while chrono::Utc::now().timestamp() <= exp {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let before = up.served().await;
+    for _ in 0..3 {
+        assert_eq!(get_status(&app.client, &url, Some(&token)).await, 401);
+    }
+    assert_eq!(up.served().await, before);
+}

@@ -434,3 +434,44 @@ async fn request_targets_and_reason_phrases_cross_the_gateway_as_sent() {
         assert_eq!(head.matches(name).count(), 1, "{name} in {head}");
     }
 }
+
+#[tokio::test]
+async fn a_change_no_notification_announced_still_takes_effect_within_the_cache_ttl() {
+    let up = Upstream::start().await;
+    let app = TestApp::spawn_with(Spawn {
+        config_extra: format!(
+            "[proxy]\nuser_cache_ttl_seconds = 2\n\n{}",
+            route("/api/", &[up.addr()], "required", "")
+        ),
+        ..Spawn::default()
+    })
+    .await;
+    let (token, id) = app.registered("quiet@example.com", "QuietPassword1!").await;
+    let url = app.url("/api/x");
+    for _ in 0..3 {
+        assert_eq!(get_status(&app.client, &url, Some(&token)).await, 200);
+    }
+    // The change trigger does not fire for a session replaying changes as a replica: this is
+    // the notification that got lost.
+    let db = app.db.client().await;
+    db.batch_execute(&format!(
+        "SET session_replication_role = replica; \
+         UPDATE users SET is_active = false WHERE id = '{id}'; \
+         SET session_replication_role = DEFAULT;"
+    ))
+    .await
+    .unwrap();
+    // A notification would have arrived in well under 200 ms: none did, so the stale entry
+    // still answers...
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(get_status(&app.client, &url, Some(&token)).await, 200);
+    // ...until the entry's time is up.
+    let changed = Instant::now();
+    while get_status(&app.client, &url, Some(&token)).await != 401 {
+        assert!(
+            changed.elapsed() < Duration::from_secs(4),
+            "still let in well after the 2 s TTL"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
