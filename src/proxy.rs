@@ -254,9 +254,14 @@ impl Gateway {
         let placeholder = RequestHeader::from(http::Request::new(()).into_parts().0);
         let mut parts = http::request::Parts::from(std::mem::replace(req, placeholder));
 
-        let peer = peer.map(|ip| ip.to_string()).unwrap_or_default();
+        let peer = peer.map_or(http::HeaderValue::from_static(""), identity::ip_header);
         let forwarded_for = match forwarded.for_ {
-            Some(chain) => format!("{chain}, {peer}"),
+            Some(chain) => {
+                let chain = format!("{chain}, {}", peer.to_str().unwrap_or_default());
+                // A header value plus an address: still a valid one.
+                http::HeaderValue::try_from(chain)
+                    .map_err(|_| Error::explain(InvalidHTTPHeader, "bad X-Forwarded-For"))?
+            }
             None => peer,
         };
         let forwarded_host = match forwarded.host {
@@ -275,9 +280,7 @@ impl Gateway {
                     .as_ref()
                     .map(|u| (u.id_header.clone(), u.email_header.clone())),
                 request_id: ctx.request_id.clone(),
-                // Made from an address or from a header value plus one: valid.
-                forwarded_for: http::HeaderValue::try_from(forwarded_for)
-                    .map_err(|_| Error::explain(InvalidHTTPHeader, "bad X-Forwarded-For"))?,
+                forwarded_for,
                 forwarded_proto,
                 forwarded_host,
             },
@@ -350,11 +353,13 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         }
         let method = session.req_header().method.clone();
-        if Cors::is_preflight(
-            &method,
-            ctx.origin.as_deref(),
-            header(session, http::header::ACCESS_CONTROL_REQUEST_METHOD),
-        ) {
+        if method == http::Method::OPTIONS
+            && Cors::is_preflight(
+                &method,
+                ctx.origin.as_deref(),
+                header(session, http::header::ACCESS_CONTROL_REQUEST_METHOD),
+            )
+        {
             let reply = self.app.cors.preflight(
                 ctx.origin.as_deref().unwrap_or_default(),
                 header(session, http::header::ACCESS_CONTROL_REQUEST_HEADERS),
