@@ -10,6 +10,8 @@
 #   HEADERS=browser bench/proxy-instructions.sh   requests carry a browser's dozen headers
 #                                                 (default: wrk's Host plus the bearer token)
 #   GATEWAY_BIN=path bench/proxy-instructions.sh  another build of the gateway (an older commit)
+#   ACCESS_LOG=true bench/proxy-instructions.sh    with the access log on (the product default;
+#                                                 the writer thread's work is counted too)
 #
 # Output: instructions per request for both, the difference, and the functions it goes to
 # (exclusive instructions per request, gateway minus bare).
@@ -85,8 +87,8 @@ url = "postgres://postgres@127.0.0.1:5432/sg_instr_bench"
 [auth]
 secret_key = "bench-secret-0123456789abcdef0123456789abcdef"
 [log]
-level = "warn"
-access_log = false
+level = "$([ "${ACCESS_LOG:-false}" = true ] && echo info || echo warn)"
+access_log = ${ACCESS_LOG:-false}
 [[routes]]
 prefix = "/bench/"
 upstreams = ["127.0.0.1:$UP"]

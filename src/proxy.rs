@@ -18,14 +18,21 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
+use crate::access_log;
 use crate::api::{ApiError, Reply};
 use crate::app::{App, OwnRequest};
 use crate::config::RouteAuth;
 use crate::cors::Cors;
 use crate::identity;
 use crate::routes::{Endpoint, Route};
+use crate::telemetry;
 use crate::token;
 use crate::user_cache::UserState;
+
+thread_local! {
+    /// Each proxy thread's access-line buffer, reused from request to request.
+    static ACCESS_LINE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 pub struct Gateway {
     app: Arc<App>,
@@ -517,28 +524,49 @@ impl ProxyHttp for Gateway {
         if !self.app.access_log {
             return;
         }
+        if !tracing::enabled!(target: "access", tracing::Level::INFO) {
+            return;
+        }
         let req = session.req_header();
-        let status = session
-            .response_written()
-            .map(|r| r.status.as_u16())
-            .unwrap_or(0);
-        let route = ctx
-            .route
-            .and_then(|i| self.app.routes.get(i))
-            .map(|r| r.prefix.as_str());
-        // The path only: query strings can carry secrets.
+        let entry = access_log::Entry {
+            method: req.method.as_str(),
+            // The path only: query strings can carry secrets.
+            path: req.uri.path(),
+            status: session
+                .response_written()
+                .map(|r| r.status.as_u16())
+                .unwrap_or(0),
+            duration_us: ctx.started.elapsed().as_micros() as u64,
+            client: session.client_addr().and_then(|a| a.as_inet()).copied(),
+            request_id: ctx.request_id.to_str().unwrap_or_default(),
+            endpoint: ctx.endpoint.map(Endpoint::name),
+            route: ctx
+                .route
+                .and_then(|i| self.app.routes.get(i))
+                .map(|r| r.prefix.as_str()),
+            user_id: ctx.user.as_ref().map(|u| u.id.as_str()),
+            error: e.map(|e| e.etype().as_str()),
+        };
+        if telemetry::access_lines_direct() {
+            ACCESS_LINE.with_borrow_mut(|line| {
+                line.clear();
+                entry.write_json(std::time::SystemTime::now(), line);
+                telemetry::write_access_line(line);
+            });
+            return;
+        }
         tracing::info!(
             target: "access",
-            method = %req.method,
-            path = req.uri.path(),
-            status,
-            duration_us = ctx.started.elapsed().as_micros() as u64,
-            client = session.client_addr().map(|a| a.to_string()).unwrap_or_default(),
-            request_id = ctx.request_id.to_str().unwrap_or_default(),
-            endpoint = ctx.endpoint.map(Endpoint::name),
-            route,
-            user_id = ctx.user.as_ref().map(|u| u.id.as_str()),
-            error = e.map(|e| e.etype().as_str()),
+            method = entry.method,
+            path = entry.path,
+            status = entry.status,
+            duration_us = entry.duration_us,
+            client = entry.client.map(|a| a.to_string()).unwrap_or_default(),
+            request_id = entry.request_id,
+            endpoint = entry.endpoint,
+            route = entry.route,
+            user_id = entry.user_id,
+            error = entry.error,
         );
     }
 }

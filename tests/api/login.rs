@@ -247,3 +247,40 @@ async fn the_access_log_records_requests_without_secrets() {
         assert!(!logs.contains(secret), "{secret} in the log:\n{logs}");
     }
 }
+
+/// With the text format (for development) access lines still appear, through `tracing`.
+#[tokio::test]
+async fn the_access_log_also_speaks_the_text_format() {
+    let app = TestApp::spawn_with(Spawn {
+        env: vec![("SENTINEL_LOG_LEVEL".into(), "info".into())],
+        ..Spawn::default()
+    })
+    .await;
+    let r = app
+        .client
+        .get(app.url("/health?token=query-secret"))
+        .header("x-request-id", "text-trace-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let logs = app.logs();
+        if let Some(line) = logs.lines().find(|l| l.contains("text-trace-1")) {
+            assert!(line.contains("access"), "{line}");
+            assert!(
+                line.contains("path=\"/health\"") || line.contains("path=/health"),
+                "{line}"
+            );
+            assert!(line.contains("status=200"), "{line}");
+            assert!(!logs.contains("query-secret"), "{logs}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no access line:\n{logs}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
