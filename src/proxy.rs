@@ -254,13 +254,6 @@ impl Gateway {
         } else {
             Forwarded::default()
         };
-        let req = session.req_header_mut();
-        let verbatim_target = (Some(req.raw_path())
-            != req.uri.path_and_query().map(|p| p.as_str().as_bytes()))
-        .then(|| req.raw_path().to_vec());
-        let placeholder = RequestHeader::from(http::Request::new(()).into_parts().0);
-        let mut parts = http::request::Parts::from(std::mem::replace(req, placeholder));
-
         let peer = peer.map_or(http::HeaderValue::from_static(""), identity::ip_header);
         let forwarded_for = match forwarded.for_ {
             Some(chain) => {
@@ -271,14 +264,22 @@ impl Gateway {
             }
             None => peer,
         };
-        let forwarded_host = match forwarded.host {
-            Some(host) => http::HeaderValue::try_from(host).ok(),
-            None => parts.headers.get(http::header::HOST).cloned(),
-        };
         let forwarded_proto = forwarded
             .proto
             .and_then(|p| http::HeaderValue::try_from(p).ok())
             .unwrap_or(http::HeaderValue::from_static("http"));
+
+        // From here on nothing fails until the edited head is back in place.
+        let req = session.req_header_mut();
+        let verbatim_target = (Some(req.raw_path())
+            != req.uri.path_and_query().map(|p| p.as_str().as_bytes()))
+        .then(|| req.raw_path().to_vec());
+        let placeholder = RequestHeader::from(http::Request::new(()).into_parts().0);
+        let mut parts = http::request::Parts::from(std::mem::replace(req, placeholder));
+        let forwarded_host = match forwarded.host {
+            Some(host) => http::HeaderValue::try_from(host).ok(),
+            None => parts.headers.get(http::header::HOST).cloned(),
+        };
         identity::prepare_upstream_headers(
             &mut parts.headers,
             identity::UpstreamIdentity {
@@ -292,14 +293,15 @@ impl Gateway {
                 forwarded_host,
             },
         );
-        let mut head = RequestHeader::from(parts);
-        if let Some(target) = verbatim_target {
-            head.set_raw_path(&target)?;
+        *req = RequestHeader::from(parts);
+        match verbatim_target {
+            // Parsed from this very request a moment ago, so it parses again.
+            Some(target) => req.set_raw_path(&target),
+            None => Ok(()),
         }
-        *req = head;
-        Ok(())
     }
 
+    /// Bearer verification for a route. `Ok(None)`: anonymous (public routes only).
     async fn authenticate(
         &self,
         session: &Session,
