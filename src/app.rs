@@ -19,15 +19,8 @@ use crate::rate_limit::Limiters;
 use crate::routes::{Endpoint, Router};
 use crate::token::{self, TokenError, TokenKeys, Verified};
 use crate::upstreams::ProxyRoute;
-use crate::user_cache::UserCache;
+use crate::user_cache::{bounded_cache, BoundedCache, UserCache};
 use crate::users::{self, User, UserResponse};
-
-type TokenCache = quick_cache::sync::Cache<
-    String,
-    Arc<Verified>,
-    quick_cache::UnitWeighter,
-    foldhash::fast::RandomState,
->;
 
 const TOKEN_CACHE_CAPACITY: usize = 20_000;
 
@@ -53,7 +46,7 @@ pub struct App {
     /// Tokens already verified (only verified ones get in), so that a client's every request
     /// does not redo the HMAC and JSON work; expiry is still checked on each use.
     /// Tokens that passed verification, until they expire (bounded; the least useful go first).
-    verified_tokens: TokenCache,
+    verified_tokens: BoundedCache<Arc<Verified>>,
     pub request_ids: RequestIds,
 }
 
@@ -110,13 +103,7 @@ impl App {
             keepalive_seconds: config.server.keepalive_seconds,
             access_log: config.log.access_log,
             dummy_hash: Arc::from(dummy.as_str()),
-            verified_tokens: quick_cache::sync::Cache::with(
-                TOKEN_CACHE_CAPACITY,
-                TOKEN_CACHE_CAPACITY as u64,
-                quick_cache::UnitWeighter,
-                foldhash::fast::RandomState::default(),
-                Default::default(),
-            ),
+            verified_tokens: bounded_cache(TOKEN_CACHE_CAPACITY),
             request_ids: RequestIds::new(),
         })
     }

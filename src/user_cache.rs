@@ -52,13 +52,23 @@ impl UserState {
     }
 }
 
-pub struct UserCache {
-    entries: quick_cache::sync::Cache<
-        String,
-        Entry,
+/// The gateway's in-memory caches (verified tokens, user states): bounded to `capacity`
+/// entries (the least useful go first), keyed by text, hashed with a per-process seed.
+pub type BoundedCache<V> =
+    quick_cache::sync::Cache<String, V, quick_cache::UnitWeighter, foldhash::fast::RandomState>;
+
+pub fn bounded_cache<V: Clone>(capacity: usize) -> BoundedCache<V> {
+    quick_cache::sync::Cache::with(
+        capacity,
+        capacity as u64,
         quick_cache::UnitWeighter,
-        foldhash::fast::RandomState,
-    >,
+        foldhash::fast::RandomState::default(),
+        Default::default(),
+    )
+}
+
+pub struct UserCache {
+    entries: BoundedCache<Entry>,
     ttl: Duration,
     listening: AtomicBool,
 }
@@ -73,13 +83,7 @@ struct Entry {
 impl UserCache {
     pub fn new(ttl: Duration, capacity: usize) -> UserCache {
         UserCache {
-            entries: quick_cache::sync::Cache::with(
-                capacity,
-                capacity as u64,
-                quick_cache::UnitWeighter,
-                foldhash::fast::RandomState::default(),
-                Default::default(),
-            ),
+            entries: bounded_cache(capacity),
             ttl,
             listening: AtomicBool::new(false),
         }
