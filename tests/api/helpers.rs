@@ -268,6 +268,23 @@ impl TestApp {
         s
     }
 
+    /// The first log line containing `needle`, and the whole log at that moment; waits up to
+    /// 5 s, since lines are written by a background thread.
+    pub async fn log_line(&self, needle: &str) -> (String, String) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let logs = self.logs();
+            if let Some(line) = logs.lines().find(|l| l.contains(needle)) {
+                return (line.to_string(), logs);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no line with {needle:?}:\n{logs}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
