@@ -12,6 +12,8 @@
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::identity;
+
 /// What one access line says about a request.
 #[derive(Debug, Clone, Copy)]
 pub struct Entry<'a> {
@@ -118,20 +120,12 @@ fn padded(n: u64, width: usize, out: &mut Vec<u8>) {
 
 /// `ip:port`, or `[ip6]:port`.
 fn address(addr: SocketAddr, out: &mut Vec<u8>) {
-    match addr {
-        SocketAddr::V4(v4) => {
-            for (i, octet) in v4.ip().octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                number(u64::from(octet), out);
-            }
-        }
-        SocketAddr::V6(v6) => {
-            out.push(b'[');
-            out.extend_from_slice(v6.ip().to_string().as_bytes());
-            out.push(b']');
-        }
+    if addr.is_ipv6() {
+        out.push(b'[');
+        identity::write_ip(addr.ip(), out);
+        out.push(b']');
+    } else {
+        identity::write_ip(addr.ip(), out);
     }
     out.push(b':');
     number(u64::from(addr.port()), out);
