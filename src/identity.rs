@@ -96,7 +96,10 @@ impl RequestIds {
                 *digit = HEX[((word >> (60 - 4 * j)) & 0xf) as usize];
             }
         }
-        http::HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(&id))
+        // An owned array: one allocation, and the clones for the upstream and the response
+        // only count references (a copied slice would be promoted, a second allocation, at
+        // its first clone).
+        http::HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(id))
             .unwrap_or_else(|_| http::HeaderValue::from_static("0"))
     }
 }
