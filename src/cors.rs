@@ -16,22 +16,37 @@ const MAX_AGE: &str = "600";
 
 #[derive(Debug, Clone)]
 pub struct Cors {
-    origins: Vec<String>,
+    origins: Vec<AllowedOrigin>,
+}
+
+/// A configured origin, also as the header value that allows it (made once: every proxied
+/// response to a browser carries one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedOrigin {
+    pub text: String,
+    pub value: HeaderValue,
 }
 
 impl Cors {
+    /// Origins that cannot be header values (configuration validation already refuses them)
+    /// are left out.
     pub fn new(origins: &[String]) -> Cors {
         Cors {
-            origins: origins.to_vec(),
+            origins: origins
+                .iter()
+                .filter_map(|o| {
+                    Some(AllowedOrigin {
+                        text: o.clone(),
+                        value: HeaderValue::from_str(o).ok()?,
+                    })
+                })
+                .collect(),
         }
     }
 
     /// The configured origin equal to `origin`, if any.
-    pub fn allowed_origin(&self, origin: &[u8]) -> Option<&str> {
-        self.origins
-            .iter()
-            .find(|o| o.as_bytes() == origin)
-            .map(String::as_str)
+    pub fn allowed_origin(&self, origin: &[u8]) -> Option<&AllowedOrigin> {
+        self.origins.iter().find(|o| o.text.as_bytes() == origin)
     }
 
     /// A preflight is `OPTIONS` with both `Origin` and `Access-Control-Request-Method`.
@@ -45,7 +60,7 @@ impl Cors {
 
     /// The gateway's answer to a preflight, on any path.
     pub fn preflight(&self, origin: &[u8], request_headers: Option<&[u8]>) -> Reply {
-        let Some(origin) = self.allowed_origin(origin) else {
+        let Some(origin) = self.allowed_origin(origin).map(|o| o.text.as_str()) else {
             return Reply::text(400, "Disallowed CORS origin").with_header("vary", PREFLIGHT_VARY);
         };
         let mut reply = Reply::text(200, "OK")
@@ -79,7 +94,7 @@ impl Cors {
             headers.push(("access-control-allow-credentials", "true".to_string()));
         }
         if let Some(o) = rule.allow_origin {
-            headers.push(("access-control-allow-origin", o.to_string()));
+            headers.push(("access-control-allow-origin", o.text.clone()));
         }
         headers.push(("vary", "Origin".to_string()));
         headers
@@ -107,11 +122,8 @@ impl Cors {
                 HeaderValue::from_static("true"),
             );
         }
-        if let Some(allowed) = rule
-            .allow_origin
-            .and_then(|o| HeaderValue::from_str(o).ok())
-        {
-            headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, allowed);
+        if let Some(allowed) = rule.allow_origin {
+            headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, allowed.value.clone());
         }
         let vary = match headers.get(VARY) {
             Some(theirs) if !theirs.is_empty() => {
@@ -129,7 +141,7 @@ impl Cors {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SimpleCors<'a> {
     pub allow_credentials: bool,
-    pub allow_origin: Option<&'a str>,
+    pub allow_origin: Option<&'a AllowedOrigin>,
 }
 
 #[cfg(test)]
