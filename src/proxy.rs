@@ -58,9 +58,9 @@ pub struct RequestCtx {
 /// `X-Forwarded-*` as a trusted proxy sent them (never from anyone else).
 #[derive(Default)]
 struct Forwarded {
-    for_: Option<String>,
-    proto: Option<String>,
-    host: Option<String>,
+    for_: Option<http::HeaderValue>,
+    proto: Option<http::HeaderValue>,
+    host: Option<http::HeaderValue>,
 }
 
 /// The request id as text (it was checked to be plain ASCII, or made so).
@@ -241,10 +241,14 @@ impl Gateway {
     fn prepare_upstream_head(&self, session: &mut Session, ctx: &RequestCtx) -> Result<()> {
         let peer = client_ip(session);
         let forwarded = if peer.is_some_and(|ip| self.app.trusted_proxies.contains(ip)) {
+            // Text only (values with other bytes are ignored, as if absent).
             let value = |name: http::HeaderName| {
-                header(session, name)
-                    .and_then(|v| std::str::from_utf8(v).ok())
-                    .map(str::to_string)
+                session
+                    .req_header()
+                    .headers
+                    .get(name)
+                    .filter(|v| v.to_str().is_ok())
+                    .cloned()
             };
             Forwarded {
                 for_: value(identity::FORWARDED_FOR),
@@ -257,7 +261,11 @@ impl Gateway {
         let peer = peer.map_or(http::HeaderValue::from_static(""), identity::ip_header);
         let forwarded_for = match forwarded.for_ {
             Some(chain) => {
-                let chain = format!("{chain}, {}", peer.to_str().unwrap_or_default());
+                let chain = format!(
+                    "{}, {}",
+                    chain.to_str().unwrap_or_default(),
+                    peer.to_str().unwrap_or_default()
+                );
                 // A header value plus an address: still a valid one.
                 http::HeaderValue::try_from(chain)
                     .map_err(|_| Error::explain(InvalidHTTPHeader, "bad X-Forwarded-For"))?
@@ -266,7 +274,6 @@ impl Gateway {
         };
         let forwarded_proto = forwarded
             .proto
-            .and_then(|p| http::HeaderValue::try_from(p).ok())
             .unwrap_or(http::HeaderValue::from_static("http"));
 
         // From here on nothing fails until the edited head is back in place.
@@ -276,10 +283,9 @@ impl Gateway {
         .then(|| req.raw_path().to_vec());
         let placeholder = RequestHeader::from(http::Request::new(()).into_parts().0);
         let mut parts = http::request::Parts::from(std::mem::replace(req, placeholder));
-        let forwarded_host = match forwarded.host {
-            Some(host) => http::HeaderValue::try_from(host).ok(),
-            None => parts.headers.get(http::header::HOST).cloned(),
-        };
+        let forwarded_host = forwarded
+            .host
+            .or_else(|| parts.headers.get(http::header::HOST).cloned());
         identity::prepare_upstream_headers(
             &mut parts.headers,
             identity::UpstreamIdentity {
