@@ -1,5 +1,5 @@
 //! The connection front: HTTP/1 keep-alive handling around pingora's proxy, with a deadline on
-//! each request head.
+//! each request head, and what the proxy hooks need to know about the connection.
 //!
 //! Pingora times out each *read* of a request head (60 s on a new connection, the keep-alive
 //! time after that), not the head as a whole, so a client trickling one byte a minute holds a
@@ -8,14 +8,23 @@
 //! previous response on a kept-alive connection; past that the connection is dropped without an
 //! answer (as nginx does for `client_header_timeout`).
 //!
-//! The proxy reports "head received" through the connection user context it hands to
-//! [`ProxyHttp::on_connection_reuse`](pingora::proxy::ProxyHttp::on_connection_reuse) right after
-//! parsing a head: [`HeadSeen`] is that context.
+//! The deadlines are kept by one sweeper thread for all connections ([`Deadlines`]), not by a
+//! timer per connection: a tokio timer polled next to the request costs a registration on every
+//! wake of the connection's task and a clock read per request, while here a request costs two
+//! relaxed atomic stores. The sweeper looks every [`TICK`] and wakes the task of a connection
+//! whose deadline has passed, which then closes it.
+//!
+//! The proxy learns about the connection through the connection user context that pingora hands
+//! to [`ProxyHttp::on_connection_reuse`](pingora::proxy::ProxyHttp::on_connection_reuse) right
+//! after parsing each head: an `Arc<`[`Connection`]`>`.
 
-use std::any::Any;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::apps::{HttpServerApp, ServerApp};
@@ -24,26 +33,175 @@ use pingora::protocols::Stream;
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 
+use crate::identity;
 use crate::proxy::Gateway;
 
-/// Set by the proxy once the current request's head has been parsed.
-#[derive(Debug, Default)]
-pub struct HeadSeen(AtomicBool);
+/// How often the sweeper looks at the deadlines; a head deadline is kept to within two ticks.
+pub const TICK: Duration = Duration::from_millis(50);
 
-impl HeadSeen {
-    /// Called from `on_connection_reuse` with the context this front attached.
-    pub fn mark(context: &(dyn Any + Send + Sync)) {
-        if let Some(seen) = context.downcast_ref::<Arc<HeadSeen>>() {
-            seen.0.store(true, Ordering::Release);
+/// The deadline of a connection whose current request head has arrived.
+const HEAD_IN: u64 = u64::MAX;
+
+/// One client connection, as the proxy hooks see it.
+#[derive(Debug)]
+pub struct Connection {
+    /// The client's address (the socket peer).
+    pub client_ip: Option<IpAddr>,
+    /// `client_ip` as a header value (`X-Forwarded-For`), made once per connection.
+    pub client_ip_header: http::HeaderValue,
+    /// Milliseconds on [`Deadlines::now_ms`]'s clock after which the connection closes if the
+    /// current head is not in; [`HEAD_IN`] once it is.
+    deadline_ms: AtomicU64,
+    /// Set by the sweeper when the deadline passed (the task is woken to act on it).
+    expired: AtomicBool,
+    /// The connection task's waker, for the sweeper.
+    waker: Waker,
+}
+
+impl Connection {
+    /// Called from `on_connection_reuse` as soon as a request head has been parsed.
+    pub fn head_in(&self) {
+        self.deadline_ms.store(HEAD_IN, Ordering::Relaxed);
+    }
+
+    /// Starts the wait for the next head, which must be complete within `budget`.
+    fn await_head(&self, deadlines: &Deadlines, budget: Duration) {
+        self.expired.store(false, Ordering::Relaxed);
+        // `now_ms` lags the real time by up to a tick: one tick more, so that a head is never
+        // cut off before its time.
+        let budget = u64::try_from((budget + TICK).as_millis()).unwrap_or(u64::MAX);
+        let deadline = deadlines.now_ms().saturating_add(budget);
+        self.deadline_ms.store(deadline, Ordering::Relaxed);
+    }
+
+    /// Whether the sweeper found the deadline passed while the head was still not in.
+    fn cut_off(&self) -> bool {
+        if !self.expired.load(Ordering::Acquire) {
+            return false;
+        }
+        // The head may have come in just as the sweeper looked.
+        if self.deadline_ms.load(Ordering::Relaxed) == HEAD_IN {
+            self.expired.store(false, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+}
+
+/// Every open connection's head deadline, watched by one thread.
+pub struct Deadlines {
+    epoch: Instant,
+    /// Milliseconds since `epoch`, as of the last tick.
+    now_ms: AtomicU64,
+    connections: Mutex<Slots>,
+}
+
+#[derive(Default)]
+struct Slots {
+    slots: Vec<Option<Arc<Connection>>>,
+    free: Vec<usize>,
+}
+
+impl Deadlines {
+    /// The process's sweeper (started on first use).
+    pub fn global() -> &'static Deadlines {
+        static GLOBAL: OnceLock<&'static Deadlines> = OnceLock::new();
+        GLOBAL.get_or_init(|| {
+            let deadlines: &'static Deadlines = Box::leak(Box::new(Deadlines {
+                epoch: Instant::now(),
+                now_ms: AtomicU64::new(0),
+                connections: Mutex::new(Slots::default()),
+            }));
+            let started = std::thread::Builder::new()
+                .name("head-deadlines".into())
+                .spawn(move || loop {
+                    std::thread::sleep(TICK);
+                    deadlines.sweep();
+                });
+            if let Err(e) = started {
+                // Without the sweeper heads have only pingora's per-read timeouts.
+                tracing::error!(error = %e, "cannot start the request head deadline thread");
+            }
+            deadlines
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.now_ms.load(Ordering::Relaxed)
+    }
+
+    fn sweep(&self) {
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.now_ms.store(now, Ordering::Relaxed);
+        let Ok(slots) = self.connections.lock() else {
+            return;
+        };
+        for conn in slots.slots.iter().flatten() {
+            if conn.deadline_ms.load(Ordering::Relaxed) <= now
+                && !conn.expired.swap(true, Ordering::AcqRel)
+            {
+                conn.waker.wake_by_ref();
+            }
         }
     }
 
-    fn reset(&self) {
-        self.0.store(false, Ordering::Release);
+    fn register(&'static self, conn: Arc<Connection>) -> Registration {
+        let mut slots = self
+            .connections
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let index = match slots.free.pop() {
+            Some(i) => {
+                slots.slots[i] = Some(conn);
+                i
+            }
+            None => {
+                slots.slots.push(Some(conn));
+                slots.slots.len() - 1
+            }
+        };
+        Registration {
+            deadlines: self,
+            index,
+        }
     }
+}
 
-    fn is_set(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+/// A connection's place in [`Deadlines`], given up when the connection ends (however it ends).
+struct Registration {
+    deadlines: &'static Deadlines,
+    index: usize,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut slots = self
+            .deadlines
+            .connections
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(slot) = slots.slots.get_mut(self.index) {
+            *slot = None;
+            slots.free.push(self.index);
+        }
+    }
+}
+
+/// A request future that ends (with `None`) when its connection's head deadline passes.
+struct UntilCutOff<'a, F> {
+    request: Pin<&'a mut F>,
+    conn: &'a Connection,
+}
+
+impl<F: Future<Output = Option<T>>, T> Future for UntilCutOff<'_, F> {
+    type Output = Option<T>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        if self.conn.cut_off() {
+            tracing::debug!("request head not complete in time; closing");
+            return Poll::Ready(None);
+        }
+        self.request.as_mut().poll(cx)
     }
 }
 
@@ -73,43 +231,39 @@ impl ServerApp for Front {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let client_ip = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let waker = std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
+        let conn = Arc::new(Connection {
+            client_ip,
+            client_ip_header: client_ip.map_or(http::HeaderValue::from_static(""), |ip| {
+                identity::shared_ip_header(ip)
+            }),
+            deadline_ms: AtomicU64::new(HEAD_IN),
+            expired: AtomicBool::new(false),
+            waker,
+        });
+        let deadlines = Deadlines::global();
+        let _registration = deadlines.register(Arc::clone(&conn));
+
         let mut session = ServerSession::new_http1(stream);
         if *shutdown.borrow() {
             session.set_keepalive(None);
         } else {
             session.set_keepalive(Some(self.keepalive.as_secs()));
         }
-        let seen = Arc::new(HeadSeen::default());
         let mut budget = self.header_timeout;
-        // One timer per connection, moved only when it fires (re-arming it for every request
-        // would cost a timer-wheel insertion and removal per request).
-        let timer = tokio::time::sleep(budget);
-        tokio::pin!(timer);
         loop {
-            let started = tokio::time::Instant::now();
-            seen.reset();
-            session.set_connection_user_context(Some(Box::new(Arc::clone(&seen))));
+            conn.await_head(deadlines, budget);
+            session.set_connection_user_context(Some(Box::new(Arc::clone(&conn))));
             let request = self.proxy.process_new_http(session, shutdown);
             tokio::pin!(request);
-            let reused = loop {
-                tokio::select! {
-                    biased;
-                    reused = &mut request => break reused,
-                    () = &mut timer => {
-                        let now = tokio::time::Instant::now();
-                        let deadline = started + budget;
-                        if seen.is_set() {
-                            // The head is in; look again one budget from now.
-                            timer.as_mut().reset(now + budget);
-                        } else if now >= deadline {
-                            tracing::debug!(?budget, "request head not complete in time; closing");
-                            return None;
-                        } else {
-                            timer.as_mut().reset(deadline);
-                        }
-                    }
-                }
-            };
+            let reused = UntilCutOff {
+                request,
+                conn: &conn,
+            }
+            .await;
             let (stream, settings) = reused?.consume();
             session = ServerSession::new_http1(stream);
             if let Some(settings) = settings {

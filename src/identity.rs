@@ -149,13 +149,14 @@ pub fn write_ip(ip: IpAddr, out: &mut Vec<u8>) {
     }
 }
 
-/// `ip` as a header value, for `X-Forwarded-For`.
-pub fn ip_header(ip: IpAddr) -> HeaderValue {
-    let value = match ip {
-        IpAddr::V4(v4) => HeaderValue::from_bytes(ipv4_text(v4, &mut [0; 15])),
-        IpAddr::V6(v6) => HeaderValue::try_from(v6.to_string()),
-    };
-    value.unwrap_or(HeaderValue::from_static(""))
+/// `ip` as a header value, for `X-Forwarded-For`: made once per connection and cloned into
+/// every request's upstream head, so its bytes are shared from the start (a clone counts a
+/// reference; a value copied from a slice would allocate again at its first clone).
+pub fn shared_ip_header(ip: IpAddr) -> HeaderValue {
+    let mut text = Vec::with_capacity(15);
+    write_ip(ip, &mut text);
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text))
+        .unwrap_or(HeaderValue::from_static(""))
 }
 
 /// Dotted-decimal IPv4, written digit by digit into `buf`. Nearly every client, and every
@@ -462,7 +463,7 @@ mod tests {
             "fd00::1:2",
         ] {
             let parsed: IpAddr = ip.parse().unwrap();
-            assert_eq!(ip_header(parsed), ip);
+            assert_eq!(shared_ip_header(parsed), ip);
         }
     }
 

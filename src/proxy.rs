@@ -23,6 +23,7 @@ use crate::api::{ApiError, Reply};
 use crate::app::{App, OwnRequest};
 use crate::config::RouteAuth;
 use crate::cors::Cors;
+use crate::front::Connection;
 use crate::identity;
 use crate::routes::{Endpoint, Route};
 use crate::telemetry;
@@ -47,6 +48,8 @@ impl Gateway {
 /// Per-request state.
 pub struct RequestCtx {
     started: Instant,
+    /// The client connection (from the front, handed over with each request head).
+    connection: Option<Arc<Connection>>,
     request_id: http::HeaderValue,
     origin: Option<Vec<u8>>,
     endpoint: Option<Endpoint>,
@@ -239,7 +242,16 @@ impl Gateway {
     /// sends them; HTTP names are case-insensitive). A request target that does not
     /// round-trip through the URI (absolute-form) is carried over verbatim.
     fn prepare_upstream_head(&self, session: &mut Session, ctx: &RequestCtx) -> Result<()> {
-        let peer = client_ip(session);
+        let (peer, peer_header) = match &ctx.connection {
+            Some(conn) => (conn.client_ip, conn.client_ip_header.clone()),
+            None => {
+                let peer = client_ip(session);
+                let header = peer.map_or(http::HeaderValue::from_static(""), |ip| {
+                    identity::shared_ip_header(ip)
+                });
+                (peer, header)
+            }
+        };
         let forwarded = if peer.is_some_and(|ip| self.app.trusted_proxies.contains(ip)) {
             // Text only (values with other bytes are ignored, as if absent).
             let value = |name: http::HeaderName| {
@@ -258,19 +270,18 @@ impl Gateway {
         } else {
             Forwarded::default()
         };
-        let peer = peer.map_or(http::HeaderValue::from_static(""), identity::ip_header);
         let forwarded_for = match forwarded.for_ {
             Some(chain) => {
                 let chain = format!(
                     "{}, {}",
                     chain.to_str().unwrap_or_default(),
-                    peer.to_str().unwrap_or_default()
+                    peer_header.to_str().unwrap_or_default()
                 );
                 // A header value plus an address: still a valid one.
                 http::HeaderValue::try_from(chain)
                     .map_err(|_| Error::explain(InvalidHTTPHeader, "bad X-Forwarded-For"))?
             }
-            None => peer,
+            None => peer_header,
         };
         let forwarded_proto = forwarded
             .proto
@@ -341,9 +352,15 @@ impl Gateway {
 impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
+    /// No downstream modules. Pingora's default adds its response compression module (at
+    /// level 0, i.e. off), which still builds a context and runs two boxed filters on every
+    /// request; the gateway does not compress responses.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             started: Instant::now(),
+            connection: None,
             request_id: http::HeaderValue::from_static(""),
             origin: None,
             endpoint: None,
@@ -413,13 +430,18 @@ impl ProxyHttp for Gateway {
         Ok(true)
     }
 
+    /// Called right after each request head is parsed, with the connection the front handed
+    /// over: its head deadline stops, and the request keeps it.
     fn on_connection_reuse(
         &self,
         _session: &mut Session,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
         connection: Box<dyn std::any::Any + Send + Sync>,
     ) {
-        crate::front::HeadSeen::mark(&*connection);
+        if let Ok(conn) = connection.downcast::<Arc<Connection>>() {
+            conn.head_in();
+            ctx.connection = Some(*conn);
+        }
     }
 
     async fn upstream_peer(
