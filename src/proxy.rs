@@ -371,7 +371,12 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        session.set_keepalive(Some(self.app.keepalive_seconds));
+        // Pingora keeps an HTTP/1.1 connection without a time limit (`Some(0)`) unless told;
+        // bound that, but never keep a connection the client did not ask to keep (`None`: an
+        // HTTP/1.0 request without `Connection: keep-alive`, or `Connection: close`).
+        if session.get_keepalive() == Some(0) {
+            session.set_keepalive(Some(self.app.keepalive_seconds));
+        }
         ctx.request_id = match session.req_header().headers.get(identity::REQUEST_ID) {
             Some(id) if identity::valid_request_id(id.as_bytes()) => id.clone(),
             _ => self.app.request_ids.next_header(),

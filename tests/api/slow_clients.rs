@@ -217,3 +217,43 @@ async fn oversized_heads_get_431_and_never_reach_an_upstream() {
     assert_eq!(upstream.served().await, 1);
     assert_eq!(app.status("/health").await, 200);
 }
+
+#[tokio::test]
+async fn connections_the_client_did_not_ask_to_keep_are_closed_after_the_answer() {
+    let upstream = Upstream::start().await;
+    let app = TestApp::spawn_with(Spawn {
+        // A long keep-alive and head time, so that only the answer can end the connection.
+        server_extra: "header_timeout_ms = 30000\nkeepalive_seconds = 30\n".into(),
+        config_extra: route("/api/", &[upstream.addr()], "public", ""),
+        ..Spawn::default()
+    })
+    .await;
+    for request in [
+        &b"GET /health HTTP/1.0\r\n\r\n"[..],
+        b"GET /api/x HTTP/1.0\r\nHost: x\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /api/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    ] {
+        let shown = String::from_utf8_lossy(request).into_owned();
+        let mut s = TcpStream::connect(("127.0.0.1", app.port)).await.unwrap();
+        s.write_all(request).await.unwrap();
+        let (answer, _) = until_closed(&mut s, Duration::from_secs(3))
+            .await
+            .unwrap_or_else(|| panic!("still open 3 s after answering {shown:?}"));
+        assert!(answer.starts_with("HTTP/1.1 200"), "{shown:?}: {answer}");
+        assert!(
+            !answer
+                .to_ascii_lowercase()
+                .contains("connection: keep-alive"),
+            "{shown:?}: {answer}"
+        );
+    }
+    // HTTP/1.0 that asks for keep-alive keeps it.
+    let mut s = TcpStream::connect(("127.0.0.1", app.port)).await.unwrap();
+    s.write_all(b"GET /health HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(until_closed(&mut s, Duration::from_millis(1500))
+        .await
+        .is_none());
+}
