@@ -2,7 +2,7 @@
 //! Handlers take a decoded request and return a [`Reply`]; the pingora glue lives in `proxy.rs`.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use deadpool_postgres::Pool;
@@ -17,7 +17,7 @@ use crate::identity::{RequestIds, TrustedProxies};
 use crate::password::{self, HashPolicy, HashPool, PasswordError};
 use crate::rate_limit::Limiters;
 use crate::routes::{Endpoint, Router};
-use crate::token::{self, TokenError, TokenKeys, Verified};
+use crate::token::{self, unix_seconds, TokenError, TokenKeys, Verified};
 use crate::upstreams::ProxyRoute;
 use crate::user_cache::{bounded_cache, BoundedCache, UserCache};
 use crate::users::{self, User, UserResponse};
@@ -109,10 +109,11 @@ impl App {
     }
 
     /// [`TokenKeys::verify`], remembering tokens that passed until they expire. (A verdict
-    /// depends only on the token, the key and the clock: nothing else can change it.)
-    pub fn verify_token(&self, token: &str) -> Result<Arc<Verified>, TokenError> {
+    /// depends only on the token, the key and the clock: nothing else can change it.) `now` is
+    /// the request's one reading of the clock.
+    pub fn verify_token(&self, token: &str, now: SystemTime) -> Result<Arc<Verified>, TokenError> {
         if let Some(hit) = self.verified_tokens.get(token) {
-            if hit.expires_at > chrono::Utc::now().timestamp() {
+            if hit.expires_at > unix_seconds(now) {
                 return Ok(hit);
             }
             self.verified_tokens.remove(token);

@@ -120,10 +120,11 @@ pub struct ServerConfig {
     pub environment: Environment,
     /// Largest request body accepted by the gateway's own endpoints (413 beyond).
     pub max_body_bytes: usize,
-    /// Seconds an idle downstream keep-alive connection is kept.
+    /// Seconds an idle downstream keep-alive connection is kept: its next request head must be
+    /// complete within this time of the previous response. 0: no keep-alive.
     pub keepalive_seconds: u64,
-    /// A new connection must deliver a complete request head within this time (a kept-alive one
-    /// within `keepalive_seconds` plus this), however slowly its bytes arrive.
+    /// A new connection must deliver a complete request head within this time, however slowly
+    /// its bytes arrive.
     pub header_timeout_ms: u64,
     /// The gateway's own endpoints must receive their whole body within this time (408 beyond).
     pub body_timeout_ms: u64,

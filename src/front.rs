@@ -4,15 +4,16 @@
 //! Pingora times out each *read* of a request head (60 s on a new connection, the keep-alive
 //! time after that), not the head as a whole, so a client trickling one byte a minute holds a
 //! connection and its task for as long as it likes. Here every head must be complete within
-//! `header_timeout` of the connection opening, or within `keepalive + header_timeout` of the
-//! previous response on a kept-alive connection; past that the connection is dropped without an
-//! answer (as nginx does for `client_header_timeout`).
+//! `header_timeout` of the connection opening, or within `keepalive` of the previous response
+//! on a kept-alive connection (which is also how long an idle one is kept); past that the
+//! connection is dropped without an answer (as nginx does for `client_header_timeout`).
+//! Pingora's own keep-alive timer is off: this deadline is the only one.
 //!
 //! The deadlines are kept by one sweeper thread for all connections ([`Deadlines`]), not by a
-//! timer per connection: a tokio timer polled next to the request costs a registration on every
-//! wake of the connection's task and a clock read per request, while here a request costs two
-//! relaxed atomic stores. The sweeper looks every [`TICK`] and wakes the task of a connection
-//! whose deadline has passed, which then closes it.
+//! timer per connection: a tokio or pingora timer costs a clock read, a registration and a
+//! removal per request (and a tokio one a registration on every wake of the connection's task),
+//! while here a request costs two relaxed atomic stores. The sweeper looks every [`TICK`] and
+//! wakes the task of a connection whose deadline has passed, which then closes it.
 //!
 //! The proxy learns about the connection through the connection user context that pingora hands
 //! to [`ProxyHttp::on_connection_reuse`](pingora::proxy::ProxyHttp::on_connection_reuse) right
@@ -248,11 +249,8 @@ impl ServerApp for Front {
         let _registration = deadlines.register(Arc::clone(&conn));
 
         let mut session = ServerSession::new_http1(stream);
-        if *shutdown.borrow() {
-            session.set_keepalive(None);
-        } else {
-            session.set_keepalive(Some(self.keepalive.as_secs()));
-        }
+        // `Some(0)`: keep-alive without pingora's timer (the deadline here bounds idle time).
+        session.set_keepalive((!*shutdown.borrow()).then_some(0));
         let mut budget = self.header_timeout;
         loop {
             conn.await_head(deadlines, budget);
@@ -269,11 +267,74 @@ impl ServerApp for Front {
             if let Some(settings) = settings {
                 settings.apply_to_session(&mut session);
             }
-            budget = self.keepalive + self.header_timeout;
+            budget = self.keepalive;
         }
     }
 
     async fn cleanup(&self) {
         self.proxy.http_cleanup().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connection() -> Connection {
+        Connection {
+            client_ip: None,
+            client_ip_header: http::HeaderValue::from_static(""),
+            deadline_ms: AtomicU64::new(HEAD_IN),
+            expired: AtomicBool::new(false),
+            waker: Waker::noop().clone(),
+        }
+    }
+
+    #[test]
+    fn a_head_that_came_in_as_the_sweeper_looked_is_not_cut_off() {
+        let deadlines = Deadlines {
+            epoch: Instant::now(),
+            now_ms: AtomicU64::new(1_000),
+            connections: Mutex::new(Slots::default()),
+        };
+        let conn = connection();
+        conn.await_head(&deadlines, Duration::from_millis(500));
+        // Not before the budget (plus the tick `now_ms` may lag by).
+        assert_eq!(conn.deadline_ms.load(Ordering::Relaxed), 1_550);
+        conn.expired.store(true, Ordering::Release);
+        conn.head_in();
+        assert!(!conn.cut_off());
+        // ... and the late verdict is forgotten, so the next wait starts clean.
+        assert!(!conn.expired.load(Ordering::Relaxed));
+        conn.await_head(&deadlines, Duration::from_millis(500));
+        conn.expired.store(true, Ordering::Release);
+        assert!(conn.cut_off());
+    }
+
+    #[test]
+    fn the_sweeper_wakes_only_connections_past_their_deadline() {
+        let deadlines: &'static Deadlines = Box::leak(Box::new(Deadlines {
+            epoch: Instant::now() - Duration::from_secs(10),
+            now_ms: AtomicU64::new(0),
+            connections: Mutex::new(Slots::default()),
+        }));
+        let late = Arc::new(connection());
+        late.deadline_ms.store(5_000, Ordering::Relaxed);
+        let waiting = Arc::new(connection());
+        waiting.deadline_ms.store(60_000, Ordering::Relaxed);
+        let busy = Arc::new(connection());
+        let registrations: Vec<_> = [&late, &waiting, &busy]
+            .into_iter()
+            .map(|c| deadlines.register(Arc::clone(c)))
+            .collect();
+        deadlines.sweep();
+        assert!(late.cut_off());
+        assert!(!waiting.cut_off());
+        assert!(!busy.cut_off());
+        assert!(deadlines.now_ms() >= 10_000);
+        drop(registrations);
+        let slots = deadlines.connections.lock().unwrap();
+        assert!(slots.slots.iter().all(Option::is_none));
+        assert_eq!(slots.free.len(), 3);
     }
 }

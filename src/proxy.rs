@@ -47,7 +47,8 @@ impl Gateway {
 
 /// Per-request state.
 pub struct RequestCtx {
-    started: Instant,
+    /// When the request began, for the access log (the clock is not read without one).
+    started: Option<Instant>,
     /// The client connection (from the front, handed over with each request head).
     connection: Option<Arc<Connection>>,
     request_id: http::HeaderValue,
@@ -330,7 +331,9 @@ impl Gateway {
                 RouteAuth::Public => Ok(None),
             };
         };
-        let verified = match self.app.verify_token(token) {
+        // One reading of the clock for the token's expiry and the cached user's age.
+        let now = std::time::SystemTime::now();
+        let verified = match self.app.verify_token(token, now) {
             Ok(v) => v,
             Err(_) if auth == RouteAuth::Public => return Ok(None),
             Err(_) => return Err(ApiError::RejectedToken),
@@ -338,7 +341,7 @@ impl Gateway {
         match self
             .app
             .users
-            .get(&self.app.pool, &verified.user_id)
+            .get(&self.app.pool, &verified.user_id, now)
             .await?
         {
             Some(user) if user.active => Ok(Some(user)),
@@ -359,7 +362,7 @@ impl ProxyHttp for Gateway {
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
-            started: Instant::now(),
+            started: self.app.access_log.then(Instant::now),
             connection: None,
             request_id: http::HeaderValue::from_static(""),
             origin: None,
@@ -371,11 +374,10 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        // Pingora keeps an HTTP/1.1 connection without a time limit (`Some(0)`) unless told;
-        // bound that, but never keep a connection the client did not ask to keep (`None`: an
-        // HTTP/1.0 request without `Connection: keep-alive`, or `Connection: close`).
-        if session.get_keepalive() == Some(0) {
-            session.set_keepalive(Some(self.app.keepalive_seconds));
+        // Pingora keeps the connection if the client asked to, with no time limit of its own:
+        // the front closes one whose next head is not in within the keep-alive time.
+        if self.app.keepalive_seconds == 0 {
+            session.set_keepalive(None);
         }
         ctx.request_id = match session.req_header().headers.get(identity::REQUEST_ID) {
             Some(id) if identity::valid_request_id(id.as_bytes()) => id.clone(),
@@ -571,7 +573,7 @@ impl ProxyHttp for Gateway {
                 .response_written()
                 .map(|r| r.status.as_u16())
                 .unwrap_or(0),
-            duration_us: ctx.started.elapsed().as_micros() as u64,
+            duration_us: ctx.started.map_or(0, |s| s.elapsed().as_micros() as u64),
             client: session.client_addr().and_then(|a| a.as_inet()).copied(),
             request_id: ctx.request_id.to_str().unwrap_or_default(),
             endpoint: ctx.endpoint.map(Endpoint::name),

@@ -2,6 +2,8 @@
 //! accepts, verified strictly (HS256 only, `exp` and `sub` required, `nbf` honoured, no leeway,
 //! bounded length).
 
+use std::time::SystemTime;
+
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
@@ -106,6 +108,11 @@ impl TokenKeys {
 /// The token in an `Authorization` header, as FastAPI's `OAuth2PasswordBearer` finds it: the
 /// scheme is compared case-insensitively and the token is everything after the first space.
 /// `None` means "Not authenticated" (no header, or another scheme).
+/// `t` in whole seconds since the Unix epoch, as JWT times count (what `Utc::now()` gives).
+pub fn unix_seconds(t: SystemTime) -> i64 {
+    chrono::DateTime::<chrono::Utc>::from(t).timestamp()
+}
+
 pub fn bearer_token(authorization: Option<&[u8]>) -> Option<&str> {
     let value = std::str::from_utf8(authorization?).ok()?;
     let (scheme, param) = match value.split_once(' ') {

@@ -8,7 +8,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
@@ -77,7 +77,15 @@ pub struct UserCache {
 struct Entry {
     /// `None` caches "no such user", so a deleted user's tokens do not reach the database.
     state: Option<Arc<UserState>>,
-    fetched: Instant,
+    /// Wall-clock time, so that a request reads the clock once for its token's expiry and
+    /// this; a clock that went back makes the entry stale rather than longer-lived.
+    fetched: SystemTime,
+}
+
+impl Entry {
+    fn is_fresh(&self, now: SystemTime, ttl: Duration) -> bool {
+        now.duration_since(self.fetched).is_ok_and(|age| age < ttl)
+    }
 }
 
 impl UserCache {
@@ -102,12 +110,18 @@ impl UserCache {
     }
 
     /// The user's state: from memory while change notifications flow, else from PostgreSQL
-    /// (falling back to what memory has if PostgreSQL cannot answer).
-    pub async fn get(&self, pool: &Pool, id: &str) -> Result<Option<Arc<UserState>>, ApiError> {
+    /// (falling back to what memory has if PostgreSQL cannot answer). `now` is the request's
+    /// reading of the clock.
+    pub async fn get(
+        &self,
+        pool: &Pool,
+        id: &str,
+        now: SystemTime,
+    ) -> Result<Option<Arc<UserState>>, ApiError> {
         let cached = self
             .entries
             .get(id)
-            .filter(|e| e.fetched.elapsed() < self.ttl)
+            .filter(|e| e.is_fresh(now, self.ttl))
             .map(|e| e.state);
         if let Some(hit) = &cached {
             if self.is_listening() {
@@ -133,7 +147,7 @@ impl UserCache {
                     .map(Arc::new);
                 let entry = Entry {
                     state: state.clone(),
-                    fetched: Instant::now(),
+                    fetched: SystemTime::now(),
                 };
                 self.entries.insert(id.to_string(), entry);
                 Ok(state)

@@ -97,25 +97,74 @@ async fn a_silent_connection_is_closed_after_the_head_deadline() {
     assert!(closed - opened < Duration::from_millis(2500));
 }
 
-#[tokio::test]
-async fn a_kept_alive_connection_gets_keepalive_plus_head_time_for_its_next_head() {
-    let app = spawn("").await;
-    let mut s = TcpStream::connect(("127.0.0.1", app.port)).await.unwrap();
+/// Answers one `GET /health` on `s` and returns when the answer arrived.
+async fn one_health_check(s: &mut TcpStream) -> Instant {
     s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
     let mut buf = [0u8; 4096];
     let n = s.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
-    let answered = Instant::now();
+    Instant::now()
+}
+
+#[tokio::test]
+async fn a_kept_alive_connection_must_complete_its_next_head_within_the_keepalive_time() {
+    // Keep-alive 1 s, a longer head time for new connections: the keep-alive time rules.
+    let app = TestApp::spawn_with(Spawn {
+        server_extra: "header_timeout_ms = 5000\nkeepalive_seconds = 1\n".into(),
+        ..Spawn::default()
+    })
+    .await;
+    let mut s = TcpStream::connect(("127.0.0.1", app.port)).await.unwrap();
+    let answered = one_health_check(&mut s).await;
     // The next head starts at once but never finishes.
     s.write_all(b"GET /health HTTP/1.1\r\n").await.unwrap();
     let closed = trickle_until_closed(&mut s)
         .await
         .expect("a trickled second head was still accepted after 8 s");
     let took = closed - answered;
-    // keep-alive 1 s + head 1 s.
-    assert!(took < Duration::from_millis(4000), "closed after {took:?}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
+        "closed after {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_idle_kept_alive_connection_is_closed_after_the_keepalive_time() {
+    let app = TestApp::spawn_with(Spawn {
+        server_extra: "header_timeout_ms = 5000\nkeepalive_seconds = 1\n".into(),
+        ..Spawn::default()
+    })
+    .await;
+    let mut s = TcpStream::connect(("127.0.0.1", app.port)).await.unwrap();
+    let answered = one_health_check(&mut s).await;
+    let (rest, closed) = until_closed(&mut s, Duration::from_secs(4))
+        .await
+        .expect("an idle kept-alive connection was still open after 4 s");
+    assert_eq!(rest, "");
+    let took = closed - answered;
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2000),
+        "closed after {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn keepalive_seconds_zero_closes_every_connection_after_its_answer() {
+    let app = TestApp::spawn_with(Spawn {
+        server_extra: "keepalive_seconds = 0\n".into(),
+        ..Spawn::default()
+    })
+    .await;
+    let mut s = TcpStream::connect(("127.0.0.1", app.port)).await.unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (answer, _) = until_closed(&mut s, Duration::from_secs(3))
+        .await
+        .expect("still open 3 s after the answer");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
 
 #[tokio::test]
