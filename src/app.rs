@@ -46,7 +46,8 @@ pub struct App {
     /// Tokens already verified (only verified ones get in), so that a client's every request
     /// does not redo the HMAC and JSON work; expiry is still checked on each use.
     /// Tokens that passed verification, until they expire (bounded; the least useful go first).
-    verified_tokens: BoundedCache<Arc<Verified>>,
+    /// Keyed by the token's bytes: a lookup needs no text check of the header first.
+    verified_tokens: BoundedCache<Box<[u8]>, Arc<Verified>>,
     pub request_ids: RequestIds,
 }
 
@@ -111,7 +112,7 @@ impl App {
     /// [`TokenKeys::verify`], remembering tokens that passed until they expire. (A verdict
     /// depends only on the token, the key and the clock: nothing else can change it.) `now` is
     /// the request's one reading of the clock.
-    pub fn verify_token(&self, token: &str, now: SystemTime) -> Result<Arc<Verified>, TokenError> {
+    pub fn verify_token(&self, token: &[u8], now: SystemTime) -> Result<Arc<Verified>, TokenError> {
         if let Some(hit) = self.verified_tokens.get(token) {
             if hit.expires_at > unix_seconds(now) {
                 return Ok(hit);
@@ -119,9 +120,9 @@ impl App {
             self.verified_tokens.remove(token);
             return Err(TokenError::Invalid("expired".into()));
         }
-        let verified = Arc::new(self.keys.verify(token)?);
-        self.verified_tokens
-            .insert(token.to_string(), verified.clone());
+        let text = std::str::from_utf8(token).map_err(|_| TokenError::NotText)?;
+        let verified = Arc::new(self.keys.verify(text)?);
+        self.verified_tokens.insert(token.into(), verified.clone());
         Ok(verified)
     }
 

@@ -4,7 +4,9 @@
 
 use std::net::IpAddr;
 
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION};
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, HOST, ORIGIN, UPGRADE,
+};
 
 pub const USER_ID: HeaderName = HeaderName::from_static("x-user-id");
 pub const USER_EMAIL: HeaderName = HeaderName::from_static("x-user-email");
@@ -186,6 +188,59 @@ fn ipv4_text(ip: std::net::Ipv4Addr, buf: &mut [u8; 15]) -> &[u8] {
     &buf[..len]
 }
 
+/// What the proxy needs to know of a request's headers, found in one pass over them: a lookup
+/// by name hashes the name and probes the map, and every header has to be looked at anyway for
+/// the identity namespace. Each header value is the first of its name, as `HeaderMap::get`
+/// would give it.
+#[derive(Debug, Default)]
+pub struct HeadFacts<'a> {
+    /// Names, values and their separators (`": "`, CRLF), as the head arrived.
+    pub headers_len: usize,
+    pub request_id: Option<&'a HeaderValue>,
+    pub origin: Option<&'a HeaderValue>,
+    pub authorization: Option<&'a HeaderValue>,
+    pub host: Option<&'a HeaderValue>,
+    pub upgrade: bool,
+    /// What [`prepare_upstream_headers`] will have to clean up.
+    pub cleanup: Cleanup,
+}
+
+/// Client headers the upstream must not see.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Cleanup {
+    /// A header in the identity namespace, or some spelling of `X-Request-Id`.
+    pub reserved: bool,
+    /// A `Connection` header that nominates one of those.
+    pub nominations: bool,
+}
+
+/// [`HeadFacts`] of `headers`.
+pub fn scan_head(headers: &HeaderMap) -> HeadFacts<'_> {
+    let mut facts = HeadFacts::default();
+    for (name, value) in headers {
+        let text = name.as_str().as_bytes();
+        facts.headers_len += text.len() + value.len() + ": \r\n".len();
+        if *name == HOST {
+            facts.host.get_or_insert(value);
+        } else if *name == AUTHORIZATION {
+            facts.authorization.get_or_insert(value);
+        } else if *name == ORIGIN {
+            facts.origin.get_or_insert(value);
+        } else if *name == UPGRADE {
+            facts.upgrade = true;
+        } else if *name == CONNECTION {
+            facts.cleanup.nominations |= nominates_reserved(value.as_bytes());
+        } else if matches!(text.first(), Some(b'x' | b'f')) {
+            // Names are lower case, and every reserved one begins with `x` or `f`.
+            if *name == REQUEST_ID {
+                facts.request_id.get_or_insert(value);
+            }
+            facts.cleanup.reserved |= is_reserved_name(text) || is_request_id_name(text);
+        }
+    }
+    facts
+}
+
 /// What the gateway tells an upstream about a request.
 pub struct UpstreamIdentity {
     /// `X-User-Id` and `X-User-Email`, on protected routes.
@@ -199,26 +254,28 @@ pub struct UpstreamIdentity {
 
 /// Turns the client's headers into the upstream's, in place: every header in the identity
 /// namespace (all spellings) and every spelling of `X-Request-Id` removed, `Connection`
-/// nominations of those dropped, then the gateway's own headers added.
-pub fn prepare_upstream_headers(headers: &mut HeaderMap, identity: UpstreamIdentity) {
-    // Usually empty: no allocation then.
-    let doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| {
-            let name = name.as_str().as_bytes();
-            is_reserved_name(name) || is_request_id_name(name)
-        })
-        .cloned()
-        .collect();
-    for name in doomed {
-        headers.remove(&name);
+/// nominations of those dropped, then the gateway's own headers added. `cleanup` is what
+/// [`scan_head`] found in these headers.
+pub fn prepare_upstream_headers(
+    headers: &mut HeaderMap,
+    identity: UpstreamIdentity,
+    cleanup: Cleanup,
+) {
+    if cleanup.reserved {
+        let doomed: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| {
+                let name = name.as_str().as_bytes();
+                is_reserved_name(name) || is_request_id_name(name)
+            })
+            .cloned()
+            .collect();
+        for name in doomed {
+            headers.remove(&name);
+        }
     }
     // `Connection: X-User-Id` must not make the proxy drop a header the gateway sets.
-    if headers
-        .get_all(CONNECTION)
-        .iter()
-        .any(|v| nominates_reserved(v.as_bytes()))
-    {
+    if cleanup.nominations {
         let kept: Vec<String> = headers
             .get_all(CONNECTION)
             .iter()
@@ -396,6 +453,14 @@ mod tests {
                 HeaderValue::from_static(value),
             );
         }
+        let cleanup = scan_head(&headers).cleanup;
+        assert_eq!(
+            cleanup,
+            Cleanup {
+                reserved: true,
+                nominations: true
+            }
+        );
         prepare_upstream_headers(
             &mut headers,
             UpstreamIdentity {
@@ -408,6 +473,7 @@ mod tests {
                 forwarded_proto: HeaderValue::from_static("http"),
                 forwarded_host: Some(HeaderValue::from_static("app.example")),
             },
+            cleanup,
         );
         let mut seen: Vec<(String, String)> = headers
             .iter()
@@ -436,6 +502,8 @@ mod tests {
     fn a_plain_connection_header_is_left_as_sent() {
         let mut headers = HeaderMap::new();
         headers.append(CONNECTION, HeaderValue::from_static("Keep-Alive"));
+        let cleanup = scan_head(&headers).cleanup;
+        assert_eq!(cleanup, Cleanup::default());
         prepare_upstream_headers(
             &mut headers,
             UpstreamIdentity {
@@ -445,10 +513,71 @@ mod tests {
                 forwarded_proto: HeaderValue::from_static("http"),
                 forwarded_host: None,
             },
+            cleanup,
         );
         assert_eq!(headers.get(CONNECTION).unwrap(), "Keep-Alive");
         assert!(headers.get(USER_ID).is_none());
         assert!(headers.get(FORWARDED_HOST).is_none());
+    }
+
+    #[test]
+    fn one_scan_finds_what_lookups_by_name_would() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("host", "app.example"),
+            ("authorization", "Bearer t1"),
+            ("authorization", "Bearer t2"),
+            ("x-request-id", "first"),
+            ("x-request-id", "second"),
+            ("origin", "http://localhost:3000"),
+            ("upgrade", "websocket"),
+            ("x-frame-options", "DENY"),
+            ("connection", "Upgrade"),
+            ("accept", "*/*"),
+        ] {
+            headers.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        let facts = scan_head(&headers);
+        assert_eq!(facts.host, headers.get(HOST));
+        assert_eq!(facts.authorization, headers.get(AUTHORIZATION));
+        assert_eq!(facts.request_id, headers.get(REQUEST_ID));
+        assert_eq!(facts.origin, headers.get(ORIGIN));
+        assert!(facts.upgrade);
+        let wire: usize = headers
+            .iter()
+            .map(|(n, v)| format!("{}: {}\r\n", n, v.to_str().unwrap()).len())
+            .sum();
+        assert_eq!(facts.headers_len, wire);
+        // A kept X-Request-Id still has to go (the gateway writes its own).
+        assert_eq!(
+            facts.cleanup,
+            Cleanup {
+                reserved: true,
+                nominations: false
+            }
+        );
+        // Each spelling on its own is found.
+        for name in [
+            "forwarded",
+            "x-real-ip",
+            "x_user_id",
+            "x.forwarded.for",
+            "x-request-id",
+            "x_request_id",
+        ] {
+            let mut one = HeaderMap::new();
+            one.append(HeaderName::from_static(name), HeaderValue::from_static("v"));
+            assert!(scan_head(&one).cleanup.reserved, "{name}");
+        }
+        let plain = HeaderMap::new();
+        let facts = scan_head(&plain);
+        assert_eq!(
+            (facts.headers_len, facts.host, facts.upgrade),
+            (0, None, false)
+        );
     }
 
     #[test]

@@ -52,11 +52,19 @@ pub struct RequestCtx {
     /// The client connection (from the front, handed over with each request head).
     connection: Option<Arc<Connection>>,
     request_id: http::HeaderValue,
-    origin: Option<Vec<u8>>,
+    origin: Option<http::HeaderValue>,
+    /// An HTTP/1.1 `Upgrade` request (a WebSocket, say).
+    upgrade: bool,
     endpoint: Option<Endpoint>,
     route: Option<usize>,
     user: Option<Arc<UserState>>,
     connect_retries: usize,
+}
+
+impl RequestCtx {
+    fn origin_bytes(&self) -> Option<&[u8]> {
+        self.origin.as_ref().map(http::HeaderValue::as_bytes)
+    }
 }
 
 /// `X-Forwarded-*` as a trusted proxy sent them (never from anyone else).
@@ -108,13 +116,8 @@ enum BodyError {
 
 /// The size of a request head as it arrived: request line, names, values and separators.
 /// Counted from the parsed head, so it is exact to the byte for a well-formed request.
-fn head_size(req: &RequestHeader) -> usize {
-    let line = req.method.as_str().len() + req.raw_path().len() + "  HTTP/1.1\r\n".len();
-    req.headers
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + ": \r\n".len())
-        .sum::<usize>()
-        + line
+fn head_size(req: &RequestHeader, facts: &identity::HeadFacts) -> usize {
+    req.method.as_str().len() + req.raw_path().len() + "  HTTP/1.1\r\n".len() + facts.headers_len
 }
 
 /// Reads the whole body of a gateway-own request within `within`, refusing more than `limit`
@@ -192,7 +195,7 @@ async fn write_reply(
 impl Gateway {
     /// CORS and request-id headers for a response to this request.
     fn response_extras(&self, ctx: &RequestCtx) -> Vec<(&'static str, String)> {
-        let mut headers = self.app.cors.simple_headers(ctx.origin.as_deref());
+        let mut headers = self.app.cors.simple_headers(ctx.origin_bytes());
         headers.push((identity::REQUEST_ID_NAME, request_id_text(ctx)));
         headers
     }
@@ -242,7 +245,13 @@ impl Gateway {
     /// each upstream attempt. Names therefore reach upstreams in lower case (as HAProxy
     /// sends them; HTTP names are case-insensitive). A request target that does not
     /// round-trip through the URI (absolute-form) is carried over verbatim.
-    fn prepare_upstream_head(&self, session: &mut Session, ctx: &RequestCtx) -> Result<()> {
+    fn prepare_upstream_head(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        host: Option<http::HeaderValue>,
+        cleanup: identity::Cleanup,
+    ) -> Result<()> {
         let (peer, peer_header) = match &ctx.connection {
             Some(conn) => (conn.client_ip, conn.client_ip_header.clone()),
             None => {
@@ -295,9 +304,7 @@ impl Gateway {
         .then(|| req.raw_path().to_vec());
         let placeholder = RequestHeader::from(http::Request::new(()).into_parts().0);
         let mut parts = http::request::Parts::from(std::mem::replace(req, placeholder));
-        let forwarded_host = forwarded
-            .host
-            .or_else(|| parts.headers.get(http::header::HOST).cloned());
+        let forwarded_host = forwarded.host.or(host);
         identity::prepare_upstream_headers(
             &mut parts.headers,
             identity::UpstreamIdentity {
@@ -310,6 +317,7 @@ impl Gateway {
                 forwarded_proto,
                 forwarded_host,
             },
+            cleanup,
         );
         *req = RequestHeader::from(parts);
         match verbatim_target {
@@ -322,19 +330,22 @@ impl Gateway {
     /// Bearer verification for a route. `Ok(None)`: anonymous (public routes only).
     async fn authenticate(
         &self,
-        session: &Session,
+        authorization: Option<&[u8]>,
         auth: RouteAuth,
     ) -> Result<Option<Arc<UserState>>, ApiError> {
-        let Some(token) = token::bearer_token(header(session, http::header::AUTHORIZATION)) else {
-            return match auth {
-                RouteAuth::Required => Err(ApiError::NotAuthenticated),
-                RouteAuth::Public => Ok(None),
-            };
+        let anonymous = match auth {
+            RouteAuth::Required => Err(ApiError::NotAuthenticated),
+            RouteAuth::Public => Ok(None),
+        };
+        let Some(token) = token::bearer_credentials(authorization) else {
+            return anonymous;
         };
         // One reading of the clock for the token's expiry and the cached user's age.
         let now = std::time::SystemTime::now();
         let verified = match self.app.verify_token(token, now) {
             Ok(v) => v,
+            // Bytes that are not text are no token at all (as for the own endpoints).
+            Err(token::TokenError::NotText) => return anonymous,
             Err(_) if auth == RouteAuth::Public => return Ok(None),
             Err(_) => return Err(ApiError::RejectedToken),
         };
@@ -366,6 +377,7 @@ impl ProxyHttp for Gateway {
             connection: None,
             request_id: http::HeaderValue::from_static(""),
             origin: None,
+            upgrade: false,
             endpoint: None,
             route: None,
             user: None,
@@ -379,39 +391,38 @@ impl ProxyHttp for Gateway {
         if self.app.keepalive_seconds == 0 {
             session.set_keepalive(None);
         }
-        ctx.request_id = match session.req_header().headers.get(identity::REQUEST_ID) {
+        let req = session.req_header();
+        let facts = identity::scan_head(&req.headers);
+        ctx.request_id = match facts.request_id {
             Some(id) if identity::valid_request_id(id.as_bytes()) => id.clone(),
             _ => self.app.request_ids.next_header(),
         };
-        ctx.origin = header(session, http::header::ORIGIN).map(<[u8]>::to_vec);
-        if head_size(session.req_header()) > self.app.max_header_bytes {
+        ctx.origin = facts.origin.cloned();
+        ctx.upgrade = facts.upgrade && req.version == http::Version::HTTP_11;
+        if head_size(req, &facts) > self.app.max_header_bytes {
             // Whatever body follows is not read: close after answering.
             session.set_keepalive(None);
             let extra = self.response_extras(ctx);
             write_reply(session, ApiError::HeadersTooLarge.into_reply(), extra).await?;
             return Ok(true);
         }
-        let method = session.req_header().method.clone();
+        let method = &req.method;
         if method == http::Method::OPTIONS
             && Cors::is_preflight(
-                &method,
-                ctx.origin.as_deref(),
+                method,
+                ctx.origin_bytes(),
                 header(session, http::header::ACCESS_CONTROL_REQUEST_METHOD),
             )
         {
             let reply = self.app.cors.preflight(
-                ctx.origin.as_deref().unwrap_or_default(),
+                ctx.origin_bytes().unwrap_or_default(),
                 header(session, http::header::ACCESS_CONTROL_REQUEST_HEADERS),
             );
             let extra = vec![(identity::REQUEST_ID_NAME, request_id_text(ctx))];
             write_reply(session, reply, extra).await?;
             return Ok(true);
         }
-        let reply = match self
-            .app
-            .router
-            .classify(&method, session.req_header().uri.path())
-        {
+        let reply = match self.app.router.classify(method, req.uri.path()) {
             Route::Own(endpoint) => {
                 ctx.endpoint = Some(endpoint);
                 self.answer_own(session, endpoint).await?
@@ -419,10 +430,12 @@ impl ProxyHttp for Gateway {
             Route::Proxy(index) => {
                 ctx.route = Some(index);
                 let auth = self.app.routes[index].auth;
-                match self.authenticate(session, auth).await {
+                let authorization = facts.authorization.map(http::HeaderValue::as_bytes);
+                match self.authenticate(authorization, auth).await {
                     Ok(user) => {
                         ctx.user = user;
-                        self.prepare_upstream_head(session, ctx)?;
+                        let (host, cleanup) = (facts.host.cloned(), facts.cleanup);
+                        self.prepare_upstream_head(session, ctx, host, cleanup)?;
                         return Ok(false);
                     }
                     Err(e) => e.into_reply(),
@@ -453,7 +466,7 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_peer(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let Some(route) = ctx.route.and_then(|i| self.app.routes.get(i)) else {
@@ -463,7 +476,7 @@ impl ProxyHttp for Gateway {
             return Err(Error::explain(HTTPStatus(502), "no healthy upstream"));
         };
         // A WebSocket may be quiet for long; its idle time is bounded by keep-alive pings.
-        if session.is_upgrade_req() {
+        if ctx.upgrade {
             peer.options.read_timeout = None;
         }
         Ok(Box::new(peer))
@@ -506,7 +519,7 @@ impl ProxyHttp for Gateway {
             http::response::Parts::from(std::mem::replace(upstream_response, placeholder));
         self.app
             .cors
-            .apply_to_proxied(&mut parts.headers, ctx.origin.as_deref());
+            .apply_to_proxied(&mut parts.headers, ctx.origin_bytes());
         parts
             .headers
             .insert(identity::REQUEST_ID, ctx.request_id.clone());

@@ -27,6 +27,9 @@ pub struct Verified {
 pub enum TokenError {
     #[error("token is longer than the limit")]
     TooLong,
+    /// Not even text: a client that sent such bytes sent no token.
+    #[error("token is not text")]
+    NotText,
     #[error("token is invalid: {0}")]
     Invalid(String),
     #[error("token signing failed: {0}")]
@@ -105,24 +108,31 @@ impl TokenKeys {
     }
 }
 
+/// `t` in whole seconds since the Unix epoch, as JWT times count.
+pub fn unix_seconds(t: SystemTime) -> i64 {
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(since) => i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
+        // Before 1970 (a clock gone very wrong): every token has expired.
+        Err(_) => i64::MIN,
+    }
+}
+
 /// The token in an `Authorization` header, as FastAPI's `OAuth2PasswordBearer` finds it: the
 /// scheme is compared case-insensitively and the token is everything after the first space.
 /// `None` means "Not authenticated" (no header, or another scheme).
-/// `t` in whole seconds since the Unix epoch, as JWT times count (what `Utc::now()` gives).
-pub fn unix_seconds(t: SystemTime) -> i64 {
-    chrono::DateTime::<chrono::Utc>::from(t).timestamp()
+pub fn bearer_token(authorization: Option<&[u8]>) -> Option<&str> {
+    bearer_credentials(authorization).and_then(|t| std::str::from_utf8(t).ok())
 }
 
-pub fn bearer_token(authorization: Option<&[u8]>) -> Option<&str> {
-    let value = std::str::from_utf8(authorization?).ok()?;
-    let (scheme, param) = match value.split_once(' ') {
-        Some((s, p)) => (s, p),
-        None => (value, ""),
+/// [`bearer_token`] as raw bytes, without checking that they are text: the proxy looks a token
+/// up among those already verified (all of them text) before anything else is done with it.
+pub fn bearer_credentials(authorization: Option<&[u8]>) -> Option<&[u8]> {
+    let value = authorization?;
+    let (scheme, param) = match value.iter().position(|b| *b == b' ') {
+        Some(space) => (&value[..space], &value[space + 1..]),
+        None => (value, &b""[..]),
     };
-    if value.is_empty() || !scheme.eq_ignore_ascii_case("bearer") {
-        return None;
-    }
-    Some(param)
+    scheme.eq_ignore_ascii_case(b"bearer").then_some(param)
 }
 
 #[cfg(test)]
@@ -190,6 +200,18 @@ mod tests {
     }
 
     #[test]
+    fn unix_seconds_count_as_jwt_times_do() {
+        let now = SystemTime::now();
+        assert_eq!(
+            unix_seconds(now),
+            chrono::DateTime::<chrono::Utc>::from(now).timestamp()
+        );
+        assert_eq!(unix_seconds(SystemTime::UNIX_EPOCH), 0);
+        let before = SystemTime::UNIX_EPOCH - std::time::Duration::from_millis(500);
+        assert_eq!(unix_seconds(before), i64::MIN);
+    }
+
+    #[test]
     fn strict_claims_and_algorithms() {
         let k = keys();
         let now = chrono::Utc::now().timestamp();
@@ -251,6 +273,10 @@ mod tests {
         assert_eq!(bearer_token(Some(b"Bearer")), Some(""));
         assert_eq!(bearer_token(Some(b"Bearer  abc")), Some(" abc"));
         assert_eq!(bearer_token(Some(b"Bearer \xff")), None);
+        assert_eq!(bearer_credentials(Some(b"Bearer \xff")), Some(&b"\xff"[..]));
+        assert_eq!(bearer_credentials(Some(b"BEARER a b")), Some(&b"a b"[..]));
+        assert_eq!(bearer_credentials(Some(b"\xff abc")), None);
+        assert_eq!(bearer_credentials(Some(b"Basic abc")), None);
     }
 
     #[test]

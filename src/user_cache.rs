@@ -54,10 +54,12 @@ impl UserState {
 
 /// The gateway's in-memory caches (verified tokens, user states): bounded to `capacity`
 /// entries (the least useful go first), keyed by text, hashed with a per-process seed.
-pub type BoundedCache<V> =
-    quick_cache::sync::Cache<String, V, quick_cache::UnitWeighter, foldhash::fast::RandomState>;
+pub type BoundedCache<K, V> =
+    quick_cache::sync::Cache<K, V, quick_cache::UnitWeighter, foldhash::fast::RandomState>;
 
-pub fn bounded_cache<V: Clone>(capacity: usize) -> BoundedCache<V> {
+pub fn bounded_cache<K: Eq + std::hash::Hash + Clone, V: Clone>(
+    capacity: usize,
+) -> BoundedCache<K, V> {
     quick_cache::sync::Cache::with(
         capacity,
         capacity as u64,
@@ -68,7 +70,7 @@ pub fn bounded_cache<V: Clone>(capacity: usize) -> BoundedCache<V> {
 }
 
 pub struct UserCache {
-    entries: BoundedCache<Entry>,
+    entries: BoundedCache<String, Entry>,
     ttl: Duration,
     listening: AtomicBool,
 }

@@ -75,6 +75,26 @@ proptest! {
     }
 
     #[test]
+    fn the_head_scan_flags_exactly_the_headers_that_must_go(
+        headers in proptest::collection::vec(("[A-Za-z0-9_.\\-]{1,20}", "[ -~]{0,20}"), 0..12)
+    ) {
+        let mut map = http::HeaderMap::new();
+        for (name, value) in &headers {
+            let (Ok(name), Ok(value)) = (
+                http::HeaderName::from_bytes(name.as_bytes()),
+                http::HeaderValue::from_str(value),
+            ) else {
+                continue;
+            };
+            map.append(name, value);
+        }
+        let must_go = map.keys().any(|n| {
+            identity::is_reserved(n.as_str()) || identity::normalize_name(n.as_str()) == "x-request-id"
+        });
+        prop_assert_eq!(identity::scan_head(&map).cleanup.reserved, must_go);
+    }
+
+    #[test]
     fn request_id_validation_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
         let _ = identity::valid_request_id(&bytes);
         let _ = identity::connection_without_reserved(&bytes);

@@ -475,3 +475,37 @@ async fn a_change_no_notification_announced_still_takes_effect_within_the_cache_
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn a_bearer_token_that_is_not_text_counts_as_no_token() {
+    let up = Upstream::start().await;
+    let app = gateway_with(&[up.addr()], "").await;
+    let (token, _) = app.registered("bytes@example.com", "BytesPassword1!").await;
+    // A valid token first, so that the bytes below are looked up among verified ones too.
+    let a = app
+        .client
+        .get(app.url("/api/x"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(a.status(), 200);
+    for path in ["/api/x", "/auth/users/me"] {
+        let mut request =
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ").into_bytes();
+        request.extend_from_slice(token.as_bytes());
+        request.extend_from_slice(b"\xff\r\nConnection: close\r\n\r\n");
+        let answer = raw(app.port, &request).await;
+        assert!(answer.starts_with("HTTP/1.1 401"), "{path}: {answer}");
+        assert!(
+            answer.ends_with(r#"{"detail":"Not authenticated"}"#),
+            "{path}: {answer}"
+        );
+    }
+    // On a public route it is forwarded, anonymous.
+    let request = b"GET /public/x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\r\nConnection: close\r\n\r\n";
+    let answer = raw(app.port, request).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(!answer.contains("x-user-id"), "{answer}");
+    assert_eq!(up.served().await, 2);
+}
