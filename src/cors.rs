@@ -106,12 +106,17 @@ impl Cors {
     /// `Access-Control-*` headers are replaced (the gateway owns the policy), and `Origin` is
     /// added to whatever `Vary` the upstream sent.
     pub fn apply_to_proxied(&self, headers: &mut HeaderMap, origin: Option<&[u8]>) {
-        // Usually empty: no allocation then.
-        let theirs: Vec<HeaderName> = headers
-            .keys()
-            .filter(|k| k.as_str().starts_with("access-control-"))
-            .cloned()
-            .collect();
+        // One pass over the names: the upstream's `Access-Control-*` (usually none, and then no
+        // allocation) and whether it sent a `Vary`.
+        let mut theirs: Vec<HeaderName> = Vec::new();
+        let mut vary = false;
+        for name in headers.keys() {
+            if *name == VARY {
+                vary = true;
+            } else if name.as_str().starts_with("access-control-") {
+                theirs.push(name.clone());
+            }
+        }
         for name in theirs {
             headers.remove(&name);
         }
@@ -125,15 +130,19 @@ impl Cors {
         if let Some(allowed) = rule.allow_origin {
             headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, allowed.value.clone());
         }
-        let vary = match headers.get(VARY) {
-            Some(theirs) if !theirs.is_empty() => {
+        if !vary {
+            headers.append(VARY, HeaderValue::from_static("Origin"));
+            return;
+        }
+        let merged = headers
+            .get(VARY)
+            .filter(|theirs| !theirs.is_empty())
+            .and_then(|theirs| {
                 let mut merged = theirs.as_bytes().to_vec();
                 merged.extend_from_slice(b", Origin");
                 HeaderValue::from_bytes(&merged).ok()
-            }
-            _ => None,
-        };
-        headers.insert(VARY, vary.unwrap_or(HeaderValue::from_static("Origin")));
+            });
+        headers.insert(VARY, merged.unwrap_or(HeaderValue::from_static("Origin")));
     }
 }
 
@@ -190,6 +199,12 @@ mod tests {
         assert!(headers.get(ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
         assert_eq!(headers[ACCESS_CONTROL_ALLOW_CREDENTIALS], "true");
         assert_eq!(headers[VARY], "Origin");
+
+        let mut headers = HeaderMap::new();
+        headers.insert(VARY, HeaderValue::from_static(""));
+        cors().apply_to_proxied(&mut headers, None);
+        assert_eq!(headers.get_all(VARY).iter().collect::<Vec<_>>(), ["Origin"]);
+        assert!(headers.get(ACCESS_CONTROL_ALLOW_CREDENTIALS).is_none());
     }
 
     #[test]
