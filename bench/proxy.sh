@@ -10,9 +10,11 @@
 #
 #   bench/proxy.sh [seconds-per-run] [threads]
 #
-# Each setup runs ROUNDS times (default 3), the rounds interleaved (a b c d e f, a b c ...), and
-# the table shows each setup's median round: this machine's speed drifts by 10% and more
-# within minutes, and back-to-back runs of one setup would carry that drift into the ratios.
+# Each setup runs ROUNDS times (default 3), the rounds interleaved (a b c d e f, f e d c b a,
+# a b c ...), and the table shows each setup's median round: this machine's speed drifts by 10%
+# and more within minutes, and back-to-back runs of one setup would carry that drift into the
+# ratios. (d) and (e) run next to each other in every round; the median of their per-round
+# ratios is printed too.
 #
 # With 2+ cores the proxies under test share the last THREADS cores and wrk and the upstream
 # the others (PIN=0 to let the scheduler mix them): on this 2-core box, unpinned runs measure
@@ -128,13 +130,20 @@ run() { # name url [header]
 }
 # Every setup gets the very same requests, bearer token included.
 AUTH="Authorization: Bearer $TOKEN"
+setups=("a-upstream $UP" "b-nginx $NG" "c-haproxy $HA" "d-pingora-bare $BARE" "e-gateway $GW"
+  "f-gateway-access-log $GWLOG")
 for round in $(seq 1 "$ROUNDS"); do
-  run a-upstream "http://127.0.0.1:$UP/bench/x" -H "$AUTH"
-  run b-nginx "http://127.0.0.1:$NG/bench/x" -H "$AUTH"
-  run c-haproxy "http://127.0.0.1:$HA/bench/x" -H "$AUTH"
-  run d-pingora-bare "http://127.0.0.1:$BARE/bench/x" -H "$AUTH"
-  run e-gateway "http://127.0.0.1:$GW/bench/x" -H "$AUTH"
-  run f-gateway-access-log "http://127.0.0.1:$GWLOG/bench/x" -H "$AUTH"
+  # Odd rounds a..f, even rounds f..a: a drift of the machine's speed within a round then
+  # favours no setup over the others.
+  order=("${setups[@]}")
+  if [ $((round % 2)) = 0 ]; then
+    order=()
+    for ((i = ${#setups[@]} - 1; i >= 0; i--)); do order+=("${setups[$i]}"); done
+  fi
+  for setup in "${order[@]}"; do
+    read -r name p <<<"$setup"
+    run "$name" "http://127.0.0.1:$p/bench/x" -H "$AUTH"
+  done
 done
 
 echo
@@ -160,7 +169,8 @@ for name, results in runs.items():
 e, d, b, c, a = data["e-gateway"], data["d-pingora-bare"], data["b-nginx"], data["c-haproxy"], data["a-upstream"]
 f = data["f-gateway-access-log"]
 print(f"(e)/(d) throughput {e[0]/d[0]:.2f}x   (e)/(b) {e[0]/b[0]:.2f}x   (e)/(c) {e[0]/c[0]:.2f}x   (f)/(d) {f[0]/d[0]:.2f}x")
+pairs = sorted(ge[0] / gd[0] for ge, gd in zip(runs["e-gateway"], runs["d-pingora-bare"]))
 ratios = " ".join(f"{ge[0]/gd[0]:.2f}" for ge, gd in zip(runs["e-gateway"], runs["d-pingora-bare"]))
-print(f"(e)/(d) round by round: {ratios}")
+print(f"(e)/(d) round by round: {ratios}   median of the rounds' ratios {pairs[len(pairs) // 2]:.2f}")
 print(f"p99 added by the gateway over the bare proxy: {e[2]-d[2]:+.2f} ms; over the upstream: {e[2]-a[2]:+.2f} ms")
 PY
