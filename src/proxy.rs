@@ -327,15 +327,11 @@ impl Gateway {
         }
     }
 
-    /// Bearer verification for a route. `Ok(None)`: anonymous (public routes only).
-    async fn authenticate(
-        &self,
-        authorization: Option<&[u8]>,
-        auth: RouteAuth,
-    ) -> Result<Option<Arc<UserState>>, ApiError> {
+    /// Bearer verification for a route, as far as memory answers (see [`Identity`]).
+    fn identify(&self, authorization: Option<&[u8]>, auth: RouteAuth) -> Identity {
         let anonymous = match auth {
-            RouteAuth::Required => Err(ApiError::NotAuthenticated),
-            RouteAuth::Public => Ok(None),
+            RouteAuth::Required => Identity::Refused(ApiError::NotAuthenticated),
+            RouteAuth::Public => Identity::Known(None),
         };
         let Some(token) = token::bearer_credentials(authorization) else {
             return anonymous;
@@ -346,20 +342,174 @@ impl Gateway {
             Ok(v) => v,
             // Bytes that are not text are no token at all (as for the own endpoints).
             Err(token::TokenError::NotText) => return anonymous,
-            Err(_) if auth == RouteAuth::Public => return Ok(None),
-            Err(_) => return Err(ApiError::RejectedToken),
+            Err(_) if auth == RouteAuth::Public => return Identity::Known(None),
+            Err(_) => return Identity::Refused(ApiError::RejectedToken),
         };
-        match self
-            .app
-            .users
-            .get(&self.app.pool, &verified.user_id, now)
-            .await?
-        {
-            Some(user) if user.active => Ok(Some(user)),
-            _ if auth == RouteAuth::Public => Ok(None),
-            _ => Err(ApiError::RejectedToken),
+        match self.app.users.cached(&verified.user_id, now) {
+            Some(state) => match admit(state, auth) {
+                Ok(user) => Identity::Known(user),
+                Err(e) => Identity::Refused(e),
+            },
+            None => Identity::Unknown { verified, now },
         }
     }
+
+    /// What `request_filter` can decide without waiting for anything: nearly every proxied
+    /// request ends here, so that its future (boxed by `async_trait` for every request) stays
+    /// small; everything that waits is in [`Gateway::finish_slowly`].
+    fn decide(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Decision> {
+        // Pingora keeps the connection if the client asked to, with no time limit of its own:
+        // the front closes one whose next head is not in within the keep-alive time.
+        if self.app.keepalive_seconds == 0 {
+            session.set_keepalive(None);
+        }
+        let req = session.req_header();
+        let facts = identity::scan_head(&req.headers);
+        ctx.request_id = match facts.request_id {
+            Some(id) if identity::valid_request_id(id.as_bytes()) => id.clone(),
+            _ => self.app.request_ids.next_header(),
+        };
+        ctx.origin = facts.origin.cloned();
+        ctx.upgrade = facts.upgrade && req.version == http::Version::HTTP_11;
+        if head_size(req, &facts) > self.app.max_header_bytes {
+            // Whatever body follows is not read: close after answering.
+            session.set_keepalive(None);
+            return Ok(Decision::Reply(ApiError::HeadersTooLarge.into_reply()));
+        }
+        let method = &req.method;
+        if method == http::Method::OPTIONS
+            && Cors::is_preflight(
+                method,
+                ctx.origin_bytes(),
+                header(session, http::header::ACCESS_CONTROL_REQUEST_METHOD),
+            )
+        {
+            let reply = self.app.cors.preflight(
+                ctx.origin_bytes().unwrap_or_default(),
+                header(session, http::header::ACCESS_CONTROL_REQUEST_HEADERS),
+            );
+            return Ok(Decision::Preflight(reply));
+        }
+        let index = match self.app.router.classify(method, req.uri.path()) {
+            Route::Proxy(index) => index,
+            Route::Own(endpoint) => {
+                ctx.endpoint = Some(endpoint);
+                return Ok(Decision::Own(endpoint));
+            }
+            Route::MethodNotAllowed(allow) => {
+                return Ok(Decision::Reply(
+                    ApiError::MethodNotAllowed { allow }.into_reply(),
+                ))
+            }
+            Route::BadPath => return Ok(Decision::Reply(ApiError::BadPath.into_reply())),
+            Route::NotFound => return Ok(Decision::Reply(ApiError::NotFound.into_reply())),
+        };
+        ctx.route = Some(index);
+        let auth = self.app.routes[index].auth;
+        let authorization = facts.authorization.map(http::HeaderValue::as_bytes);
+        let host = facts.host.cloned();
+        match self.identify(authorization, auth) {
+            Identity::Known(user) => {
+                ctx.user = user;
+                self.prepare_upstream_head(session, ctx, host, facts.cleanup)?;
+                Ok(Decision::Proxy)
+            }
+            Identity::Refused(e) => Ok(Decision::Reply(e.into_reply())),
+            Identity::Unknown { verified, now } => Ok(Decision::FetchUser {
+                verified,
+                now,
+                auth,
+                host,
+                cleanup: facts.cleanup,
+            }),
+        }
+    }
+
+    /// The rest of `request_filter` for requests that wait: on the database, a body, or the
+    /// client reading an answer. `Ok(true)`: answered.
+    async fn finish_slowly(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        decision: Decision,
+    ) -> Result<bool> {
+        let reply = match decision {
+            Decision::Proxy => return Ok(false),
+            Decision::Preflight(reply) => {
+                let extra = vec![(identity::REQUEST_ID_NAME, request_id_text(ctx))];
+                write_reply(session, reply, extra).await?;
+                return Ok(true);
+            }
+            Decision::Reply(reply) => reply,
+            Decision::Own(endpoint) => self.answer_own(session, endpoint).await?,
+            Decision::FetchUser {
+                verified,
+                now,
+                auth,
+                host,
+                cleanup,
+            } => {
+                let fetched = self
+                    .app
+                    .users
+                    .get(&self.app.pool, &verified.user_id, now)
+                    .await;
+                match fetched.and_then(|state| admit(state, auth)) {
+                    Ok(user) => {
+                        ctx.user = user;
+                        self.prepare_upstream_head(session, ctx, host, cleanup)?;
+                        return Ok(false);
+                    }
+                    Err(e) => e.into_reply(),
+                }
+            }
+        };
+        let extra = self.response_extras(ctx);
+        write_reply(session, reply, extra).await?;
+        Ok(true)
+    }
+}
+
+/// A route's verdict on a (verified) user: `Ok(None)` is anonymous, for public routes only.
+fn admit(
+    state: Option<Arc<UserState>>,
+    auth: RouteAuth,
+) -> Result<Option<Arc<UserState>>, ApiError> {
+    match state {
+        Some(user) if user.active => Ok(Some(user)),
+        _ if auth == RouteAuth::Public => Ok(None),
+        _ => Err(ApiError::RejectedToken),
+    }
+}
+
+/// Who is calling, as far as memory answers.
+enum Identity {
+    /// `None`: anonymous (public routes only).
+    Known(Option<Arc<UserState>>),
+    Refused(ApiError),
+    /// A valid token whose user is not in memory (or not fresh).
+    Unknown {
+        verified: Arc<token::Verified>,
+        now: std::time::SystemTime,
+    },
+}
+
+/// See [`Gateway::decide`].
+enum Decision {
+    /// The upstream head is ready.
+    Proxy,
+    /// Answer this (with CORS and request id).
+    Reply(Reply),
+    /// Answer this preflight (with the request id).
+    Preflight(Reply),
+    Own(Endpoint),
+    FetchUser {
+        verified: Arc<token::Verified>,
+        now: std::time::SystemTime,
+        auth: RouteAuth,
+        host: Option<http::HeaderValue>,
+        cleanup: identity::Cleanup,
+    },
 }
 
 #[async_trait]
@@ -386,68 +536,12 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        // Pingora keeps the connection if the client asked to, with no time limit of its own:
-        // the front closes one whose next head is not in within the keep-alive time.
-        if self.app.keepalive_seconds == 0 {
-            session.set_keepalive(None);
+        match self.decide(session, ctx)? {
+            Decision::Proxy => Ok(false),
+            // Boxed: the waiting paths' state (a database query, a body, a write) would
+            // otherwise make every request's future kilobytes large.
+            slow => Box::pin(self.finish_slowly(session, ctx, slow)).await,
         }
-        let req = session.req_header();
-        let facts = identity::scan_head(&req.headers);
-        ctx.request_id = match facts.request_id {
-            Some(id) if identity::valid_request_id(id.as_bytes()) => id.clone(),
-            _ => self.app.request_ids.next_header(),
-        };
-        ctx.origin = facts.origin.cloned();
-        ctx.upgrade = facts.upgrade && req.version == http::Version::HTTP_11;
-        if head_size(req, &facts) > self.app.max_header_bytes {
-            // Whatever body follows is not read: close after answering.
-            session.set_keepalive(None);
-            let extra = self.response_extras(ctx);
-            write_reply(session, ApiError::HeadersTooLarge.into_reply(), extra).await?;
-            return Ok(true);
-        }
-        let method = &req.method;
-        if method == http::Method::OPTIONS
-            && Cors::is_preflight(
-                method,
-                ctx.origin_bytes(),
-                header(session, http::header::ACCESS_CONTROL_REQUEST_METHOD),
-            )
-        {
-            let reply = self.app.cors.preflight(
-                ctx.origin_bytes().unwrap_or_default(),
-                header(session, http::header::ACCESS_CONTROL_REQUEST_HEADERS),
-            );
-            let extra = vec![(identity::REQUEST_ID_NAME, request_id_text(ctx))];
-            write_reply(session, reply, extra).await?;
-            return Ok(true);
-        }
-        let reply = match self.app.router.classify(method, req.uri.path()) {
-            Route::Own(endpoint) => {
-                ctx.endpoint = Some(endpoint);
-                self.answer_own(session, endpoint).await?
-            }
-            Route::Proxy(index) => {
-                ctx.route = Some(index);
-                let auth = self.app.routes[index].auth;
-                let authorization = facts.authorization.map(http::HeaderValue::as_bytes);
-                match self.authenticate(authorization, auth).await {
-                    Ok(user) => {
-                        ctx.user = user;
-                        let (host, cleanup) = (facts.host.cloned(), facts.cleanup);
-                        self.prepare_upstream_head(session, ctx, host, cleanup)?;
-                        return Ok(false);
-                    }
-                    Err(e) => e.into_reply(),
-                }
-            }
-            Route::MethodNotAllowed(allow) => ApiError::MethodNotAllowed { allow }.into_reply(),
-            Route::BadPath => ApiError::BadPath.into_reply(),
-            Route::NotFound => ApiError::NotFound.into_reply(),
-        };
-        let extra = self.response_extras(ctx);
-        write_reply(session, reply, extra).await?;
-        Ok(true)
     }
 
     /// Called right after each request head is parsed, with the connection the front handed

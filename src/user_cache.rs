@@ -111,6 +111,18 @@ impl UserCache {
         self.listening.load(Ordering::Acquire)
     }
 
+    /// The user's state if memory can answer for it: a fresh entry while change notifications
+    /// flow. `None`: ask [`UserCache::get`].
+    pub fn cached(&self, id: &str, now: SystemTime) -> Option<Option<Arc<UserState>>> {
+        if !self.is_listening() {
+            return None;
+        }
+        self.entries
+            .get(id)
+            .filter(|e| e.is_fresh(now, self.ttl))
+            .map(|e| e.state)
+    }
+
     /// The user's state: from memory while change notifications flow, else from PostgreSQL
     /// (falling back to what memory has if PostgreSQL cannot answer). `now` is the request's
     /// reading of the clock.
