@@ -12,6 +12,8 @@
 #   GATEWAY_BIN=path bench/proxy-instructions.sh  another build of the gateway (an older commit)
 #   ACCESS_LOG=true bench/proxy-instructions.sh    with the access log on (the product default;
 #                                                 the writer thread's work is counted too)
+#   BARE_MODE=tuned bench/proxy-instructions.sh    the bare proxy with the gateway's server
+#                                                 settings (see examples/bare_proxy.rs)
 #
 # Output: instructions per request for both, the difference, and the functions it goes to
 # (exclusive instructions per request, gateway minus bare).
@@ -76,7 +78,7 @@ cleanup_last() { # stop the most recently started service
 }
 
 BARE=$(port)
-measure bare "$BARE" target/release/examples/bare_proxy "127.0.0.1:$BARE" "127.0.0.1:$UP" 1
+measure bare "$BARE" target/release/examples/bare_proxy "127.0.0.1:$BARE" "127.0.0.1:$UP" 1 ${BARE_MODE:-}
 GW=$(port)
 cat >"$OUT/gateway.toml" <<CONF
 [server]

@@ -4,6 +4,9 @@
 #   (a) the upstream directly,
 #   (b) nginx and (c) HAProxy as plain reverse proxies, no auth,
 #   (d) a bare Pingora passthrough proxy (examples/bare_proxy.rs: the framework's ceiling),
+#   (d2) the same bare proxy with the gateway's own server settings (no work stealing, tokio
+#        timers, no downstream modules): what (e) is against it is the cost of the gateway's
+#        own work alone,
 #   (e) sentinel-gateway on a bearer-verified protected route,
 #   (f) the same with its access log on (the product default),
 # (b)-(f) on the same number of worker threads (THREADS, default 1).
@@ -13,8 +16,8 @@
 # Each setup runs ROUNDS times (default 3), the rounds interleaved (a b c d e f, f e d c b a,
 # a b c ...), and the table shows each setup's median round: this machine's speed drifts by 10%
 # and more within minutes, and back-to-back runs of one setup would carry that drift into the
-# ratios. (d) and (e) run next to each other in every round; the median of their per-round
-# ratios is printed too.
+# ratios. (d), (e) and (d2) run next to each other in every round; the medians of the per-round
+# ratios (e)/(d) and (e)/(d2) are printed too.
 #
 # With 2+ cores the proxies under test share the last THREADS cores and wrk and the upstream
 # the others (PIN=0 to let the scheduler mix them): on this 2-core box, unpinned runs measure
@@ -35,7 +38,7 @@ install_missing nginx haproxy wrk
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 
-UP=$(port); NG=$(port); HA=$(port); BARE=$(port); GW=$(port); GWLOG=$(port)
+UP=$(port); NG=$(port); HA=$(port); BARE=$(port); BARET=$(port); GW=$(port); GWLOG=$(port)
 
 CORES=$(nproc)
 PIN=${PIN:-1}
@@ -107,10 +110,11 @@ service "${on_load[@]}" "$NGINX" -c "$PWD/$OUT/upstream.conf"
 service "${on_proxy[@]}" "$NGINX" -c "$PWD/$OUT/nginx.conf"
 service "${on_proxy[@]}" "$HAPROXY" -db -f "$OUT/haproxy.cfg"
 service "${on_proxy[@]}" target/release/examples/bare_proxy "127.0.0.1:$BARE" "127.0.0.1:$UP" "$THREADS"
+service "${on_proxy[@]}" target/release/examples/bare_proxy "127.0.0.1:$BARET" "127.0.0.1:$UP" "$THREADS" tuned
 service "${on_proxy[@]}" target/release/sentinel-gateway --config "$OUT/gateway.toml"
 service "${on_proxy[@]}" target/release/sentinel-gateway --config "$OUT/gateway-log.toml"
 
-for p in $UP $NG $HA $BARE $GW $GWLOG; do
+for p in $UP $NG $HA $BARE $BARET $GW $GWLOG; do
   for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$p/" && break; sleep 0.1; done
 done
 TOKEN=$(curl -sf -X POST "http://127.0.0.1:$GW/auth/register" -H 'content-type: application/json' \
@@ -131,7 +135,7 @@ run() { # name url [header]
 # Every setup gets the very same requests, bearer token included.
 AUTH="Authorization: Bearer $TOKEN"
 setups=("a-upstream $UP" "b-nginx $NG" "c-haproxy $HA" "d-pingora-bare $BARE" "e-gateway $GW"
-  "f-gateway-access-log $GWLOG")
+  "d2-pingora-bare-tuned $BARET" "f-gateway-access-log $GWLOG")
 for round in $(seq 1 "$ROUNDS"); do
   # Odd rounds a..f, even rounds f..a: a drift of the machine's speed within a round then
   # favours no setup over the others.
@@ -167,10 +171,14 @@ for name, results in runs.items():
     each = " ".join(f"{r[0]:.0f}" for r in results)
     print(f"{name:24} {median[0]:10.0f} {median[4]:>9} {median[5]:>9} {errors:>7}   {each}")
 e, d, b, c, a = data["e-gateway"], data["d-pingora-bare"], data["b-nginx"], data["c-haproxy"], data["a-upstream"]
-f = data["f-gateway-access-log"]
+f, d2 = data["f-gateway-access-log"], data["d2-pingora-bare-tuned"]
 print(f"(e)/(d) throughput {e[0]/d[0]:.2f}x   (e)/(b) {e[0]/b[0]:.2f}x   (e)/(c) {e[0]/c[0]:.2f}x   (f)/(d) {f[0]/d[0]:.2f}x")
+print(f"(e)/(d2) throughput {e[0]/d2[0]:.2f}x (against a bare proxy with the gateway's server settings)   (d2)/(d) {d2[0]/d[0]:.2f}x")
 pairs = sorted(ge[0] / gd[0] for ge, gd in zip(runs["e-gateway"], runs["d-pingora-bare"]))
 ratios = " ".join(f"{ge[0]/gd[0]:.2f}" for ge, gd in zip(runs["e-gateway"], runs["d-pingora-bare"]))
 print(f"(e)/(d) round by round: {ratios}   median of the rounds' ratios {pairs[len(pairs) // 2]:.2f}")
+pairs2 = sorted(ge[0] / gd[0] for ge, gd in zip(runs["e-gateway"], runs["d2-pingora-bare-tuned"]))
+ratios2 = " ".join(f"{ge[0]/gd[0]:.2f}" for ge, gd in zip(runs["e-gateway"], runs["d2-pingora-bare-tuned"]))
+print(f"(e)/(d2) round by round: {ratios2}   median of the rounds' ratios {pairs2[len(pairs2) // 2]:.2f}")
 print(f"p99 added by the gateway over the bare proxy: {e[2]-d[2]:+.2f} ms; over the upstream: {e[2]-a[2]:+.2f} ms")
 PY

@@ -1,11 +1,17 @@
 //! The framework's own ceiling: a Pingora passthrough proxy with no logic at all, for
 //! `bench/proxy.sh` to compare the gateway against.
 //!
-//! `cargo run --release --example bare_proxy -- LISTEN UPSTREAM THREADS`
+//! `cargo run --release --example bare_proxy -- LISTEN UPSTREAM [THREADS] [tuned]`
+//!
+//! With `tuned`, it runs with the server settings the gateway itself uses instead of pingora's
+//! defaults: no work stealing (a single-threaded scheduler per thread), tokio's timers for
+//! every timeout, and no downstream modules. The gateway compared with this shows what its own
+//! work costs; compared with the default, what it costs plus what those settings gain.
 
 use std::net::SocketAddr;
 
 use async_trait::async_trait;
+use pingora::modules::http::HttpModules;
 use pingora::prelude::*;
 use pingora::proxy::{http_proxy_service, ProxyHttp, Session};
 use pingora::server::configuration::ServerConf;
@@ -14,15 +20,27 @@ use pingora::server::configuration::ServerConf;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-struct Bare(SocketAddr);
+struct Bare {
+    upstream: SocketAddr,
+    tuned: bool,
+}
 
 #[async_trait]
 impl ProxyHttp for Bare {
     type CTX = ();
     fn new_ctx(&self) {}
 
+    fn init_downstream_modules(&self, modules: &mut HttpModules) {
+        if !self.tuned {
+            // Pingora's default: its response compression module, at level 0.
+            modules.add_module(
+                pingora::modules::http::compression::ResponseCompressionBuilder::enable(0),
+            );
+        }
+    }
+
     async fn upstream_peer(&self, _: &mut Session, _: &mut ()) -> Result<Box<HttpPeer>> {
-        Ok(Box::new(HttpPeer::new(self.0, false, String::new())))
+        Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
     }
 }
 
@@ -30,12 +48,14 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (Some(listen), Some(upstream)) = (args.get(1), args.get(2).and_then(|u| u.parse().ok()))
     else {
-        eprintln!("usage: bare_proxy LISTEN UPSTREAM [THREADS]");
+        eprintln!("usage: bare_proxy LISTEN UPSTREAM [THREADS] [tuned]");
         std::process::exit(2);
     };
     let threads = args.get(3).and_then(|t| t.parse().ok()).unwrap_or(1);
+    let tuned = args.get(4).is_some_and(|a| a == "tuned");
     let dir = std::env::temp_dir();
     let pid = std::process::id();
+    let defaults = ServerConf::default();
     let conf = ServerConf {
         threads,
         pid_file: dir
@@ -48,11 +68,17 @@ fn main() {
             .to_string(),
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(1),
-        ..ServerConf::default()
+        work_stealing: !tuned && defaults.work_stealing,
+        fast_timeout_to_tokio_threshold_seconds: if tuned {
+            Some(0)
+        } else {
+            defaults.fast_timeout_to_tokio_threshold_seconds
+        },
+        ..defaults
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut service = http_proxy_service(&server.configuration, Bare(upstream));
+    let mut service = http_proxy_service(&server.configuration, Bare { upstream, tuned });
     service.add_tcp(listen);
     server.add_service(service);
     server.run_forever();

@@ -116,6 +116,11 @@ pub struct ServerConfig {
     pub listen: String,
     /// Worker threads of the proxy service.
     pub threads: usize,
+    /// Whether a busy thread's connections may move to an idle one (tokio's work-stealing
+    /// scheduler). Off by default: each connection stays on the thread that took it (a
+    /// single-threaded scheduler per thread, as nginx and HAProxy run their workers), which
+    /// costs less per request; turn it on for a few long-lived, very busy connections.
+    pub work_stealing: bool,
     /// `development` allows weak secrets and cheap hashing parameters; nothing else does.
     pub environment: Environment,
     /// Largest request body accepted by the gateway's own endpoints (413 beyond).
@@ -238,6 +243,7 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: "0.0.0.0:8000".into(),
             threads: 2,
+            work_stealing: false,
             environment: Environment::Production,
             max_body_bytes: 64 * 1024,
             keepalive_seconds: 60,

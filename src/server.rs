@@ -77,6 +77,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let runtime_dir = RuntimeDir::create(config.server.runtime_dir.clone())?;
     let server_conf = ServerConf {
         threads: config.server.threads,
+        work_stealing: config.server.work_stealing,
         pid_file: runtime_dir.path.join("pingora.pid").display().to_string(),
         upgrade_sock: runtime_dir.path.join("upgrade.sock").display().to_string(),
         grace_period_seconds: Some(config.server.shutdown_grace_seconds),

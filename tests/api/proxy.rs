@@ -509,3 +509,31 @@ async fn a_bearer_token_that_is_not_text_counts_as_no_token() {
     assert!(!answer.contains("x-user-id"), "{answer}");
     assert_eq!(up.served().await, 2);
 }
+
+#[tokio::test]
+async fn the_work_stealing_scheduler_serves_as_well() {
+    let up = Upstream::start().await;
+    let mut routes = route("/api/", &[up.addr()], "required", "");
+    routes.push_str(&route("/public/", &[up.addr()], "public", ""));
+    let app = TestApp::spawn_with(Spawn {
+        server_extra: "work_stealing = true\n".into(),
+        config_extra: routes,
+        ..Spawn::default()
+    })
+    .await;
+    let (token, id) = app.registered("steal@example.com", "StealPassword1!").await;
+    let me = app.me(&token).await;
+    assert_eq!(me.status(), 200);
+    for _ in 0..20 {
+        let e = echo(
+            app.client
+                .get(app.url("/api/x"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(e.one("x-user-id").as_deref(), Some(id.as_str()));
+    }
+}
