@@ -35,9 +35,31 @@ pub struct Members {
 
 struct Member {
     backend: Backend,
-    /// The peer every request to this member starts from (timeouts included).
-    peer: HttpPeer,
+    addr: std::net::SocketAddr,
+    timeouts: Timeouts,
     healthy: AtomicBool,
+}
+
+/// A route's timeouts, as every peer of the route gets them.
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
+    connect: Duration,
+    read: Duration,
+}
+
+impl Member {
+    /// A peer to connect to, made afresh (cheaper than copying a kept one: most of
+    /// `HttpPeer`'s fields are options the gateway leaves at their defaults).
+    fn peer(&self) -> HttpPeer {
+        let mut peer = HttpPeer::new(self.addr, false, String::new());
+        peer.options.connection_timeout = Some(self.timeouts.connect);
+        peer.options.total_connection_timeout = Some(self.timeouts.connect);
+        peer.options.read_timeout = Some(self.timeouts.read);
+        peer.options.write_timeout = Some(self.timeouts.read);
+        // No idle timeout on pooled upstream connections: pingora's pool is bounded and
+        // notices an upstream closing an idle one; a timeout would cost a timer per request.
+        peer
+    }
 }
 
 impl Members {
@@ -52,11 +74,14 @@ impl Members {
     /// The next healthy member after the last one chosen, as a peer to connect to.
     pub fn select(&self) -> Option<HttpPeer> {
         let n = self.members.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..n)
-            .map(|i| &self.members[(start + i) % n])
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n.max(1);
+        // From `start` round to the one before it.
+        let (earlier, from_start) = self.members.split_at(start);
+        from_start
+            .iter()
+            .chain(earlier)
             .find(|m| m.healthy.load(Ordering::Relaxed))
-            .map(|m| m.peer.clone())
+            .map(Member::peer)
     }
 
     fn set_health(&self, target: &Backend, healthy: bool) {
@@ -103,16 +128,16 @@ pub fn build(
         .map(|addr| {
             let backend = Backend::new(addr)
                 .map_err(|e| anyhow::anyhow!("routes: {:?}: {addr}: {e}", route.prefix))?;
-            let mut peer = HttpPeer::new(&backend, false, String::new());
-            peer.options.connection_timeout = Some(connect_timeout);
-            peer.options.total_connection_timeout = Some(connect_timeout);
-            peer.options.read_timeout = Some(read_timeout);
-            peer.options.write_timeout = Some(read_timeout);
-            // No idle timeout on pooled upstream connections: pingora's pool is bounded and
-            // notices an upstream closing an idle one; a timeout would cost a timer per request.
+            let inet = *backend.addr.as_inet().ok_or_else(|| {
+                anyhow::anyhow!("routes: {:?}: {addr}: not host:port", route.prefix)
+            })?;
             Ok(Member {
                 backend,
-                peer,
+                addr: inet,
+                timeouts: Timeouts {
+                    connect: connect_timeout,
+                    read: read_timeout,
+                },
                 healthy: AtomicBool::new(true),
             })
         })
