@@ -23,7 +23,7 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -104,27 +104,22 @@ struct Slots {
 }
 
 impl Deadlines {
-    /// The process's sweeper (started on first use).
-    pub fn global() -> &'static Deadlines {
-        static GLOBAL: OnceLock<&'static Deadlines> = OnceLock::new();
-        GLOBAL.get_or_init(|| {
-            let deadlines: &'static Deadlines = Box::leak(Box::new(Deadlines {
-                epoch: Instant::now(),
-                now_ms: AtomicU64::new(0),
-                connections: Mutex::new(Slots::default()),
-            }));
-            let started = std::thread::Builder::new()
-                .name("head-deadlines".into())
-                .spawn(move || loop {
-                    std::thread::sleep(TICK);
-                    deadlines.sweep();
-                });
-            if let Err(e) = started {
-                // Without the sweeper heads have only pingora's per-read timeouts.
-                tracing::error!(error = %e, "cannot start the request head deadline thread");
-            }
-            deadlines
-        })
+    /// Starts the sweeper thread, which lives as long as the process. Without it idle and
+    /// slow connections would never be closed (pingora's keep-alive timer is off), so failing
+    /// to start it is a start-up error.
+    pub fn start() -> std::io::Result<&'static Deadlines> {
+        let deadlines: &'static Deadlines = Box::leak(Box::new(Deadlines {
+            epoch: Instant::now(),
+            now_ms: AtomicU64::new(0),
+            connections: Mutex::new(Slots::default()),
+        }));
+        std::thread::Builder::new()
+            .name("head-deadlines".into())
+            .spawn(move || loop {
+                std::thread::sleep(TICK);
+                deadlines.sweep();
+            })?;
+        Ok(deadlines)
     }
 
     fn now_ms(&self) -> u64 {
@@ -209,14 +204,21 @@ impl<F: Future<Output = Option<T>>, T> Future for UntilCutOff<'_, F> {
 /// Pingora's HTTP proxy behind a per-request head deadline.
 pub struct Front {
     proxy: Arc<HttpProxy<Gateway>>,
+    deadlines: &'static Deadlines,
     header_timeout: Duration,
     keepalive: Duration,
 }
 
 impl Front {
-    pub fn new(proxy: HttpProxy<Gateway>, header_timeout: Duration, keepalive: Duration) -> Front {
+    pub fn new(
+        proxy: HttpProxy<Gateway>,
+        deadlines: &'static Deadlines,
+        header_timeout: Duration,
+        keepalive: Duration,
+    ) -> Front {
         Front {
             proxy: Arc::new(proxy),
+            deadlines,
             header_timeout,
             keepalive,
         }
@@ -245,7 +247,7 @@ impl ServerApp for Front {
             expired: AtomicBool::new(false),
             waker,
         });
-        let deadlines = Deadlines::global();
+        let deadlines = self.deadlines;
         let _registration = deadlines.register(Arc::clone(&conn));
 
         let mut session = ServerSession::new_http1(stream);

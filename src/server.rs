@@ -15,7 +15,7 @@ use pingora::services::listening::Service;
 use crate::app::App;
 use crate::config::Config;
 use crate::db;
-use crate::front::Front;
+use crate::front::{Deadlines, Front};
 use crate::proxy::Gateway;
 use crate::rate_limit::{LimiterJanitor, Limiters};
 use crate::upstreams;
@@ -92,8 +92,10 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     };
     let mut server = Server::new_with_opt_and_conf(None, server_conf);
     server.bootstrap();
+    let deadlines = Deadlines::start().context("cannot start the request head deadline thread")?;
     let front = Front::new(
         http_proxy(&server.configuration, Gateway::new(app)),
+        deadlines,
         Duration::from_millis(config.server.header_timeout_ms),
         Duration::from_secs(config.server.keepalive_seconds),
     );
