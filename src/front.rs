@@ -34,6 +34,7 @@ use pingora::protocols::Stream;
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 
+use crate::access_log;
 use crate::identity;
 use crate::proxy::Gateway;
 
@@ -50,6 +51,8 @@ pub struct Connection {
     pub client_ip: Option<IpAddr>,
     /// `client_ip` as a header value (`X-Forwarded-For`), made once per connection.
     pub client_ip_header: http::HeaderValue,
+    /// The client's address and port as the access log writes it (empty if unknown).
+    pub client_text: String,
     /// Milliseconds on [`Deadlines::now_ms`]'s clock after which the connection closes if the
     /// current head is not in; [`HEAD_IN`] once it is.
     deadline_ms: AtomicU64,
@@ -234,15 +237,17 @@ impl ServerApp for Front {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let client_ip = stream
+        let client = stream
             .get_socket_digest()
-            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
+        let client_ip = client.map(|a| a.ip());
         let waker = std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
         let conn = Arc::new(Connection {
             client_ip,
             client_ip_header: client_ip.map_or(http::HeaderValue::from_static(""), |ip| {
                 identity::shared_ip_header(ip)
             }),
+            client_text: client.map(access_log::client_text).unwrap_or_default(),
             deadline_ms: AtomicU64::new(HEAD_IN),
             expired: AtomicBool::new(false),
             waker,
@@ -286,6 +291,7 @@ mod tests {
         Connection {
             client_ip: None,
             client_ip_header: http::HeaderValue::from_static(""),
+            client_text: String::new(),
             deadline_ms: AtomicU64::new(HEAD_IN),
             expired: AtomicBool::new(false),
             waker: Waker::noop().clone(),

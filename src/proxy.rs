@@ -671,6 +671,19 @@ impl ProxyHttp for Gateway {
         if !tracing::enabled!(target: "access", tracing::Level::INFO) {
             return;
         }
+        // Made once per connection by the front; otherwise here.
+        let rendered;
+        let client = match &ctx.connection {
+            Some(conn) => conn.client_text.as_str(),
+            None => {
+                rendered = session
+                    .client_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(|a| access_log::client_text(*a))
+                    .unwrap_or_default();
+                rendered.as_str()
+            }
+        };
         let req = session.req_header();
         let entry = access_log::Entry {
             method: req.method.as_str(),
@@ -681,7 +694,7 @@ impl ProxyHttp for Gateway {
                 .map(|r| r.status.as_u16())
                 .unwrap_or(0),
             duration_us: ctx.started.map_or(0, |s| s.elapsed().as_micros() as u64),
-            client: session.client_addr().and_then(|a| a.as_inet()).copied(),
+            client,
             request_id: ctx.request_id.to_str().unwrap_or_default(),
             endpoint: ctx.endpoint.map(Endpoint::name),
             route: ctx
@@ -705,7 +718,7 @@ impl ProxyHttp for Gateway {
             path = entry.path,
             status = entry.status,
             duration_us = entry.duration_us,
-            client = entry.client.map(|a| a.to_string()).unwrap_or_default(),
+            client = entry.client,
             request_id = entry.request_id,
             endpoint = entry.endpoint,
             route = entry.route,

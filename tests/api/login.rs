@@ -223,6 +223,11 @@ async fn the_access_log_records_requests_without_secrets() {
     assert_eq!(entry["status"], 200);
     assert_eq!(entry["endpoint"], "users_me");
     assert!(entry["duration_us"].is_u64(), "{line}");
+    // The client's address and port (made once per connection).
+    let client = entry["client"].as_str().unwrap_or_default();
+    let (ip, port) = client.rsplit_once(':').unwrap_or_default();
+    assert_eq!(ip, "127.0.0.1", "{line}");
+    assert!(port.parse::<u16>().is_ok_and(|p| p > 0), "{line}");
     // Three requests before this one: register, login, me.
     assert!(
         logs.lines()
