@@ -1,10 +1,12 @@
 //! The pingora glue: each `ProxyHttp` hook is a few lines that hand over to the pure modules.
 //!
 //! - `request_filter`: request id, preflights, the gateway's own endpoints (answered here, by
-//!   [`write_reply`], which adds CORS and `X-Request-Id`), and for routes: removal of every
-//!   client-sent identity header, then bearer verification on protected routes.
+//!   [`write_reply`], which adds CORS and `X-Request-Id`), and for routes: bearer
+//!   verification, then the upstream head: every client-sent identity header removed, the
+//!   identity and forwarding headers only the gateway sets added. A proxied request whose user
+//!   is in memory is decided without waiting ([`Gateway::decide`]).
+//! - `on_connection_reuse`: the connection from the front (head deadline, client address).
 //! - `upstream_peer`: a healthy upstream of the route, with the route's timeouts.
-//! - `upstream_request_filter`: the identity and forwarding headers only the gateway sets.
 //! - `response_filter`: CORS and `X-Request-Id` on upstream responses.
 //! - `fail_to_proxy`: 502/504 as FastAPI-shaped JSON.
 
