@@ -20,6 +20,23 @@ async fn spawn(routes: &str) -> TestApp {
     .await
 }
 
+/// A gateway with these `[server]` keys (and no routes).
+async fn spawn_server(server_extra: &str) -> TestApp {
+    TestApp::spawn_with(Spawn {
+        server_extra: server_extra.to_string(),
+        ..Spawn::default()
+    })
+    .await
+}
+
+/// Asserts that `took` lies in `from_ms..to_ms`.
+fn assert_took(took: Duration, from_ms: u64, to_ms: u64) {
+    assert!(
+        took >= Duration::from_millis(from_ms) && took < Duration::from_millis(to_ms),
+        "closed after {took:?}"
+    );
+}
+
 /// Reads until the peer closes the connection; returns what arrived and when it closed, or
 /// `None` if it was still open after `limit`.
 async fn until_closed(s: &mut TcpStream, limit: Duration) -> Option<(String, Instant)> {
@@ -69,22 +86,14 @@ async fn a_request_head_trickled_slowly_is_cut_off_at_the_deadline() {
     let closed = trickle_until_closed(&mut s)
         .await
         .expect("a trickled head was still accepted after 8 s");
-    let took = closed - opened;
-    assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_millis(3000),
-        "closed after {took:?}"
-    );
+    assert_took(closed - opened, 900, 3000);
     assert_eq!(app.status("/health").await, 200);
 }
 
 #[tokio::test]
 async fn a_silent_connection_is_closed_after_the_head_deadline() {
     // A long keep-alive, so that only the head deadline can close it.
-    let app = TestApp::spawn_with(Spawn {
-        server_extra: "header_timeout_ms = 1000\nkeepalive_seconds = 30\n".into(),
-        ..Spawn::default()
-    })
-    .await;
+    let app = spawn_server("header_timeout_ms = 1000\nkeepalive_seconds = 30\n").await;
     let mut s = TcpStream::connect(("127.0.0.1", app.port)).await.unwrap();
     let opened = Instant::now();
     let (answer, closed) = until_closed(&mut s, Duration::from_secs(5))
@@ -111,11 +120,7 @@ async fn one_health_check(s: &mut TcpStream) -> Instant {
 #[tokio::test]
 async fn a_kept_alive_connection_must_complete_its_next_head_within_the_keepalive_time() {
     // Keep-alive 1 s, a longer head time for new connections: the keep-alive time rules.
-    let app = TestApp::spawn_with(Spawn {
-        server_extra: "header_timeout_ms = 5000\nkeepalive_seconds = 1\n".into(),
-        ..Spawn::default()
-    })
-    .await;
+    let app = spawn_server("header_timeout_ms = 5000\nkeepalive_seconds = 1\n").await;
     let mut s = TcpStream::connect(("127.0.0.1", app.port)).await.unwrap();
     let answered = one_health_check(&mut s).await;
     // The next head starts at once but never finishes.
@@ -123,40 +128,24 @@ async fn a_kept_alive_connection_must_complete_its_next_head_within_the_keepaliv
     let closed = trickle_until_closed(&mut s)
         .await
         .expect("a trickled second head was still accepted after 8 s");
-    let took = closed - answered;
-    assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
-        "closed after {took:?}"
-    );
+    assert_took(closed - answered, 900, 2500);
 }
 
 #[tokio::test]
 async fn an_idle_kept_alive_connection_is_closed_after_the_keepalive_time() {
-    let app = TestApp::spawn_with(Spawn {
-        server_extra: "header_timeout_ms = 5000\nkeepalive_seconds = 1\n".into(),
-        ..Spawn::default()
-    })
-    .await;
+    let app = spawn_server("header_timeout_ms = 5000\nkeepalive_seconds = 1\n").await;
     let mut s = TcpStream::connect(("127.0.0.1", app.port)).await.unwrap();
     let answered = one_health_check(&mut s).await;
     let (rest, closed) = until_closed(&mut s, Duration::from_secs(4))
         .await
         .expect("an idle kept-alive connection was still open after 4 s");
     assert_eq!(rest, "");
-    let took = closed - answered;
-    assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_millis(2000),
-        "closed after {took:?}"
-    );
+    assert_took(closed - answered, 900, 2000);
 }
 
 #[tokio::test]
 async fn keepalive_seconds_zero_closes_every_connection_after_its_answer() {
-    let app = TestApp::spawn_with(Spawn {
-        server_extra: "keepalive_seconds = 0\n".into(),
-        ..Spawn::default()
-    })
-    .await;
+    let app = spawn_server("keepalive_seconds = 0\n").await;
     let mut s = TcpStream::connect(("127.0.0.1", app.port)).await.unwrap();
     s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
