@@ -359,7 +359,7 @@ impl Gateway {
     /// What `request_filter` can decide without waiting for anything: nearly every proxied
     /// request ends here, so that its future (boxed by `async_trait` for every request) stays
     /// small; everything that waits is in [`Gateway::finish_slowly`].
-    fn decide(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Decision> {
+    fn decide(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Option<Pending>> {
         // Pingora keeps the connection if the client asked to, with no time limit of its own:
         // the front closes one whose next head is not in within the keep-alive time.
         if self.app.keepalive_seconds == 0 {
@@ -376,7 +376,7 @@ impl Gateway {
         if head_size(req, &facts) > self.app.max_header_bytes {
             // Whatever body follows is not read: close after answering.
             session.set_keepalive(None);
-            return Ok(Decision::Reply(ApiError::HeadersTooLarge.into_reply()));
+            return Ok(Some(Pending::Reply(ApiError::HeadersTooLarge.into_reply())));
         }
         let method = &req.method;
         if method == http::Method::OPTIONS
@@ -390,21 +390,21 @@ impl Gateway {
                 ctx.origin_bytes().unwrap_or_default(),
                 header(session, http::header::ACCESS_CONTROL_REQUEST_HEADERS),
             );
-            return Ok(Decision::Preflight(reply));
+            return Ok(Some(Pending::Preflight(reply)));
         }
         let index = match self.app.router.classify(method, req.uri.path()) {
             Route::Proxy(index) => index,
             Route::Own(endpoint) => {
                 ctx.endpoint = Some(endpoint);
-                return Ok(Decision::Own(endpoint));
+                return Ok(Some(Pending::Own(endpoint)));
             }
             Route::MethodNotAllowed(allow) => {
-                return Ok(Decision::Reply(
+                return Ok(Some(Pending::Reply(
                     ApiError::MethodNotAllowed { allow }.into_reply(),
-                ))
+                )))
             }
-            Route::BadPath => return Ok(Decision::Reply(ApiError::BadPath.into_reply())),
-            Route::NotFound => return Ok(Decision::Reply(ApiError::NotFound.into_reply())),
+            Route::BadPath => return Ok(Some(Pending::Reply(ApiError::BadPath.into_reply()))),
+            Route::NotFound => return Ok(Some(Pending::Reply(ApiError::NotFound.into_reply()))),
         };
         ctx.route = Some(index);
         let auth = self.app.routes[index].auth;
@@ -414,16 +414,16 @@ impl Gateway {
             Identity::Known(user) => {
                 ctx.user = user;
                 self.prepare_upstream_head(session, ctx, host, facts.cleanup)?;
-                Ok(Decision::Proxy)
+                Ok(None)
             }
-            Identity::Refused(e) => Ok(Decision::Reply(e.into_reply())),
-            Identity::Unknown { verified, now } => Ok(Decision::FetchUser {
+            Identity::Refused(e) => Ok(Some(Pending::Reply(e.into_reply()))),
+            Identity::Unknown { verified, now } => Ok(Some(Pending::FetchUser {
                 verified,
                 now,
                 auth,
                 host,
                 cleanup: facts.cleanup,
-            }),
+            })),
         }
     }
 
@@ -433,18 +433,17 @@ impl Gateway {
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
-        decision: Decision,
+        pending: Pending,
     ) -> Result<bool> {
-        let reply = match decision {
-            Decision::Proxy => return Ok(false),
-            Decision::Preflight(reply) => {
+        let reply = match pending {
+            Pending::Preflight(reply) => {
                 let extra = vec![(identity::REQUEST_ID_NAME, request_id_text(ctx))];
                 write_reply(session, reply, extra).await?;
                 return Ok(true);
             }
-            Decision::Reply(reply) => reply,
-            Decision::Own(endpoint) => self.answer_own(session, endpoint).await?,
-            Decision::FetchUser {
+            Pending::Reply(reply) => reply,
+            Pending::Own(endpoint) => self.answer_own(session, endpoint).await?,
+            Pending::FetchUser {
                 verified,
                 now,
                 auth,
@@ -496,10 +495,8 @@ enum Identity {
     },
 }
 
-/// See [`Gateway::decide`].
-enum Decision {
-    /// The upstream head is ready.
-    Proxy,
+/// What is left of `request_filter` when [`Gateway::decide`] could not finish it.
+enum Pending {
     /// Answer this (with CORS and request id).
     Reply(Reply),
     /// Answer this preflight (with the request id).
@@ -539,10 +536,11 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         match self.decide(session, ctx)? {
-            Decision::Proxy => Ok(false),
+            // The upstream head is ready.
+            None => Ok(false),
             // Boxed: the waiting paths' state (a database query, a body, a write) would
             // otherwise make every request's future kilobytes large.
-            slow => Box::pin(self.finish_slowly(session, ctx, slow)).await,
+            Some(pending) => Box::pin(self.finish_slowly(session, ctx, pending)).await,
         }
     }
 

@@ -75,7 +75,7 @@ impl TokenKeys {
     }
 
     pub fn issue(&self, user_id: &str) -> Result<String, TokenError> {
-        self.issue_at(user_id, chrono::Utc::now().timestamp())
+        self.issue_at(user_id, unix_seconds(SystemTime::now()))
     }
 
     pub fn verify(&self, token: &str) -> Result<Verified, TokenError> {
