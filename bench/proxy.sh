@@ -7,13 +7,17 @@
 #   (d2) the same bare proxy with the gateway's own server settings (no work stealing, tokio
 #        timers, no downstream modules): what (e) is against it is the cost of the gateway's
 #        own work alone,
+#   (d3) a passthrough written on pingora-core's HTTP/1 sessions without pingora-proxy
+#        (examples/core_proxy.rs), with pingora's connection pool, and (d4) with a plain
+#        per-thread list of idle upstream connections instead: the ceiling of a gateway that
+#        replaced pingora-proxy's request path, and what pingora-core's codec alone costs,
 #   (e) sentinel-gateway on a bearer-verified protected route,
 #   (f) the same with its access log on (the product default),
 # (b)-(f) on the same number of worker threads (THREADS, default 1).
 #
 #   bench/proxy.sh [seconds-per-run] [threads]
 #
-# Each setup runs ROUNDS times (default 3), the rounds interleaved (a b c d e f, f e d c b a,
+# Each setup runs ROUNDS times (default 3), the rounds interleaved (a b c d e ... f, f ... e d c b a,
 # a b c ...), and the table shows each setup's median round: this machine's speed drifts by 10%
 # and more within minutes, and back-to-back runs of one setup would carry that drift into the
 # ratios. (d), (e) and (d2) run next to each other in every round; the medians of the per-round
@@ -38,7 +42,8 @@ install_missing nginx haproxy wrk
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 
-UP=$(port); NG=$(port); HA=$(port); BARE=$(port); BARET=$(port); GW=$(port); GWLOG=$(port)
+UP=$(port); NG=$(port); HA=$(port); BARE=$(port); BARET=$(port); COREPOOL=$(port); CORESTASH=$(port)
+GW=$(port); GWLOG=$(port)
 
 CORES=$(nproc)
 PIN=${PIN:-1}
@@ -105,16 +110,18 @@ CONF
 gateway_conf "$GW" false >"$OUT/gateway.toml"
 gateway_conf "$GWLOG" true >"$OUT/gateway-log.toml"
 
-cargo build --release --quiet --bins --example bare_proxy
+cargo build --release --quiet --bins --example bare_proxy --example core_proxy
 service "${on_load[@]}" "$NGINX" -c "$PWD/$OUT/upstream.conf"
 service "${on_proxy[@]}" "$NGINX" -c "$PWD/$OUT/nginx.conf"
 service "${on_proxy[@]}" "$HAPROXY" -db -f "$OUT/haproxy.cfg"
 service "${on_proxy[@]}" target/release/examples/bare_proxy "127.0.0.1:$BARE" "127.0.0.1:$UP" "$THREADS"
 service "${on_proxy[@]}" target/release/examples/bare_proxy "127.0.0.1:$BARET" "127.0.0.1:$UP" "$THREADS" tuned
+service "${on_proxy[@]}" target/release/examples/core_proxy "127.0.0.1:$COREPOOL" "127.0.0.1:$UP" "$THREADS" pool
+service "${on_proxy[@]}" target/release/examples/core_proxy "127.0.0.1:$CORESTASH" "127.0.0.1:$UP" "$THREADS" stash
 service "${on_proxy[@]}" target/release/sentinel-gateway --config "$OUT/gateway.toml"
 service "${on_proxy[@]}" target/release/sentinel-gateway --config "$OUT/gateway-log.toml"
 
-for p in $UP $NG $HA $BARE $BARET $GW $GWLOG; do
+for p in $UP $NG $HA $BARE $BARET $COREPOOL $CORESTASH $GW $GWLOG; do
   for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$p/" && break; sleep 0.1; done
 done
 TOKEN=$(curl -sf -X POST "http://127.0.0.1:$GW/auth/register" -H 'content-type: application/json' \
@@ -135,7 +142,8 @@ run() { # name url [header]
 # Every setup gets the very same requests, bearer token included.
 AUTH="Authorization: Bearer $TOKEN"
 setups=("a-upstream $UP" "b-nginx $NG" "c-haproxy $HA" "d-pingora-bare $BARE" "e-gateway $GW"
-  "d2-pingora-bare-tuned $BARET" "f-gateway-access-log $GWLOG")
+  "d2-pingora-bare-tuned $BARET" "d3-pingora-core $COREPOOL" "d4-pingora-core-stash $CORESTASH"
+  "f-gateway-access-log $GWLOG")
 for round in $(seq 1 "$ROUNDS"); do
   # Odd rounds a..f, even rounds f..a: a drift of the machine's speed within a round then
   # favours no setup over the others.
@@ -180,5 +188,7 @@ print(f"(e)/(d) round by round: {ratios}   median of the rounds' ratios {pairs[l
 pairs2 = sorted(ge[0] / gd[0] for ge, gd in zip(runs["e-gateway"], runs["d2-pingora-bare-tuned"]))
 ratios2 = " ".join(f"{ge[0]/gd[0]:.2f}" for ge, gd in zip(runs["e-gateway"], runs["d2-pingora-bare-tuned"]))
 print(f"(e)/(d2) round by round: {ratios2}   median of the rounds' ratios {pairs2[len(pairs2) // 2]:.2f}")
+d3, d4 = data["d3-pingora-core"], data["d4-pingora-core-stash"]
+print(f"below pingora-proxy: (d3)/(b) {d3[0]/b[0]:.2f}x  (d4)/(b) {d4[0]/b[0]:.2f}x  (d3)/(d2) {d3[0]/d2[0]:.2f}x  (d4)/(d3) {d4[0]/d3[0]:.2f}x")
 print(f"p99 added by the gateway over the bare proxy: {e[2]-d[2]:+.2f} ms; over the upstream: {e[2]-a[2]:+.2f} ms")
 PY
