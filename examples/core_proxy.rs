@@ -11,12 +11,14 @@
 //!
 //! `pool` (the default) keeps idle upstream connections in pingora's connection pool, which
 //! spawns a watcher task for every connection it takes back; `stash` in a plain per-thread
-//! list instead, which never notices an upstream closing an idle connection (so it is only fit
-//! for a benchmark whose upstream keeps them open), to show what the pool itself costs.
+//! list instead, to show what the pool itself costs. The list never notices an upstream
+//! closing an idle connection: it only reuses connections idle for under `STASH_IDLE`, far
+//! below the benchmark upstream's keep-alive time (nginx: 75 s), and is fit for nothing else.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
@@ -33,9 +35,13 @@ use pingora::services::listening::Service;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// How long an idle connection may wait in the stash and still be reused.
+const STASH_IDLE: Duration = Duration::from_secs(2);
+
 thread_local! {
-    /// Idle upstream connections of this worker thread, in `stash` mode.
-    static STASH: RefCell<Vec<Stream>> = const { RefCell::new(Vec::new()) };
+    /// Idle upstream connections of this worker thread, in `stash` mode, the most recently
+    /// used last, each with the time it went idle.
+    static STASH: RefCell<Vec<(Stream, Instant)>> = const { RefCell::new(Vec::new()) };
 }
 
 struct CoreProxy {
@@ -47,7 +53,16 @@ struct CoreProxy {
 impl CoreProxy {
     async fn upstream(&self) -> Option<HttpSession> {
         if self.stash {
-            if let Some(stream) = STASH.with(|idle| idle.borrow_mut().pop()) {
+            let fresh = STASH.with(|idle| {
+                let mut idle = idle.borrow_mut();
+                let (stream, since) = idle.pop()?;
+                if since.elapsed() < STASH_IDLE {
+                    return Some(stream);
+                }
+                idle.clear(); // everything below it waited even longer
+                None
+            });
+            if let Some(stream) = fresh {
                 return Some(HttpSession::new_with_options(stream, &self.peer));
             }
         }
@@ -64,7 +79,7 @@ impl CoreProxy {
         }
         upstream.respect_keepalive();
         if let Some(stream) = upstream.reuse().await {
-            STASH.with(|idle| idle.borrow_mut().push(stream));
+            STASH.with(|idle| idle.borrow_mut().push((stream, Instant::now())));
         }
     }
 
