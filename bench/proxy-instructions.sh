@@ -14,6 +14,10 @@
 #                                                 the writer thread's work is counted too)
 #   BARE_MODE=tuned bench/proxy-instructions.sh    the bare proxy with the gateway's server
 #                                                 settings (see examples/bare_proxy.rs)
+#   PEERS=true bench/proxy-instructions.sh         also count nginx as a reverse proxy and the
+#                                                 passthrough on pingora-core without
+#                                                 pingora-proxy (examples/core_proxy.rs, with
+#                                                 pingora's pool and with a plain idle list)
 #
 # Output: instructions per request for both, the difference, and the functions it goes to
 # (exclusive instructions per request, gateway minus bare).
@@ -28,7 +32,7 @@ source bench/lib.sh
 scripts/ensure-deps.sh
 install_missing nginx wrk valgrind
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-cargo build --release --quiet --bins --example bare_proxy
+cargo build --release --quiet --bins --example bare_proxy --example core_proxy
 
 UP=$(port)
 upstream_conf "$OUT/upstream.conf" "$UP"
@@ -97,10 +101,27 @@ upstreams = ["127.0.0.1:$UP"]
 auth = "required"
 CONF
 measure gateway "$GW" "${GATEWAY_BIN:-target/release/sentinel-gateway}" --config "$OUT/gateway.toml"
+if [ "${PEERS:-false}" = true ]; then
+  NG=$(port)
+  # One process (no master) so that callgrind follows the worker that does the work.
+  cat >"$OUT/nginx.conf" <<CONF
+master_process off; worker_processes 1; daemon off; pid $PWD/$OUT/nginx.pid; error_log stderr;
+events { worker_connections 4096; }
+http { access_log off;
+  upstream up { server 127.0.0.1:$UP; keepalive 128; }
+  server { listen 127.0.0.1:$NG;
+    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+CONF
+  measure nginx "$NG" "$NGINX" -c "$PWD/$OUT/nginx.conf"
+  CORE=$(port)
+  measure core-pool "$CORE" target/release/examples/core_proxy "127.0.0.1:$CORE" "127.0.0.1:$UP" 1 pool
+  CORE=$(port)
+  measure core-stash "$CORE" target/release/examples/core_proxy "127.0.0.1:$CORE" "127.0.0.1:$UP" 1 stash
+fi
 
-python3 - "$OUT" <<'PY'
+python3 - "$OUT" "${PEERS:-false}" <<'PY'
 import glob, re, subprocess, sys
-out = sys.argv[1]
+out, peers = sys.argv[1], sys.argv[2] == "true"
 def profile(name):
     reqs = int(open(f"{out}/{name}.requests").read())
     total, funcs = 0, {}
@@ -123,6 +144,10 @@ gr, g, funcs = profile("gateway")
 print(f"bare pingora:  {b:10.0f} instructions/request ({br} requests)")
 print(f"gateway:       {g:10.0f} instructions/request ({gr} requests)")
 print(f"gateway adds:  {g - b:10.0f} ({g / b:.2f}x the bare proxy, user space only)")
+if peers:
+    for name, label in [("nginx", "nginx"), ("core-pool", "pingora-core, pool"), ("core-stash", "pingora-core, idle list")]:
+        r, n, _ = profile(name)
+        print(f"{label + ':':22} {n:10.0f} instructions/request ({r} requests; {n / b:.2f}x the bare proxy)")
 print("\nwhere the difference goes: exclusive instructions per request, gateway minus bare (top 25)")
 print(f"{'extra':>9} {'gateway':>9} {'bare':>9}")
 diff = {fn: n - bare_funcs.get(fn, 0) for fn, n in funcs.items()}
