@@ -20,7 +20,7 @@
 //! after parsing each head: an `Arc<`[`Connection`]`>`.
 
 use std::future::Future;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -44,15 +44,35 @@ pub const TICK: Duration = Duration::from_millis(50);
 /// The deadline of a connection whose current request head has arrived.
 const HEAD_IN: u64 = u64::MAX;
 
+/// The client end of a connection (the socket peer), in the forms the proxy hooks use.
+#[derive(Debug)]
+pub struct Client {
+    pub ip: Option<IpAddr>,
+    /// `ip` as a header value (`X-Forwarded-For`; empty if unknown).
+    pub ip_header: http::HeaderValue,
+    /// The address and port as the access log writes it (empty if unknown).
+    pub text: String,
+}
+
+impl Client {
+    pub fn of(addr: Option<SocketAddr>) -> Client {
+        let ip = addr.map(|a| a.ip());
+        Client {
+            ip,
+            ip_header: ip.map_or(
+                http::HeaderValue::from_static(""),
+                identity::shared_ip_header,
+            ),
+            text: addr.map(access_log::client_text).unwrap_or_default(),
+        }
+    }
+}
+
 /// One client connection, as the proxy hooks see it.
 #[derive(Debug)]
 pub struct Connection {
-    /// The client's address (the socket peer).
-    pub client_ip: Option<IpAddr>,
-    /// `client_ip` as a header value (`X-Forwarded-For`), made once per connection.
-    pub client_ip_header: http::HeaderValue,
-    /// The client's address and port as the access log writes it (empty if unknown).
-    pub client_text: String,
+    /// Made once per connection, for every request on it.
+    pub client: Client,
     /// Milliseconds on [`Deadlines::now_ms`]'s clock after which the connection closes if the
     /// current head is not in; [`HEAD_IN`] once it is.
     deadline_ms: AtomicU64,
@@ -240,14 +260,9 @@ impl ServerApp for Front {
         let client = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
-        let client_ip = client.map(|a| a.ip());
         let waker = std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
         let conn = Arc::new(Connection {
-            client_ip,
-            client_ip_header: client_ip.map_or(http::HeaderValue::from_static(""), |ip| {
-                identity::shared_ip_header(ip)
-            }),
-            client_text: client.map(access_log::client_text).unwrap_or_default(),
+            client: Client::of(client),
             deadline_ms: AtomicU64::new(HEAD_IN),
             expired: AtomicBool::new(false),
             waker,
@@ -289,9 +304,7 @@ mod tests {
 
     fn connection() -> Connection {
         Connection {
-            client_ip: None,
-            client_ip_header: http::HeaderValue::from_static(""),
-            client_text: String::new(),
+            client: Client::of(None),
             deadline_ms: AtomicU64::new(HEAD_IN),
             expired: AtomicBool::new(false),
             waker: Waker::noop().clone(),

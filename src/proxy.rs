@@ -25,7 +25,7 @@ use crate::api::{ApiError, Reply};
 use crate::app::{App, OwnRequest};
 use crate::config::RouteAuth;
 use crate::cors::Cors;
-use crate::front::Connection;
+use crate::front::{Client, Connection};
 use crate::identity;
 use crate::routes::{Endpoint, Route};
 use crate::telemetry;
@@ -84,6 +84,21 @@ fn request_id_text(ctx: &RequestCtx) -> String {
 
 fn header(session: &Session, name: impl http::header::AsHeaderName) -> Option<&[u8]> {
     session.req_header().headers.get(name).map(|v| v.as_bytes())
+}
+
+/// The request's client as the front described it once for the connection, or (should a
+/// request arrive without the front's description) as described here into `fallback`.
+fn client<'a>(
+    session: &Session,
+    ctx: &'a RequestCtx,
+    fallback: &'a mut Option<Client>,
+) -> &'a Client {
+    match &ctx.connection {
+        Some(conn) => &conn.client,
+        None => fallback.insert(Client::of(
+            session.client_addr().and_then(|a| a.as_inet()).copied(),
+        )),
+    }
 }
 
 fn client_ip(session: &Session) -> Option<IpAddr> {
@@ -254,16 +269,9 @@ impl Gateway {
         host: Option<http::HeaderValue>,
         cleanup: identity::Cleanup,
     ) -> Result<()> {
-        let (peer, peer_header) = match &ctx.connection {
-            Some(conn) => (conn.client_ip, conn.client_ip_header.clone()),
-            None => {
-                let peer = client_ip(session);
-                let header = peer.map_or(http::HeaderValue::from_static(""), |ip| {
-                    identity::shared_ip_header(ip)
-                });
-                (peer, header)
-            }
-        };
+        let mut fallback = None;
+        let client = client(session, ctx, &mut fallback);
+        let (peer, peer_header) = (client.ip, client.ip_header.clone());
         let forwarded = if peer.is_some_and(|ip| self.app.trusted_proxies.contains(ip)) {
             // Text only (values with other bytes are ignored, as if absent).
             let value = |name: http::HeaderName| {
@@ -671,19 +679,8 @@ impl ProxyHttp for Gateway {
         if !tracing::enabled!(target: "access", tracing::Level::INFO) {
             return;
         }
-        // Made once per connection by the front; otherwise here.
-        let rendered;
-        let client = match &ctx.connection {
-            Some(conn) => conn.client_text.as_str(),
-            None => {
-                rendered = session
-                    .client_addr()
-                    .and_then(|a| a.as_inet())
-                    .map(|a| access_log::client_text(*a))
-                    .unwrap_or_default();
-                rendered.as_str()
-            }
-        };
+        let mut fallback = None;
+        let client = client(session, ctx, &mut fallback).text.as_str();
         let req = session.req_header();
         let entry = access_log::Entry {
             method: req.method.as_str(),
