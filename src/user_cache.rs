@@ -117,6 +117,11 @@ impl UserCache {
         if !self.is_listening() {
             return None;
         }
+        self.fresh(id, now)
+    }
+
+    /// The entry for `id`, if it is younger than the TTL.
+    fn fresh(&self, id: &str, now: SystemTime) -> Option<Option<Arc<UserState>>> {
         self.entries
             .get(id)
             .filter(|e| e.is_fresh(now, self.ttl))
@@ -132,11 +137,7 @@ impl UserCache {
         id: &str,
         now: SystemTime,
     ) -> Result<Option<Arc<UserState>>, ApiError> {
-        let cached = self
-            .entries
-            .get(id)
-            .filter(|e| e.is_fresh(now, self.ttl))
-            .map(|e| e.state);
+        let cached = self.fresh(id, now);
         if let Some(hit) = &cached {
             if self.is_listening() {
                 return Ok(hit.clone());
