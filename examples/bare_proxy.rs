@@ -14,7 +14,8 @@ use async_trait::async_trait;
 use pingora::modules::http::HttpModules;
 use pingora::prelude::*;
 use pingora::proxy::{http_proxy_service, ProxyHttp, Session};
-use pingora::server::configuration::ServerConf;
+
+mod common;
 
 /// The same allocator as the gateway, so that the comparison measures the gateway's own work.
 #[global_allocator]
@@ -53,31 +54,7 @@ fn main() {
     };
     let threads = args.get(3).and_then(|t| t.parse().ok()).unwrap_or(1);
     let tuned = args.get(4).is_some_and(|a| a == "tuned");
-    let dir = std::env::temp_dir();
-    let pid = std::process::id();
-    let defaults = ServerConf::default();
-    let conf = ServerConf {
-        threads,
-        pid_file: dir
-            .join(format!("bare-proxy-{pid}.pid"))
-            .display()
-            .to_string(),
-        upgrade_sock: dir
-            .join(format!("bare-proxy-{pid}.sock"))
-            .display()
-            .to_string(),
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(1),
-        work_stealing: !tuned && defaults.work_stealing,
-        fast_timeout_to_tokio_threshold_seconds: if tuned {
-            Some(0)
-        } else {
-            defaults.fast_timeout_to_tokio_threshold_seconds
-        },
-        ..defaults
-    };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
-    server.bootstrap();
+    let mut server = common::server("bare-proxy", threads, tuned);
     let mut service = http_proxy_service(&server.configuration, Bare { upstream, tuned });
     service.add_tcp(listen);
     server.add_service(service);

@@ -27,9 +27,10 @@ use pingora::prelude::*;
 use pingora::protocols::http::v1::client::HttpSession;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
-use pingora::server::configuration::ServerConf;
 use pingora::server::ShutdownWatch;
 use pingora::services::listening::Service;
+
+mod common;
 
 /// The same allocator as the gateway and the bare proxy.
 #[global_allocator]
@@ -147,27 +148,8 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let dir = std::env::temp_dir();
-    let pid = std::process::id();
     // The gateway's own server settings, as `bare_proxy ... tuned` uses them.
-    let conf = ServerConf {
-        threads,
-        pid_file: dir
-            .join(format!("core-proxy-{pid}.pid"))
-            .display()
-            .to_string(),
-        upgrade_sock: dir
-            .join(format!("core-proxy-{pid}.sock"))
-            .display()
-            .to_string(),
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(1),
-        work_stealing: false,
-        fast_timeout_to_tokio_threshold_seconds: Some(0),
-        ..ServerConf::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
-    server.bootstrap();
+    let mut server = common::server("core-proxy", threads, true);
     let app = CoreProxy {
         peer: HttpPeer::new(upstream, false, String::new()),
         connector: Connector::new(None),
