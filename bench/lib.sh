@@ -40,3 +40,17 @@ http { access_log off;
   server { listen 127.0.0.1:$2; location / { default_type text/plain; return 200 "ok\n"; } } }
 CONF
 }
+
+# nginx_proxy_conf FILE PORT UPSTREAM_PORT WORKERS [DIRECTIVES] — nginx as a plain reverse proxy
+# on 127.0.0.1:PORT, keeping upstream connections alive; DIRECTIVES go first (`master_process
+# off;`, say).
+nginx_proxy_conf() {
+  cat >"$1" <<CONF
+${5:-}worker_processes $4; daemon off; pid $PWD/$1.pid; error_log stderr;
+events { worker_connections 4096; }
+http { access_log off;
+  upstream up { server 127.0.0.1:$3; keepalive 128; }
+  server { listen 127.0.0.1:$2;
+    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+CONF
+}

@@ -104,14 +104,7 @@ measure gateway "$GW" "${GATEWAY_BIN:-target/release/sentinel-gateway}" --config
 if [ "${PEERS:-false}" = true ]; then
   NG=$(port)
   # One process (no master) so that callgrind follows the worker that does the work.
-  cat >"$OUT/nginx.conf" <<CONF
-master_process off; worker_processes 1; daemon off; pid $PWD/$OUT/nginx.pid; error_log stderr;
-events { worker_connections 4096; }
-http { access_log off;
-  upstream up { server 127.0.0.1:$UP; keepalive 128; }
-  server { listen 127.0.0.1:$NG;
-    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
-CONF
+  nginx_proxy_conf "$OUT/nginx.conf" "$NG" "$UP" 1 "master_process off; "
   measure nginx "$NG" "$NGINX" -c "$PWD/$OUT/nginx.conf"
   CORE=$(port)
   measure core-pool "$CORE" target/release/examples/core_proxy "127.0.0.1:$CORE" "127.0.0.1:$UP" 1 pool

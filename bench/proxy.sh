@@ -62,14 +62,7 @@ started=0
 service() { started=$((started + 1)); start "$OUT/service-$started.log" "$@"; }
 
 upstream_conf "$OUT/upstream.conf" "$UP"
-cat >"$OUT/nginx.conf" <<CONF
-worker_processes $THREADS; daemon off; pid $PWD/$OUT/nginx.pid; error_log stderr;
-events { worker_connections 4096; }
-http { access_log off;
-  upstream up { server 127.0.0.1:$UP; keepalive 128; }
-  server { listen 127.0.0.1:$NG;
-    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
-CONF
+nginx_proxy_conf "$OUT/nginx.conf" "$NG" "$UP" "$THREADS"
 cat >"$OUT/haproxy.cfg" <<CONF
 global
   nbthread $THREADS
