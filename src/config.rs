@@ -563,9 +563,11 @@ impl Config {
             {
                 return invalid(format!("routes: prefix {:?} appears twice", route.prefix));
             }
-            if !route.prefix.starts_with('/') {
+            if !crate::routes::is_plain_prefix(&route.prefix) {
                 return invalid(format!(
-                    "routes: prefix must start with '/', got {:?}",
+                    "routes: a prefix starts with '/' and has no percent-escapes, '?', '#', \
+                     backslashes, repeated slashes or dot segments (requests are matched \
+                     decoded), got {:?}",
                     route.prefix
                 ));
             }

@@ -59,6 +59,9 @@ pub struct RequestCtx {
     upgrade: bool,
     endpoint: Option<Endpoint>,
     route: Option<usize>,
+    /// The path the upstream gets, when it is not the request's own spelling
+    /// (see [`crate::routes::read_path`]).
+    forward_path: Option<String>,
     user: Option<Arc<UserState>>,
     connect_retries: usize,
 }
@@ -309,9 +312,16 @@ impl Gateway {
 
         // From here on nothing fails until the edited head is back in place.
         let req = session.req_header_mut();
-        let verbatim_target = (Some(req.raw_path())
-            != req.uri.path_and_query().map(|p| p.as_str().as_bytes()))
-        .then(|| req.raw_path().to_vec());
+        let verbatim_target = match &ctx.forward_path {
+            // Another spelling of the path, in origin-form, the query as sent.
+            Some(path) => Some(match req.uri.query() {
+                Some(query) => format!("{path}?{query}").into_bytes(),
+                None => path.as_bytes().to_vec(),
+            }),
+            None => (Some(req.raw_path())
+                != req.uri.path_and_query().map(|p| p.as_str().as_bytes()))
+            .then(|| req.raw_path().to_vec()),
+        };
         let placeholder = RequestHeader::from(http::Request::new(()).into_parts().0);
         let mut parts = http::request::Parts::from(std::mem::replace(req, placeholder));
         let forwarded_host = forwarded.host.or(host);
@@ -331,7 +341,8 @@ impl Gateway {
         );
         *req = RequestHeader::from(parts);
         match verbatim_target {
-            // Parsed from this very request a moment ago, so it parses again.
+            // Parsed from this very request a moment ago (or made from its path by decoding
+            // escapes of unreserved characters), so it parses again.
             Some(target) => req.set_raw_path(&target),
             None => Ok(()),
         }
@@ -400,7 +411,9 @@ impl Gateway {
             );
             return Ok(Some(Pending::Preflight(reply)));
         }
-        let index = match self.app.router.classify(method, req.uri.path()) {
+        let routed = self.app.router.classify(method, req.uri.path());
+        ctx.forward_path = routed.forward_path;
+        let index = match routed.route {
             Route::Proxy(index) => index,
             Route::Own(endpoint) => {
                 ctx.endpoint = Some(endpoint);
@@ -537,6 +550,7 @@ impl ProxyHttp for Gateway {
             upgrade: false,
             endpoint: None,
             route: None,
+            forward_path: None,
             user: None,
             connect_retries: 0,
         }

@@ -1,5 +1,17 @@
 //! Where a request goes: one of the gateway's own endpoints, or a configured route (longest
 //! prefix wins), or nowhere. Pure: method and path in, decision out.
+//!
+//! Routes are matched on the path as an upstream could read it at most: every percent-escape
+//! decoded (`%2F` too) and runs of slashes merged. Upstreams decode paths before routing
+//! (Starlette, Express, nginx's `location`), and some merge slashes, so matching the raw bytes
+//! would let `/%61pi/admin`, `/api%2Fadmin` or `//api/admin` reach an upstream's `/api/admin`
+//! through a public route. What goes upstream is the path as sent with escapes of unreserved
+//! characters decoded (RFC 3986 §6.2.2.2), so a decoding upstream and one that routes on raw
+//! bytes both see the route the gateway matched. Spellings no client needs are refused:
+//! dot segments and backslashes (plain or escaped), malformed escapes, `%00`, and
+//! double-encoding (`%25` followed by two hex digits).
+
+use std::borrow::Cow;
 
 use http::Method;
 
@@ -43,8 +55,8 @@ pub enum Route {
     MethodNotAllowed(&'static str),
     /// The index of a configured route.
     Proxy(usize),
-    /// A path with `.`/`..` segments (plain or percent-encoded) or backslashes: refused before
-    /// it can match one prefix here and mean another path upstream.
+    /// A path that [`read_path`] refuses (dot segments, backslashes, malformed or NUL
+    /// escapes, double-encoding).
     BadPath,
     NotFound,
 }
@@ -67,76 +79,165 @@ impl Router {
         Router { prefixes }
     }
 
-    /// The gateway's own endpoints first, then the routes.
-    pub fn classify(&self, method: &Method, path: &str) -> Route {
-        match classify(method, path) {
-            Route::NotFound => {}
-            own => return own,
-        }
-        if !is_canonical(path) {
-            return Route::BadPath;
-        }
-        self.prefixes
-            .iter()
-            .find(|(prefix, _, _)| path.starts_with(prefix.as_str()))
-            .map_or(Route::NotFound, |(_, i, _)| Route::Proxy(*i))
-    }
-}
-
-/// No dot segments and no backslashes, also when percent-encoded. Allocation-free: it runs on
-/// every proxied request.
-pub fn is_canonical(path: &str) -> bool {
-    let b = path.as_bytes();
-    // Decoded view: `%2e` is a dot, `%2f` a slash, `%5c` (like `\`) refuses outright.
-    let mut segment_dots = 0usize; // dots seen in the current segment, -1 when anything else
-    let mut only_dots = true;
-    let mut i = 0;
-    let end_segment = |dots: usize, only: bool| only && (dots == 1 || dots == 2);
-    while i <= b.len() {
-        let (unit, step) = match b.get(i) {
-            None => (b'/', 1),
-            Some(b'%') if i + 3 <= b.len() => {
-                match (b[i + 1].to_ascii_lowercase(), b[i + 2].to_ascii_lowercase()) {
-                    (b'2', b'e') => (b'.', 3),
-                    (b'2', b'f') => (b'/', 3),
-                    (b'5', b'c') => return false,
-                    _ => (b'%', 1),
-                }
-            }
-            Some(b'\\') => return false,
-            Some(c) => (*c, 1),
+    /// The gateway's own endpoints first, then the routes, both on the path as
+    /// [`read_path`] reads it.
+    pub fn classify(&self, method: &Method, raw_path: &str) -> Routed {
+        let Some(path) = read_path(raw_path) else {
+            return Routed::to(Route::BadPath);
         };
-        match unit {
-            b'/' => {
-                if end_segment(segment_dots, only_dots) {
-                    return false;
-                }
-                segment_dots = 0;
-                only_dots = true;
-            }
-            b'.' => segment_dots += 1,
-            _ => only_dots = false,
+        match classify(method, &path.matched) {
+            Route::NotFound => {}
+            own => return Routed::to(own),
         }
-        i += step;
+        let route = self
+            .prefixes
+            .iter()
+            .find(|(prefix, _, _)| path.matched.starts_with(prefix.as_bytes()))
+            .map_or(Route::NotFound, |(_, i, _)| Route::Proxy(*i));
+        Routed {
+            route,
+            forward_path: match (route, path.forward) {
+                (Route::Proxy(_), Cow::Owned(forward)) => Some(forward),
+                _ => None,
+            },
+        }
     }
-    true
 }
 
-pub fn classify(method: &Method, path: &str) -> Route {
+/// Where a request goes, and the path it goes with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Routed {
+    pub route: Route,
+    /// For a proxied request whose path the upstream should get in another spelling (escapes
+    /// of unreserved characters decoded): that path. `None`: the path as sent.
+    pub forward_path: Option<String>,
+}
+
+impl Routed {
+    fn to(route: Route) -> Routed {
+        Routed {
+            route,
+            forward_path: None,
+        }
+    }
+}
+
+/// A request path as the gateway reads it (see the module notes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestPath<'a> {
+    /// What an upstream gets: the path as sent, with escapes of unreserved characters decoded.
+    pub forward: Cow<'a, str>,
+    /// What routes are matched on: every escape decoded and runs of slashes merged.
+    pub matched: Cow<'a, [u8]>,
+}
+
+/// RFC 3986's unreserved characters: an escape of one means the character itself.
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+/// The escape `%XY` at the start of `b`, decoded.
+fn escape_at(b: &[u8]) -> Option<u8> {
+    match b {
+        [b'%', hi, lo, ..] => Some(hex_value(*hi)? << 4 | hex_value(*lo)?),
+        _ => None,
+    }
+}
+
+/// Reads a request path (without its query) for routing; `None` when it is refused. Borrows
+/// (no allocation) for a path without escapes, backslashes or repeated slashes: nearly every
+/// request.
+pub fn read_path(raw: &str) -> Option<RequestPath<'_>> {
+    let b = raw.as_bytes();
+    let plain = !b
+        .windows(2)
+        .any(|w| w[0] == b'%' || w[0] == b'\\' || w == b"//")
+        && !matches!(b.last(), Some(b'%' | b'\\'));
+    if plain {
+        return no_dot_segments(b).then_some(RequestPath {
+            forward: Cow::Borrowed(raw),
+            matched: Cow::Borrowed(b),
+        });
+    }
+    // Bytes: a decoded escape is ASCII, everything else is copied from `raw`, so this stays UTF-8.
+    let mut forward = Vec::with_capacity(raw.len());
+    let mut matched = Vec::with_capacity(raw.len());
+    let mut changed = false;
+    let mut i = 0;
+    while i < b.len() {
+        let (byte, escaped) = match b[i] {
+            b'%' => {
+                let value = escape_at(&b[i..])?;
+                // NUL ends strings in C upstreams; `%25` before two hex digits is an escape
+                // some upstream may decode a second time.
+                let double = value == b'%'
+                    && b.get(i + 3..i + 5)
+                        .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit));
+                if value == 0 || double {
+                    return None;
+                }
+                (value, true)
+            }
+            c => (c, false),
+        };
+        if byte == b'\\' {
+            return None;
+        }
+        if escaped && !is_unreserved(byte) {
+            forward.extend_from_slice(&b[i..i + 3]);
+        } else {
+            forward.push(byte);
+            changed |= escaped;
+        }
+        if !(byte == b'/' && matched.last() == Some(&b'/')) {
+            matched.push(byte);
+        }
+        i += if escaped { 3 } else { 1 };
+    }
+    no_dot_segments(&matched).then_some(RequestPath {
+        forward: if changed {
+            Cow::Owned(String::from_utf8(forward).ok()?)
+        } else {
+            Cow::Borrowed(raw)
+        },
+        matched: Cow::Owned(matched),
+    })
+}
+
+/// No segment is `.` or `..`.
+fn no_dot_segments(path: &[u8]) -> bool {
+    !path
+        .split(|b| *b == b'/')
+        .any(|segment| segment == b"." || segment == b"..")
+}
+
+/// Whether a configured route prefix reads as itself (see [`read_path`]): no escapes, no
+/// repeated slashes, no dot segments; otherwise no request could match it as written.
+pub fn is_plain_prefix(prefix: &str) -> bool {
+    prefix.starts_with('/')
+        && !prefix.contains(['%', '?', '#'])
+        && read_path(prefix).is_some_and(|p| matches!(p.matched, Cow::Borrowed(_)))
+}
+
+pub fn classify(method: &Method, path: &[u8]) -> Route {
     // HEAD is answered like GET, without the body (as Starlette does).
     let get = method == Method::GET || method == Method::HEAD;
     match path {
-        "/health" if get => Route::Own(Endpoint::Health),
-        "/health" => Route::MethodNotAllowed("GET"),
-        "/ready" if get => Route::Own(Endpoint::Ready),
-        "/ready" => Route::MethodNotAllowed("GET"),
-        "/auth/register" if method == Method::POST => Route::Own(Endpoint::Register),
-        "/auth/register" => Route::MethodNotAllowed("POST"),
-        "/auth/token" if method == Method::POST => Route::Own(Endpoint::Token),
-        "/auth/token" => Route::MethodNotAllowed("POST"),
-        "/auth/users/me" if get => Route::Own(Endpoint::Me),
-        "/auth/users/me" if method == Method::PATCH => Route::Own(Endpoint::UpdateMe),
-        "/auth/users/me" => Route::MethodNotAllowed("GET, PATCH"),
+        b"/health" if get => Route::Own(Endpoint::Health),
+        b"/health" => Route::MethodNotAllowed("GET"),
+        b"/ready" if get => Route::Own(Endpoint::Ready),
+        b"/ready" => Route::MethodNotAllowed("GET"),
+        b"/auth/register" if method == Method::POST => Route::Own(Endpoint::Register),
+        b"/auth/register" => Route::MethodNotAllowed("POST"),
+        b"/auth/token" if method == Method::POST => Route::Own(Endpoint::Token),
+        b"/auth/token" => Route::MethodNotAllowed("POST"),
+        b"/auth/users/me" if get => Route::Own(Endpoint::Me),
+        b"/auth/users/me" if method == Method::PATCH => Route::Own(Endpoint::UpdateMe),
+        b"/auth/users/me" => Route::MethodNotAllowed("GET, PATCH"),
         _ => Route::NotFound,
     }
 }
@@ -147,32 +248,31 @@ mod tests {
 
     #[test]
     fn seed_paths_and_methods() {
-        assert_eq!(
-            classify(&Method::GET, "/health"),
-            Route::Own(Endpoint::Health)
-        );
-        assert_eq!(
-            classify(&Method::HEAD, "/health"),
-            Route::Own(Endpoint::Health)
-        );
-        assert_eq!(
-            classify(&Method::POST, "/auth/token"),
-            Route::Own(Endpoint::Token)
-        );
-        assert_eq!(
-            classify(&Method::GET, "/auth/token"),
-            Route::MethodNotAllowed("POST")
-        );
-        assert_eq!(
-            classify(&Method::PATCH, "/auth/users/me"),
-            Route::Own(Endpoint::UpdateMe)
-        );
-        assert_eq!(
-            classify(&Method::DELETE, "/auth/users/me"),
-            Route::MethodNotAllowed("GET, PATCH")
-        );
-        assert_eq!(classify(&Method::GET, "/nowhere"), Route::NotFound);
-        assert_eq!(classify(&Method::GET, "/auth/users/me/"), Route::NotFound);
+        let cases: [(Method, &str, Route); 8] = [
+            (Method::GET, "/health", Route::Own(Endpoint::Health)),
+            (Method::HEAD, "/health", Route::Own(Endpoint::Health)),
+            (Method::POST, "/auth/token", Route::Own(Endpoint::Token)),
+            (Method::GET, "/auth/token", Route::MethodNotAllowed("POST")),
+            (
+                Method::PATCH,
+                "/auth/users/me",
+                Route::Own(Endpoint::UpdateMe),
+            ),
+            (
+                Method::DELETE,
+                "/auth/users/me",
+                Route::MethodNotAllowed("GET, PATCH"),
+            ),
+            (Method::GET, "/nowhere", Route::NotFound),
+            (Method::GET, "/auth/users/me/", Route::NotFound),
+        ];
+        for (method, path, expected) in cases {
+            assert_eq!(
+                classify(&method, path.as_bytes()),
+                expected,
+                "{method} {path}"
+            );
+        }
     }
 
     fn route(prefix: &str, auth: RouteAuth) -> RouteConfig {
@@ -185,6 +285,10 @@ mod tests {
         }
     }
 
+    fn routed(r: &Router, path: &str) -> Route {
+        r.classify(&Method::GET, path).route
+    }
+
     #[test]
     fn longest_prefix_wins_and_own_endpoints_come_first() {
         let r = Router::new(&[
@@ -192,21 +296,12 @@ mod tests {
             route("/api/public/", RouteAuth::Public),
             route("/", RouteAuth::Public),
         ]);
-        assert_eq!(r.classify(&Method::GET, "/api/x"), Route::Proxy(0));
-        assert_eq!(r.classify(&Method::GET, "/api/public/x"), Route::Proxy(1));
-        assert_eq!(r.classify(&Method::GET, "/other"), Route::Proxy(2));
-        assert_eq!(
-            r.classify(&Method::GET, "/health"),
-            Route::Own(Endpoint::Health)
-        );
-        assert_eq!(
-            r.classify(&Method::GET, "/auth/token"),
-            Route::MethodNotAllowed("POST")
-        );
-        assert_eq!(
-            Router::new(&[]).classify(&Method::GET, "/api/x"),
-            Route::NotFound
-        );
+        assert_eq!(routed(&r, "/api/x"), Route::Proxy(0));
+        assert_eq!(routed(&r, "/api/public/x"), Route::Proxy(1));
+        assert_eq!(routed(&r, "/other"), Route::Proxy(2));
+        assert_eq!(routed(&r, "/health"), Route::Own(Endpoint::Health));
+        assert_eq!(routed(&r, "/auth/token"), Route::MethodNotAllowed("POST"));
+        assert_eq!(routed(&Router::new(&[]), "/api/x"), Route::NotFound);
     }
 
     #[test]
@@ -221,12 +316,82 @@ mod tests {
             "/api/public/..",
             "/api/public/a\\..\\b",
             "/api/public/%5c..",
+            "/api/public/%5Cx",
         ] {
-            assert_eq!(r.classify(&Method::GET, path), Route::BadPath, "{path}");
+            assert_eq!(routed(&r, path), Route::BadPath, "{path}");
         }
+        assert_eq!(routed(&r, "/api/public/a..b/.c"), Route::Proxy(0));
+    }
+
+    #[test]
+    fn escapes_of_a_protected_prefix_reach_its_route() {
+        let r = Router::new(&[
+            route("/api/", RouteAuth::Required),
+            route("/", RouteAuth::Public),
+        ]);
+        for path in [
+            "/%61pi/admin",
+            "/ap%69/admin",
+            "/api%2Fadmin",
+            "/api%2fadmin",
+            "%2Fapi/admin",
+            "//api/admin",
+            "/%2F/api/admin",
+            "/api//admin",
+            "/%61%70%69%2f%61dmin",
+        ] {
+            assert_eq!(routed(&r, path), Route::Proxy(0), "{path}");
+        }
+        // Escapes of unreserved characters are decoded for the upstream; the rest stay.
+        let forward = |path: &str| r.classify(&Method::GET, path).forward_path;
+        assert_eq!(forward("/%61pi/admin").as_deref(), Some("/api/admin"));
         assert_eq!(
-            r.classify(&Method::GET, "/api/public/a..b/.c"),
-            Route::Proxy(0)
+            forward("/%61pi%2Fa%20b%7e").as_deref(),
+            Some("/api%2Fa%20b~")
         );
+        assert_eq!(forward("/api%2Fadmin"), None);
+        assert_eq!(forward("/api/admin"), None);
+        assert_eq!(forward("/api/caf%C3%A9/ü"), None);
+        assert_eq!(forward("/%61pi/ü").as_deref(), Some("/api/ü"));
+        // Own endpoints read the same way (as the seed's Starlette decoded paths).
+        assert_eq!(routed(&r, "/auth/users/%6De"), Route::Own(Endpoint::Me));
+    }
+
+    #[test]
+    fn escapes_no_client_needs_are_refused() {
+        for path in [
+            "/api/%",
+            "/api/%4",
+            "/api/%zz",
+            "/api/%00",
+            "/api/%2561dmin",
+            "/api/%252F",
+        ] {
+            assert_eq!(read_path(path), None, "{path}");
+        }
+        // A `%25` that is not an escape of an escape is just a percent sign.
+        assert!(read_path("/api/100%25").is_some());
+        assert!(read_path("/api/100%25zz").is_some());
+    }
+
+    #[test]
+    fn plain_paths_are_read_without_allocating() {
+        for path in ["/", "/api/x", "/api/caf\u{e9}", "/a.b/c..d"] {
+            let read = read_path(path).unwrap();
+            assert!(matches!(read.forward, Cow::Borrowed(_)), "{path}");
+            assert!(matches!(read.matched, Cow::Borrowed(_)), "{path}");
+        }
+    }
+
+    #[test]
+    fn prefixes_must_read_as_themselves() {
+        for good in ["/", "/api/", "/api", "/a.b/"] {
+            assert!(is_plain_prefix(good), "{good}");
+        }
+        for bad in [
+            "api/", "/%61pi/", "//api/", "/api//x/", "/../", "/a\\b", "/a?b", "/a#b",
+        ] {
+            assert!(!is_plain_prefix(bad), "{bad}");
+        }
     }
 }

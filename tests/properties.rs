@@ -1,17 +1,66 @@
 //! Property tests for the parsers and normalisers that see untrusted input.
 
+use http::Method;
 use proptest::prelude::*;
-use sentinel_gateway::{email, identity, pyjson, routes};
+use sentinel_gateway::config::{RouteAuth, RouteConfig};
+use sentinel_gateway::routes::{self, Route, Router};
+use sentinel_gateway::{email, identity, pyjson};
 
-/// The decoded view the path check reasons about (what an upstream might resolve).
-fn decoded_segments(path: &str) -> Vec<String> {
-    let lower = path.to_ascii_lowercase();
-    lower
-        .replace("%2e", ".")
-        .replace("%2f", "/")
-        .split('/')
-        .map(str::to_string)
-        .collect()
+/// Every escape in `path` decoded (what a decoding upstream routes on).
+fn fully_decoded(path: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < path.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            path[i],
+            path.get(i + 1).copied().and_then(hex),
+            path.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// `path` with each byte percent-encoded where `encode` says so (hex digits in either case),
+/// and each slash doubled where `double` says so.
+fn respell(path: &str, encode: &[bool], upper: &[bool], double: &[bool]) -> String {
+    let mut out = String::new();
+    for (i, b) in path.bytes().enumerate() {
+        let n = |v: &[bool]| v.get(i % v.len().max(1)).copied().unwrap_or(false);
+        if b == b'/' && n(double) {
+            out.push('/');
+        }
+        if n(encode) {
+            let escape = format!("%{b:02x}");
+            out.push_str(&if n(upper) {
+                escape.to_uppercase()
+            } else {
+                escape
+            });
+        } else {
+            out.push(b as char);
+        }
+    }
+    out
+}
+
+fn config_route(prefix: &str, auth: RouteAuth) -> RouteConfig {
+    RouteConfig {
+        prefix: prefix.into(),
+        upstreams: vec!["127.0.0.1:9".into()],
+        auth,
+        connect_timeout_ms: 1000,
+        read_timeout_ms: 1000,
+    }
 }
 
 proptest! {
@@ -65,12 +114,50 @@ proptest! {
     }
 
     #[test]
-    fn canonical_paths_have_no_dot_segments(path in "(/[a-z.%2eEfF5c\\\\]{0,6}){0,6}") {
-        if routes::is_canonical(&path) {
-            for segment in decoded_segments(&path) {
-                prop_assert!(segment != "." && segment != "..", "{} has {:?}", path, segment);
+    fn read_paths_have_no_dot_segments(path in "(/[a-z.%2eEfF5c\\\\]{0,6}){0,6}") {
+        if let Some(read) = routes::read_path(&path) {
+            for segment in read.matched.split(|b| *b == b'/') {
+                prop_assert!(segment != b"." && segment != b"..", "{} has {:?}", path, segment);
             }
-            prop_assert!(!path.contains('\\') && !path.to_ascii_lowercase().contains("%5c"));
+            prop_assert!(!read.matched.contains(&b'\\'));
+            let forward = fully_decoded(read.forward.as_bytes());
+            prop_assert!(!forward.split(|b| *b == b'/').any(|s| s == b"." || s == b".."));
+        }
+    }
+
+    /// Any percent-encoding of any byte of a path (and any doubled slash) is routed as the
+    /// path itself: no spelling of a protected prefix reaches a public route. What goes
+    /// upstream decodes to the same path.
+    #[test]
+    fn every_spelling_of_a_path_takes_its_route(
+        prefix in "(/[a-z0-9_~.-]{1,6}){1,3}/?",
+        tail in "[a-zA-Z0-9_~/:@!$&'()*+,;= -]{0,12}",
+        public_extra in "[a-z]{1,4}",
+        encode in proptest::collection::vec(any::<bool>(), 1..24),
+        upper in proptest::collection::vec(any::<bool>(), 1..24),
+        double in proptest::collection::vec(any::<bool>(), 1..8),
+    ) {
+        prop_assume!(routes::is_plain_prefix(&prefix));
+        let router = Router::new(&[
+            config_route(&prefix, RouteAuth::Required),
+            config_route(&format!("{prefix}{public_extra}/"), RouteAuth::Public),
+            config_route("/", RouteAuth::Public),
+        ]);
+        let path = format!("{prefix}{tail}");
+        let plain = router.classify(&Method::GET, &path);
+        let spelt = respell(&path, &encode, &upper, &double);
+        let respelt = router.classify(&Method::GET, &spelt);
+        prop_assert_eq!(respelt.route, plain.route, "{} vs {}", spelt, path);
+        if let Route::Proxy(_) = respelt.route {
+            let forward = respelt.forward_path.unwrap_or_else(|| spelt.clone());
+            let merged = |p: Vec<u8>| {
+                let mut out: Vec<u8> = Vec::new();
+                for b in p {
+                    if !(b == b'/' && out.last() == Some(&b'/')) { out.push(b); }
+                }
+                out
+            };
+            prop_assert_eq!(merged(fully_decoded(forward.as_bytes())), merged(path.into_bytes()));
         }
     }
 

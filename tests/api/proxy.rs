@@ -126,6 +126,77 @@ async fn unknown_paths_are_404_and_the_longest_prefix_wins() {
     }
 }
 
+/// A raw `GET path` (HTTP clients would re-spell these paths), with a bearer token if given.
+async fn raw_get(port: u16, path: &str, token: Option<&str>) -> String {
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    raw(
+        port,
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn no_spelling_of_a_protected_prefix_reaches_the_upstream_as_public() {
+    let up = Upstream::start().await;
+    let app = TestApp::spawn_with(Spawn {
+        config_extra: format!(
+            "{}{}",
+            route("/api/", &[up.addr()], "required", ""),
+            route("/", &[up.addr()], "public", "")
+        ),
+        ..Spawn::default()
+    })
+    .await;
+    let (token, id) = app.registered("spell@example.com", "SpellPassword1!").await;
+    let before = up.served().await;
+    // Escapes of unreserved characters, of the slash, and repeated slashes: every one is the
+    // protected route to an upstream that decodes (Starlette) or merges slashes (nginx).
+    let spellings = [
+        ("/%61pi/admin", "/api/admin"),
+        ("/ap%69/admin", "/api/admin"),
+        ("/%61%70%69/admin", "/api/admin"),
+        ("/api%2Fadmin", "/api%2Fadmin"),
+        ("/api%2fadmin?q=1", "/api%2fadmin?q=1"),
+        ("//api/admin", "//api/admin"),
+        ("/%2F%61pi/admin", "/%2Fapi/admin"),
+    ];
+    for (path, _) in spellings {
+        let answer = raw_get(app.port, path, None).await;
+        assert!(answer.starts_with("HTTP/1.1 401"), "{path}: {answer}");
+        assert!(
+            answer.contains(r#"{"detail":"Not authenticated"}"#),
+            "{answer}"
+        );
+    }
+    assert_eq!(
+        up.served().await,
+        before,
+        "a refused request reached the upstream"
+    );
+    // With a token they go through, to the path as sent with unreserved escapes decoded.
+    for (path, forwarded) in spellings {
+        let answer = raw_get(app.port, path, Some(&token)).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{path}: {answer}");
+        let body = &answer[answer.find("\r\n\r\n").unwrap() + 4..];
+        let e = Echo(serde_json::from_str(body).unwrap());
+        assert_eq!(e.0["path"], forwarded, "{path}");
+        assert_eq!(e.one("x-user-id"), Some(id.clone()), "{path}");
+    }
+    // Spellings no client needs: 400 before any route is chosen.
+    for path in [
+        "/api/%",
+        "/%2561pi/admin",
+        "/api%00/x",
+        "/%2e%2e/api/x",
+        "/x%5c..%5capi",
+    ] {
+        let answer = raw_get(app.port, path, None).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{path}: {answer}");
+        assert!(answer.contains(r#"{"detail":"Invalid path"}"#), "{answer}");
+    }
+}
+
 #[tokio::test]
 async fn client_identity_headers_never_reach_the_upstream_in_any_spelling() {
     let up = Upstream::start().await;
