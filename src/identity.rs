@@ -302,6 +302,45 @@ pub fn prepare_upstream_headers(
     }
 }
 
+/// Every line of a list header as one value (RFC 9110 §5.3: the lines of a list header are
+/// one list, in order), leaving out lines that are not text. Proxies that append their own
+/// `X-Forwarded-For` line (HAProxy's `option forwardfor`) put the address they saw last, after
+/// whatever the client sent. `None`: no text line.
+pub fn joined_lines(headers: &HeaderMap, name: &HeaderName) -> Option<HeaderValue> {
+    let mut lines = headers.get_all(name).iter().filter(|v| v.to_str().is_ok());
+    let first = lines.next()?;
+    let Some(second) = lines.next() else {
+        return Some(first.clone());
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for line in std::iter::once(second).chain(lines) {
+        joined.extend_from_slice(b", ");
+        joined.extend_from_slice(line.as_bytes());
+    }
+    // Text lines joined by ", " are text.
+    HeaderValue::from_bytes(&joined).ok()
+}
+
+/// The last text line of a header (the one the nearest proxy added, when it appended one).
+pub fn last_line(headers: &HeaderMap, name: &HeaderName) -> Option<HeaderValue> {
+    headers
+        .get_all(name)
+        .iter()
+        .rev()
+        .find(|v| v.to_str().is_ok())
+        .cloned()
+}
+
+/// The client behind a chain of proxies: walking `X-Forwarded-For` from the right (the
+/// nearest hop), the first address that is not a trusted proxy. `None`: every listed address
+/// is trusted (or none parses).
+pub fn nearest_untrusted(chain: &str, trusted: &TrustedProxies) -> Option<IpAddr> {
+    chain
+        .rsplit(',')
+        .filter_map(|entry| entry.trim().parse::<IpAddr>().ok())
+        .find(|ip| !trusted.contains(*ip))
+}
+
 /// Whether `addr` is one of the configured trusted proxies (exact addresses or CIDR blocks).
 #[derive(Debug, Clone, Default)]
 pub struct TrustedProxies {
@@ -594,6 +633,28 @@ mod tests {
             let parsed: IpAddr = ip.parse().unwrap();
             assert_eq!(shared_ip_header(parsed), ip);
         }
+    }
+
+    #[test]
+    fn forwarded_lines_are_one_list() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(joined_lines(&headers, &FORWARDED_FOR), None);
+        headers.append(FORWARDED_FOR, HeaderValue::from_static("6.6.6.6"));
+        assert_eq!(joined_lines(&headers, &FORWARDED_FOR).unwrap(), "6.6.6.6");
+        headers.append(FORWARDED_FOR, HeaderValue::from_bytes(b"\xff").unwrap());
+        headers.append(FORWARDED_FOR, HeaderValue::from_static("1.1.1.1, 9.9.9.9"));
+        let joined = joined_lines(&headers, &FORWARDED_FOR).unwrap();
+        assert_eq!(joined, "6.6.6.6, 1.1.1.1, 9.9.9.9");
+        assert_eq!(
+            last_line(&headers, &FORWARDED_FOR).unwrap(),
+            "1.1.1.1, 9.9.9.9"
+        );
+        let trusted = TrustedProxies::parse(&["9.9.9.0/24".into()]).unwrap();
+        assert_eq!(
+            nearest_untrusted(joined.to_str().unwrap(), &trusted),
+            Some("1.1.1.1".parse().unwrap())
+        );
+        assert_eq!(nearest_untrusted("9.9.9.1, junk", &trusted), None);
     }
 
     #[test]

@@ -112,18 +112,14 @@ fn client_ip(session: &Session) -> Option<IpAddr> {
 }
 
 /// The client as the rate limits see it: the socket peer, or — when the peer is a trusted
-/// proxy — the nearest untrusted address of its `X-Forwarded-For` chain.
+/// proxy — the nearest untrusted address of its `X-Forwarded-For` chain (all lines of it).
 fn client_ip_for_limits(session: &Session, trusted: &identity::TrustedProxies) -> Option<IpAddr> {
     let peer = client_ip(session)?;
     if !trusted.contains(peer) {
         return Some(peer);
     }
-    let chain = header(session, identity::FORWARDED_FOR).and_then(|v| std::str::from_utf8(v).ok());
-    chain
-        .into_iter()
-        .flat_map(|c| c.rsplit(','))
-        .filter_map(|entry| entry.trim().parse::<IpAddr>().ok())
-        .find(|ip| !trusted.contains(*ip))
+    identity::joined_lines(&session.req_header().headers, &identity::FORWARDED_FOR)
+        .and_then(|chain| identity::nearest_untrusted(chain.to_str().ok()?, trusted))
         .or(Some(peer))
 }
 
@@ -276,19 +272,13 @@ impl Gateway {
         let client = client(session, ctx, &mut fallback);
         let (peer, peer_header) = (client.ip, client.ip_header.clone());
         let forwarded = if peer.is_some_and(|ip| self.app.trusted_proxies.contains(ip)) {
-            // Text only (values with other bytes are ignored, as if absent).
-            let value = |name: http::HeaderName| {
-                session
-                    .req_header()
-                    .headers
-                    .get(name)
-                    .filter(|v| v.to_str().is_ok())
-                    .cloned()
-            };
+            // Text lines only (others are ignored, as if absent). The chain is every line of
+            // it; proto and host are the nearest proxy's (the last line).
+            let headers = &session.req_header().headers;
             Forwarded {
-                for_: value(identity::FORWARDED_FOR),
-                proto: value(identity::FORWARDED_PROTO),
-                host: value(identity::FORWARDED_HOST),
+                for_: identity::joined_lines(headers, &identity::FORWARDED_FOR),
+                proto: identity::last_line(headers, &identity::FORWARDED_PROTO),
+                host: identity::last_line(headers, &identity::FORWARDED_HOST),
             }
         } else {
             Forwarded::default()

@@ -198,6 +198,35 @@ async fn no_spelling_of_a_protected_prefix_reaches_the_upstream_as_public() {
 }
 
 #[tokio::test]
+async fn a_trusted_proxys_forwarding_lines_reach_the_upstream_as_one_chain() {
+    let up = Upstream::start().await;
+    let app = TestApp::spawn_with(Spawn {
+        config_extra: format!(
+            "[proxy]\ntrusted_proxies = [\"127.0.0.1\"]\n\n{}",
+            route("/public/", &[up.addr()], "public", "")
+        ),
+        ..Spawn::default()
+    })
+    .await;
+    let answer = raw(
+        app.port,
+        b"GET /public/x HTTP/1.1\r\nHost: app.example\r\n\
+          X-Forwarded-For: 1.1.1.1\r\nX-Forwarded-Proto: http\r\n\
+          X-Forwarded-For: 2.2.2.2, 3.3.3.3\r\nX-Forwarded-Proto: https\r\n\
+          X-Forwarded-Host: shop.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let e = Echo(serde_json::from_str(&answer[answer.find("\r\n\r\n").unwrap() + 4..]).unwrap());
+    assert_eq!(
+        e.one("x-forwarded-for"),
+        Some("1.1.1.1, 2.2.2.2, 3.3.3.3, 127.0.0.1".into())
+    );
+    assert_eq!(e.one("x-forwarded-proto"), Some("https".into()));
+    assert_eq!(e.one("x-forwarded-host"), Some("shop.example".into()));
+}
+
+#[tokio::test]
 async fn client_identity_headers_never_reach_the_upstream_in_any_spelling() {
     let up = Upstream::start().await;
     let app = gateway_with(&[up.addr()], "").await;

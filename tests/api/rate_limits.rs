@@ -136,3 +136,46 @@ async fn behind_a_trusted_proxy_the_forwarded_client_is_limited() {
         401
     );
 }
+
+/// A raw login from behind a trusted proxy, with the `X-Forwarded-For` lines given.
+async fn login_forwarded_for(port: u16, lines: &[&str]) -> String {
+    let body = "username=behind%40example.com&password=wrong";
+    let forwarded: String = lines
+        .iter()
+        .map(|l| format!("X-Forwarded-For: {l}\r\n"))
+        .collect();
+    raw(
+        port,
+        format!(
+            "POST /auth/token HTTP/1.1\r\nHost: x\r\n{forwarded}Content-Type: \
+             application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn behind_a_proxy_that_appends_its_own_line_the_real_client_is_limited() {
+    // The trusted proxy (this test, on 127.0.0.1) appends the address it saw as a line of its
+    // own after the client's, as HAProxy's `option forwardfor` does. The client varies its
+    // own first line on every attempt.
+    let app = limited_app(
+        2,
+        1000,
+        1000,
+        "[proxy]\ntrusted_proxies = [\"127.0.0.1\"]\n",
+    )
+    .await;
+    for i in 0..2 {
+        let spoof = format!("6.6.6.{i}");
+        let answer = login_forwarded_for(app.port, &[&spoof, "9.9.9.9"]).await;
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    }
+    let answer = login_forwarded_for(app.port, &["6.6.6.99", "9.9.9.9"]).await;
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    // Another client behind the same proxy is not limited.
+    let answer = login_forwarded_for(app.port, &["6.6.6.99", "9.9.9.8"]).await;
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+}
