@@ -8,7 +8,10 @@
 //! - `on_connection_reuse`: the connection from the front (head deadline, client address).
 //! - `upstream_peer`: a healthy upstream of the route, with the route's timeouts.
 //! - `response_filter`: CORS and `X-Request-Id` on upstream responses.
-//! - `fail_to_proxy`: 502/504 as FastAPI-shaped JSON.
+//! - `fail_to_proxy`: 502/504 as FastAPI-shaped JSON, and the failure's log line.
+//! - `request_summary`, `suppress_error_log`, `suppress_proxy_warn_log`: pingora's own lines
+//!   about failed requests carry the query string and, for a bad upstream head, its raw bytes;
+//!   they are replaced by the gateway's ([`log_failure`]), which have neither.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -18,7 +21,7 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
-use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 
 use crate::access_log;
 use crate::api::{ApiError, Reply};
@@ -205,6 +208,47 @@ async fn write_reply(
     } else {
         session.write_response_header(Box::new(resp), false).await?;
         session.write_response_body(Some(reply.body), true).await
+    }
+}
+
+/// What a failed proxy attempt is logged with: the error's kind and where it came from, the
+/// request's method and path (never its query), and the underlying cause when that is an
+/// operating-system or parser error. Pingora's own description of the error is left out: its
+/// context can hold raw header bytes (an invalid upstream head is quoted in it).
+fn log_failure(session: &Session, ctx: &RequestCtx, e: &Error, status: u16, what: &str) {
+    let cause = e.root_cause();
+    let cause = (!cause.is::<Error>()).then(|| cause.to_string());
+    let req = session.req_header();
+    let fields = (
+        e.etype().as_str(),
+        e.esource().as_str(),
+        req.method.as_str(),
+        req.uri.path(),
+        ctx.request_id.to_str().unwrap_or_default(),
+    );
+    // A client that went away, or sent something broken, is not the operator's problem.
+    if matches!(e.esource(), ErrorSource::Downstream) {
+        tracing::debug!(
+            error = fields.0,
+            source = fields.1,
+            status,
+            method = fields.2,
+            path = fields.3,
+            request_id = fields.4,
+            cause,
+            "{what}"
+        );
+    } else {
+        tracing::warn!(
+            error = fields.0,
+            source = fields.1,
+            status,
+            method = fields.2,
+            path = fields.3,
+            request_id = fields.4,
+            cause,
+            "{what}"
+        );
     }
 }
 
@@ -592,7 +636,7 @@ impl ProxyHttp for Gateway {
     /// route (round-robin moves on), at most once per other upstream.
     fn fail_to_connect(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _peer: &HttpPeer,
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
@@ -604,6 +648,13 @@ impl ProxyHttp for Gateway {
         if ctx.connect_retries < others {
             ctx.connect_retries += 1;
             e.set_retry(true);
+            log_failure(
+                session,
+                ctx,
+                &e,
+                0,
+                "upstream connect failed; trying another",
+            );
         }
         e
     }
@@ -656,6 +707,7 @@ impl ProxyHttp for Gateway {
                 _ => 500,
             },
         };
+        log_failure(session, ctx, e, code, "proxy failed");
         // Pingora closes the connection after a failed proxy attempt: say so in the answer,
         // so that clients do not send their next request into a closing socket.
         session.set_keepalive(None);
@@ -674,6 +726,29 @@ impl ProxyHttp for Gateway {
             error_code: code,
             can_reuse_downstream: false,
         }
+    }
+
+    /// Pingora's line for a failed request is replaced by [`log_failure`]'s, in `fail_to_proxy`.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &Error) -> bool {
+        true
+    }
+
+    /// Pingora's line for a retried connect is replaced by [`log_failure`]'s, in
+    /// `fail_to_connect`.
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        _ctx: &RequestCtx,
+        _error: &Error,
+        _context: ProxyWarnLogContext,
+    ) -> bool {
+        true
+    }
+
+    /// For whatever else of pingora's mentions the request: method and path, no query.
+    fn request_summary(&self, session: &Session, _ctx: &RequestCtx) -> String {
+        let req = session.req_header();
+        format!("{} {}", req.method, req.uri.path())
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {

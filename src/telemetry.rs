@@ -29,6 +29,29 @@ pub fn write_access_line(line: &[u8]) {
     }
 }
 
+/// Dependencies whose `debug` and `trace` records quote request bytes or query parameters.
+const QUOTING_TARGETS: &[&str] = &["pingora", "pingora_core", "pingora_proxy", "tokio_postgres"];
+
+/// `level` as given, except that the records of dependencies that quote what they carry stay at
+/// `info` when `level` would let through `debug` or `trace` for them: at those levels pingora
+/// quotes raw request heads and body bytes (tokens, passwords) and tokio-postgres every query's
+/// parameters (password hashes). An operator who names such a target gets what they asked.
+pub fn filter_directives(level: &str) -> String {
+    let verbose = EnvFilter::try_new(level)
+        .ok()
+        .and_then(|f| f.max_level_hint())
+        .is_some_and(|max| max > tracing::level_filters::LevelFilter::INFO);
+    if verbose && !QUOTING_TARGETS.iter().any(|t| level.contains(t)) {
+        let mut directives = level.to_string();
+        for target in QUOTING_TARGETS {
+            directives.push_str(&format!(",{target}=info"));
+        }
+        directives
+    } else {
+        level.to_string()
+    }
+}
+
 /// Keeps the log writer thread alive; dropping it flushes what is still queued.
 pub struct LogGuard {
     _writer: WorkerGuard,
@@ -37,7 +60,8 @@ pub struct LogGuard {
 /// Installs the global subscriber. Safe to call once; later calls are ignored. Keep the guard
 /// until the end of `main`.
 pub fn init(config: &LogConfig) -> LogGuard {
-    let filter = EnvFilter::try_new(&config.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_new(filter_directives(&config.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
     let (writer, guard) = NonBlockingBuilder::default()
         .lossy(false)
         .buffered_lines_limit(64 * 1024)
@@ -60,4 +84,28 @@ pub fn init(config: &LogConfig) -> LogGuard {
         LogFormat::Text => builder.try_init(),
     };
     LogGuard { _writer: guard }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pingora_stays_at_info_unless_named() {
+        assert_eq!(filter_directives("info"), "info");
+        assert_eq!(filter_directives("warn"), "warn");
+        assert_eq!(
+            filter_directives("debug"),
+            "debug,pingora=info,pingora_core=info,pingora_proxy=info,tokio_postgres=info"
+        );
+        assert_eq!(
+            filter_directives("sentinel_gateway=trace,info"),
+            "sentinel_gateway=trace,info,pingora=info,pingora_core=info,pingora_proxy=info,\
+             tokio_postgres=info"
+        );
+        assert_eq!(
+            filter_directives("pingora_core=trace"),
+            "pingora_core=trace"
+        );
+    }
 }

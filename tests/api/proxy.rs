@@ -491,6 +491,60 @@ async fn upstream_failures_are_json_502_and_504_and_nothing_else_suffers() {
     assert_eq!(app.status("/public/fine").await, 200);
 }
 
+/// A failed proxied request is logged with its path, never its query string or the bytes of
+/// a broken upstream head, at every log level.
+#[tokio::test]
+async fn failed_proxied_requests_are_logged_without_query_or_raw_bytes() {
+    let up = Upstream::start().await;
+    let broken =
+        RawUpstream::start(b"HTTP/1.1 200 OK\r\nSet-Cookie SECRET_HEAD_BYTES\r\n\r\n").await;
+    let app = TestApp::spawn_with(Spawn {
+        config_extra: format!(
+            "{}{}",
+            route("/slow/", &[up.addr()], "public", "read_timeout_ms = 300"),
+            route("/broken/", &[broken.addr()], "public", "")
+        ),
+        env: vec![("SENTINEL_LOG_LEVEL".into(), "debug".into())],
+        ..Spawn::default()
+    })
+    .await;
+    let (token, _) = app
+        .registered("failing@example.com", "FailingPassword1!")
+        .await;
+    let a = app
+        .get("/slow/x?delay_ms=3000&api_key=QUERY_SECRET_1")
+        .await;
+    assert_eq!(a.status, 504, "{}", a.text);
+    let a = Answer::of(
+        app.client
+            .get(app.url("/broken/y?api_key=QUERY_SECRET_2"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, 502, "{}", a.text);
+    let (line, _) = app.log_line("/broken/y").await;
+    assert!(line.contains("proxy failed"), "{line}");
+    let (line, logs) = app.log_line("/slow/x").await;
+    assert!(
+        line.contains("proxy failed") && line.contains("ReadTimedout"),
+        "{line}"
+    );
+    for secret in [
+        "QUERY_SECRET",
+        "api_key",
+        "SECRET_HEAD_BYTES",
+        "Set-Cookie",
+        "FailingPassword1!",
+        token.as_str(),
+        "$argon2id$",
+    ] {
+        assert!(!logs.contains(secret), "{secret} in the log:\n{logs}");
+    }
+}
+
 #[tokio::test]
 async fn request_targets_and_reason_phrases_cross_the_gateway_as_sent() {
     let up = RawUpstream::start(
