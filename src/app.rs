@@ -212,7 +212,7 @@ impl App {
                 detail: "Too many login attempts, try again later",
             })?;
         let db = users::client(&self.pool).await?;
-        let user = users::find_by_email(&db, &account).await?;
+        let user = find_account(&db, &account).await?;
         let stored: Arc<str> = match &user {
             Some(u) => Arc::from(u.hashed_password.as_str()),
             None => Arc::clone(&self.dummy_hash),
@@ -291,6 +291,18 @@ impl App {
         };
         Ok(Reply::json(200, &user.response()))
     }
+}
+
+/// The account a login names: the row PostgreSQL finds by `lower(email)`, if its email and
+/// `account` are one account by [`email::account_key`] too, the rule the login limits count by.
+async fn find_account(
+    db: &deadpool_postgres::Client,
+    account: &str,
+) -> Result<Option<User>, ApiError> {
+    let key = email::account_key(account);
+    Ok(users::find_by_email(db, account)
+        .await?
+        .filter(|user| email::account_key(&user.email) == key))
 }
 
 /// The seed's "User not found" for a deleted user; an inactive one cannot use its token.

@@ -185,6 +185,9 @@ pub struct RateLimitConfig {
     pub login_per_ip_per_minute: u32,
     pub login_per_account_per_minute: u32,
     pub register_per_ip_per_minute: u32,
+    /// Keys (addresses, accounts) each limiter tracks at once; beyond, attempts are refused
+    /// until keys expire, so a flood from many addresses cannot grow memory without bound.
+    pub max_tracked_keys: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -305,6 +308,7 @@ impl Default for RateLimitConfig {
             login_per_ip_per_minute: 20,
             login_per_account_per_minute: 10,
             register_per_ip_per_minute: 10,
+            max_tracked_keys: 500_000,
         }
     }
 }
@@ -530,6 +534,9 @@ impl Config {
             || limits.register_per_ip_per_minute == 0
         {
             return invalid("rate_limit values must be at least 1 per minute".into());
+        }
+        if limits.max_tracked_keys < 10 {
+            return invalid("rate_limit.max_tracked_keys must be at least 10".into());
         }
         if let Err(e) = crate::identity::TrustedProxies::parse(&self.proxy.trusted_proxies) {
             return invalid(format!("proxy.trusted_proxies: {e}"));

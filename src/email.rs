@@ -104,6 +104,16 @@ pub fn login_account(username: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// Which account an address names, for the login limits and the login lookup alike: the
+/// address trimmed and lower-cased by Rust's (Unicode's) rules. PostgreSQL's `lower()`, which
+/// the `users` table's unique index and lookup use, folds some letters differently (`İ` to
+/// `i`, a final `Σ` to `σ`, and letters newer than its Unicode tables not at all), so a row it
+/// finds is only the account when this key agrees; otherwise a spelling could reach an account
+/// while being counted in a rate-limit bucket of its own.
+pub fn account_key(address: &str) -> String {
+    address.trim().to_lowercase()
+}
+
 /// pydantic accepts `Name <address>` and `"Name" <address>` and keeps the address.
 fn strip_display_name(value: &str) -> &str {
     let trimmed = value.trim();

@@ -2,12 +2,17 @@
 //! `POST /auth/token`, per client IP for `POST /auth/register`. Checked before any database
 //! query or password hashing; proxied traffic never passes through here.
 //!
-//! The account key is the normalised email, counted whether or not the account exists, so
-//! unknown emails cannot be probed for free. Limiter memory stays bounded: [`LimiterJanitor`]
-//! drops keys whose bucket is full again.
+//! The account key is a fixed-size digest of [`email::account_key`], counted whether or not the
+//! account exists, so unknown emails cannot be probed for free and a 64 KB username costs the
+//! limiter no more memory than a short one. IPv6 clients are counted per /64 (what one
+//! subscriber is routed), IPv4 per address. Memory stays bounded twice over: [`LimiterJanitor`]
+//! drops keys whose bucket is full again, and each limiter tracks at most
+//! `rate_limit.max_tracked_keys` keys: past that, attempts are refused (429) until keys expire,
+//! rather than memory growing with the number of addresses a flood comes from.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,8 +21,10 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, NotUntil, Quota, RateLimiter};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
+use sha2::Digest;
 
 use crate::config::RateLimitConfig;
+use crate::email;
 
 /// Which limit was hit, and when to come back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,21 +32,47 @@ pub struct Limited {
     pub retry_after_secs: u64,
 }
 
+/// The key an account is limited under: the first 128 bits of the SHA-256 of
+/// [`email::account_key`] (collisions are out of reach, and the size is fixed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AccountKey([u8; 16]);
+
+impl AccountKey {
+    pub fn of(account: &str) -> AccountKey {
+        let digest = sha2::Sha256::digest(email::account_key(account).as_bytes());
+        let mut key = [0u8; 16];
+        key.copy_from_slice(&digest[..16]);
+        AccountKey(key)
+    }
+}
+
+/// The key a client address is limited under: IPv4 (and IPv4-mapped IPv6) per address, other
+/// IPv6 per /64, since one subscriber is routed a whole /64 and can use every address in it.
+pub fn ip_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        },
+        v4 => v4,
+    }
+}
+
 pub struct Limiters {
     login_ip: DefaultKeyedRateLimiter<IpAddr>,
-    login_account: DefaultKeyedRateLimiter<String>,
+    login_account: DefaultKeyedRateLimiter<AccountKey>,
     register_ip: DefaultKeyedRateLimiter<IpAddr>,
     clock: DefaultClock,
+    /// Keys each limiter may track at once.
+    max_keys: usize,
+    /// When keys were last reclaimed because a limiter was full (ms since `started`), so that
+    /// a flood does not make every attempt walk the whole table.
+    last_reclaim_ms: AtomicU64,
+    started: std::time::Instant,
 }
 
 fn per_minute(n: u32) -> Quota {
     Quota::per_minute(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN))
-}
-
-/// The key an account is limited under: the login account (see `email::login_account`) trimmed
-/// and lower-cased, as emails are matched.
-pub fn account_key(account: &str) -> String {
-    account.trim().to_lowercase()
 }
 
 impl Limiters {
@@ -49,6 +82,9 @@ impl Limiters {
             login_account: RateLimiter::keyed(per_minute(config.login_per_account_per_minute)),
             register_ip: RateLimiter::keyed(per_minute(config.register_per_ip_per_minute)),
             clock: DefaultClock::default(),
+            max_keys: config.max_tracked_keys,
+            last_reclaim_ms: AtomicU64::new(0),
+            started: std::time::Instant::now(),
         }
     }
 
@@ -61,19 +97,49 @@ impl Limiters {
         }
     }
 
-    /// One login attempt from `ip` for `account`: both limits are charged.
+    /// One attempt under `key`, unless `limiter` tracks as many keys as it may (then it first
+    /// forgets refilled ones, at most once a second, and refuses if that made no room).
+    fn check<K>(&self, limiter: &DefaultKeyedRateLimiter<K>, key: &K) -> Result<(), Limited>
+    where
+        K: Clone + Eq + std::hash::Hash,
+    {
+        if limiter.len() >= self.max_keys {
+            let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let last = self.last_reclaim_ms.load(Ordering::Relaxed);
+            if now.saturating_sub(last) >= 1000
+                && self
+                    .last_reclaim_ms
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                self.retain_recent();
+                tracing::warn!(
+                    tracked = limiter.len(),
+                    max = self.max_keys,
+                    "a rate limiter tracks as many keys as rate_limit.max_tracked_keys allows; \
+                     refusing new attempts until keys expire"
+                );
+            }
+            if limiter.len() >= self.max_keys {
+                return Err(Limited {
+                    retry_after_secs: 1,
+                });
+            }
+        }
+        limiter.check_key(key).map_err(|n| self.limited(n))
+    }
+
+    /// One login attempt from `ip` for `account` (a login username): both limits are charged.
     pub fn login(&self, ip: Option<IpAddr>, account: &str) -> Result<(), Limited> {
         if let Some(ip) = ip {
-            self.login_ip.check_key(&ip).map_err(|n| self.limited(n))?;
+            self.check(&self.login_ip, &ip_key(ip))?;
         }
-        self.login_account
-            .check_key(&account_key(account))
-            .map_err(|n| self.limited(n))
+        self.check(&self.login_account, &AccountKey::of(account))
     }
 
     pub fn register(&self, ip: Option<IpAddr>) -> Result<(), Limited> {
         match ip {
-            Some(ip) => self.register_ip.check_key(&ip).map_err(|n| self.limited(n)),
+            Some(ip) => self.check(&self.register_ip, &ip_key(ip)),
             None => Ok(()),
         }
     }
@@ -125,6 +191,7 @@ mod tests {
             login_per_ip_per_minute: ip,
             login_per_account_per_minute: account,
             register_per_ip_per_minute: register,
+            ..RateLimitConfig::default()
         })
     }
 
@@ -169,5 +236,54 @@ mod tests {
         std::thread::sleep(Duration::from_millis(300));
         l.retain_recent();
         assert!(l.is_empty(), "{} keys left", l.len());
+    }
+
+    #[test]
+    fn keys_have_one_size_whatever_the_username() {
+        let long = "a".repeat(65_536);
+        assert_eq!(std::mem::size_of_val(&AccountKey::of(&long)), 16);
+        assert_eq!(
+            AccountKey::of(" Ada@Example.COM"),
+            AccountKey::of("ada@example.com")
+        );
+        assert_ne!(
+            AccountKey::of("ada@example.com"),
+            AccountKey::of("ada2@example.com")
+        );
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_per_64() {
+        let l = limits(2, 100, 100);
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert!(l.login(Some(a), "x@example.com").is_ok());
+        assert!(l.login(Some(b), "y@example.com").is_ok());
+        assert!(l.login(Some(b), "z@example.com").is_err());
+        assert!(l.login(Some(other), "z@example.com").is_ok());
+        assert_eq!(
+            ip_key("::ffff:10.0.0.1".parse().unwrap()),
+            "10.0.0.1".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn a_full_limiter_refuses_new_keys_until_old_ones_expire() {
+        let l = Limiters::new(&RateLimitConfig {
+            login_per_ip_per_minute: 1000,
+            login_per_account_per_minute: 1,
+            register_per_ip_per_minute: 1000,
+            max_tracked_keys: 10,
+        });
+        let ip = Some("10.0.0.9".parse().unwrap());
+        for i in 0..9 {
+            assert!(l.login(ip, &format!("u{i}@example.com")).is_ok(), "{i}");
+        }
+        // The account limiter holds 9 keys, the address limiter 1; the tenth account fits.
+        assert!(l.login(ip, "u9@example.com").is_ok());
+        let refused = l.login(ip, "u10@example.com").unwrap_err();
+        assert_eq!(refused.retry_after_secs, 1);
+        assert_eq!(l.login_account.len(), 10);
     }
 }

@@ -179,3 +179,167 @@ async fn behind_a_proxy_that_appends_its_own_line_the_real_client_is_limited() {
     let answer = login_forwarded_for(app.port, &["6.6.6.99", "9.9.9.8"]).await;
     assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
 }
+
+/// argon2 at its cheapest, for tests that log in thousands of times.
+fn cheap_hashing(extra: &str) -> Spawn {
+    Spawn {
+        server_extra: "environment = \"development\"\n".into(),
+        config_extra: format!(
+            "[password]\nargon2_memory_kib = 64\nargon2_iterations = 1\n\n{extra}"
+        ),
+        ..Spawn::default()
+    }
+}
+
+#[tokio::test]
+async fn long_usernames_cost_the_limiter_no_more_memory_than_short_ones() {
+    // Every attempt is a new account key; before, each kept its whole username.
+    let app = TestApp::spawn_with(cheap_hashing("")).await;
+    let app = std::sync::Arc::new(app);
+    let flood = |from: usize, to: usize| {
+        let app = app.clone();
+        async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            for worker in 0..16 {
+                let app = app.clone();
+                tasks.spawn(async move {
+                    for i in (from + worker..to).step_by(16) {
+                        let username = format!("{i}-{}", "u".repeat(60 * 1024));
+                        let status = app.login(&username, "wrong").await.status();
+                        assert_eq!(status, 401);
+                    }
+                });
+            }
+            while let Some(done) = tasks.join_next().await {
+                done.unwrap();
+            }
+        }
+    };
+    flood(0, 200).await;
+    let (before, _) = app.rss_kib();
+    flood(200, 2200).await;
+    let (after, _) = app.rss_kib();
+    eprintln!("RSS before {before} KiB, after 2,000 long usernames {after} KiB");
+    // 2,000 usernames of 60 KiB would be 117 MiB of keys.
+    assert!(
+        after.saturating_sub(before) < 40 * 1024,
+        "RSS grew from {before} KiB to {after} KiB"
+    );
+}
+
+#[tokio::test]
+async fn a_limiter_tracking_its_most_keys_refuses_until_they_expire() {
+    let app = limited_app(1000, 1, 1000, "max_tracked_keys = 20\n").await;
+    for i in 0..20 {
+        assert_eq!(
+            app.login(&format!("full{i}@example.com"), "x")
+                .await
+                .status(),
+            401,
+            "{i}"
+        );
+    }
+    let a = Answer::of(app.login("one-more@example.com", "x").await).await;
+    assert_429(&a, "Too many login attempts, try again later");
+    let (line, _) = app.log_line("max_tracked_keys").await;
+    assert!(line.contains("WARN"), "{line}");
+}
+
+/// Every code point that PostgreSQL's `lower()` and Rust's lower-casing treat differently
+/// (found by scanning them all, as the last letter of a local part, where a final sigma
+/// counts): a spelling of an account that logs in to it is counted in that account's one
+/// rate-limit bucket. Registered accounts are the PostgreSQL-lowered and the Rust-lowered
+/// spellings; with the account's bucket spent, the other spelling and the right password get
+/// 429 (one bucket) or 401 (not that account), never 200.
+#[tokio::test]
+async fn every_spelling_that_reaches_an_account_counts_against_its_one_bucket() {
+    let app = TestApp::spawn_with(cheap_hashing(
+        "[rate_limit]\nlogin_per_ip_per_minute = 100000\nlogin_per_account_per_minute = 1\n\
+         register_per_ip_per_minute = 100000\n",
+    ))
+    .await;
+    let db = app.db.client().await;
+    // The local part `u<code point in letters>x<c>`: unique per code point, `c` last after a
+    // cased letter.
+    let local = |c: char| {
+        let letters: String = format!("{:x}", c as u32)
+            .chars()
+            .map(|d| (b'a' + d.to_digit(16).unwrap() as u8) as char)
+            .collect();
+        format!("u{letters}x{c}")
+    };
+    // What PostgreSQL's lower() changes, then what Rust's does: the differences lie in these.
+    let rows = db
+        .query(
+            "SELECT c, lower('ux' || chr(c) || '@example.com') FROM generate_series(128, 1114111) c \
+             WHERE (c < 55296 OR c > 57343) AND lower(chr(c)) <> chr(c)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let pg_lowered: std::collections::HashMap<u32, String> = rows
+        .iter()
+        .map(|r| (r.get::<_, i32>(0) as u32, r.get::<_, String>(1)))
+        .collect();
+    let mut differing = Vec::new();
+    for cp in 128u32..=0x10FFFF {
+        let Some(c) = char::from_u32(cp) else {
+            continue;
+        };
+        let address = format!("ux{c}@example.com");
+        let rust = address.to_lowercase();
+        let pg = pg_lowered.get(&cp).cloned().unwrap_or(address.clone());
+        if rust != pg {
+            differing.push(c);
+        }
+    }
+    assert!(
+        differing.contains(&'\u{130}'),
+        "İ is among them: {differing:?}"
+    );
+    assert!(
+        differing.contains(&'Σ'),
+        "a final sigma is among them: {differing:?}"
+    );
+    let password = "BucketPassword1!";
+    let mut checked = 0;
+    for c in differing {
+        let spelling = format!("{}@example.com", local(c));
+        let pg: String = db
+            .query_one("SELECT lower($1)", &[&spelling])
+            .await
+            .unwrap()
+            .get(0);
+        for (tag, account) in [("p", pg), ("r", spelling.to_lowercase())] {
+            // Two accounts per code point, each under its own prefix.
+            let (account, spelling) = (format!("{tag}{account}"), format!("{tag}{spelling}"));
+            if account == spelling {
+                continue;
+            }
+            let registered = app.register(&account, password).await.status();
+            if registered == 422 {
+                continue; // not an address registration accepts
+            }
+            assert_eq!(registered, 200, "register {account:?}");
+            assert_eq!(
+                app.login(&account, "wrong").await.status(),
+                401,
+                "{account:?}"
+            );
+            let status = app.login(&spelling, password).await.status();
+            assert!(
+                status == 429 || status == 401,
+                "{spelling:?} logged in to {account:?} outside its bucket ({status})"
+            );
+            // Registration calls the spelling taken or new; never a server error.
+            let again = app.register(&spelling, password).await.status();
+            assert!(
+                [200, 400, 422].contains(&again.as_u16()),
+                "{spelling:?}: {again}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 2, "only {checked} spellings checked");
+    eprintln!("{checked} spellings checked");
+}
