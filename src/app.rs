@@ -18,6 +18,7 @@ use crate::password::{self, HashPolicy, HashPool, PasswordError};
 use crate::rate_limit::Limiters;
 use crate::routes::{Endpoint, Router};
 use crate::token::{self, unix_seconds, TokenError, TokenKeys, Verified};
+use crate::upgraded::Upgraded;
 use crate::upstreams::ProxyRoute;
 use crate::user_cache::{bounded_cache, BoundedCache, UserCache};
 use crate::users::{self, User, UserResponse};
@@ -30,6 +31,8 @@ pub struct App {
     /// The configured routes, in config order (the router's indexes point here).
     pub routes: Vec<ProxyRoute>,
     pub users: Arc<UserCache>,
+    /// Upgraded connections by user, closed when the user is shut out.
+    pub upgraded: Arc<Upgraded>,
     pub limiters: Arc<Limiters>,
     pub trusted_proxies: TrustedProxies,
     pub keys: TokenKeys,
@@ -87,6 +90,7 @@ impl App {
             .map_err(|e| anyhow::anyhow!("token signing does not work: {e}"))?;
         let dummy = policy.hash(&uuid::Uuid::new_v4().to_string())?;
         Ok(App {
+            upgraded: Upgraded::new(pool.clone()),
             pool,
             router: Router::new(&config.routes),
             routes,

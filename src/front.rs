@@ -78,6 +78,9 @@ pub struct Connection {
     deadline_ms: AtomicU64,
     /// Set by the sweeper when the deadline passed (the task is woken to act on it).
     expired: AtomicBool,
+    /// Set when the connection must close now, whatever it is doing (an upgraded connection
+    /// of a user who was shut out; see `upgraded`).
+    shut: AtomicBool,
     /// The connection task's waker, for the sweeper.
     waker: Waker,
 }
@@ -86,6 +89,13 @@ impl Connection {
     /// Called from `on_connection_reuse` as soon as a request head has been parsed.
     pub fn head_in(&self) {
         self.deadline_ms.store(HEAD_IN, Ordering::Relaxed);
+    }
+
+    /// Closes the connection: its task is woken and drops the request in progress (both
+    /// sockets with it).
+    pub fn shut_out(&self) {
+        self.shut.store(true, Ordering::Release);
+        self.waker.wake_by_ref();
     }
 
     /// Starts the wait for the next head, which must be complete within `budget`.
@@ -206,7 +216,8 @@ impl Drop for Registration {
     }
 }
 
-/// A request future that ends (with `None`) when its connection's head deadline passes.
+/// A request future that ends (with `None`) when its connection's head deadline passes or the
+/// connection is shut out.
 struct UntilCutOff<'a, F> {
     request: Pin<&'a mut F>,
     conn: &'a Connection,
@@ -218,6 +229,9 @@ impl<F: Future<Output = Option<T>>, T> Future for UntilCutOff<'_, F> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
         if self.conn.cut_off() {
             tracing::debug!("request head not complete in time; closing");
+            return Poll::Ready(None);
+        }
+        if self.conn.shut.load(Ordering::Acquire) {
             return Poll::Ready(None);
         }
         self.request.as_mut().poll(cx)
@@ -265,6 +279,7 @@ impl ServerApp for Front {
             client: Client::of(client),
             deadline_ms: AtomicU64::new(HEAD_IN),
             expired: AtomicBool::new(false),
+            shut: AtomicBool::new(false),
             waker,
         });
         let deadlines = self.deadlines;
@@ -307,6 +322,7 @@ mod tests {
             client: Client::of(None),
             deadline_ms: AtomicU64::new(HEAD_IN),
             expired: AtomicBool::new(false),
+            shut: AtomicBool::new(false),
             waker: Waker::noop().clone(),
         }
     }

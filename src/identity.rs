@@ -4,9 +4,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{
-    HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, HOST, ORIGIN, UPGRADE,
-};
+use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, HOST, ORIGIN};
 
 pub const USER_ID: HeaderName = HeaderName::from_static("x-user-id");
 pub const USER_EMAIL: HeaderName = HeaderName::from_static("x-user-email");
@@ -200,7 +198,6 @@ pub struct HeadFacts<'a> {
     pub origin: Option<&'a HeaderValue>,
     pub authorization: Option<&'a HeaderValue>,
     pub host: Option<&'a HeaderValue>,
-    pub upgrade: bool,
     /// What [`prepare_upstream_headers`] will have to clean up.
     pub cleanup: Cleanup,
 }
@@ -226,8 +223,6 @@ pub fn scan_head(headers: &HeaderMap) -> HeadFacts<'_> {
             facts.authorization.get_or_insert(value);
         } else if *name == ORIGIN {
             facts.origin.get_or_insert(value);
-        } else if *name == UPGRADE {
-            facts.upgrade = true;
         } else if *name == CONNECTION {
             facts.cleanup.nominations |= nominates_reserved(value.as_bytes());
         } else if matches!(text.first(), Some(b'x' | b'f')) {
@@ -584,7 +579,6 @@ mod tests {
         assert_eq!(facts.authorization, headers.get(AUTHORIZATION));
         assert_eq!(facts.request_id, headers.get(REQUEST_ID));
         assert_eq!(facts.origin, headers.get(ORIGIN));
-        assert!(facts.upgrade);
         let wire: usize = headers
             .iter()
             .map(|(n, v)| format!("{}: {}\r\n", n, v.to_str().unwrap()).len())
@@ -613,10 +607,7 @@ mod tests {
         }
         let plain = HeaderMap::new();
         let facts = scan_head(&plain);
-        assert_eq!(
-            (facts.headers_len, facts.host, facts.upgrade),
-            (0, None, false)
-        );
+        assert_eq!((facts.headers_len, facts.host), (0, None));
     }
 
     #[test]

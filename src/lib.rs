@@ -25,6 +25,7 @@ pub mod routes;
 pub mod server;
 pub mod telemetry;
 pub mod token;
+pub mod upgraded;
 pub mod upstreams;
 pub mod user_cache;
 pub mod users;

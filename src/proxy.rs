@@ -58,8 +58,6 @@ pub struct RequestCtx {
     connection: Option<Arc<Connection>>,
     request_id: http::HeaderValue,
     origin: Option<http::HeaderValue>,
-    /// An HTTP/1.1 `Upgrade` request (a WebSocket, say).
-    upgrade: bool,
     endpoint: Option<Endpoint>,
     route: Option<usize>,
     /// The path the upstream gets, when it is not the request's own spelling
@@ -67,6 +65,8 @@ pub struct RequestCtx {
     forward_path: Option<String>,
     user: Option<Arc<UserState>>,
     connect_retries: usize,
+    /// A connection upgraded on behalf of `user`, closed if the user is shut out.
+    upgraded: Option<crate::upgraded::Registration>,
 }
 
 impl RequestCtx {
@@ -382,6 +382,24 @@ impl Gateway {
         }
     }
 
+    /// Remembers an upgraded connection of a known user, to close it if the user is shut out.
+    /// If the user changed since the request was admitted (the cache let go of them), they are
+    /// read again at once rather than at the next sweep.
+    fn track_upgrade(&self, ctx: &mut RequestCtx) {
+        let (Some(user), Some(conn)) = (&ctx.user, &ctx.connection) else {
+            return;
+        };
+        ctx.upgraded = Some(self.app.upgraded.register(&user.id, conn));
+        if self
+            .app
+            .users
+            .cached(&user.id, std::time::SystemTime::now())
+            .is_none()
+        {
+            self.app.upgraded.recheck(&user.id);
+        }
+    }
+
     /// Bearer verification for a route, as far as memory answers (see [`Identity`]).
     fn identify(&self, authorization: Option<&[u8]>, auth: RouteAuth) -> Identity {
         let anonymous = match auth {
@@ -425,7 +443,6 @@ impl Gateway {
             _ => self.app.request_ids.next_header(),
         };
         ctx.origin = facts.origin.cloned();
-        ctx.upgrade = facts.upgrade && req.version == http::Version::HTTP_11;
         if head_size(req, &facts) > self.app.max_header_bytes {
             // Whatever body follows is not read: close after answering.
             session.set_keepalive(None);
@@ -581,12 +598,12 @@ impl ProxyHttp for Gateway {
             connection: None,
             request_id: http::HeaderValue::from_static(""),
             origin: None,
-            upgrade: false,
             endpoint: None,
             route: None,
             forward_path: None,
             user: None,
             connect_retries: 0,
+            upgraded: None,
         }
     }
 
@@ -622,13 +639,11 @@ impl ProxyHttp for Gateway {
         let Some(route) = ctx.route.and_then(|i| self.app.routes.get(i)) else {
             return Err(Error::explain(HTTPStatus(404), "no route"));
         };
-        let Some(mut peer) = route.upstreams.select() else {
+        // The route's read timeout holds for upgrade requests too: until a 101 arrives (504
+        // beyond), and then as the upgraded connection's limit on upstream silence.
+        let Some(peer) = route.upstreams.select() else {
             return Err(Error::explain(HTTPStatus(502), "no healthy upstream"));
         };
-        // A WebSocket may be quiet for long; its idle time is bounded by keep-alive pings.
-        if ctx.upgrade {
-            peer.options.read_timeout = None;
-        }
         Ok(Box::new(peer))
     }
 
@@ -665,6 +680,9 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            self.track_upgrade(ctx);
+        }
         // Edited as a plain header map, as the request head is (see `prepare_upstream_head`):
         // header names reach the client in lower case, the reason phrase as the upstream sent it.
         let reason = upstream_response

@@ -63,16 +63,23 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         Duration::from_secs(config.proxy.user_cache_ttl_seconds),
         100_000,
     ));
-    let listener = UserChangeListener {
-        cache: Arc::clone(&users),
-        database: config.database.clone(),
-    };
     let limiters = Arc::new(Limiters::new(&config.rate_limit));
     let janitor = LimiterJanitor {
         limiters: Arc::clone(&limiters),
         every: Duration::from_secs(30),
     };
-    let app = Arc::new(App::new(&config, pool, routes, users, limiters)?);
+    let app = Arc::new(App::new(
+        &config,
+        pool,
+        routes,
+        Arc::clone(&users),
+        limiters,
+    )?);
+    let listener = UserChangeListener {
+        cache: users,
+        upgraded: Arc::clone(&app.upgraded),
+        database: config.database.clone(),
+    };
 
     let runtime_dir = RuntimeDir::create(config.server.runtime_dir.clone())?;
     let server_conf = ServerConf {

@@ -19,6 +19,7 @@ use tokio_postgres::AsyncMessage;
 
 use crate::api::ApiError;
 use crate::config::DatabaseConfig;
+use crate::upgraded::Upgraded;
 use crate::users;
 
 pub const CHANNEL: &str = "sentinel_user_changed";
@@ -175,9 +176,13 @@ impl UserCache {
     }
 }
 
-/// Keeps one connection LISTENing and evicts changed users; reconnects with back-off.
+/// Keeps one connection LISTENing and evicts changed users; reconnects with back-off. Users
+/// with upgraded connections open are read again on every change of theirs, on every
+/// reconnection and once per cache TTL (a notification may have been lost), and lose those
+/// connections if they are shut out.
 pub struct UserChangeListener {
     pub cache: Arc<UserCache>,
+    pub upgraded: Arc<Upgraded>,
     pub database: DatabaseConfig,
 }
 
@@ -212,9 +217,20 @@ impl UserChangeListener {
         // Anything may have changed while nobody listened.
         self.cache.invalidate_all();
         self.cache.listening.store(true, Ordering::Release);
+        self.upgraded.recheck_all();
         tracing::info!("listening for user changes");
-        while let Some(id) = rx.recv().await {
-            self.cache.invalidate(&id);
+        let mut sweep = tokio::time::interval(self.cache.ttl.max(Duration::from_secs(1)));
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        sweep.tick().await;
+        loop {
+            tokio::select! {
+                id = rx.recv() => {
+                    let Some(id) = id else { break };
+                    self.cache.invalidate(&id);
+                    self.upgraded.recheck(&id);
+                }
+                _ = sweep.tick() => self.upgraded.recheck_all(),
+            }
         }
         self.cache.listening.store(false, Ordering::Release);
         drop(client);

@@ -233,3 +233,134 @@ async fn websocket_upgrades_pass_on_a_protected_route() {
         assert_eq!(back, frame);
     }
 }
+
+/// An upstream that accepts connections and never answers.
+async fn silent_upstream() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn an_upgrade_request_waits_no_longer_than_the_routes_read_timeout() {
+    let (silent, _task) = silent_upstream().await;
+    let app = TestApp::spawn_with(Spawn {
+        config_extra: route("/quiet/", &[silent], "public", "read_timeout_ms = 500"),
+        ..Spawn::default()
+    })
+    .await;
+    for upgrade in ["foo", "websocket"] {
+        let started = std::time::Instant::now();
+        let answer = raw(
+            app.port,
+            format!(
+                "GET /quiet/x HTTP/1.1\r\nHost: x\r\nUpgrade: {upgrade}\r\nConnection: Upgrade\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 504"), "{upgrade}: {answer}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{upgrade}: {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+/// Reads until the gateway closes the socket; how long that took, or `None` within `limit`.
+async fn closed_within(s: &mut tokio::net::TcpStream, limit: Duration) -> Option<Duration> {
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    loop {
+        match tokio::time::timeout(limit.saturating_sub(started.elapsed()), s.read(&mut buf)).await
+        {
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(_)) => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
+/// A masked text frame "hello"; the demo upstream echoes the bytes back.
+const HELLO_FRAME: [u8; 11] = [
+    0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
+];
+
+async fn echoes(s: &mut tokio::net::TcpStream) {
+    s.write_all(&HELLO_FRAME).await.unwrap();
+    let mut back = [0u8; 11];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(back, HELLO_FRAME);
+}
+
+#[tokio::test]
+async fn an_upgraded_connection_is_closed_after_the_routes_read_timeout_of_silence() {
+    let up = Upstream::start().await;
+    let app = TestApp::spawn_with(Spawn {
+        config_extra: route("/api/", &[up.addr()], "required", "read_timeout_ms = 700"),
+        ..Spawn::default()
+    })
+    .await;
+    let (token, _) = app.registered("idle@example.com", "IdlePassword1!").await;
+    let (mut s, head) = websocket_handshake(app.port, Some(&token)).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // Traffic keeps it open past the timeout...
+    for _ in 0..4 {
+        echoes(&mut s).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // ... silence ends it.
+    let closed = closed_within(&mut s, Duration::from_secs(5)).await;
+    assert!(closed.is_some(), "an idle upgraded connection stayed open");
+}
+
+#[tokio::test]
+async fn open_websockets_of_a_deactivated_user_are_closed_within_a_second() {
+    let up = Upstream::start().await;
+    let app = TestApp::spawn_with(Spawn {
+        config_extra: route("/api/", &[up.addr()], "required", ""),
+        ..Spawn::default()
+    })
+    .await;
+    let (token, id) = app
+        .registered("socket@example.com", "SocketPassword1!")
+        .await;
+    let (other_token, _) = app
+        .registered("bystander@example.com", "SocketPassword1!")
+        .await;
+    let (mut s, head) = websocket_handshake(app.port, Some(&token)).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let (mut other, head) = websocket_handshake(app.port, Some(&other_token)).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    echoes(&mut s).await;
+    let db = app.db.client().await;
+    // A change that does not shut the user out leaves the socket open.
+    db.execute(
+        "UPDATE users SET full_name = 'Renamed' WHERE id = $1",
+        &[&id],
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    echoes(&mut s).await;
+    db.execute("UPDATE users SET is_active = false WHERE id = $1", &[&id])
+        .await
+        .unwrap();
+    let closed = closed_within(&mut s, Duration::from_secs(3)).await;
+    assert!(
+        closed.is_some_and(|t| t < Duration::from_secs(1)),
+        "the deactivated user's socket: {closed:?}"
+    );
+    // Other users' sockets are untouched.
+    echoes(&mut other).await;
+}
