@@ -150,6 +150,10 @@ pub struct DatabaseConfig {
     /// Longest wait for a pooled connection (and for a new one) before answering 503.
     pub acquire_timeout_ms: u64,
     pub connect_timeout_ms: u64,
+    /// Longest a statement of a request may run (or wait for a lock) before PostgreSQL cancels
+    /// it and the request gets 503: a lock held elsewhere must not hold pooled connections for
+    /// as long as it lasts. 0: no limit. Set per pooled connection (`SET statement_timeout`).
+    pub statement_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -267,6 +271,7 @@ impl Default for DatabaseConfig {
             pool_size: 16,
             acquire_timeout_ms: 3000,
             connect_timeout_ms: 3000,
+            statement_timeout_ms: 5000,
         }
     }
 }
@@ -596,62 +601,24 @@ impl Config {
             .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8000)))
     }
 
-    /// The effective configuration as TOML, secrets redacted (for `check-config`).
+    /// The effective configuration as TOML, secrets redacted (for `check-config`): every
+    /// `Secret` prints as `[redacted]`, and the database URL is shown without its password.
     pub fn redacted_toml(&self) -> String {
-        let mut shown = self.clone();
-        shown.database.url = Secret::new(redact_url(self.database.url.expose()));
-        let mut text = toml::to_string_pretty(&RedactedView(&shown))
-            .unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"));
+        let rendered = toml::Table::try_from(self).and_then(|mut table| {
+            if let Some(database) = table.get_mut("database").and_then(|d| d.as_table_mut()) {
+                let url = redact_url(self.database.url.expose());
+                database.insert("url".into(), toml::Value::String(url));
+            }
+            if self.routes.is_empty() {
+                table.remove("routes");
+            }
+            toml::to_string_pretty(&table)
+        });
+        let mut text = rendered.unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"));
         if !text.ends_with('\n') {
             text.push('\n');
         }
         text
-    }
-}
-
-/// Serializes a config but shows the (already password-stripped) database URL in clear.
-struct RedactedView<'a>(&'a Config);
-
-impl Serialize for RedactedView<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        #[derive(Serialize)]
-        struct Db<'a> {
-            url: &'a str,
-            pool_size: usize,
-            acquire_timeout_ms: u64,
-            connect_timeout_ms: u64,
-        }
-        #[derive(Serialize)]
-        struct View<'a> {
-            server: &'a ServerConfig,
-            database: Db<'a>,
-            auth: &'a AuthConfig,
-            password: &'a PasswordConfig,
-            cors: &'a CorsConfig,
-            rate_limit: &'a RateLimitConfig,
-            log: &'a LogConfig,
-            proxy: &'a ProxyConfig,
-            #[serde(skip_serializing_if = "<[_]>::is_empty")]
-            routes: &'a [RouteConfig],
-        }
-        let c = self.0;
-        View {
-            server: &c.server,
-            database: Db {
-                url: c.database.url.expose(),
-                pool_size: c.database.pool_size,
-                acquire_timeout_ms: c.database.acquire_timeout_ms,
-                connect_timeout_ms: c.database.connect_timeout_ms,
-            },
-            auth: &c.auth,
-            password: &c.password,
-            cors: &c.cors,
-            rate_limit: &c.rate_limit,
-            log: &c.log,
-            proxy: &c.proxy,
-            routes: &c.routes,
-        }
-        .serialize(s)
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
 use crate::config::DatabaseConfig;
@@ -40,7 +40,19 @@ pub fn pool(config: &DatabaseConfig) -> Result<Pool, DbError> {
         },
     );
     let wait = Duration::from_millis(config.acquire_timeout_ms);
+    let statement_timeout = config.statement_timeout_ms;
     Pool::builder(manager)
+        .post_create(Hook::async_fn(move |client, _| {
+            Box::pin(async move {
+                if statement_timeout > 0 {
+                    client
+                        .batch_execute(&format!("SET statement_timeout = {statement_timeout}"))
+                        .await
+                        .map_err(HookError::Backend)?;
+                }
+                Ok(())
+            })
+        }))
         .max_size(config.pool_size)
         .runtime(Runtime::Tokio1)
         .wait_timeout(Some(wait))

@@ -63,13 +63,35 @@ impl User {
     }
 }
 
-/// Errors of storage calls, already in the form the API answers with.
+/// Errors of storage calls, already in the form the API answers with: 503 (and `Retry-After`)
+/// when the database or this connection to it is unavailable, 500 only for a statement the
+/// database could not run.
 fn db_error(e: tokio_postgres::Error) -> ApiError {
-    if e.is_closed() || e.as_db_error().is_none() {
+    if is_unavailable(&e) {
         ApiError::Unavailable(describe(&e))
     } else {
         ApiError::Internal(describe(&e))
     }
+}
+
+/// Whether an error says "not now" rather than "never": no connection, a closed one, or a
+/// server answer of SQLSTATE class 08 (connection exception), 53 (insufficient resources) or
+/// 40 (a transaction rolled back: serialization failure, deadlock), `57P01`–`57P03` (the server
+/// shutting down or terminating the connection: `pg_terminate_backend`, a failover), `57014`
+/// (cancelled, as by `database.statement_timeout_ms`) or `55P03` (lock not available). Such a
+/// connection is not reused: the pool checks `is_closed` before handing one out.
+pub fn is_unavailable(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    let Some(db) = e.as_db_error() else {
+        return true;
+    };
+    let code = db.code().code();
+    ["08", "53", "40"]
+        .iter()
+        .any(|class| code.starts_with(class))
+        || matches!(code, "57P01" | "57P02" | "57P03" | "57014" | "55P03")
 }
 
 pub async fn client(pool: &Pool) -> Result<Client, ApiError> {

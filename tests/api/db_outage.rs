@@ -229,3 +229,96 @@ async fn a_database_outage_degrades_gracefully_and_recovers_without_a_restart() 
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Terminates every connection the gateway holds to its database (as `pg_terminate_backend`
+/// does when an operator or a failover ends them); how many.
+async fn terminate_gateway_connections(db: &tokio_postgres::Client, name: &str) -> i64 {
+    db.query_one(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE datname = $1 AND pid <> pg_backend_pid() AND application_name = 'sentinel-gateway'",
+        &[&name],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+#[tokio::test]
+async fn terminated_database_connections_are_503_never_500() {
+    let app = std::sync::Arc::new(TestApp::spawn().await);
+    let (token, _) = app
+        .registered("killed@example.com", "KilledPassword1!")
+        .await;
+    let killer = app.db.client().await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (app, token, stop) = (app.clone(), token.clone(), stop.clone());
+        load.spawn(async move {
+            let mut statuses = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                statuses.push(app.me(&token).await.status().as_u16());
+            }
+            statuses
+        });
+    }
+    let mut killed = 0;
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        killed += terminate_gateway_connections(&killer, &app.db.name).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut statuses = Vec::new();
+    while let Some(done) = load.join_next().await {
+        statuses.extend(done.unwrap());
+    }
+    let count = |code: u16| statuses.iter().filter(|s| **s == code).count();
+    assert!(killed >= 10, "only {killed} connections terminated");
+    assert_eq!(
+        count(200) + count(503),
+        statuses.len(),
+        "statuses other than 200 and 503 among {} ({} x 500)",
+        statuses.len(),
+        count(500)
+    );
+    assert!(count(200) > 0);
+    // The pool drops the dead connections: afterwards everything answers.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..40 {
+        assert_eq!(app.me(&token).await.status(), 200);
+    }
+}
+
+#[tokio::test]
+async fn a_statement_stuck_behind_a_lock_is_cut_off_by_the_statement_timeout() {
+    let app = TestApp::spawn_with(Spawn {
+        database_extra: "statement_timeout_ms = 1000\n".into(),
+        ..Spawn::default()
+    })
+    .await;
+    let (token, id) = app
+        .registered("locked@example.com", "LockedPassword1!")
+        .await;
+    // Another session holds the user's row for 10 s.
+    let locker = app.db.client().await;
+    locker.batch_execute("BEGIN").await.unwrap();
+    locker
+        .execute("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", &[&id])
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let r = app
+        .client
+        .patch(app.url("/auth/users/me"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({ "full_name": "Waiting" }))
+        .send()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert!(took < Duration::from_secs(3), "answered after {took:?}");
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(app.me(&token).await.status(), 200);
+}

@@ -121,6 +121,8 @@ pub struct Spawn {
     pub config_extra: String,
     /// Keys added to the `[server]` table.
     pub server_extra: String,
+    /// Keys added to the `[database]` table.
+    pub database_extra: String,
     pub env: Vec<(String, String)>,
     pub seed_data: bool,
 }
@@ -157,11 +159,17 @@ pub fn binary() -> &'static str {
 /// The config file a test gateway uses.
 /// Rate limits stay out of the way of tests that are not about them.
 pub fn config_text(port: u16, db_url: &str, extra: &str) -> String {
-    config_text_with(port, db_url, "", extra)
+    config_text_with(port, db_url, "", "", extra)
 }
 
-/// [`config_text`] with extra keys in the `[server]` table.
-pub fn config_text_with(port: u16, db_url: &str, server_extra: &str, extra: &str) -> String {
+/// [`config_text`] with extra keys in the `[server]` and `[database]` tables.
+pub fn config_text_with(
+    port: u16,
+    db_url: &str,
+    server_extra: &str,
+    database_extra: &str,
+    extra: &str,
+) -> String {
     let limits = if extra.contains("[rate_limit]") {
         ""
     } else {
@@ -170,7 +178,7 @@ pub fn config_text_with(port: u16, db_url: &str, server_extra: &str, extra: &str
     };
     format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\nthreads = 2\n{server_extra}\n\
-         [database]\nurl = \"{db_url}\"\n\n\
+         [database]\nurl = \"{db_url}\"\n{database_extra}\n\
          [auth]\nsecret_key = \"{SEED_SECRET}\"\n\n\
          [log]\nlevel = \"warn\"\nformat = \"text\"\n\n{limits}{extra}"
     )
@@ -215,7 +223,13 @@ impl TestApp {
         let config = dir.0.join("gateway.toml");
         std::fs::write(
             &config,
-            config_text_with(port, &db.url, &spec.server_extra, &spec.config_extra),
+            config_text_with(
+                port,
+                &db.url,
+                &spec.server_extra,
+                &spec.database_extra,
+                &spec.config_extra,
+            ),
         )
         .unwrap();
         let log = std::fs::File::create(dir.0.join("gateway.log")).unwrap();
