@@ -176,6 +176,12 @@ impl UserCache {
     }
 }
 
+/// The listener's reconnection back-off: from the first wait, doubling up to the last, and
+/// back to the first after a session that stayed up this long.
+const FIRST_RETRY: Duration = Duration::from_millis(200);
+const LAST_RETRY: Duration = Duration::from_secs(5);
+const HEALTHY_SESSION: Duration = Duration::from_secs(3);
+
 /// Keeps one connection LISTENing and evicts changed users; reconnects with back-off. Users
 /// with upgraded connections open are read again on every change of theirs, on every
 /// reconnection and once per cache TTL (a notification may have been lost), and lose those
@@ -241,8 +247,9 @@ impl UserChangeListener {
 #[async_trait]
 impl BackgroundService for UserChangeListener {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = FIRST_RETRY;
         loop {
+            let began = std::time::Instant::now();
             tokio::select! {
                 result = self.listen_once() => {
                     self.cache.listening.store(false, Ordering::Release);
@@ -252,11 +259,16 @@ impl BackgroundService for UserChangeListener {
                 }
                 _ = shutdown.changed() => return,
             }
+            // A session that lasted proves the database takes connections again: the next
+            // loss starts the back-off afresh (while requests query PostgreSQL meanwhile).
+            if began.elapsed() >= HEALTHY_SESSION {
+                backoff = FIRST_RETRY;
+            }
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
                 _ = shutdown.changed() => return,
             }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+            backoff = (backoff * 2).min(LAST_RETRY);
         }
     }
 }

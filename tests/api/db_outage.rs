@@ -322,3 +322,43 @@ async fn a_statement_stuck_behind_a_lock_is_cut_off_by_the_statement_timeout() {
     locker.batch_execute("ROLLBACK").await.unwrap();
     assert_eq!(app.me(&token).await.status(), 200);
 }
+
+/// The gateway's LISTEN connection, once it is listening.
+async fn listener_pid(db: &tokio_postgres::Client, name: &str) -> Option<i32> {
+    db.query_opt(
+        "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND query LIKE 'LISTEN %' \
+         AND application_name = 'sentinel-gateway'",
+        &[&name],
+    )
+    .await
+    .unwrap()
+    .map(|r| r.get(0))
+}
+
+#[tokio::test]
+async fn the_listener_reconnects_quickly_after_each_loss_that_follows_a_healthy_spell() {
+    let app = TestApp::spawn().await;
+    let db = app.db.client().await;
+    let mut took = Vec::new();
+    for _ in 0..5 {
+        // Healthy for longer than the back-off needs to forget earlier losses.
+        tokio::time::sleep(Duration::from_millis(3500)).await;
+        let pid = listener_pid(&db, &app.db.name).await.expect("a listener");
+        db.execute("SELECT pg_terminate_backend($1)", &[&pid])
+            .await
+            .unwrap();
+        let killed = Instant::now();
+        loop {
+            match listener_pid(&db, &app.db.name).await {
+                Some(new) if new != pid => break,
+                _ if killed.elapsed() > Duration::from_secs(10) => panic!("no new listener"),
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        took.push(killed.elapsed());
+    }
+    assert!(
+        took.iter().all(|t| *t < Duration::from_millis(1000)),
+        "reconnections took {took:?}"
+    );
+}
