@@ -135,6 +135,9 @@ pub struct ServerConfig {
     pub body_timeout_ms: u64,
     /// Largest request head (names, values and separators) accepted on any path (431 beyond).
     pub max_header_bytes: usize,
+    /// Each write to a client must complete within this (as nginx's `send_timeout`), or the
+    /// connection is dropped, with the request's upstream connection. 0: no limit.
+    pub send_timeout_ms: u64,
     /// Seconds pingora waits after SIGTERM before it stops accepting, then the drain limit.
     pub shutdown_grace_seconds: u64,
     pub shutdown_timeout_seconds: u64,
@@ -257,6 +260,7 @@ impl Default for ServerConfig {
             header_timeout_ms: 10_000,
             body_timeout_ms: 10_000,
             max_header_bytes: 32 * 1024,
+            send_timeout_ms: 60_000,
             shutdown_grace_seconds: 0,
             shutdown_timeout_seconds: 3,
             runtime_dir: None,

@@ -238,26 +238,36 @@ impl<F: Future<Output = Option<T>>, T> Future for UntilCutOff<'_, F> {
     }
 }
 
+/// The time limits the front keeps on a client connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientTimeouts {
+    /// A new connection's first request head must be complete within this.
+    pub head: Duration,
+    /// A kept-alive connection's next head must be complete within this of the last response.
+    pub keepalive: Duration,
+    /// Each write to the client (a response head or body chunk) must go out within this, or
+    /// the connection is dropped: a client that stops reading does not hold the request (and
+    /// its upstream connection) for ever. `None`: no limit.
+    pub send: Option<Duration>,
+}
+
 /// Pingora's HTTP proxy behind a per-request head deadline.
 pub struct Front {
     proxy: Arc<HttpProxy<Gateway>>,
     deadlines: &'static Deadlines,
-    header_timeout: Duration,
-    keepalive: Duration,
+    timeouts: ClientTimeouts,
 }
 
 impl Front {
     pub fn new(
         proxy: HttpProxy<Gateway>,
         deadlines: &'static Deadlines,
-        header_timeout: Duration,
-        keepalive: Duration,
+        timeouts: ClientTimeouts,
     ) -> Front {
         Front {
             proxy: Arc::new(proxy),
             deadlines,
-            header_timeout,
-            keepalive,
+            timeouts,
         }
     }
 }
@@ -288,8 +298,10 @@ impl ServerApp for Front {
         let mut session = ServerSession::new_http1(stream);
         // `Some(0)`: keep-alive without pingora's timer (the deadline here bounds idle time).
         session.set_keepalive((!*shutdown.borrow()).then_some(0));
-        let mut budget = self.header_timeout;
+        let mut budget = self.timeouts.head;
         loop {
+            // Per session: pingora does not carry it over to the next request's.
+            session.set_write_timeout(self.timeouts.send);
             conn.await_head(deadlines, budget);
             session.set_connection_user_context(Some(Box::new(Arc::clone(&conn))));
             let request = self.proxy.process_new_http(session, shutdown);
@@ -304,7 +316,7 @@ impl ServerApp for Front {
             if let Some(settings) = settings {
                 settings.apply_to_session(&mut session);
             }
-            budget = self.keepalive;
+            budget = self.timeouts.keepalive;
         }
     }
 

@@ -15,7 +15,7 @@ use pingora::services::listening::Service;
 use crate::app::App;
 use crate::config::Config;
 use crate::db;
-use crate::front::{Deadlines, Front};
+use crate::front::{ClientTimeouts, Deadlines, Front};
 use crate::proxy::Gateway;
 use crate::rate_limit::{LimiterJanitor, Limiters};
 use crate::upstreams;
@@ -103,8 +103,12 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let front = Front::new(
         http_proxy(&server.configuration, Gateway::new(app)),
         deadlines,
-        Duration::from_millis(config.server.header_timeout_ms),
-        Duration::from_secs(config.server.keepalive_seconds),
+        ClientTimeouts {
+            head: Duration::from_millis(config.server.header_timeout_ms),
+            keepalive: Duration::from_secs(config.server.keepalive_seconds),
+            send: (config.server.send_timeout_ms > 0)
+                .then(|| Duration::from_millis(config.server.send_timeout_ms)),
+        },
     );
     let mut service = Service::new("sentinel-gateway".to_string(), front);
     service.add_tcp(&config.server.listen);

@@ -295,3 +295,36 @@ async fn connections_the_client_did_not_ask_to_keep_are_closed_after_the_answer(
         .await
         .is_none());
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_a_proxied_body_is_dropped_after_the_send_timeout() {
+    let up = Upstream::start().await;
+    let app = TestApp::spawn_with(Spawn {
+        server_extra: "send_timeout_ms = 1000\n".into(),
+        config_extra: route("/files/", &[up.addr()], "public", ""),
+        ..Spawn::default()
+    })
+    .await;
+    const SIZE: usize = 200 * 1024 * 1024;
+    let mut s = TcpStream::connect(("127.0.0.1", app.port)).await.unwrap();
+    s.write_all(format!("GET /files/big?bytes={SIZE} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    // Not reading: the gateway's writes stall once the socket buffers are full.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut received = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => received += n,
+            Err(_) => panic!("neither closed nor sending after {received} bytes"),
+        }
+    }
+    assert!(
+        received < SIZE / 2,
+        "{received} bytes arrived: the stalled response was not cut off"
+    );
+    // Other clients are served as before.
+    assert_eq!(app.status("/health").await, 200);
+}
