@@ -37,6 +37,10 @@ pub struct App {
     pub trusted_proxies: TrustedProxies,
     pub keys: TokenKeys,
     pub hasher: HashPool,
+    /// Connections of `pool` that logins and registrations may hold at once (half of it): a
+    /// flood of them, which can come in any number, leaves the rest to the other endpoints.
+    floodable: tokio::sync::Semaphore,
+    acquire_timeout: Duration,
     pub policy: HashPolicy,
     pub cors: Cors,
     pub max_body_bytes: usize,
@@ -90,7 +94,7 @@ impl App {
             .map_err(|e| anyhow::anyhow!("token signing does not work: {e}"))?;
         let dummy = policy.hash(&uuid::Uuid::new_v4().to_string())?;
         Ok(App {
-            upgraded: Upgraded::new(pool.clone()),
+            upgraded: Upgraded::new(users.pool().clone()),
             pool,
             router: Router::new(&config.routes),
             routes,
@@ -100,6 +104,8 @@ impl App {
                 .map_err(|e| anyhow::anyhow!("proxy.trusted_proxies: {e}"))?,
             keys,
             hasher: HashPool::new(config.password.workers(), config.password.hash_queue)?,
+            floodable: tokio::sync::Semaphore::new((config.database.pool_size / 2).max(1)),
+            acquire_timeout: Duration::from_millis(config.database.acquire_timeout_ms),
             policy,
             cors: Cors::new(&config.cors.origins),
             max_body_bytes: config.server.max_body_bytes,
@@ -157,6 +163,18 @@ impl App {
         }
     }
 
+    /// A connection for a login or a registration, within their share of the pool.
+    async fn floodable_client(&self) -> Result<Floodable<'_>, ApiError> {
+        let permit = tokio::time::timeout(self.acquire_timeout, self.floodable.acquire())
+            .await
+            .map_err(|_| ApiError::Unavailable("no connection free for logins".into()))?
+            .map_err(|_| ApiError::Unavailable("login connections closed".into()))?;
+        Ok(Floodable {
+            db: users::client(&self.pool).await?,
+            _permit: permit,
+        })
+    }
+
     fn token_reply(&self, user: &User) -> Result<Reply, ApiError> {
         let access_token = self
             .keys
@@ -182,8 +200,12 @@ impl App {
             })?;
         let body = forms::decode_json_body(req.content_type.as_deref(), &req.body)?;
         let new = forms::validate_new_user(body)?;
-        let db = users::client(&self.pool).await?;
-        if users::find_by_email(&db, &new.email).await?.is_some() {
+        // Each connection is held for its statement only, never across the hashing queue.
+        let taken = {
+            let db = self.floodable_client().await?;
+            users::find_by_email(&db, &new.email).await?.is_some()
+        };
+        if taken {
             return Err(ApiError::EmailTaken);
         }
         let policy = self.policy;
@@ -195,6 +217,7 @@ impl App {
             .map_err(hashing_error)?;
         // The seed stored a missing full name as "".
         let full_name = new.full_name.unwrap_or_default();
+        let db = self.floodable_client().await?;
         match users::insert(&db, &new.email, &full_name, &hash).await? {
             Some(user) => self.token_reply(&user),
             // Someone registered the same email (in any case) meanwhile.
@@ -215,8 +238,11 @@ impl App {
                 retry_after_secs: l.retry_after_secs,
                 detail: "Too many login attempts, try again later",
             })?;
-        let db = users::client(&self.pool).await?;
-        let user = find_account(&db, &account).await?;
+        // Each connection is held for its statement only, never across the hashing queue.
+        let user = {
+            let db = self.floodable_client().await?;
+            find_account(&db, &account).await?
+        };
         let stored: Arc<str> = match &user {
             Some(u) => Arc::from(u.hashed_password.as_str()),
             None => Arc::clone(&self.dummy_hash),
@@ -246,9 +272,11 @@ impl App {
         let user = match (user, outcome) {
             (Some(user), (true, rehash)) if user.is_active => {
                 if let Some(new_hash) = rehash {
-                    if let Err(e) =
+                    let upgraded = async {
+                        let db = self.floodable_client().await?;
                         users::replace_password_hash(&db, &user.id, &stored, &new_hash).await
-                    {
+                    };
+                    if let Err(e) = upgraded.await {
                         // The login itself succeeded; the upgrade is retried next time.
                         tracing::warn!(user_id = %user.id, error = %e, "password hash upgrade failed");
                     }
@@ -294,6 +322,20 @@ impl App {
                 .ok_or(ApiError::UserNotFound)?,
         };
         Ok(Reply::json(200, &user.response()))
+    }
+}
+
+/// A pooled connection held by a login or a registration, and its place in their share.
+struct Floodable<'a> {
+    db: deadpool_postgres::Client,
+    _permit: tokio::sync::SemaphorePermit<'a>,
+}
+
+impl std::ops::Deref for Floodable<'_> {
+    type Target = deadpool_postgres::Client;
+
+    fn deref(&self) -> &Self::Target {
+        &self.db
     }
 }
 

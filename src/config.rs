@@ -149,7 +149,12 @@ pub struct ServerConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
     pub url: Secret,
+    /// Connections of the gateway's own endpoints; logins and registrations, which a flood can
+    /// bring in any number, use at most half of them at once.
     pub pool_size: usize,
+    /// Connections of the proxy path alone (user-state reads, WebSocket re-checks), which the
+    /// own endpoints cannot take.
+    pub proxy_pool_size: usize,
     /// Longest wait for a pooled connection (and for a new one) before answering 503.
     pub acquire_timeout_ms: u64,
     pub connect_timeout_ms: u64,
@@ -273,6 +278,7 @@ impl Default for DatabaseConfig {
         DatabaseConfig {
             url: Secret::default(),
             pool_size: 16,
+            proxy_pool_size: 4,
             acquire_timeout_ms: 3000,
             connect_timeout_ms: 3000,
             statement_timeout_ms: 5000,
@@ -482,8 +488,11 @@ impl Config {
         if let Err(e) = self.database.pg_config() {
             return invalid(format!("database.url is not a PostgreSQL URL: {e}"));
         }
-        if self.database.pool_size == 0 {
-            return invalid("database.pool_size must be at least 1".into());
+        if self.database.pool_size < 2 || self.database.proxy_pool_size == 0 {
+            return invalid(
+                "database.pool_size must be at least 2 and database.proxy_pool_size at least 1"
+                    .into(),
+            );
         }
         let secret = self.auth.secret_key.expose();
         if secret.is_empty() {

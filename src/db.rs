@@ -28,9 +28,29 @@ pub enum DbError {
     Query(String),
 }
 
-/// The pool the request handlers use. Creating it opens no connection: connections are made on
-/// the runtime that first needs them (pingora's), so none outlives a start-up runtime.
+/// How long the proxy path waits for a connection of its own pool before it answers 503: a
+/// proxied request should not queue behind the database for longer.
+pub const PROXY_POOL_WAIT: Duration = Duration::from_millis(50);
+
+/// The pool the gateway's own endpoints use (`database.pool_size`). Creating it opens no
+/// connection: connections are made on the runtime that first needs them (pingora's), so none
+/// outlives a start-up runtime.
 pub fn pool(config: &DatabaseConfig) -> Result<Pool, DbError> {
+    build_pool(
+        config,
+        config.pool_size,
+        Duration::from_millis(config.acquire_timeout_ms),
+    )
+}
+
+/// The proxy path's own pool (`database.proxy_pool_size`): the user-state reads of proxied
+/// requests and the re-checks of open WebSockets. The own endpoints cannot take these
+/// connections, so a login flood that keeps theirs busy does not stall proxied traffic.
+pub fn proxy_pool(config: &DatabaseConfig) -> Result<Pool, DbError> {
+    build_pool(config, config.proxy_pool_size, PROXY_POOL_WAIT)
+}
+
+fn build_pool(config: &DatabaseConfig, size: usize, wait: Duration) -> Result<Pool, DbError> {
     let pg = config.pg_config().map_err(DbError::Connect)?;
     let manager = Manager::from_config(
         pg,
@@ -39,7 +59,6 @@ pub fn pool(config: &DatabaseConfig) -> Result<Pool, DbError> {
             recycling_method: RecyclingMethod::Fast,
         },
     );
-    let wait = Duration::from_millis(config.acquire_timeout_ms);
     let statement_timeout = config.statement_timeout_ms;
     Pool::builder(manager)
         .post_create(Hook::async_fn(move |client, _| {
@@ -53,11 +72,11 @@ pub fn pool(config: &DatabaseConfig) -> Result<Pool, DbError> {
                 Ok(())
             })
         }))
-        .max_size(config.pool_size)
+        .max_size(size)
         .runtime(Runtime::Tokio1)
         .wait_timeout(Some(wait))
         .create_timeout(Some(Duration::from_millis(config.connect_timeout_ms)))
-        .recycle_timeout(Some(wait))
+        .recycle_timeout(Some(Duration::from_millis(config.acquire_timeout_ms)))
         .build()
         .map_err(|e| DbError::Connect(e.to_string()))
 }

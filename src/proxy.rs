@@ -33,7 +33,7 @@ use crate::identity;
 use crate::routes::{Endpoint, Route};
 use crate::telemetry;
 use crate::token;
-use crate::user_cache::UserState;
+use crate::user_cache::{Cached, UserState};
 
 thread_local! {
     /// Each proxy thread's access-line buffer, reused from request to request.
@@ -390,12 +390,8 @@ impl Gateway {
             return;
         };
         ctx.upgraded = Some(self.app.upgraded.register(&user.id, conn));
-        if self
-            .app
-            .users
-            .cached(&user.id, std::time::SystemTime::now())
-            .is_none()
-        {
+        let now = std::time::SystemTime::now();
+        if self.app.users.cached(&user.id, now) == Cached::Unknown {
             self.app.upgraded.recheck(&user.id);
         }
     }
@@ -419,11 +415,11 @@ impl Gateway {
             Err(_) => return Identity::Refused(ApiError::RejectedToken),
         };
         match self.app.users.cached(&verified.user_id, now) {
-            Some(state) => match admit(state, auth) {
+            Cached::Known(state) => match admit(state, auth) {
                 Ok(user) => Identity::Known(user),
                 Err(e) => Identity::Refused(e),
             },
-            None => Identity::Unknown { verified, now },
+            Cached::Unknown => Identity::Unknown { verified, now },
         }
     }
 
@@ -522,11 +518,7 @@ impl Gateway {
                 host,
                 cleanup,
             } => {
-                let fetched = self
-                    .app
-                    .users
-                    .get(&self.app.pool, &verified.user_id, now)
-                    .await;
+                let fetched = self.app.users.get(&verified.user_id, now).await;
                 match fetched.and_then(|state| admit(state, auth)) {
                     Ok(user) => {
                         ctx.user = user;

@@ -62,6 +62,8 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let users = Arc::new(UserCache::new(
         Duration::from_secs(config.proxy.user_cache_ttl_seconds),
         100_000,
+        db::proxy_pool(&config.database)?,
+        Duration::from_millis(config.database.acquire_timeout_ms),
     ));
     let limiters = Arc::new(Limiters::new(&config.rate_limit));
     let janitor = LimiterJanitor {

@@ -3,12 +3,16 @@
 //! (`V3__user_change_notify.sql`) sends `NOTIFY sentinel_user_changed, '<id>'` on every update
 //! or delete, and [`UserChangeListener`] evicts that id on every running instance.
 //!
-//! The TTL is the safety net. While the listener is disconnected (it may have missed
-//! notifications) entries are re-read from the database, and used stale only if that fails.
+//! The TTL is the safety net against a lost notification. While the listener is connected, an
+//! entry past its TTL keeps answering while one background read refreshes it, so a proxied
+//! request never waits for PostgreSQL on a user it knows; reads go through a small pool of the
+//! cache's own (`database.proxy_pool_size`) that the own endpoints cannot take. While the
+//! listener is disconnected (it may have missed notifications) entries are re-read on every
+//! request, and used stale only if that fails.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
@@ -24,8 +28,12 @@ use crate::users;
 
 pub const CHANNEL: &str = "sentinel_user_changed";
 
-/// How long a proxied request waits for PostgreSQL when a stale entry could answer instead.
+/// How long a proxied request waits for PostgreSQL when a stale entry could answer instead
+/// (while the listener is down).
 const STALE_REFRESH_WAIT: Duration = Duration::from_millis(250);
+
+/// After a background refresh fails, the next one starts no sooner than this.
+const REFRESH_RETRY: Duration = Duration::from_secs(1);
 
 /// What a proxied request needs to know about its user. More than one flag on purpose: this is
 /// where a per-user "tokens valid after" time for logout and password change will live.
@@ -70,10 +78,32 @@ pub fn bounded_cache<K: Eq + std::hash::Hash + Clone, V: Clone>(
     )
 }
 
+/// What memory says about a user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cached {
+    /// The user's state (`None`: there is no such user), to be used as it is.
+    Known(Option<Arc<UserState>>),
+    /// Memory cannot answer: ask [`UserCache::get`].
+    Unknown,
+}
+
+/// How many invalidation counters ids are spread over (see [`UserCache::epochs`]).
+const EPOCH_STRIPES: usize = 64;
+
 pub struct UserCache {
     entries: BoundedCache<String, Entry>,
     ttl: Duration,
     listening: AtomicBool,
+    /// The cache's own connections (`database.proxy_pool_size`).
+    pool: Pool,
+    /// How long a background refresh may wait for one of them.
+    refresh_wait: Duration,
+    /// Invalidations so far, by stripe of ids: a read that began before an invalidation of its
+    /// stripe is not stored (it may hold the state from before the change).
+    epochs: [AtomicU64; EPOCH_STRIPES],
+    /// The clock of `Entry::next_refresh_ms`.
+    started: Instant,
+    hasher: foldhash::fast::RandomState,
 }
 
 #[derive(Clone)]
@@ -83,6 +113,9 @@ struct Entry {
     /// Wall-clock time, so that a request reads the clock once for its token's expiry and
     /// this; a clock that went back makes the entry stale rather than longer-lived.
     fetched: SystemTime,
+    /// When (ms on [`UserCache::started`]'s clock) a stale entry may start its next background
+    /// refresh: set ahead when one starts, so that one runs at a time.
+    next_refresh_ms: Arc<AtomicU64>,
 }
 
 impl Entry {
@@ -92,19 +125,38 @@ impl Entry {
 }
 
 impl UserCache {
-    pub fn new(ttl: Duration, capacity: usize) -> UserCache {
+    pub fn new(ttl: Duration, capacity: usize, pool: Pool, refresh_wait: Duration) -> UserCache {
         UserCache {
             entries: bounded_cache(capacity),
             ttl,
             listening: AtomicBool::new(false),
+            pool,
+            refresh_wait,
+            epochs: std::array::from_fn(|_| AtomicU64::new(0)),
+            started: Instant::now(),
+            hasher: foldhash::fast::RandomState::default(),
         }
     }
 
+    /// The pool the cache reads users through (also for re-checks of open WebSockets).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    fn epoch(&self, id: &str) -> &AtomicU64 {
+        let stripe = std::hash::BuildHasher::hash_one(&self.hasher, id) as usize % EPOCH_STRIPES;
+        &self.epochs[stripe]
+    }
+
     pub fn invalidate(&self, id: &str) {
+        self.epoch(id).fetch_add(1, Ordering::AcqRel);
         self.entries.remove(id);
     }
 
     pub fn invalidate_all(&self) {
+        for epoch in &self.epochs {
+            epoch.fetch_add(1, Ordering::AcqRel);
+        }
         self.entries.clear();
     }
 
@@ -112,66 +164,99 @@ impl UserCache {
         self.listening.load(Ordering::Acquire)
     }
 
-    /// The user's state if memory can answer for it: a fresh entry while change notifications
-    /// flow. `None`: ask [`UserCache::get`].
-    pub fn cached(&self, id: &str, now: SystemTime) -> Option<Option<Arc<UserState>>> {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The user's state if memory can answer for it, without waiting: while change
+    /// notifications flow, any entry; one past its TTL also starts a background refresh (one at
+    /// a time per user). `now` is the request's reading of the clock.
+    pub fn cached(self: &Arc<Self>, id: &str, now: SystemTime) -> Cached {
         if !self.is_listening() {
-            return None;
+            return Cached::Unknown;
         }
-        self.fresh(id, now)
+        let Some(entry) = self.entries.get(id) else {
+            return Cached::Unknown;
+        };
+        if !entry.is_fresh(now, self.ttl) {
+            self.refresh_in_background(id, &entry);
+        }
+        Cached::Known(entry.state)
     }
 
-    /// The entry for `id`, if it is younger than the TTL.
-    fn fresh(&self, id: &str, now: SystemTime) -> Option<Option<Arc<UserState>>> {
-        self.entries
+    /// Starts a background read of `id` unless one is running (or failed within
+    /// [`REFRESH_RETRY`]).
+    fn refresh_in_background(self: &Arc<Self>, id: &str, entry: &Entry) {
+        let now_ms = self.now_ms();
+        let next = entry.next_refresh_ms.load(Ordering::Relaxed);
+        // Until the refresh stores a new entry (or gives up for a while), no other starts.
+        let hold = u64::try_from((self.refresh_wait + REFRESH_RETRY).as_millis()).unwrap_or(0);
+        if now_ms < next
+            || entry
+                .next_refresh_ms
+                .compare_exchange(next, now_ms + hold, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let cache = Arc::clone(self);
+        let id = id.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = cache.fetch(&id, cache.refresh_wait).await {
+                tracing::debug!(user_id = %id, error = %e, "background user refresh failed");
+            }
+        });
+    }
+
+    /// Reads the user from PostgreSQL (waiting up to `wait` for a connection) and remembers
+    /// the answer, unless the user was invalidated meanwhile.
+    async fn fetch(&self, id: &str, wait: Duration) -> Result<Option<Arc<UserState>>, ApiError> {
+        let epoch = self.epoch(id).load(Ordering::Acquire);
+        let db = users::client_waiting(&self.pool, wait).await?;
+        let user = users::find_by_id(&db, id).await?;
+        drop(db);
+        let state = user
+            .and_then(|u| UserState::new(u.id, u.email, u.is_active))
+            .map(Arc::new);
+        self.store(id, state.clone(), epoch);
+        Ok(state)
+    }
+
+    /// Remembers `state` for `id` as read when the stripe's epoch was `epoch`; a read that an
+    /// invalidation overtook is not kept (the next request reads again).
+    fn store(&self, id: &str, state: Option<Arc<UserState>>, epoch: u64) {
+        if self.epoch(id).load(Ordering::Acquire) != epoch {
+            return;
+        }
+        let entry = Entry {
+            state,
+            fetched: SystemTime::now(),
+            next_refresh_ms: Arc::new(AtomicU64::new(0)),
+        };
+        self.entries.insert(id.to_string(), entry);
+    }
+
+    /// The user's state when [`UserCache::cached`] could not answer: read from PostgreSQL,
+    /// waiting for the cache's own connections no longer than [`crate::db::PROXY_POOL_WAIT`].
+    /// While the listener is down, an entry at hand answers if PostgreSQL does not within
+    /// [`STALE_REFRESH_WAIT`]. `now` is the request's reading of the clock.
+    pub async fn get(&self, id: &str, now: SystemTime) -> Result<Option<Arc<UserState>>, ApiError> {
+        let at_hand = self
+            .entries
             .get(id)
-            .filter(|e| e.is_fresh(now, self.ttl))
-            .map(|e| e.state)
-    }
-
-    /// The user's state: from memory while change notifications flow, else from PostgreSQL
-    /// (falling back to what memory has if PostgreSQL cannot answer). `now` is the request's
-    /// reading of the clock.
-    pub async fn get(
-        &self,
-        pool: &Pool,
-        id: &str,
-        now: SystemTime,
-    ) -> Result<Option<Arc<UserState>>, ApiError> {
-        let cached = self.fresh(id, now);
-        if let Some(hit) = &cached {
+            .map(|e| (e.is_fresh(now, self.ttl), e.state));
+        if let Some((true, state)) = &at_hand {
             if self.is_listening() {
-                return Ok(hit.clone());
+                return Ok(state.clone());
             }
         }
-        let fresh = async {
-            let db = users::client(pool).await?;
-            users::find_by_id(&db, id).await
-        };
-        // With a stale entry at hand, a database that does not answer quickly is not waited
-        // for: users already verified keep working through an outage.
-        let fresh = match &cached {
-            Some(_) => tokio::time::timeout(STALE_REFRESH_WAIT, fresh)
-                .await
-                .unwrap_or_else(|_| Err(ApiError::Unavailable("user refresh timed out".into()))),
-            None => fresh.await,
-        };
-        match fresh {
-            Ok(user) => {
-                let state = user
-                    .and_then(|u| UserState::new(u.id, u.email, u.is_active))
-                    .map(Arc::new);
-                let entry = Entry {
-                    state: state.clone(),
-                    fetched: SystemTime::now(),
-                };
-                self.entries.insert(id.to_string(), entry);
-                Ok(state)
-            }
-            Err(e) => match cached {
-                Some(stale) => Ok(stale),
-                None => Err(e),
+        let read = self.fetch(id, crate::db::PROXY_POOL_WAIT);
+        match at_hand {
+            Some((_, stale)) => match tokio::time::timeout(STALE_REFRESH_WAIT, read).await {
+                Ok(Ok(state)) => Ok(state),
+                Ok(Err(_)) | Err(_) => Ok(stale),
             },
+            None => read.await,
         }
     }
 }
@@ -270,5 +355,67 @@ impl BackgroundService for UserChangeListener {
             }
             backoff = (backoff * 2).min(LAST_RETRY);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{DatabaseConfig, Secret};
+
+    /// A cache whose pool points nowhere (making it opens no connection; reads fail).
+    fn cache(ttl: Duration) -> Arc<UserCache> {
+        let config = DatabaseConfig {
+            url: Secret::new("postgres://nobody@127.0.0.1:1/none"),
+            ..DatabaseConfig::default()
+        };
+        let pool = crate::db::proxy_pool(&config).unwrap();
+        Arc::new(UserCache::new(ttl, 100, pool, Duration::from_millis(10)))
+    }
+
+    fn state(id: &str) -> Option<Arc<UserState>> {
+        UserState::new(id.into(), format!("{id}@example.com"), true).map(Arc::new)
+    }
+
+    #[test]
+    fn a_read_overtaken_by_an_invalidation_is_not_kept() {
+        let cache = cache(Duration::from_secs(30));
+        let epoch = cache.epoch("u1").load(Ordering::Acquire);
+        cache.invalidate("u1");
+        cache.store("u1", state("u1"), epoch);
+        assert!(cache.entries.get("u1").is_none());
+        let epoch = cache.epoch("u1").load(Ordering::Acquire);
+        cache.store("u1", state("u1"), epoch);
+        assert!(cache.entries.get("u1").is_some());
+        // Everything read before a reconnection is overtaken too.
+        let epoch = cache.epoch("u2").load(Ordering::Acquire);
+        cache.invalidate_all();
+        cache.store("u2", state("u2"), epoch);
+        assert!(cache.entries.get("u2").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_stale_entry_answers_while_one_refresh_runs() {
+        let cache = cache(Duration::from_secs(1));
+        cache.listening.store(true, Ordering::Release);
+        let epoch = cache.epoch("u1").load(Ordering::Acquire);
+        cache.store("u1", state("u1"), epoch);
+        let later = SystemTime::now() + Duration::from_secs(5);
+        // Past the TTL: still the user, and one refresh is under way (the next may start only
+        // after it, or after it failed and the retry time passed).
+        assert_eq!(cache.cached("u1", later), Cached::Known(state("u1")));
+        let next = cache.entries.get("u1").unwrap().next_refresh_ms.load(Ordering::Relaxed);
+        assert!(next > cache.now_ms(), "no refresh under way");
+        assert_eq!(cache.cached("u1", later), Cached::Known(state("u1")));
+        assert_eq!(
+            cache.entries.get("u1").unwrap().next_refresh_ms.load(Ordering::Relaxed),
+            next
+        );
+        // An evicted user, or memory while notifications do not flow, answers nothing.
+        cache.invalidate("u1");
+        assert_eq!(cache.cached("u1", later), Cached::Unknown);
+        cache.store("u1", state("u1"), cache.epoch("u1").load(Ordering::Acquire));
+        cache.listening.store(false, Ordering::Release);
+        assert_eq!(cache.cached("u1", SystemTime::now()), Cached::Unknown);
     }
 }

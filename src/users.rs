@@ -95,10 +95,21 @@ pub fn is_unavailable(e: &tokio_postgres::Error) -> bool {
 }
 
 pub async fn client(pool: &Pool) -> Result<Client, ApiError> {
-    pool.get().await.map_err(|e| match e {
+    pool.get().await.map_err(pool_error)
+}
+
+/// [`client`], waiting up to `wait` for a free connection (instead of the pool's own limit).
+pub async fn client_waiting(pool: &Pool, wait: std::time::Duration) -> Result<Client, ApiError> {
+    let mut timeouts = pool.timeouts();
+    timeouts.wait = Some(wait);
+    pool.timeout_get(&timeouts).await.map_err(pool_error)
+}
+
+fn pool_error(e: PoolError) -> ApiError {
+    match e {
         PoolError::Backend(e) => db_error(e),
         other => ApiError::Unavailable(other.to_string()),
-    })
+    }
 }
 
 /// PostgreSQL text cannot hold NUL (it refuses the parameter outright): such a key names no row.

@@ -6,6 +6,7 @@ mod adoption;
 mod attacks;
 mod cors;
 mod db_outage;
+mod flood;
 mod goldens;
 mod hostile_input;
 mod login;
