@@ -219,36 +219,25 @@ fn log_failure(session: &Session, ctx: &RequestCtx, e: &Error, status: u16, what
     let cause = e.root_cause();
     let cause = (!cause.is::<Error>()).then(|| cause.to_string());
     let req = session.req_header();
-    let fields = (
-        e.etype().as_str(),
-        e.esource().as_str(),
-        req.method.as_str(),
-        req.uri.path(),
-        ctx.request_id.to_str().unwrap_or_default(),
-    );
+    macro_rules! log_at {
+        ($level:ident) => {
+            tracing::$level!(
+                error = e.etype().as_str(),
+                source = e.esource().as_str(),
+                status,
+                method = req.method.as_str(),
+                path = req.uri.path(),
+                request_id = ctx.request_id.to_str().unwrap_or_default(),
+                cause,
+                "{what}"
+            )
+        };
+    }
     // A client that went away, or sent something broken, is not the operator's problem.
     if matches!(e.esource(), ErrorSource::Downstream) {
-        tracing::debug!(
-            error = fields.0,
-            source = fields.1,
-            status,
-            method = fields.2,
-            path = fields.3,
-            request_id = fields.4,
-            cause,
-            "{what}"
-        );
+        log_at!(debug);
     } else {
-        tracing::warn!(
-            error = fields.0,
-            source = fields.1,
-            status,
-            method = fields.2,
-            path = fields.3,
-            request_id = fields.4,
-            cause,
-            "{what}"
-        );
+        log_at!(warn);
     }
 }
 

@@ -404,11 +404,21 @@ mod tests {
         // Past the TTL: still the user, and one refresh is under way (the next may start only
         // after it, or after it failed and the retry time passed).
         assert_eq!(cache.cached("u1", later), Cached::Known(state("u1")));
-        let next = cache.entries.get("u1").unwrap().next_refresh_ms.load(Ordering::Relaxed);
+        let next = cache
+            .entries
+            .get("u1")
+            .unwrap()
+            .next_refresh_ms
+            .load(Ordering::Relaxed);
         assert!(next > cache.now_ms(), "no refresh under way");
         assert_eq!(cache.cached("u1", later), Cached::Known(state("u1")));
         assert_eq!(
-            cache.entries.get("u1").unwrap().next_refresh_ms.load(Ordering::Relaxed),
+            cache
+                .entries
+                .get("u1")
+                .unwrap()
+                .next_refresh_ms
+                .load(Ordering::Relaxed),
             next
         );
         // An evicted user, or memory while notifications do not flow, answers nothing.
