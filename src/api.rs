@@ -135,6 +135,9 @@ pub enum ApiError {
     BodyTimeout,
     #[error("email already registered")]
     EmailTaken,
+    /// `auth.allow_registration` is off.
+    #[error("registration disabled")]
+    RegistrationDisabled,
     #[error("incorrect email or password")]
     BadCredentials,
     #[error("not authenticated")]
@@ -181,6 +184,7 @@ impl ApiError {
             ApiError::HeadersTooLarge => Reply::detail(431, "Request header fields too large"),
             ApiError::BodyTimeout => Reply::detail(408, "Request body not received in time"),
             ApiError::EmailTaken => Reply::detail(400, "Email already registered"),
+            ApiError::RegistrationDisabled => Reply::detail(403, "Registration is disabled"),
             ApiError::BadCredentials => bearer(Reply::detail(401, "Incorrect email or password")),
             ApiError::NotAuthenticated => bearer(Reply::detail(401, "Not authenticated")),
             ApiError::InvalidToken => bearer(Reply::detail(401, "Invalid token")),

@@ -44,6 +44,7 @@ pub struct App {
     pub policy: HashPolicy,
     pub cors: Cors,
     pub max_body_bytes: usize,
+    allow_registration: bool,
     pub body_timeout: Duration,
     pub max_header_bytes: usize,
     pub keepalive_seconds: u64,
@@ -109,6 +110,7 @@ impl App {
             policy,
             cors: Cors::new(&config.cors.origins),
             max_body_bytes: config.server.max_body_bytes,
+            allow_registration: config.auth.allow_registration,
             body_timeout: Duration::from_millis(config.server.body_timeout_ms),
             max_header_bytes: config.server.max_header_bytes,
             keepalive_seconds: config.server.keepalive_seconds,
@@ -192,6 +194,9 @@ impl App {
 
     #[tracing::instrument(level = "debug", skip_all)]
     async fn register(&self, req: &OwnRequest) -> Result<Reply, ApiError> {
+        if !self.allow_registration {
+            return Err(ApiError::RegistrationDisabled);
+        }
         self.limiters
             .register(req.client_ip)
             .map_err(|l| ApiError::TooManyRequests {

@@ -171,6 +171,8 @@ pub struct AuthConfig {
     pub access_token_expire_minutes: i64,
     /// Tokens longer than this are rejected before any parsing.
     pub max_token_bytes: usize,
+    /// Whether `POST /auth/register` creates accounts (false: 403, for invited users only).
+    pub allow_registration: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -292,6 +294,7 @@ impl Default for AuthConfig {
             secret_key: Secret::default(),
             access_token_expire_minutes: 30,
             max_token_bytes: 4096,
+            allow_registration: true,
         }
     }
 }
@@ -363,6 +366,7 @@ pub const ENV_OVERRIDES: &[(&[&str], &str)] = &[
         "auth.access_token_expire_minutes",
     ),
     (&["CORS_ORIGINS", "SENTINEL_CORS_ORIGINS"], "cors.origins"),
+    (&["SENTINEL_ALLOW_REGISTRATION"], "auth.allow_registration"),
     (&["SENTINEL_LISTEN"], "server.listen"),
     (&["SENTINEL_THREADS"], "server.threads"),
     (&["SENTINEL_ENVIRONMENT"], "server.environment"),
@@ -377,7 +381,13 @@ impl Config {
         let mut config = match std::fs::read_to_string(&sources.file) {
             Ok(text) => toml::from_str::<Config>(&text).map_err(|e| ConfigError::Parse {
                 path: sources.file.clone(),
-                message: one_line(e.message()),
+                message: match e.span() {
+                    Some(span) => {
+                        let (line, column) = line_and_column(&text, span.start);
+                        format!("line {line}, column {column}: {}", one_line(e.message()))
+                    }
+                    None => one_line(e.message()),
+                },
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !sources.file_required => {
                 Config::default()
@@ -422,6 +432,14 @@ impl Config {
                         .map_err(|_| bad(format!("expected a whole number, got {value:?}")))?
                 }
                 "cors.origins" => self.cors.origins = parse_origin_list(value).map_err(bad)?,
+                "auth.allow_registration" => {
+                    self.auth.allow_registration = match value.trim().to_ascii_lowercase().as_str()
+                    {
+                        "true" | "1" | "yes" => true,
+                        "false" | "0" | "no" => false,
+                        other => return Err(bad(format!("expected true or false, got {other:?}"))),
+                    }
+                }
                 "server.listen" => self.server.listen = value.to_string(),
                 "server.threads" => {
                     self.server.threads = value
@@ -464,6 +482,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         let dev = self.server.environment == Environment::Development;
+        if let Err(e) = check_log_filter(&self.log.level) {
+            return invalid(format!("log.level: {e}"));
+        }
         if self.server.listen.parse::<SocketAddr>().is_err() {
             return invalid(format!(
                 "server.listen must be host:port with a numeric host, got {:?}",
@@ -494,11 +515,9 @@ impl Config {
                     .into(),
             );
         }
+        // Unset is fine for `migrate` and `check-config`; serving asks [`Config::require_secret`].
         let secret = self.auth.secret_key.expose();
-        if secret.is_empty() {
-            return invalid("auth.secret_key is not set (config file, or SECRET_KEY)".into());
-        }
-        if !dev {
+        if !dev && !secret.is_empty() {
             if SEED_PLACEHOLDER_SECRETS.contains(&secret) {
                 return invalid(
                     "auth.secret_key is the seed's public placeholder; set a random secret of at least 32 bytes (or server.environment = \"development\")".into(),
@@ -600,8 +619,15 @@ impl Config {
                 return invalid(format!("routes: {:?} has no upstreams", route.prefix));
             }
         }
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
-            return invalid(format!("log.level: {e}"));
+        Ok(())
+    }
+
+    /// Serving signs tokens: the secret must be set (validation already refused a weak one).
+    pub fn require_secret(&self) -> Result<(), ConfigError> {
+        if self.auth.secret_key.is_empty() {
+            return Err(ConfigError::Invalid(
+                "auth.secret_key is not set (config file, or SECRET_KEY)".into(),
+            ));
         }
         Ok(())
     }
@@ -752,6 +778,48 @@ fn read_dotenv(path: &Path) -> Result<HashMap<String, String>, ConfigError> {
     Ok(vars)
 }
 
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let end = (0..=offset.min(text.len()))
+        .rev()
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(0);
+    let before = &text[..end];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    (line, column)
+}
+
+/// A `tracing` filter as the gateway accepts it: comma-separated directives, each a level
+/// (`info`) or `target=level` (`sentinel_gateway=debug`). `tracing`'s own parser also takes
+/// a bare word as a target with no level, so a misspelt level (`infoo`) would silently turn
+/// every line off; here it is an error.
+fn check_log_filter(filter: &str) -> Result<(), String> {
+    const LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
+    let is_level = |s: &str| LEVELS.contains(&s.trim().to_ascii_lowercase().as_str());
+    for directive in filter.split(',').map(str::trim) {
+        if directive.is_empty() {
+            continue;
+        }
+        let level = match directive.rsplit_once('=') {
+            Some((_, level)) => level,
+            None => directive,
+        };
+        if !is_level(level) {
+            return Err(format!(
+                "{directive:?} is not a level ({}) or target=level",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    if filter.trim().is_empty() {
+        return Err("empty (use \"off\" for no log lines)".into());
+    }
+    tracing_subscriber::EnvFilter::try_new(filter)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -889,5 +957,28 @@ mod tests {
             "{text}"
         );
         assert!(format!("{:?}", Secret::new("x")).contains("redacted"));
+    }
+
+    #[test]
+    fn log_filters_are_levels_or_target_levels() {
+        for good in [
+            "info",
+            "WARN",
+            "sentinel_gateway=debug,info",
+            "off",
+            "a::b=trace, warn",
+        ] {
+            assert!(check_log_filter(good).is_ok(), "{good}");
+        }
+        for bad in ["infoo", "", "sentinel_gateway", "info,debgu", "x=loud"] {
+            assert!(check_log_filter(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn toml_errors_say_where() {
+        assert_eq!(line_and_column("a = 1\nb = \"x\n", 10), (2, 5));
+        assert_eq!(line_and_column("é = 1", 3), (1, 3));
+        assert_eq!(line_and_column("", 5), (1, 1));
     }
 }

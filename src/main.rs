@@ -60,9 +60,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let result = match cli.command.unwrap_or(Command::Serve) {
+    let command = cli.command.unwrap_or(Command::Serve);
+    if let (Command::Serve, Err(e)) = (&command, config.require_secret()) {
+        eprintln!("sentinel-gateway: {e}");
+        return ExitCode::from(2);
+    }
+    let result = match command {
         Command::CheckConfig => {
             print!("{}", config.redacted_toml());
+            if let Err(e) = config.require_secret() {
+                eprintln!("sentinel-gateway: warning: {e}; serving would refuse to start");
+            }
             Ok(())
         }
         Command::Migrate => {

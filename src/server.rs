@@ -37,6 +37,7 @@ pub fn migrate(config: &Config) -> anyhow::Result<db::MigrationReport> {
 /// Serves until SIGTERM/SIGINT. Every start-up failure is returned (one line, non-zero exit),
 /// never a panic or a process left without a listener.
 pub fn serve(config: Config) -> anyhow::Result<()> {
+    config.require_secret()?;
     let addr = config.listen_addr();
     // Pingora retries a failed bind for 30 s and then panics inside a task while the process
     // stays up: find out now instead.

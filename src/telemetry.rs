@@ -8,6 +8,7 @@
 use std::io::{BufWriter, Stdout, Write};
 use std::sync::OnceLock;
 
+use tracing::level_filters::LevelFilter;
 use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
@@ -52,6 +53,72 @@ pub fn filter_directives(level: &str) -> String {
     }
 }
 
+/// Records of pingora's that describe nothing wrong, at the level they deserve: (target, the
+/// start of the message, level).
+const RELEVELLED: &[(&str, &str, log::Level)] = &[
+    // An idle upstream connection still held by its idle watcher at the moment a request
+    // wants it: pingora opens another one and the request succeeds.
+    (
+        "pingora_core::connectors",
+        "failed to acquire reusable stream",
+        log::Level::Debug,
+    ),
+];
+
+/// The `log` records of dependencies (pingora's), bridged into `tracing` by `LogTracer`, with
+/// the levels of [`RELEVELLED`] records corrected on the way.
+struct Relevelled(tracing_log::LogTracer);
+
+impl Relevelled {
+    fn level_of(record: &log::Record<'_>) -> log::Level {
+        let level = record.level();
+        if level > log::Level::Warn {
+            return level;
+        }
+        let message = record.args().as_str().map(std::borrow::Cow::Borrowed);
+        let message = message.unwrap_or_else(|| record.args().to_string().into());
+        RELEVELLED
+            .iter()
+            .find(|(target, start, _)| {
+                record.target().starts_with(target) && message.starts_with(start)
+            })
+            .map_or(level, |(_, _, to)| *to)
+    }
+}
+
+impl log::Log for Relevelled {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        self.0.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        let level = Self::level_of(record);
+        if level == record.level() {
+            return self.0.log(record);
+        }
+        let metadata = log::Metadata::builder()
+            .level(level)
+            .target(record.target())
+            .build();
+        if !self.0.enabled(&metadata) {
+            return;
+        }
+        self.0.log(
+            &log::Record::builder()
+                .metadata(metadata)
+                .args(*record.args())
+                .module_path(record.module_path())
+                .file(record.file())
+                .line(record.line())
+                .build(),
+        );
+    }
+
+    fn flush(&self) {
+        self.0.flush()
+    }
+}
+
 /// Keeps the log writer thread alive; dropping it flushes what is still queued.
 pub struct LogGuard {
     _writer: WorkerGuard,
@@ -62,6 +129,7 @@ pub struct LogGuard {
 pub fn init(config: &LogConfig) -> LogGuard {
     let filter = EnvFilter::try_new(filter_directives(&config.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    let max_level = filter.max_level_hint();
     let (writer, guard) = NonBlockingBuilder::default()
         .lossy(false)
         .buffered_lines_limit(64 * 1024)
@@ -72,23 +140,62 @@ pub fn init(config: &LogConfig) -> LogGuard {
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_writer(writer);
-    let _ = match config.format {
+    let installed = match config.format {
         LogFormat::Json => {
             let _ = ACCESS_WRITER.set(access);
-            builder
+            let subscriber = builder
                 .json()
                 .flatten_event(true)
                 .with_current_span(false)
-                .try_init()
+                .finish();
+            tracing::subscriber::set_global_default(subscriber).is_ok()
         }
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Text => tracing::subscriber::set_global_default(builder.finish()).is_ok(),
     };
+    if installed
+        && log::set_boxed_logger(Box::new(Relevelled(tracing_log::LogTracer::new()))).is_ok()
+    {
+        // No more than the filter lets through: `log`'s macros then skip what it would drop
+        // without a call (pingora has debug and trace lines on every request).
+        log::set_max_level(match max_level {
+            Some(LevelFilter::OFF) => log::LevelFilter::Off,
+            Some(LevelFilter::ERROR) => log::LevelFilter::Error,
+            Some(LevelFilter::WARN) => log::LevelFilter::Warn,
+            Some(LevelFilter::INFO) => log::LevelFilter::Info,
+            Some(LevelFilter::DEBUG) => log::LevelFilter::Debug,
+            _ => log::LevelFilter::Trace,
+        });
+    }
     LogGuard { _writer: guard }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reusable_stream_race_is_not_an_error() {
+        let record = |target: &'static str, args| {
+            Relevelled::level_of(
+                &log::Record::builder()
+                    .level(log::Level::Error)
+                    .target(target)
+                    .args(args)
+                    .build(),
+            )
+        };
+        assert_eq!(
+            record(
+                "pingora_core::connectors",
+                format_args!("failed to acquire reusable stream")
+            ),
+            log::Level::Debug
+        );
+        assert_eq!(
+            record("pingora_core::connectors", format_args!("something else")),
+            log::Level::Error
+        );
+    }
 
     #[test]
     fn pingora_stays_at_info_unless_named() {

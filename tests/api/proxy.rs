@@ -691,3 +691,35 @@ async fn the_work_stealing_scheduler_serves_as_well() {
         assert_eq!(e.one("x-user-id").as_deref(), Some(id.as_str()));
     }
 }
+
+/// Pingora's lines are at the level of what they describe: busy proxying that succeeds (which
+/// makes pingora race its idle-connection watcher for pooled upstream connections) logs no
+/// error.
+#[tokio::test]
+async fn requests_that_succeed_log_no_errors() {
+    let up = Upstream::start().await;
+    let app = std::sync::Arc::new(gateway_with(&[up.addr()], "").await);
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..48 {
+        let app = app.clone();
+        clients.spawn(async move {
+            let client = reqwest::Client::new();
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(3) {
+                let status = get_status(&client, &app.url("/public/x"), None).await;
+                assert_eq!(status, 200);
+            }
+        });
+    }
+    while let Some(done) = clients.join_next().await {
+        done.unwrap();
+    }
+    let logs = app.logs();
+    let errors: Vec<&str> = logs.lines().filter(|l| l.contains("ERROR")).collect();
+    assert!(
+        errors.is_empty(),
+        "{} error lines, e.g. {:?}",
+        errors.len(),
+        errors.first()
+    );
+}

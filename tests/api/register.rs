@@ -177,3 +177,22 @@ async fn validation_errors_have_fastapis_shape() {
         assert_eq!(a.header("content-type"), Some("application/json"));
     }
 }
+
+#[tokio::test]
+async fn registration_can_be_turned_off() {
+    let app = TestApp::spawn_with(Spawn {
+        env: vec![("SENTINEL_ALLOW_REGISTRATION".into(), "false".into())],
+        ..Spawn::default()
+    })
+    .await;
+    let a = Answer::of(
+        app.register("invited@example.com", "InvitedPassword1!")
+            .await,
+    )
+    .await;
+    assert_eq!(
+        (a.status, a.text.as_str()),
+        (403, r#"{"detail":"Registration is disabled"}"#)
+    );
+    assert_eq!(app.db.user_count().await, 0);
+}

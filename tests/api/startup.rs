@@ -18,9 +18,14 @@ fn a_bad_config_file_is_one_line_and_exit_code_2() {
     let dir = TempDir::new();
     let config = dir.0.join("gateway.toml");
     for (text, expect) in [
-        ("[server]\nlisten = 5\n", "invalid config file"),
+        ("[server]\nlisten = 5\n", "line 2, column 10"),
         ("[server]\nlisten_on = \"x\"\n", "unknown field"),
-        ("[server\n", "invalid config file"),
+        ("[server\n", "line 1, column 8"),
+        ("[auth]\nsecret_key = \"unterminated\n", "line 2, column"),
+        (
+            "[log]\nlevel = \"infoo\"\n",
+            "log.level: \"infoo\" is not a level",
+        ),
     ] {
         std::fs::write(&config, text).unwrap();
         let out = command(&dir.0, &config)
@@ -32,6 +37,51 @@ fn a_bad_config_file_is_one_line_and_exit_code_2() {
     }
     let missing = command(&dir.0, &dir.0.join("nope.toml")).output().unwrap();
     assert!(one_line_failure(&missing).contains("cannot read config file"));
+}
+
+#[test]
+fn a_misspelt_log_level_from_the_environment_is_refused() {
+    let dir = TempDir::new();
+    let config = dir.0.join("gateway.toml");
+    std::fs::write(
+        &config,
+        config_text(free_port(), "postgres://postgres@127.0.0.1/x", ""),
+    )
+    .unwrap();
+    let out = command(&dir.0, &config)
+        .env("SENTINEL_LOG_LEVEL", "infoo")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(one_line_failure(&out).contains("log.level"));
+}
+
+#[tokio::test]
+async fn migrate_and_check_config_need_no_secret_but_serving_does() {
+    let db = TestDb::create().await;
+    let dir = TempDir::new();
+    let config = dir.0.join("gateway.toml");
+    std::fs::write(&config, format!("[database]\nurl = \"{}\"\n", db.url)).unwrap();
+    let migrate = command(&dir.0, &config).arg("migrate").output().unwrap();
+    assert!(
+        migrate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrate.stderr)
+    );
+    assert!(String::from_utf8_lossy(&migrate.stdout).contains("V1__users"));
+    let check = command(&dir.0, &config)
+        .arg("check-config")
+        .output()
+        .unwrap();
+    assert!(check.status.success());
+    let warning = String::from_utf8_lossy(&check.stderr);
+    assert!(
+        warning.contains("warning") && warning.contains("auth.secret_key is not set"),
+        "{warning}"
+    );
+    let serve = command(&dir.0, &config).output().unwrap();
+    assert_eq!(serve.status.code(), Some(2));
+    assert!(one_line_failure(&serve).contains("auth.secret_key is not set"));
 }
 
 #[test]
