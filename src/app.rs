@@ -57,6 +57,9 @@ pub struct App {
     /// Keyed by the token's bytes: a lookup needs no text check of the header first.
     verified_tokens: BoundedCache<Box<[u8]>, Arc<Verified>>,
     pub request_ids: RequestIds,
+    /// Whether PostgreSQL was reached and migrated since start-up: until then, everything that
+    /// needs the database answers 503 (the schema may not be there yet).
+    ready: std::sync::atomic::AtomicBool,
 }
 
 /// What a handler needs from a request.
@@ -118,6 +121,7 @@ impl App {
             dummy_hash: Arc::from(dummy.as_str()),
             verified_tokens: bounded_cache(TOKEN_CACHE_CAPACITY),
             request_ids: RequestIds::new(),
+            ready: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -138,7 +142,28 @@ impl App {
         Ok(verified)
     }
 
+    /// The database was reached and migrated: what needs it may use it.
+    pub fn set_ready(&self) {
+        self.ready.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// `Err(Unavailable)` (503) until [`App::set_ready`].
+    pub fn check_ready(&self) -> Result<(), ApiError> {
+        if self.ready.load(std::sync::atomic::Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(ApiError::Unavailable(
+                "waiting for the database at start-up".into(),
+            ))
+        }
+    }
+
     pub async fn handle(&self, endpoint: Endpoint, req: &OwnRequest) -> Reply {
+        if endpoint != Endpoint::Health {
+            if let Err(e) = self.check_ready() {
+                return e.into_reply();
+            }
+        }
         let result = match endpoint {
             Endpoint::Health => Ok(Reply::json(200, &serde_json::json!({ "status": "ok" }))),
             Endpoint::Ready => self.ready().await,

@@ -158,6 +158,9 @@ pub struct DatabaseConfig {
     /// Longest wait for a pooled connection (and for a new one) before answering 503.
     pub acquire_timeout_ms: u64,
     pub connect_timeout_ms: u64,
+    /// How long start-up (and `migrate`) waits for PostgreSQL to answer before giving up;
+    /// meanwhile `/health` answers 200 and `/ready` 503.
+    pub startup_wait_seconds: u64,
     /// Longest a statement of a request may run (or wait for a lock) before PostgreSQL cancels
     /// it and the request gets 503: a lock held elsewhere must not hold pooled connections for
     /// as long as it lasts. 0: no limit. Set per pooled connection (`SET statement_timeout`).
@@ -284,6 +287,7 @@ impl Default for DatabaseConfig {
             acquire_timeout_ms: 3000,
             connect_timeout_ms: 3000,
             statement_timeout_ms: 5000,
+            startup_wait_seconds: 60,
         }
     }
 }

@@ -84,17 +84,82 @@ fn build_pool(config: &DatabaseConfig, size: usize, wait: Duration) -> Result<Po
 /// A single connection of its own, for migrations and start-up checks.
 pub async fn connect(config: &DatabaseConfig) -> Result<tokio_postgres::Client, DbError> {
     let pg = config.pg_config().map_err(DbError::Connect)?;
+    let target = target(&pg);
     let timeout = Duration::from_millis(config.connect_timeout_ms.max(1000));
     let (client, connection) = tokio::time::timeout(timeout, pg.connect(NoTls))
         .await
-        .map_err(|_| DbError::Connect(format!("no answer within {} ms", timeout.as_millis())))?
-        .map_err(|e| DbError::Connect(describe(&e)))?;
+        .map_err(|_| {
+            DbError::Connect(format!(
+                "at {target}: no answer within {} ms",
+                timeout.as_millis()
+            ))
+        })?
+        .map_err(|e| DbError::Connect(format!("at {target}: {}", describe(&e))))?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "migration connection closed");
         }
     });
     Ok(client)
+}
+
+/// [`connect`], trying again with back-off (0.2 s, doubling up to 5 s) for up to `bound` while
+/// PostgreSQL cannot be reached, as when an orchestrator starts the gateway and the database
+/// together. Logs which server it is waiting for (every 10 s at most).
+pub async fn connect_waiting(
+    config: &DatabaseConfig,
+    bound: Duration,
+) -> Result<tokio_postgres::Client, DbError> {
+    let started = std::time::Instant::now();
+    let mut backoff = Duration::from_millis(200);
+    let mut logged: Option<std::time::Instant> = None;
+    loop {
+        let error = match connect(config).await {
+            Ok(client) => {
+                if logged.is_some() {
+                    tracing::info!(
+                        waited_ms = started.elapsed().as_millis() as u64,
+                        "PostgreSQL answers"
+                    );
+                }
+                return Ok(client);
+            }
+            // A URL that cannot be read will not get better.
+            Err(e) if config.pg_config().is_err() => return Err(e),
+            Err(e) => e,
+        };
+        if started.elapsed() + backoff > bound {
+            let cause = match error {
+                DbError::Connect(cause) => cause,
+                other => other.to_string(),
+            };
+            return Err(DbError::Connect(format!(
+                "{cause} (gave up after {} s; database.startup_wait_seconds)",
+                started.elapsed().as_secs()
+            )));
+        }
+        if logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+            tracing::warn!(error = %error, "waiting for PostgreSQL");
+            logged = Some(std::time::Instant::now());
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Where a configuration connects: `host:port` (or the socket directory), for messages.
+pub fn target(pg: &tokio_postgres::Config) -> String {
+    let port = pg.get_ports().first().copied().unwrap_or(5432);
+    match pg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(host)) if host.contains(':') => {
+            format!("[{host}]:{port}")
+        }
+        Some(tokio_postgres::config::Host::Tcp(host)) => format!("{host}:{port}"),
+        Some(tokio_postgres::config::Host::Unix(dir)) => {
+            format!("{}/.s.PGSQL.{port}", dir.display())
+        }
+        None => format!("localhost:{port}"),
+    }
 }
 
 /// A readable one-line description of a tokio-postgres error, including its cause.

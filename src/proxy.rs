@@ -507,7 +507,10 @@ impl Gateway {
                 host,
                 cleanup,
             } => {
-                let fetched = self.app.users.get(&verified.user_id, now).await;
+                let fetched = match self.app.check_ready() {
+                    Ok(()) => self.app.users.get(&verified.user_id, now).await,
+                    Err(e) => Err(e),
+                };
                 match fetched.and_then(|state| admit(state, auth)) {
                     Ok(user) => {
                         ctx.user = user;

@@ -8,8 +8,10 @@ use std::time::Duration;
 use anyhow::Context;
 use pingora::proxy::http_proxy;
 use pingora::server::configuration::ServerConf;
-use pingora::server::{RunArgs, Server};
-use pingora::services::background::background_service;
+use pingora::server::{
+    RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch, UnixShutdownSignalWatch,
+};
+use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 
 use crate::app::App;
@@ -21,35 +23,37 @@ use crate::rate_limit::{LimiterJanitor, Limiters};
 use crate::upstreams;
 use crate::user_cache::{UserCache, UserChangeListener};
 
-/// Migrates the database once on a short-lived runtime of its own.
+/// Migrates the database once on a short-lived runtime of its own (waiting for PostgreSQL up to
+/// `database.startup_wait_seconds`).
 pub fn migrate(config: &Config) -> anyhow::Result<db::MigrationReport> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the start-up runtime")?;
-    let report = rt.block_on(async {
-        let mut client = db::connect(&config.database).await?;
-        db::migrate(&mut client).await
-    })?;
+    let report = rt.block_on(connect_and_migrate(&config.database))?;
     Ok(report)
 }
 
+async fn connect_and_migrate(
+    database: &crate::config::DatabaseConfig,
+) -> Result<db::MigrationReport, db::DbError> {
+    let bound = Duration::from_secs(database.startup_wait_seconds);
+    let mut client = db::connect_waiting(database, bound).await?;
+    db::migrate(&mut client).await
+}
+
 /// Serves until SIGTERM/SIGINT. Every start-up failure is returned (one line, non-zero exit),
-/// never a panic or a process left without a listener.
+/// never a panic or a process left without a listener. The listener comes up before the
+/// database is reached: `/health` answers at once, `/ready` and everything that needs the
+/// database answer 503 until [`DatabaseStartup`] has reached PostgreSQL and migrated it, and
+/// a database that does not answer within `database.startup_wait_seconds` (or cannot be
+/// adopted) ends the process with one line.
 pub fn serve(config: Config) -> anyhow::Result<()> {
     config.require_secret()?;
     let addr = config.listen_addr();
     // Pingora retries a failed bind for 30 s and then panics inside a task while the process
     // stays up: find out now instead.
     std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
-
-    let report = migrate(&config)?;
-    if report.adopted_existing_table {
-        tracing::info!("adopted the existing users table");
-    }
-    for name in &report.applied {
-        tracing::info!(migration = %name, "applied migration");
-    }
 
     let pool = db::pool(&config.database)?;
     let interval = Duration::from_millis(config.proxy.health_check_interval_ms);
@@ -78,6 +82,12 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         Arc::clone(&users),
         limiters,
     )?);
+    let outcome = Arc::new(StartupOutcome::default());
+    let database_startup = DatabaseStartup {
+        app: Arc::clone(&app),
+        database: config.database.clone(),
+        outcome: Arc::clone(&outcome),
+    };
     let listener = UserChangeListener {
         cache: users,
         upgraded: Arc::clone(&app.upgraded),
@@ -116,15 +126,90 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let mut service = Service::new("sentinel-gateway".to_string(), front);
     service.add_tcp(&config.server.listen);
     server.add_service(service);
+    server.add_service(background_service("database start-up", database_startup));
     server.add_service(background_service("user change listener", listener));
     server.add_service(background_service("rate limiter janitor", janitor));
     for checker in health_checks {
         server.add_service(checker);
     }
     tracing::info!(listen = %addr, threads = config.server.threads, "sentinel-gateway listening");
-    server.run(RunArgs::default());
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Signals(Arc::clone(&outcome))),
+    });
     tracing::info!("sentinel-gateway stopped");
-    Ok(())
+    match outcome.failure() {
+        Some(reason) => Err(anyhow::anyhow!(reason)),
+        None => Ok(()),
+    }
+}
+
+/// How the database start-up ended, when it failed: the process then stops with this line.
+#[derive(Default)]
+struct StartupOutcome {
+    failed: tokio::sync::Notify,
+    reason: std::sync::Mutex<Option<String>>,
+}
+
+impl StartupOutcome {
+    fn fail(&self, reason: String) {
+        *self
+            .reason
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason);
+        // A stored permit: the signal watcher sees it whenever it starts waiting.
+        self.failed.notify_one();
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.reason
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// Reaches PostgreSQL (waiting up to `database.startup_wait_seconds`), migrates it, and then
+/// lets the gateway answer what needs the database.
+struct DatabaseStartup {
+    app: Arc<App>,
+    database: crate::config::DatabaseConfig,
+    outcome: Arc<StartupOutcome>,
+}
+
+#[async_trait::async_trait]
+impl BackgroundService for DatabaseStartup {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let report = tokio::select! {
+            report = connect_and_migrate(&self.database) => report,
+            _ = shutdown.changed() => return,
+        };
+        match report {
+            Ok(report) => {
+                if report.adopted_existing_table {
+                    tracing::info!("adopted the existing users table");
+                }
+                for name in &report.applied {
+                    tracing::info!(migration = %name, "applied migration");
+                }
+                self.app.set_ready();
+                tracing::info!("database ready");
+            }
+            Err(e) => self.outcome.fail(e.to_string()),
+        }
+    }
+}
+
+/// Pingora's shutdown signals (SIGTERM, SIGINT, SIGQUIT), and a failed start-up.
+struct Signals(Arc<StartupOutcome>);
+
+#[async_trait::async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        tokio::select! {
+            signal = UnixShutdownSignalWatch.recv() => signal,
+            _ = self.0.failed.notified() => ShutdownSignal::FastShutdown,
+        }
+    }
 }
 
 /// Where pingora keeps its pid file and upgrade socket: per process, so that several instances

@@ -362,3 +362,81 @@ async fn the_listener_reconnects_quickly_after_each_loss_that_follows_a_healthy_
         "reconnections took {took:?}"
     );
 }
+
+#[tokio::test]
+async fn the_gateway_waits_for_its_database_at_start_up_and_answers_health_meanwhile() {
+    let cluster = OwnCluster::create();
+    cluster.stop();
+    let dir = TempDir::new();
+    let port = free_port();
+    let config = dir.0.join("gateway.toml");
+    std::fs::write(
+        &config,
+        config_text_with(port, &cluster.url(), "", "startup_wait_seconds = 60\n", ""),
+    )
+    .unwrap();
+    let log = dir.0.join("gateway.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let mut child = command(&dir.0, &config)
+        .env("SENTINEL_LOG_LEVEL", "info")
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !client
+        .get(format!("{base}/health"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == 200)
+    {
+        assert!(Instant::now() < deadline, "no /health while waiting");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Waiting: alive, not ready, and saying for what.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        get_status(&client, &format!("{base}/ready"), None).await,
+        503
+    );
+    let r = client
+        .post(format!("{base}/auth/register"))
+        .json(&serde_json::json!({"email": "early@example.com", "password": "EarlyPassword1!"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logs.contains("waiting for PostgreSQL")
+            && logs.contains(&format!("127.0.0.1:{}", cluster.port)),
+        "{logs}"
+    );
+    assert!(child.try_wait().unwrap().is_none(), "exited while waiting");
+
+    cluster.start();
+    let back = Instant::now();
+    while get_status(&client, &format!("{base}/ready"), None)
+        .await
+        .ne(&200)
+    {
+        assert!(
+            back.elapsed() < Duration::from_secs(10),
+            "not ready after the database came"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = client
+        .post(format!("{base}/auth/register"))
+        .json(&serde_json::json!({"email": "early@example.com", "password": "EarlyPassword1!"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let _ = child.wait();
+}

@@ -253,10 +253,11 @@ impl TestApp {
         app
     }
 
+    /// Waits until the gateway is ready: listening, its database reached and migrated.
     async fn wait_until_healthy(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(r) = self.client.get(self.url("/health")).send().await {
+            if let Ok(r) = self.client.get(self.url("/ready")).send().await {
                 if r.status() == 200 {
                     return;
                 }
@@ -423,8 +424,17 @@ impl Instance {
         let base = format!("http://127.0.0.1:{port}");
         let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(30);
-        while client.get(format!("{base}/health")).send().await.is_err() {
-            assert!(Instant::now() < deadline, "gateway instance never came up");
+        // Ready: listening, its database reached and migrated.
+        while !client
+            .get(format!("{base}/ready"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "gateway instance never became ready"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Instance {

@@ -145,23 +145,36 @@ fn check_config_prints_the_effective_config_without_secrets() {
 }
 
 #[test]
-fn an_unreachable_database_stops_start_up_with_one_line() {
+fn a_database_that_never_answers_ends_start_up_after_the_wait_with_one_line() {
     let dir = TempDir::new();
     let config = dir.0.join("gateway.toml");
     let dead_port = free_port();
     std::fs::write(
         &config,
-        config_text(
+        config_text_with(
             free_port(),
             &format!("postgres://postgres@127.0.0.1:{dead_port}/x"),
+            "",
+            "startup_wait_seconds = 2\n",
             "",
         ),
     )
     .unwrap();
     let started = Instant::now();
     let out = command(&dir.0, &config).output().unwrap();
-    assert!(started.elapsed() < Duration::from_secs(15));
-    assert!(one_line_failure(&out).contains("PostgreSQL"));
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let line = one_line_failure(&out);
+    assert!(
+        line.contains(&format!(
+            "cannot connect to PostgreSQL: at 127.0.0.1:{dead_port}"
+        )) && line.contains("gave up after"),
+        "{line}"
+    );
 }
 
 #[tokio::test]
