@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::password::HashPolicy;
+use crate::pg_tls::PgTls;
 
 /// The secret the seed backend shipped with; it is public, so it signs nothing outside development.
 const SEED_PLACEHOLDER_SECRETS: &[&str] =
@@ -513,6 +514,9 @@ impl Config {
         if let Err(e) = self.database.pg_config() {
             return invalid(format!("database.url is not a PostgreSQL URL: {e}"));
         }
+        if let Err(e) = self.database.connector() {
+            return invalid(format!("database.url: {e}"));
+        }
         if self.database.pool_size < 2 || self.database.proxy_pool_size == 0 {
             return invalid(
                 "database.pool_size must be at least 2 and database.proxy_pool_size at least 1"
@@ -670,15 +674,29 @@ impl DatabaseConfig {
     /// accepted and dropped.
     pub fn pg_config(&self) -> Result<tokio_postgres::Config, String> {
         let url = normalize_database_url(self.url.expose());
+        let (url, tls) = PgTls::split(&url)?;
         let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
             // tokio-postgres errors do not echo the URL, so they are safe to show.
             format!("{e}")
         })?;
+        config.ssl_mode(tls.wire_mode());
         if config.get_application_name().is_none() {
             config.application_name("sentinel-gateway");
         }
         config.connect_timeout(std::time::Duration::from_millis(self.connect_timeout_ms));
         Ok(config)
+    }
+}
+
+impl DatabaseConfig {
+    /// The TLS the URL asks for (`sslmode`, `sslrootcert`; see [`crate::pg_tls`]).
+    pub fn tls(&self) -> Result<PgTls, String> {
+        PgTls::split(&normalize_database_url(self.url.expose())).map(|(_, tls)| tls)
+    }
+
+    /// The TLS connector every connection to PostgreSQL is made with.
+    pub fn connector(&self) -> Result<tokio_postgres_rustls::MakeRustlsConnect, String> {
+        self.tls()?.connector()
     }
 }
 

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
 
 use crate::config::DatabaseConfig;
 
@@ -18,8 +17,13 @@ const MIGRATION_LOCK_KEY: i64 = 0x5e47_1e1a_0000_0001;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
+    /// PostgreSQL cannot be reached (yet): no answer, refused, starting up, full.
     #[error("cannot connect to PostgreSQL: {0}")]
     Connect(String),
+    /// PostgreSQL answered and will not take the connection as configured (authentication,
+    /// a missing database, a certificate that does not verify): waiting will not help.
+    #[error("cannot connect to PostgreSQL: {0}")]
+    Refused(String),
     #[error("cannot adopt the existing database: {0}; nothing was changed")]
     NotAdoptable(String),
     #[error("migration failed: {0}")]
@@ -54,7 +58,7 @@ fn build_pool(config: &DatabaseConfig, size: usize, wait: Duration) -> Result<Po
     let pg = config.pg_config().map_err(DbError::Connect)?;
     let manager = Manager::from_config(
         pg,
-        NoTls,
+        config.connector().map_err(DbError::Connect)?,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -83,10 +87,11 @@ fn build_pool(config: &DatabaseConfig, size: usize, wait: Duration) -> Result<Po
 
 /// A single connection of its own, for migrations and start-up checks.
 pub async fn connect(config: &DatabaseConfig) -> Result<tokio_postgres::Client, DbError> {
-    let pg = config.pg_config().map_err(DbError::Connect)?;
+    let pg = config.pg_config().map_err(DbError::Refused)?;
     let target = target(&pg);
     let timeout = Duration::from_millis(config.connect_timeout_ms.max(1000));
-    let (client, connection) = tokio::time::timeout(timeout, pg.connect(NoTls))
+    let tls = config.connector().map_err(DbError::Refused)?;
+    let (client, connection) = tokio::time::timeout(timeout, pg.connect(tls))
         .await
         .map_err(|_| {
             DbError::Connect(format!(
@@ -94,7 +99,14 @@ pub async fn connect(config: &DatabaseConfig) -> Result<tokio_postgres::Client, 
                 timeout.as_millis()
             ))
         })?
-        .map_err(|e| DbError::Connect(format!("at {target}: {}", describe(&e))))?;
+        .map_err(|e| {
+            let message = format!("at {target}: {}", describe(&e));
+            if is_transient(&e) {
+                DbError::Connect(message)
+            } else {
+                DbError::Refused(message)
+            }
+        })?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "migration connection closed");
@@ -124,18 +136,14 @@ pub async fn connect_waiting(
                 }
                 return Ok(client);
             }
-            // A URL that cannot be read will not get better.
-            Err(e) if config.pg_config().is_err() => return Err(e),
-            Err(e) => e,
+            Err(DbError::Connect(cause)) => cause,
+            // Refused, or a URL that cannot be read: waiting will not help.
+            Err(e) => return Err(e),
         };
         if started.elapsed() + backoff > bound {
-            let cause = match error {
-                DbError::Connect(cause) => cause,
-                other => other.to_string(),
-            };
             return Err(DbError::Connect(format!(
-                "{cause} (gave up after {} s; database.startup_wait_seconds)",
-                started.elapsed().as_secs()
+                "{error} (gave up after {:.1} s; database.startup_wait_seconds)",
+                started.elapsed().as_secs_f64()
             )));
         }
         if logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
@@ -145,6 +153,25 @@ pub async fn connect_waiting(
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
+}
+
+/// Whether a failed connection may succeed later: no answer (refused, timed out, a name that
+/// does not resolve yet), or PostgreSQL starting up (57P03), full (53300) or in a connection
+/// exception (08). Authentication, a missing database and TLS failures are not.
+fn is_transient(e: &tokio_postgres::Error) -> bool {
+    use std::error::Error as _;
+    if let Some(db) = e.as_db_error() {
+        let code = db.code().code();
+        return code.starts_with("08") || matches!(code, "57P03" | "53300");
+    }
+    let mut source = e.source();
+    while let Some(cause) = source {
+        if cause.is::<rustls::Error>() {
+            return false;
+        }
+        source = cause.source();
+    }
+    true
 }
 
 /// Where a configuration connects: `host:port` (or the socket directory), for messages.

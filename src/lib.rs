@@ -18,6 +18,7 @@ pub mod forms;
 pub mod front;
 pub mod identity;
 pub mod password;
+pub mod pg_tls;
 pub mod proxy;
 pub mod pyjson;
 pub mod rate_limit;

@@ -282,7 +282,7 @@ impl UserChangeListener {
     async fn listen_once(&self) -> Result<(), String> {
         let pg = self.database.pg_config()?;
         let (client, mut connection) = pg
-            .connect(tokio_postgres::NoTls)
+            .connect(self.database.connector()?)
             .await
             .map_err(|e| crate::db::describe(&e))?;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();

@@ -1,5 +1,6 @@
 //! Integration tests: the real `sentinel-gateway` binary, a real PostgreSQL, HTTP over sockets.
 
+mod cluster;
 mod helpers;
 
 mod adoption;
@@ -11,6 +12,7 @@ mod goldens;
 mod hostile_input;
 mod login;
 mod me;
+mod pg_tls;
 mod proxy;
 mod proxy_streams;
 mod rate_limits;
