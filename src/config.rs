@@ -98,6 +98,8 @@ pub struct ProxyConfig {
     /// How long a verified user's state is reused without asking PostgreSQL. Changes arrive
     /// sooner through LISTEN/NOTIFY; this is the safety net.
     pub user_cache_ttl_seconds: u64,
+    /// How often upstream names are resolved again (a changed answer is followed).
+    pub upstream_dns_refresh_seconds: u64,
 }
 
 impl Default for ProxyConfig {
@@ -106,6 +108,7 @@ impl Default for ProxyConfig {
             trusted_proxies: Vec::new(),
             health_check_interval_ms: 1000,
             user_cache_ttl_seconds: 30,
+            upstream_dns_refresh_seconds: 10,
         }
     }
 }
@@ -490,10 +493,9 @@ impl Config {
         if let Err(e) = check_log_filter(&self.log.level) {
             return invalid(format!("log.level: {e}"));
         }
-        if self.server.listen.parse::<SocketAddr>().is_err() {
+        if let Err(e) = crate::upstreams::Target::parse(&self.server.listen) {
             return invalid(format!(
-                "server.listen must be host:port with a numeric host, got {:?}",
-                self.server.listen
+                "server.listen must be host:port (an address or a name): {e}"
             ));
         }
         if self.server.threads == 0 || self.server.threads > 256 {
@@ -586,19 +588,20 @@ impl Config {
         if let Err(e) = crate::identity::TrustedProxies::parse(&self.proxy.trusted_proxies) {
             return invalid(format!("proxy.trusted_proxies: {e}"));
         }
+        if self.proxy.upstream_dns_refresh_seconds == 0 {
+            return invalid("proxy.upstream_dns_refresh_seconds must be at least 1".into());
+        }
         if self.proxy.health_check_interval_ms < 100 {
             return invalid("proxy.health_check_interval_ms must be at least 100".into());
         }
         for route in &self.routes {
-            if route
-                .upstreams
-                .iter()
-                .any(|u| u.parse::<SocketAddr>().is_err())
-            {
-                return invalid(format!(
-                    "routes: {:?} upstreams must be ip:port addresses, got {:?}",
-                    route.prefix, route.upstreams
-                ));
+            for upstream in &route.upstreams {
+                if let Err(e) = crate::upstreams::Target::parse(upstream) {
+                    return invalid(format!(
+                        "routes: {:?} upstreams are host:port (an address or a name): {e}",
+                        route.prefix
+                    ));
+                }
             }
             if route.connect_timeout_ms == 0 || route.read_timeout_ms == 0 {
                 return invalid(format!(
@@ -640,12 +643,22 @@ impl Config {
         Ok(())
     }
 
-    pub fn listen_addr(&self) -> SocketAddr {
-        // validate() checked it parses.
-        self.server
-            .listen
-            .parse()
-            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8000)))
+    /// The addresses `server.listen` names (a name may resolve to several, `localhost` to
+    /// 127.0.0.1 and ::1: the gateway listens on each).
+    pub fn listen_addrs(&self) -> Result<Vec<SocketAddr>, String> {
+        let mut addrs: Vec<SocketAddr> =
+            std::net::ToSocketAddrs::to_socket_addrs(self.server.listen.as_str())
+                .map_err(|e| format!("cannot resolve server.listen {:?}: {e}", self.server.listen))?
+                .collect();
+        addrs.sort();
+        addrs.dedup();
+        if addrs.is_empty() {
+            return Err(format!(
+                "server.listen {:?} resolves to no address",
+                self.server.listen
+            ));
+        }
+        Ok(addrs)
     }
 
     /// The effective configuration as TOML, secrets redacted (for `check-config`): every

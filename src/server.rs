@@ -50,17 +50,20 @@ async fn connect_and_migrate(
 /// adopted) ends the process with one line.
 pub fn serve(config: Config) -> anyhow::Result<()> {
     config.require_secret()?;
-    let addr = config.listen_addr();
+    let addrs = config.listen_addrs().map_err(|e| anyhow::anyhow!(e))?;
     // Pingora retries a failed bind for 30 s and then panics inside a task while the process
     // stays up: find out now instead.
-    std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    for addr in &addrs {
+        std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    }
 
     let pool = db::pool(&config.database)?;
     let interval = Duration::from_millis(config.proxy.health_check_interval_ms);
     let mut routes = Vec::with_capacity(config.routes.len());
     let mut health_checks = Vec::with_capacity(config.routes.len());
     for route in &config.routes {
-        let (route, checker) = upstreams::build(route, interval)?;
+        let dns_refresh = Duration::from_secs(config.proxy.upstream_dns_refresh_seconds);
+        let (route, checker) = upstreams::build(route, interval, dns_refresh)?;
         routes.push(route);
         health_checks.push(checker);
     }
@@ -124,7 +127,9 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         },
     );
     let mut service = Service::new("sentinel-gateway".to_string(), front);
-    service.add_tcp(&config.server.listen);
+    for addr in &addrs {
+        service.add_tcp(&addr.to_string());
+    }
     server.add_service(service);
     server.add_service(background_service("database start-up", database_startup));
     server.add_service(background_service("user change listener", listener));
@@ -132,7 +137,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     for checker in health_checks {
         server.add_service(checker);
     }
-    tracing::info!(listen = %addr, threads = config.server.threads, "sentinel-gateway listening");
+    tracing::info!(listen = ?addrs, threads = config.server.threads, "sentinel-gateway listening");
     server.run(RunArgs {
         shutdown_signal: Box::new(Signals(Arc::clone(&outcome))),
     });

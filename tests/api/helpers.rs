@@ -123,6 +123,11 @@ pub struct Spawn {
     pub server_extra: String,
     /// Keys added to the `[database]` table.
     pub database_extra: String,
+    /// The port to listen on (default: a free one).
+    pub port: Option<u16>,
+    /// A hosts file the gateway resolves names with instead of `/etc/hosts` (it then runs in
+    /// a mount namespace of its own, which needs root).
+    pub hosts_file: Option<PathBuf>,
     pub env: Vec<(String, String)>,
     pub seed_data: bool,
 }
@@ -176,8 +181,14 @@ pub fn config_text_with(
         "[rate_limit]\nlogin_per_ip_per_minute = 100000\nlogin_per_account_per_minute = 100000\n\
          register_per_ip_per_minute = 100000\n\n"
     };
+    // `server_extra` may name the listen address itself (by host name, say).
+    let listen = if server_extra.contains("listen =") {
+        String::new()
+    } else {
+        format!("listen = \"127.0.0.1:{port}\"\n")
+    };
     format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\nthreads = 2\n{server_extra}\n\
+        "[server]\n{listen}threads = 2\n{server_extra}\n\
          [database]\nurl = \"{db_url}\"\n{database_extra}\n\
          [auth]\nsecret_key = \"{SEED_SECRET}\"\n\n\
          [log]\nlevel = \"warn\"\nformat = \"text\"\n\n{limits}{extra}"
@@ -189,6 +200,22 @@ pub fn command(dir: &Path, config: &Path) -> Command {
     let mut cmd = Command::new(binary());
     cmd.env_clear()
         .current_dir(dir)
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// [`command`] in a mount namespace of its own where `hosts` is `/etc/hosts`, so that a test
+/// decides (and changes) what names resolve to. Needs root, as the tests run in CI.
+pub fn with_hosts_file(dir: &Path, config: &Path, hosts: &Path) -> Command {
+    let mut cmd = Command::new("/usr/bin/unshare");
+    cmd.env_clear()
+        .current_dir(dir)
+        .args(["--mount", "--propagation", "private", "/bin/sh", "-c"])
+        .arg("/usr/bin/mount --bind \"$0\" /etc/hosts && exec \"$@\"")
+        .arg(hosts)
+        .arg(binary())
         .arg("--config")
         .arg(config)
         .stdin(Stdio::null());
@@ -219,7 +246,7 @@ impl TestApp {
     /// Starts a gateway on an existing database.
     pub async fn start_on(db: TestDb, spec: Spawn) -> TestApp {
         let dir = TempDir::new();
-        let port = free_port();
+        let port = spec.port.unwrap_or_else(free_port);
         let config = dir.0.join("gateway.toml");
         std::fs::write(
             &config,
@@ -233,7 +260,10 @@ impl TestApp {
         )
         .unwrap();
         let log = std::fs::File::create(dir.0.join("gateway.log")).unwrap();
-        let mut cmd = command(&dir.0, &config);
+        let mut cmd = match &spec.hosts_file {
+            Some(hosts) => with_hosts_file(&dir.0, &config, hosts),
+            None => command(&dir.0, &config),
+        };
         cmd.envs(spec.env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().unwrap())
             .stderr(log);
@@ -457,6 +487,7 @@ impl Drop for Instance {
 /// The demo upstream binary on a free port; killed on drop.
 pub struct Upstream {
     pub port: u16,
+    at: std::net::SocketAddr,
     child: Child,
 }
 
@@ -466,25 +497,29 @@ impl Upstream {
     }
 
     pub async fn start_on(port: u16) -> Upstream {
+        Upstream::start_at(&format!("127.0.0.1:{port}")).await
+    }
+
+    /// On a loopback address of the test's choice (any of 127.0.0.0/8).
+    pub async fn start_at(addr: &str) -> Upstream {
+        let at: std::net::SocketAddr = addr.parse().unwrap();
+        let port = at.port();
         let child = Command::new(env!("CARGO_BIN_EXE_demo-upstream"))
-            .arg(format!("127.0.0.1:{port}"))
+            .arg(addr)
             .stdout(Stdio::null())
             .stdin(Stdio::null())
             .spawn()
             .expect("start demo-upstream");
         let deadline = Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
+        while tokio::net::TcpStream::connect(at).await.is_err() {
             assert!(Instant::now() < deadline, "demo-upstream did not start");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Upstream { port, child }
+        Upstream { port, at, child }
     }
 
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        self.at.to_string()
     }
 
     /// How many requests reached this upstream so far.

@@ -364,3 +364,68 @@ async fn open_websockets_of_a_deactivated_user_are_closed_within_a_second() {
     // Other users' sockets are untouched.
     echoes(&mut other).await;
 }
+
+/// Upstreams and the listener by name (as Docker Compose and Kubernetes name services): every
+/// address a name resolves to is balanced over and health-checked on its own, and a changed
+/// answer is followed without a restart. The gateway resolves with a hosts file of the test's.
+#[tokio::test]
+async fn upstream_names_are_resolved_per_address_and_again_when_they_change() {
+    let port = free_port();
+    let a = Upstream::start_at(&format!("127.0.0.2:{port}")).await;
+    let b = Upstream::start_at(&format!("127.0.0.3:{port}")).await;
+    let c = Upstream::start_at(&format!("127.0.0.4:{port}")).await;
+    let names = TempDir::new();
+    let hosts = names.0.join("hosts");
+    let write_hosts = |api: &[&str]| {
+        let mut text = String::from("127.0.0.1 localhost gateway.test\n");
+        for ip in api {
+            text.push_str(&format!("{ip} api.test\n"));
+        }
+        // In place: the gateway's /etc/hosts is this very file.
+        std::fs::write(&hosts, text).unwrap();
+    };
+    write_hosts(&["127.0.0.2", "127.0.0.3"]);
+    let gateway_port = free_port();
+    let app = TestApp::spawn_with(Spawn {
+        server_extra: format!("listen = \"gateway.test:{gateway_port}\"\n"),
+        config_extra: format!(
+            "[proxy]\nhealth_check_interval_ms = 200\nupstream_dns_refresh_seconds = 1\n\n{}",
+            route("/api/", &[format!("api.test:{port}")], "public", "")
+        ),
+        hosts_file: Some(hosts.clone()),
+        port: Some(gateway_port),
+        ..Spawn::default()
+    })
+    .await;
+    assert_eq!(app.port, gateway_port, "listening on the name's address");
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for _ in 0..10 {
+        *seen
+            .entry(server_of(&app, "/api/x").await.unwrap())
+            .or_default() += 1;
+    }
+    assert_eq!(
+        seen.keys().collect::<std::collections::BTreeSet<_>>(),
+        [a.addr(), b.addr()].iter().collect(),
+        "both addresses of the name serve"
+    );
+    // One address dies: its health check takes it out, the other keeps serving.
+    drop(b);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for _ in 0..10 {
+        assert_eq!(server_of(&app, "/api/x").await, Ok(a.addr()));
+    }
+    // The name now points elsewhere: followed within the refresh interval, no restart.
+    write_hosts(&["127.0.0.4"]);
+    let changed = Instant::now();
+    while server_of(&app, "/api/x").await != Ok(c.addr()) {
+        assert!(
+            changed.elapsed() < Duration::from_secs(5),
+            "new address not followed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for _ in 0..10 {
+        assert_eq!(server_of(&app, "/api/x").await, Ok(c.addr()));
+    }
+}
