@@ -12,7 +12,12 @@ cd "$(dirname "$0")/.."
 DURATION=${1:-10}
 GW_PORT=${GW_PORT:-18300}
 SEED_PORT=${SEED_PORT:-18400}
+# A checkout of the seed's FastAPI backend (its main.py and requirements.txt).
 SEED_DIR=${SEED_DIR:-../shared/peers/seed_fastapi}
+if [ ! -d "$SEED_DIR" ]; then
+  echo "bench/auth.sh: no seed backend at $SEED_DIR: set SEED_DIR to a checkout of it" >&2
+  exit 1
+fi
 SECRET="bench-secret-0123456789abcdef0123456789abcdef"
 PASSWORD="BenchPassword123!"
 OUT=target/bench

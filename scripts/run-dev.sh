@@ -25,7 +25,12 @@ if [ -z "${SECRET_KEY:-}" ]; then
 fi
 export SENTINEL_LOG_FORMAT=${SENTINEL_LOG_FORMAT:-text}
 
-cargo build --release --quiet --bins
+if ! command -v cargo >/dev/null; then
+  echo "run-dev: cargo not found: install a Rust toolchain (https://rustup.rs) and try again" >&2
+  exit 1
+fi
+echo "run-dev: building (the first build compiles every dependency: about 12 minutes on 2 cores)"
+cargo build --release --bins
 upstream_pid=
 if (exec 3<>/dev/tcp/127.0.0.1/9000) 2>/dev/null; then
   echo "run-dev: something already listens on 127.0.0.1:9000; using it as the upstream"

@@ -4,4 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-deps.sh
+if ! command -v cargo >/dev/null; then
+  echo "test: cargo not found: install a Rust toolchain (https://rustup.rs) and try again" >&2
+  exit 1
+fi
 cargo test --all-targets "$@"
