@@ -261,16 +261,14 @@ async fn the_gateway_waits_for_its_database_at_start_up_and_answers_health_meanw
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !client
-        .get(format!("{base}/health"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status() == 200)
-    {
-        assert!(Instant::now() < deadline, "no /health while waiting");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let health = format!("{base}/health");
+    wait_for_status(
+        &health,
+        200,
+        Duration::from_secs(10),
+        "no /health while waiting",
+    )
+    .await;
     // Waiting: alive, not ready, and saying for what.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
@@ -293,17 +291,14 @@ async fn the_gateway_waits_for_its_database_at_start_up_and_answers_health_meanw
     assert!(child.try_wait().unwrap().is_none(), "exited while waiting");
 
     cluster.start();
-    let back = Instant::now();
-    while get_status(&client, &format!("{base}/ready"), None)
-        .await
-        .ne(&200)
-    {
-        assert!(
-            back.elapsed() < Duration::from_secs(10),
-            "not ready after the database came"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let ready = format!("{base}/ready");
+    wait_for_status(
+        &ready,
+        200,
+        Duration::from_secs(10),
+        "not ready after the database came",
+    )
+    .await;
     let r = client
         .post(format!("{base}/auth/register"))
         .json(&serde_json::json!({"email": "early@example.com", "password": "EarlyPassword1!"}))

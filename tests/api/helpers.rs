@@ -452,21 +452,14 @@ impl Instance {
             .spawn()
             .unwrap();
         let base = format!("http://127.0.0.1:{port}");
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
         // Ready: listening, its database reached and migrated.
-        while !client
-            .get(format!("{base}/ready"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            assert!(
-                Instant::now() < deadline,
-                "gateway instance never became ready"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_for_status(
+            &format!("{base}/ready"),
+            200,
+            Duration::from_secs(30),
+            "gateway instance not ready",
+        )
+        .await;
         Instance {
             base,
             child,
@@ -586,6 +579,22 @@ impl Echo {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.terminate(Duration::from_secs(10));
+    }
+}
+
+/// Polls `GET url` until it answers `status` (connection errors count as not yet); panics with
+/// `what` after `within`.
+pub async fn wait_for_status(url: &str, status: u16, within: Duration, what: &str) {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + within;
+    while !client
+        .get(url)
+        .send()
+        .await
+        .is_ok_and(|r| r.status().as_u16() == status)
+    {
+        assert!(Instant::now() < deadline, "{what} after {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::cluster::OwnCluster;
 use crate::helpers::*;
@@ -193,18 +193,14 @@ async fn postgres_over_tls_verifies_as_libpq_does() {
         config_text(port, &url("localhost", &ca_query("verify-full", &ca)), ""),
     )
     .unwrap();
-    let mut child = command(&dir.0, &config).spawn().unwrap();
+    let mut child = command(&dir.0, &config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !client
-        .get(format!("http://127.0.0.1:{port}/ready"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status() == 200)
-    {
-        assert!(Instant::now() < deadline, "not ready over TLS");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let ready = format!("http://127.0.0.1:{port}/ready");
+    wait_for_status(&ready, 200, Duration::from_secs(20), "not ready over TLS").await;
     let r = client
         .post(format!("http://127.0.0.1:{port}/auth/register"))
         .json(&serde_json::json!({"email": "tls@example.com", "password": "TlsPassword123!"}))
