@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sentinel_gateway::password::{verify, HashPolicy};
+use sentinel_gateway::credentials::password::{verify, HashPolicy};
 
 fn main() {
     let mut args = std::env::args().skip(1);

@@ -1,32 +1,24 @@
 //! Sentinel Gateway: the SentinelShield auth API (byte-compatible with the seed's FastAPI
 //! backend) and an identity-aware reverse proxy, on Pingora and PostgreSQL.
 //!
-//! Request flow: `proxy` (pingora hooks) → `cors` / `routes` → `app` handlers →
-//! `forms` / `password` / `token` / `users` → `api::Reply`.
+//! The house, by wing:
+//! - [`edge`]: the request path — connection front, pingora hooks, routing, identity headers,
+//!   CORS, upstreams;
+//! - [`own`]: the gateway's own API — handlers, answers and errors, body parsing;
+//! - [`credentials`]: passwords, tokens, rate limits;
+//! - [`store`]: PostgreSQL — pools, migrations, the `users` table, the user-state cache;
+//! - [`ops`]: configuration, start-up, logging.
+//!
+//! A request: `edge::front` → `edge::proxy` → `edge::routes` → either `own::app` (handlers →
+//! `credentials` / `store::users` → `own::api::Reply`) or, for a route, bearer verification
+//! (`credentials::token`, `store::user_cache`) → `edge::identity` → an upstream
+//! (`edge::upstreams`).
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
-pub mod access_log;
-pub mod api;
-pub mod app;
-pub mod config;
-pub mod cors;
-pub mod db;
-pub mod email;
-pub mod forms;
-pub mod front;
-pub mod identity;
-pub mod password;
-pub mod pg_tls;
-pub mod proxy;
-pub mod pyjson;
-pub mod rate_limit;
-pub mod routes;
-pub mod server;
-pub mod telemetry;
-pub mod token;
-pub mod upgraded;
-pub mod upstreams;
-pub mod user_cache;
-pub mod users;
+pub mod credentials;
+pub mod edge;
+pub mod ops;
+pub mod own;
+pub mod store;

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use sentinel_gateway::config::{Config, Sources};
-use sentinel_gateway::{server, telemetry};
+use sentinel_gateway::ops::config::{Config, Sources};
+use sentinel_gateway::ops::{server, telemetry};
 
 /// mimalloc rather than glibc's malloc: a proxied request makes dozens of small allocations
 /// (pingora's header maps and futures among them), and `bench/proxy-instructions.sh` showed

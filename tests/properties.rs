@@ -2,9 +2,10 @@
 
 use http::Method;
 use proptest::prelude::*;
-use sentinel_gateway::config::{RouteAuth, RouteConfig};
-use sentinel_gateway::routes::{self, Route, Router};
-use sentinel_gateway::{email, identity, pyjson};
+use sentinel_gateway::edge::identity;
+use sentinel_gateway::edge::routes::{self, Route, Router};
+use sentinel_gateway::ops::config::{RouteAuth, RouteConfig};
+use sentinel_gateway::own::{email, pyjson};
 
 /// Every escape in `path` decoded (what a decoding upstream routes on).
 fn fully_decoded(path: &[u8]) -> Vec<u8> {

@@ -4,9 +4,9 @@
 
 use serde_json::{Map, Value};
 
-use crate::api::{ApiError, Issue};
-use crate::email;
-use crate::pyjson::{self, JsonError};
+use crate::own::api::{ApiError, Issue};
+use crate::own::email;
+use crate::own::pyjson::{self, JsonError};
 
 pub const PASSWORD_MIN_CHARS: usize = 8;
 pub const PASSWORD_MAX_CHARS: usize = 1024;

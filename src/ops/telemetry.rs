@@ -12,9 +12,9 @@ use tracing::level_filters::LevelFilter;
 use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{LogConfig, LogFormat};
+use crate::ops::config::{LogConfig, LogFormat};
 
-/// The log writer, for access lines formatted by [`crate::access_log`] (JSON format only).
+/// The log writer, for access lines formatted by [`crate::edge::access_log`] (JSON format only).
 static ACCESS_WRITER: OnceLock<NonBlocking> = OnceLock::new();
 
 /// Whether access lines go through [`write_access_line`] (the JSON format) rather than `tracing`.

@@ -21,10 +21,10 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio_postgres::AsyncMessage;
 
-use crate::api::ApiError;
-use crate::config::DatabaseConfig;
-use crate::upgraded::Upgraded;
-use crate::users;
+use crate::edge::upgraded::Upgraded;
+use crate::ops::config::DatabaseConfig;
+use crate::own::api::ApiError;
+use crate::store::users;
 
 pub const CHANNEL: &str = "sentinel_user_changed";
 
@@ -237,7 +237,7 @@ impl UserCache {
     }
 
     /// The user's state when [`UserCache::cached`] could not answer: read from PostgreSQL,
-    /// waiting for the cache's own connections no longer than [`crate::db::PROXY_POOL_WAIT`].
+    /// waiting for the cache's own connections no longer than [`crate::store::db::PROXY_POOL_WAIT`].
     /// While the listener is down, an entry at hand answers if PostgreSQL does not within
     /// [`STALE_REFRESH_WAIT`]. `now` is the request's reading of the clock.
     pub async fn get(&self, id: &str, now: SystemTime) -> Result<Option<Arc<UserState>>, ApiError> {
@@ -250,7 +250,7 @@ impl UserCache {
                 return Ok(state.clone());
             }
         }
-        let read = self.fetch(id, crate::db::PROXY_POOL_WAIT);
+        let read = self.fetch(id, crate::store::db::PROXY_POOL_WAIT);
         match at_hand {
             Some((_, stale)) => match tokio::time::timeout(STALE_REFRESH_WAIT, read).await {
                 Ok(Ok(state)) => Ok(state),
@@ -284,7 +284,7 @@ impl UserChangeListener {
         let (client, mut connection) = pg
             .connect(self.database.connector()?)
             .await
-            .map_err(|e| crate::db::describe(&e))?;
+            .map_err(|e| crate::store::db::describe(&e))?;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let driver = tokio::spawn(async move {
             let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
@@ -303,7 +303,7 @@ impl UserChangeListener {
         let listen = client.batch_execute(&format!("LISTEN {CHANNEL}")).await;
         if let Err(e) = listen {
             driver.abort();
-            return Err(crate::db::describe(&e));
+            return Err(crate::store::db::describe(&e));
         }
         // Anything may have changed while nobody listened.
         self.cache.invalidate_all();
@@ -361,7 +361,7 @@ impl BackgroundService for UserChangeListener {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{DatabaseConfig, Secret};
+    use crate::ops::config::{DatabaseConfig, Secret};
 
     /// A cache whose pool points nowhere (making it opens no connection; reads fail).
     fn cache(ttl: Duration) -> Arc<UserCache> {
@@ -369,7 +369,7 @@ mod tests {
             url: Secret::new("postgres://nobody@127.0.0.1:1/none"),
             ..DatabaseConfig::default()
         };
-        let pool = crate::db::proxy_pool(&config).unwrap();
+        let pool = crate::store::db::proxy_pool(&config).unwrap();
         Arc::new(UserCache::new(ttl, 100, pool, Duration::from_millis(10)))
     }
 

@@ -7,8 +7,8 @@ use serde::Serialize;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Row;
 
-use crate::api::ApiError;
-use crate::db::describe;
+use crate::own::api::ApiError;
+use crate::store::db::describe;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {

@@ -23,17 +23,17 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 
-use crate::access_log;
-use crate::api::{ApiError, Reply};
-use crate::app::{App, OwnRequest};
-use crate::config::RouteAuth;
-use crate::cors::Cors;
-use crate::front::{Client, Connection};
-use crate::identity;
-use crate::routes::{Endpoint, Route};
-use crate::telemetry;
-use crate::token;
-use crate::user_cache::{Cached, UserState};
+use crate::credentials::token;
+use crate::edge::access_log;
+use crate::edge::cors::Cors;
+use crate::edge::front::{Client, Connection};
+use crate::edge::identity;
+use crate::edge::routes::{Endpoint, Route};
+use crate::ops::config::RouteAuth;
+use crate::ops::telemetry;
+use crate::own::api::{ApiError, Reply};
+use crate::own::app::{App, OwnRequest};
+use crate::store::user_cache::{Cached, UserState};
 
 thread_local! {
     /// Each proxy thread's access-line buffer, reused from request to request.
@@ -61,12 +61,12 @@ pub struct RequestCtx {
     endpoint: Option<Endpoint>,
     route: Option<usize>,
     /// The path the upstream gets, when it is not the request's own spelling
-    /// (see [`crate::routes::read_path`]).
+    /// (see [`crate::edge::routes::read_path`]).
     forward_path: Option<String>,
     user: Option<Arc<UserState>>,
     connect_retries: usize,
     /// A connection upgraded on behalf of `user`, closed if the user is shut out.
-    upgraded: Option<crate::upgraded::Registration>,
+    upgraded: Option<crate::edge::upgraded::Registration>,
 }
 
 impl RequestCtx {

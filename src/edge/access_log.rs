@@ -12,7 +12,7 @@
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::identity;
+use crate::edge::identity;
 
 /// What one access line says about a request.
 #[derive(Debug, Clone, Copy)]

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::password::HashPolicy;
-use crate::pg_tls::PgTls;
+use crate::credentials::password::HashPolicy;
+use crate::store::pg_tls::PgTls;
 
 /// The secret the seed backend shipped with; it is public, so it signs nothing outside development.
 const SEED_PLACEHOLDER_SECRETS: &[&str] =
@@ -493,7 +493,7 @@ impl Config {
         if let Err(e) = check_log_filter(&self.log.level) {
             return invalid(format!("log.level: {e}"));
         }
-        if let Err(e) = crate::upstreams::Target::parse(&self.server.listen) {
+        if let Err(e) = crate::edge::upstreams::Target::parse(&self.server.listen) {
             return invalid(format!(
                 "server.listen must be host:port (an address or a name): {e}"
             ));
@@ -585,7 +585,7 @@ impl Config {
         if limits.max_tracked_keys < 10 {
             return invalid("rate_limit.max_tracked_keys must be at least 10".into());
         }
-        if let Err(e) = crate::identity::TrustedProxies::parse(&self.proxy.trusted_proxies) {
+        if let Err(e) = crate::edge::identity::TrustedProxies::parse(&self.proxy.trusted_proxies) {
             return invalid(format!("proxy.trusted_proxies: {e}"));
         }
         if self.proxy.upstream_dns_refresh_seconds == 0 {
@@ -596,7 +596,7 @@ impl Config {
         }
         for route in &self.routes {
             for upstream in &route.upstreams {
-                if let Err(e) = crate::upstreams::Target::parse(upstream) {
+                if let Err(e) = crate::edge::upstreams::Target::parse(upstream) {
                     return invalid(format!(
                         "routes: {:?} upstreams are host:port (an address or a name): {e}",
                         route.prefix
@@ -618,7 +618,7 @@ impl Config {
             {
                 return invalid(format!("routes: prefix {:?} appears twice", route.prefix));
             }
-            if !crate::routes::is_plain_prefix(&route.prefix) {
+            if !crate::edge::routes::is_plain_prefix(&route.prefix) {
                 return invalid(format!(
                     "routes: a prefix starts with '/' and has no percent-escapes, '?', '#', \
                      backslashes, repeated slashes or dot segments (requests are matched \
@@ -702,7 +702,7 @@ impl DatabaseConfig {
 }
 
 impl DatabaseConfig {
-    /// The TLS the URL asks for (`sslmode`, `sslrootcert`; see [`crate::pg_tls`]).
+    /// The TLS the URL asks for (`sslmode`, `sslrootcert`; see [`crate::store::pg_tls`]).
     pub fn tls(&self) -> Result<PgTls, String> {
         PgTls::split(&normalize_database_url(self.url.expose())).map(|(_, tls)| tls)
     }

@@ -7,7 +7,7 @@ use http::header::{
     ACCESS_CONTROL_ALLOW_ORIGIN, VARY,
 };
 
-use crate::api::Reply;
+use crate::own::api::Reply;
 
 pub const PREFLIGHT_VARY: &str =
     "Origin, Access-Control-Request-Method, Access-Control-Request-Headers, Access-Control-Request-Private-Network";

@@ -23,8 +23,8 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use sha2::Digest;
 
-use crate::config::RateLimitConfig;
-use crate::email;
+use crate::ops::config::RateLimitConfig;
+use crate::own::email;
 
 /// Which limit was hit, and when to come back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

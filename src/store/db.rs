@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 
-use crate::config::DatabaseConfig;
+use crate::ops::config::DatabaseConfig;
 
 mod embedded {
     refinery::embed_migrations!("migrations");

@@ -30,7 +30,7 @@ use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::prelude::HttpPeer;
 use pingora::services::background::{background_service, GenBackgroundService};
 
-use crate::config::{RouteAuth, RouteConfig};
+use crate::ops::config::{RouteAuth, RouteConfig};
 
 /// A configured upstream: `host:port`, the host an IP address or a name.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,7 +15,7 @@ use std::borrow::Cow;
 
 use http::Method;
 
-use crate::config::{RouteAuth, RouteConfig};
+use crate::ops::config::{RouteAuth, RouteConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {

@@ -1,6 +1,6 @@
 //! Identity headers: what a client may not send (anything in the gateway's namespace, however
 //! it is spelt), and what the gateway sets for upstreams. Pure functions over header names and
-//! values; `proxy.rs` applies them to requests.
+//! values; `edge::proxy` applies them to requests.
 
 use std::net::IpAddr;
 

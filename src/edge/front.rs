@@ -34,9 +34,9 @@ use pingora::protocols::Stream;
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 
-use crate::access_log;
-use crate::identity;
-use crate::proxy::Gateway;
+use crate::edge::access_log;
+use crate::edge::identity;
+use crate::edge::proxy::Gateway;
 
 /// How often the sweeper looks at the deadlines; a head deadline is kept to within two ticks.
 pub const TICK: Duration = Duration::from_millis(50);

@@ -1,5 +1,5 @@
 //! The gateway's shared state and its own endpoints (the seed's API, `/health`, `/ready`).
-//! Handlers take a decoded request and return a [`Reply`]; the pingora glue lives in `proxy.rs`.
+//! Handlers take a decoded request and return a [`Reply`]; the pingora glue lives in `edge::proxy`.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -8,20 +8,20 @@ use bytes::Bytes;
 use deadpool_postgres::Pool;
 use serde::Serialize;
 
-use crate::api::{ApiError, Reply};
-use crate::config::Config;
-use crate::cors::Cors;
-use crate::email;
-use crate::forms;
-use crate::identity::{RequestIds, TrustedProxies};
-use crate::password::{self, HashPolicy, HashPool, PasswordError};
-use crate::rate_limit::Limiters;
-use crate::routes::{Endpoint, Router};
-use crate::token::{self, unix_seconds, TokenError, TokenKeys, Verified};
-use crate::upgraded::Upgraded;
-use crate::upstreams::ProxyRoute;
-use crate::user_cache::{bounded_cache, BoundedCache, UserCache};
-use crate::users::{self, User, UserResponse};
+use crate::credentials::password::{self, HashPolicy, HashPool, PasswordError};
+use crate::credentials::rate_limit::Limiters;
+use crate::credentials::token::{self, unix_seconds, TokenError, TokenKeys, Verified};
+use crate::edge::cors::Cors;
+use crate::edge::identity::{RequestIds, TrustedProxies};
+use crate::edge::routes::{Endpoint, Router};
+use crate::edge::upgraded::Upgraded;
+use crate::edge::upstreams::ProxyRoute;
+use crate::ops::config::Config;
+use crate::own::api::{ApiError, Reply};
+use crate::own::email;
+use crate::own::forms;
+use crate::store::user_cache::{bounded_cache, BoundedCache, UserCache};
+use crate::store::users::{self, User, UserResponse};
 
 const TOKEN_CACHE_CAPACITY: usize = 20_000;
 

@@ -14,14 +14,14 @@ use pingora::server::{
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 
-use crate::app::App;
-use crate::config::Config;
-use crate::db;
-use crate::front::{ClientTimeouts, Deadlines, Front};
-use crate::proxy::Gateway;
-use crate::rate_limit::{LimiterJanitor, Limiters};
-use crate::upstreams;
-use crate::user_cache::{UserCache, UserChangeListener};
+use crate::credentials::rate_limit::{LimiterJanitor, Limiters};
+use crate::edge::front::{ClientTimeouts, Deadlines, Front};
+use crate::edge::proxy::Gateway;
+use crate::edge::upstreams;
+use crate::ops::config::Config;
+use crate::own::app::App;
+use crate::store::db;
+use crate::store::user_cache::{UserCache, UserChangeListener};
 
 /// Migrates the database once on a short-lived runtime of its own (waiting for PostgreSQL up to
 /// `database.startup_wait_seconds`).
@@ -35,7 +35,7 @@ pub fn migrate(config: &Config) -> anyhow::Result<db::MigrationReport> {
 }
 
 async fn connect_and_migrate(
-    database: &crate::config::DatabaseConfig,
+    database: &crate::ops::config::DatabaseConfig,
 ) -> Result<db::MigrationReport, db::DbError> {
     let bound = Duration::from_secs(database.startup_wait_seconds);
     let mut client = db::connect_waiting(database, bound).await?;
@@ -177,7 +177,7 @@ impl StartupOutcome {
 /// lets the gateway answer what needs the database.
 struct DatabaseStartup {
     app: Arc<App>,
-    database: crate::config::DatabaseConfig,
+    database: crate::ops::config::DatabaseConfig,
     outcome: Arc<StartupOutcome>,
 }
 

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use deadpool_postgres::Pool;
 
-use crate::front::Connection;
-use crate::users;
+use crate::edge::front::Connection;
+use crate::store::users;
 
 /// The open upgraded connections of each user.
 pub struct Upgraded {

@@ -1,0 +1,9 @@
+//! The gateway's own API: the seed's endpoints and `/health`, `/ready` (`app`), their
+//! answers and errors (`api`), request bodies in FastAPI's shapes (`forms`, `pyjson`) and email
+//! addresses as pydantic checks them (`email`).
+
+pub mod api;
+pub mod app;
+pub mod email;
+pub mod forms;
+pub mod pyjson;
