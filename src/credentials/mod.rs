@@ -3,4 +3,5 @@
 
 pub mod password;
 pub mod rate_limit;
+pub mod refresh;
 pub mod token;

@@ -1,6 +1,7 @@
-//! Access tokens: HS256 JWTs `{"sub", "exp", "iat"}` that the seed's python-jose code also
-//! accepts, verified strictly (HS256 only, `exp` and `sub` required, `nbf` honoured, no leeway,
-//! bounded length).
+//! Access tokens: HS256 JWTs `{"sub", "exp", "iat", "sid"}` that the seed's python-jose code
+//! also accepts, verified strictly (HS256 only, `exp` and `sub` required, `nbf` honoured, no
+//! leeway, bounded length). `sid` names the session the token belongs to; tokens without one
+//! (the seed's) belong to none.
 
 use std::time::SystemTime;
 
@@ -13,6 +14,8 @@ struct Claims {
     exp: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     iat: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sid: Option<String>,
 }
 
 /// What a verified token says.
@@ -21,6 +24,8 @@ pub struct Verified {
     pub user_id: String,
     pub expires_at: i64,
     pub issued_at: Option<i64>,
+    /// The session the token belongs to (none for the seed's tokens).
+    pub session_id: Option<uuid::Uuid>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -63,19 +68,31 @@ impl TokenKeys {
         }
     }
 
-    /// A token for `user_id`, valid for the configured lifetime from `now` (unix seconds).
-    pub fn issue_at(&self, user_id: &str, now: i64) -> Result<String, TokenError> {
+    /// How long the tokens it issues last, in seconds.
+    pub fn lifetime_secs(&self) -> i64 {
+        self.lifetime_secs
+    }
+
+    /// A token for `user_id` in session `session`, valid for the configured lifetime from `now`
+    /// (unix seconds).
+    pub fn issue_at(
+        &self,
+        user_id: &str,
+        session: Option<&uuid::Uuid>,
+        now: i64,
+    ) -> Result<String, TokenError> {
         let claims = Claims {
             sub: user_id.to_string(),
             exp: now + self.lifetime_secs,
             iat: Some(now),
+            sid: session.map(uuid::Uuid::to_string),
         };
         encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| TokenError::Signing(e.to_string()))
     }
 
-    pub fn issue(&self, user_id: &str) -> Result<String, TokenError> {
-        self.issue_at(user_id, unix_seconds(SystemTime::now()))
+    pub fn issue(&self, user_id: &str, session: Option<&uuid::Uuid>) -> Result<String, TokenError> {
+        self.issue_at(user_id, session, unix_seconds(SystemTime::now()))
     }
 
     pub fn verify(&self, token: &str) -> Result<Verified, TokenError> {
@@ -87,16 +104,24 @@ impl TokenKeys {
         if data.claims.sub.is_empty() {
             return Err(TokenError::Invalid("empty sub".into()));
         }
+        let session_id = match data.claims.sid {
+            Some(sid) => Some(
+                uuid::Uuid::parse_str(&sid)
+                    .map_err(|_| TokenError::Invalid("sid is not a session id".into()))?,
+            ),
+            None => None,
+        };
         Ok(Verified {
             user_id: data.claims.sub,
             expires_at: data.claims.exp,
             issued_at: data.claims.iat,
+            session_id,
         })
     }
 
     /// Signs and verifies once, so that a broken crypto backend stops start-up, not a request.
     pub fn self_test(&self) -> Result<(), TokenError> {
-        let token = self.issue("self-test")?;
+        let token = self.issue("self-test", Some(&uuid::Uuid::nil()))?;
         let verified = self.verify(&token)?;
         if verified.user_id == "self-test" {
             Ok(())
@@ -190,13 +215,30 @@ mod tests {
     #[test]
     fn our_tokens_have_the_seed_shape() {
         let k = keys();
-        let t = k.issue_at("abc", 1_000).unwrap();
+        let t = k.issue_at("abc", None, 1_000).unwrap();
         let header = t.split('.').next().unwrap();
         // {"typ":"JWT","alg":"HS256"} in some order, nothing else.
         assert!(header.starts_with("eyJ"));
-        let v = k.verify(&k.issue("abc").unwrap()).unwrap();
-        assert_eq!(v.user_id, "abc");
+        let v = k.verify(&k.issue("abc", None).unwrap()).unwrap();
+        assert_eq!((v.user_id.as_str(), v.session_id), ("abc", None));
         assert!(k.verify(&t).is_err(), "issued at 1000 s, long expired");
+        // A session's token names it; a sid that is no session id is refused.
+        let sid = uuid::Uuid::new_v4();
+        let v = k.verify(&k.issue("abc", Some(&sid)).unwrap()).unwrap();
+        assert_eq!(v.session_id, Some(sid));
+        let now = unix_seconds(SystemTime::now());
+        let bad_sid = encode(
+            &Header::new(Algorithm::HS256),
+            &Claims {
+                sub: "abc".into(),
+                exp: now + 60,
+                iat: Some(now),
+                sid: Some("not-a-session".into()),
+            },
+            &k.encoding,
+        )
+        .unwrap();
+        assert!(k.verify(&bad_sid).is_err());
     }
 
     #[test]

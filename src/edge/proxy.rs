@@ -198,8 +198,11 @@ async fn write_reply(
     for (name, value) in reply.headers {
         resp.append_header(name, value)?;
     }
-    resp.insert_header("content-length", reply.body.len().to_string())?;
-    resp.insert_header("content-type", reply.content_type)?;
+    // A 204 has neither (RFC 9110 §8.6).
+    if reply.status != 204 {
+        resp.insert_header("content-length", reply.body.len().to_string())?;
+        resp.insert_header("content-type", reply.content_type)?;
+    }
     for (name, value) in extra {
         resp.append_header(name, value)?;
     }
@@ -274,8 +277,16 @@ impl Gateway {
         } else {
             Bytes::new()
         };
+        let req = session.req_header();
         let request = OwnRequest {
             client_ip: client_ip_for_limits(session, &self.app.trusted_proxies),
+            // As routing read it (escapes decoded), for the path parameters.
+            path: crate::edge::routes::read_path(req.uri.path())
+                .map(|p| String::from_utf8_lossy(&p.matched).into_owned())
+                .unwrap_or_default(),
+            query: req.uri.query().map(str::to_string),
+            user_agent: header(session, http::header::USER_AGENT)
+                .map(|v| String::from_utf8_lossy(v).into_owned()),
             content_type: header(session, http::header::CONTENT_TYPE)
                 .map(|v| String::from_utf8_lossy(v).into_owned()),
             authorization: header(session, http::header::AUTHORIZATION).map(<[u8]>::to_vec),
@@ -374,11 +385,19 @@ impl Gateway {
     /// Remembers an upgraded connection of a known user, to close it if the user is shut out.
     /// If the user changed since the request was admitted (the cache let go of them), they are
     /// read again at once rather than at the next sweep.
-    fn track_upgrade(&self, ctx: &mut RequestCtx) {
+    fn track_upgrade(&self, session: &Session, ctx: &mut RequestCtx) {
         let (Some(user), Some(conn)) = (&ctx.user, &ctx.connection) else {
             return;
         };
-        ctx.upgraded = Some(self.app.upgraded.register(&user.id, conn));
+        // The token that was admitted (verified a moment ago, so remembered): which session
+        // the connection belongs to.
+        let authorization = header(session, http::header::AUTHORIZATION);
+        let Some(token) = token::bearer_credentials(authorization)
+            .and_then(|t| self.app.verify_token(t, std::time::SystemTime::now()).ok())
+        else {
+            return;
+        };
+        ctx.upgraded = Some(self.app.upgraded.register(&user.id, token, conn));
         let now = std::time::SystemTime::now();
         if self.app.users.cached(&user.id, now) == Cached::Unknown {
             self.app.upgraded.recheck(&user.id);
@@ -404,7 +423,7 @@ impl Gateway {
             Err(_) => return Identity::Refused(ApiError::RejectedToken),
         };
         match self.app.users.cached(&verified.user_id, now) {
-            Cached::Known(state) => match admit(state, auth) {
+            Cached::Known(state) => match admit(state, &verified, now, auth) {
                 Ok(user) => Identity::Known(user),
                 Err(e) => Identity::Refused(e),
             },
@@ -511,7 +530,7 @@ impl Gateway {
                     Ok(()) => self.app.users.get(&verified.user_id, now).await,
                     Err(e) => Err(e),
                 };
-                match fetched.and_then(|state| admit(state, auth)) {
+                match fetched.and_then(|state| admit(state, &verified, now, auth)) {
                     Ok(user) => {
                         ctx.user = user;
                         self.prepare_upstream_head(session, ctx, host, cleanup)?;
@@ -528,12 +547,19 @@ impl Gateway {
 }
 
 /// A route's verdict on a (verified) user: `Ok(None)` is anonymous, for public routes only.
+/// A route's verdict on a verified token and its user's state at `now` (unix seconds): the
+/// user is active and the token still counts (its session is live, or it is sessionless and
+/// not refused). `Ok(None)` is anonymous, for public routes only.
 fn admit(
     state: Option<Arc<UserState>>,
+    token: &token::Verified,
+    now: std::time::SystemTime,
     auth: RouteAuth,
 ) -> Result<Option<Arc<UserState>>, ApiError> {
     match state {
-        Some(user) if user.active => Ok(Some(user)),
+        Some(user) if user.active && user.accepts(token, token::unix_seconds(now)) => {
+            Ok(Some(user))
+        }
         _ if auth == RouteAuth::Public => Ok(None),
         _ => Err(ApiError::RejectedToken),
     }
@@ -660,12 +686,12 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
-            self.track_upgrade(ctx);
+            self.track_upgrade(session, ctx);
         }
         // Edited as a plain header map, as the request head is (see `prepare_upstream_head`):
         // header names reach the client in lower case, the reason phrase as the upstream sent it.

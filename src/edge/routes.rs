@@ -25,6 +25,11 @@ pub enum Endpoint {
     Token,
     Me,
     UpdateMe,
+    Refresh,
+    Logout,
+    Sessions,
+    /// `DELETE /auth/sessions/{id}` (the id is read from the path).
+    EndSession,
 }
 
 impl Endpoint {
@@ -32,7 +37,7 @@ impl Endpoint {
     pub fn reads_body(self) -> bool {
         matches!(
             self,
-            Endpoint::Register | Endpoint::Token | Endpoint::UpdateMe
+            Endpoint::Register | Endpoint::Token | Endpoint::UpdateMe | Endpoint::Refresh
         )
     }
 
@@ -44,6 +49,10 @@ impl Endpoint {
             Endpoint::Token => "token",
             Endpoint::Me => "users_me",
             Endpoint::UpdateMe => "update_users_me",
+            Endpoint::Refresh => "refresh",
+            Endpoint::Logout => "logout",
+            Endpoint::Sessions => "sessions",
+            Endpoint::EndSession => "end_session",
         }
     }
 }
@@ -238,6 +247,22 @@ pub fn classify(method: &Method, path: &[u8]) -> Route {
         b"/auth/users/me" if get => Route::Own(Endpoint::Me),
         b"/auth/users/me" if method == Method::PATCH => Route::Own(Endpoint::UpdateMe),
         b"/auth/users/me" => Route::MethodNotAllowed("GET, PATCH"),
+        b"/auth/refresh" if method == Method::POST => Route::Own(Endpoint::Refresh),
+        b"/auth/refresh" => Route::MethodNotAllowed("POST"),
+        b"/auth/logout" if method == Method::POST => Route::Own(Endpoint::Logout),
+        b"/auth/logout" => Route::MethodNotAllowed("POST"),
+        b"/auth/sessions" if get => Route::Own(Endpoint::Sessions),
+        b"/auth/sessions" => Route::MethodNotAllowed("GET"),
+        // One segment after it: a session id (checked by the handler).
+        [b'/', b'a', b'u', b't', b'h', b'/', b's', b'e', b's', b's', b'i', b'o', b'n', b's', b'/', id @ ..]
+            if !id.is_empty() && !id.contains(&b'/') =>
+        {
+            if method == Method::DELETE {
+                Route::Own(Endpoint::EndSession)
+            } else {
+                Route::MethodNotAllowed("DELETE")
+            }
+        }
         _ => Route::NotFound,
     }
 }

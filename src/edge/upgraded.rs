@@ -1,7 +1,8 @@
 //! Upgraded connections (WebSockets) by user, so that a user who is shut out loses the sockets
 //! already open, not only the next request: a deactivated or deleted user's upgraded
-//! connections are closed when the change is announced (`LISTEN/NOTIFY`, see `user_cache`),
-//! after the user is read again from PostgreSQL (a changed name keeps them open).
+//! connections, and those opened with a token whose session was revoked, are closed when the
+//! change is announced (`LISTEN/NOTIFY`, see `user_cache`), after the user is read again from
+//! PostgreSQL (a changed name keeps them open).
 //!
 //! Closing works through the connection front: [`Connection::shut_out`] wakes the connection's
 //! task, which then drops the request it is proxying, and with it both sockets.
@@ -11,12 +12,20 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use deadpool_postgres::Pool;
 
+use crate::credentials::token::{unix_seconds, Verified};
 use crate::edge::front::Connection;
+use crate::store::user_cache::UserState;
 use crate::store::users;
+
+/// An upgraded connection, and the token it was opened with.
+struct Open {
+    conn: Weak<Connection>,
+    token: Arc<Verified>,
+}
 
 /// The open upgraded connections of each user.
 pub struct Upgraded {
-    by_user: Mutex<HashMap<String, Vec<Weak<Connection>>>>,
+    by_user: Mutex<HashMap<String, Vec<Open>>>,
     pool: Pool,
 }
 
@@ -31,7 +40,7 @@ impl Drop for Registration {
     fn drop(&mut self) {
         let mut by_user = self.upgraded.lock();
         if let Some(conns) = by_user.get_mut(&self.user_id) {
-            conns.retain(|c| !c.ptr_eq(&self.conn) && c.strong_count() > 0);
+            conns.retain(|c| !c.conn.ptr_eq(&self.conn) && c.conn.strong_count() > 0);
             if conns.is_empty() {
                 by_user.remove(&self.user_id);
             }
@@ -47,17 +56,26 @@ impl Upgraded {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Weak<Connection>>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Open>>> {
         self.by_user.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Records `conn` as upgraded on behalf of `user_id`, until the registration is dropped.
-    pub fn register(self: &Arc<Self>, user_id: &str, conn: &Arc<Connection>) -> Registration {
+    /// Records `conn` as upgraded on behalf of `user_id` with `token`, until the registration
+    /// is dropped.
+    pub fn register(
+        self: &Arc<Self>,
+        user_id: &str,
+        token: Arc<Verified>,
+        conn: &Arc<Connection>,
+    ) -> Registration {
         let conn = Arc::downgrade(conn);
         self.lock()
             .entry(user_id.to_string())
             .or_default()
-            .push(conn.clone());
+            .push(Open {
+                conn: conn.clone(),
+                token,
+            });
         Registration {
             upgraded: Arc::clone(self),
             user_id: user_id.to_string(),
@@ -70,20 +88,34 @@ impl Upgraded {
         self.lock().keys().cloned().collect()
     }
 
-    /// Closes every upgraded connection of `user_id`; how many there were.
-    pub fn close(&self, user_id: &str) -> usize {
-        let conns = self.lock().remove(user_id).unwrap_or_default();
+    /// Closes the upgraded connections of `user_id` that `keep` does not keep (given each
+    /// one's token); how many.
+    pub fn close(&self, user_id: &str, keep: impl Fn(&Verified) -> bool) -> usize {
+        let mut by_user = self.lock();
+        let Some(conns) = by_user.get_mut(user_id) else {
+            return 0;
+        };
         let mut closed = 0;
-        for conn in conns.iter().filter_map(Weak::upgrade) {
-            conn.shut_out();
-            closed += 1;
+        conns.retain(|open| {
+            if keep(&open.token) {
+                return true;
+            }
+            if let Some(conn) = open.conn.upgrade() {
+                conn.shut_out();
+                closed += 1;
+            }
+            false
+        });
+        if conns.is_empty() {
+            by_user.remove(user_id);
         }
         closed
     }
 
-    /// Reads `user_id` again (in the background) and closes their upgraded connections unless
-    /// they are still active. If PostgreSQL cannot say, they are closed: a client reconnects and
-    /// is checked afresh, while a shut-out user's socket must not outlive the change.
+    /// Reads `user_id` again (in the background) and closes those of their upgraded
+    /// connections whose token no longer counts (the user inactive or gone, the session
+    /// revoked). If PostgreSQL cannot say, they are closed: a client reconnects and is checked
+    /// afresh, while a shut-out user's socket must not outlive the change.
     pub fn recheck(self: &Arc<Self>, user_id: &str) {
         if !self.lock().contains_key(user_id) {
             return;
@@ -91,19 +123,22 @@ impl Upgraded {
         let upgraded = Arc::clone(self);
         let user_id = user_id.to_string();
         tokio::spawn(async move {
-            let active = async {
+            let read = async {
                 let db = users::client(&upgraded.pool).await?;
-                users::find_by_id(&db, &user_id).await
+                users::find_account(&db, &user_id).await
             };
-            let keep = matches!(
-                tokio::time::timeout(std::time::Duration::from_secs(2), active).await,
-                Ok(Ok(Some(user))) if user.is_active
-            );
-            if !keep {
-                let closed = upgraded.close(&user_id);
-                if closed > 0 {
-                    tracing::info!(%user_id, closed, "closed the upgraded connections of a user who is shut out");
-                }
+            let state = match tokio::time::timeout(std::time::Duration::from_secs(2), read).await {
+                Ok(Ok(account)) => account.as_ref().and_then(UserState::of),
+                _ => None,
+            };
+            let now = unix_seconds(std::time::SystemTime::now());
+            let closed = upgraded.close(&user_id, |token| {
+                state
+                    .as_ref()
+                    .is_some_and(|s| s.active && s.accepts(token, now))
+            });
+            if closed > 0 {
+                tracing::info!(%user_id, closed, "closed upgraded connections whose user or session is shut out");
             }
         });
     }

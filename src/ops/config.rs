@@ -180,6 +180,13 @@ pub struct AuthConfig {
     pub max_token_bytes: usize,
     /// Whether `POST /auth/register` creates accounts (false: 403, for invited users only).
     pub allow_registration: bool,
+    /// A refresh token just rotated away still gets the session's current tokens this long
+    /// (parallel tabs, a lost answer); after it, its use ends the session.
+    pub refresh_reuse_grace_seconds: u64,
+    /// A session not refreshed for this long ends.
+    pub session_idle_days: u64,
+    /// A session ends this long after its login, refreshed or not.
+    pub session_absolute_days: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -303,6 +310,9 @@ impl Default for AuthConfig {
             access_token_expire_minutes: 30,
             max_token_bytes: 4096,
             allow_registration: true,
+            refresh_reuse_grace_seconds: 10,
+            session_idle_days: 7,
+            session_absolute_days: 30,
         }
     }
 }
@@ -542,6 +552,18 @@ impl Config {
         }
         if !(1..=60 * 24 * 365).contains(&self.auth.access_token_expire_minutes) {
             return invalid("auth.access_token_expire_minutes must be between 1 and 525600".into());
+        }
+        if self.auth.session_idle_days == 0
+            || self.auth.session_absolute_days == 0
+            || self.auth.session_absolute_days > 3650
+        {
+            return invalid(
+                "auth.session_idle_days and session_absolute_days must be between 1 and 3650"
+                    .into(),
+            );
+        }
+        if self.auth.refresh_reuse_grace_seconds > 300 {
+            return invalid("auth.refresh_reuse_grace_seconds must be at most 300".into());
         }
         if !(256..=65536).contains(&self.auth.max_token_bytes) {
             return invalid("auth.max_token_bytes must be between 256 and 65536".into());

@@ -40,6 +40,16 @@ impl Reply {
         }
     }
 
+    /// 204: done, nothing to say (no body, no content headers).
+    pub fn no_content() -> Reply {
+        Reply {
+            status: 204,
+            content_type: JSON,
+            headers: Vec::new(),
+            body: Bytes::new(),
+        }
+    }
+
     pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
         self.headers.push((name, value.into()));
         self
@@ -152,6 +162,13 @@ pub enum ApiError {
     BadPath,
     #[error("user not found")]
     UserNotFound,
+    /// A refresh token that is unknown, forged, ended, reused, or whose user is gone: OAuth2's
+    /// `invalid_grant` (RFC 6749 §5.2).
+    #[error("invalid refresh token")]
+    InvalidGrant,
+    /// A session that is not the caller's, or not live.
+    #[error("session not found")]
+    SessionNotFound,
     #[error("not found")]
     NotFound,
     #[error("method not allowed")]
@@ -189,6 +206,12 @@ impl ApiError {
             ApiError::NotAuthenticated => bearer(Reply::detail(401, "Not authenticated")),
             ApiError::InvalidToken => bearer(Reply::detail(401, "Invalid token")),
             ApiError::UserNotFound => bearer(Reply::detail(401, "User not found")),
+            ApiError::InvalidGrant => Reply::json(
+                400,
+                &serde_json::json!({ "detail": "Invalid refresh token", "error": "invalid_grant" }),
+            )
+            .with_header("cache-control", "no-store"),
+            ApiError::SessionNotFound => Reply::detail(404, "Session not found"),
             ApiError::RejectedToken => Reply::detail(401, "Invalid token")
                 .with_header("www-authenticate", "Bearer error=\"invalid_token\""),
             ApiError::BadPath => Reply::detail(400, "Invalid path"),

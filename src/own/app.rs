@@ -7,9 +7,11 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use deadpool_postgres::Pool;
 use serde::Serialize;
+use uuid::Uuid;
 
 use crate::credentials::password::{self, HashPolicy, HashPool, PasswordError};
 use crate::credentials::rate_limit::Limiters;
+use crate::credentials::refresh::RefreshKey;
 use crate::credentials::token::{self, unix_seconds, TokenError, TokenKeys, Verified};
 use crate::edge::cors::Cors;
 use crate::edge::identity::{RequestIds, TrustedProxies};
@@ -19,9 +21,10 @@ use crate::edge::upstreams::ProxyRoute;
 use crate::ops::config::Config;
 use crate::own::api::{ApiError, Reply};
 use crate::own::email;
-use crate::own::forms;
-use crate::store::user_cache::{bounded_cache, BoundedCache, UserCache};
-use crate::store::users::{self, User, UserResponse};
+use crate::own::forms::{self, TokenForm};
+use crate::store::sessions;
+use crate::store::user_cache::{bounded_cache, BoundedCache, UserCache, UserState};
+use crate::store::users::{self, Account, User, UserResponse};
 
 const TOKEN_CACHE_CAPACITY: usize = 20_000;
 
@@ -36,6 +39,9 @@ pub struct App {
     pub limiters: Arc<Limiters>,
     pub trusted_proxies: TrustedProxies,
     pub keys: TokenKeys,
+    /// Makes and opens refresh tokens.
+    pub(crate) refresh_key: RefreshKey,
+    pub(crate) lifetimes: sessions::Lifetimes,
     pub hasher: HashPool,
     /// Connections of `pool` that logins and registrations may hold at once (half of it): a
     /// flood of them, which can come in any number, leaves the rest to the other endpoints.
@@ -67,16 +73,28 @@ pub struct App {
 pub struct OwnRequest {
     /// The client's address as the rate limits see it (see `proxy::client_ip_for_limits`).
     pub client_ip: Option<std::net::IpAddr>,
+    /// The path as routing read it (escapes decoded), for path parameters.
+    pub path: String,
+    pub query: Option<String>,
     pub content_type: Option<String>,
     pub authorization: Option<Vec<u8>>,
+    /// Kept with a new session (at most [`USER_AGENT_CHARS`] characters of it).
+    pub user_agent: Option<String>,
     pub body: Bytes,
 }
 
+/// How much of a `User-Agent` a session keeps.
+pub const USER_AGENT_CHARS: usize = 256;
+
+/// The seed's `TokenResponse`, and what sessions add after its fields.
 #[derive(Serialize)]
 struct TokenResponse<'a> {
     access_token: String,
     token_type: &'static str,
     user: UserResponse<'a>,
+    refresh_token: String,
+    /// Seconds the access token lasts.
+    expires_in: i64,
 }
 
 impl App {
@@ -107,6 +125,12 @@ impl App {
             trusted_proxies: TrustedProxies::parse(&config.proxy.trusted_proxies)
                 .map_err(|e| anyhow::anyhow!("proxy.trusted_proxies: {e}"))?,
             keys,
+            refresh_key: RefreshKey::derive(config.auth.secret_key.expose()),
+            lifetimes: sessions::Lifetimes {
+                idle: Duration::from_secs(config.auth.session_idle_days * 86_400),
+                absolute: Duration::from_secs(config.auth.session_absolute_days * 86_400),
+                reuse_grace: Duration::from_secs(config.auth.refresh_reuse_grace_seconds),
+            },
             hasher: HashPool::new(config.password.workers(), config.password.hash_queue)?,
             floodable: tokio::sync::Semaphore::new((config.database.pool_size / 2).max(1)),
             acquire_timeout: Duration::from_millis(config.database.acquire_timeout_ms),
@@ -171,6 +195,10 @@ impl App {
             Endpoint::Token => self.login(req).await,
             Endpoint::Me => self.me(req).await,
             Endpoint::UpdateMe => self.update_me(req).await,
+            Endpoint::Refresh => self.refresh(req).await,
+            Endpoint::Logout => self.logout(req).await,
+            Endpoint::Sessions => self.list_sessions(req).await,
+            Endpoint::EndSession => self.end_session(req).await,
         };
         result.unwrap_or_else(ApiError::into_reply)
     }
@@ -190,8 +218,8 @@ impl App {
         }
     }
 
-    /// A connection for a login or a registration, within their share of the pool.
-    async fn floodable_client(&self) -> Result<Floodable<'_>, ApiError> {
+    /// A connection for a login, a registration or a refresh, within their share of the pool.
+    pub(crate) async fn floodable_client(&self) -> Result<Floodable<'_>, ApiError> {
         let permit = tokio::time::timeout(self.acquire_timeout, self.floodable.acquire())
             .await
             .map_err(|_| ApiError::Unavailable("no connection free for logins".into()))?
@@ -202,10 +230,17 @@ impl App {
         })
     }
 
-    fn token_reply(&self, user: &User) -> Result<Reply, ApiError> {
+    /// A `TokenResponse` for `user` in session `session` at refresh generation `generation`:
+    /// a new access token and the generation's refresh token. Never cached by anyone.
+    pub(crate) fn token_reply(
+        &self,
+        user: &User,
+        session: &Uuid,
+        generation: u32,
+    ) -> Result<Reply, ApiError> {
         let access_token = self
             .keys
-            .issue(&user.id)
+            .issue(&user.id, Some(session))
             .map_err(|e| ApiError::Internal(e.to_string()))?;
         Ok(Reply::json(
             200,
@@ -213,8 +248,63 @@ impl App {
                 access_token,
                 token_type: "bearer",
                 user: user.response(),
+                refresh_token: self.refresh_key.token(session, generation),
+                expires_in: self.keys.lifetime_secs(),
             },
-        ))
+        )
+        .with_header("cache-control", "no-store")
+        .with_header("pragma", "no-cache"))
+    }
+
+    /// Starts a session for `user` (a login or a registration) and answers with its tokens.
+    async fn signed_in(
+        &self,
+        db: &deadpool_postgres::Client,
+        user: &User,
+        req: &OwnRequest,
+    ) -> Result<Reply, ApiError> {
+        let user_agent = req
+            .user_agent
+            .as_deref()
+            .map(|ua| ua.chars().take(USER_AGENT_CHARS).collect::<String>());
+        let address = req.client_ip.map(|ip| ip.to_string());
+        let session = sessions::create(
+            db,
+            &user.id,
+            self.lifetimes,
+            user_agent.as_deref(),
+            address.as_deref(),
+        )
+        .await?;
+        self.token_reply(user, &session, 0)
+    }
+
+    /// The caller of an own endpoint, by their bearer token: verified (through the same cache
+    /// of verified tokens as the proxy), the user read from PostgreSQL with their sessions, and
+    /// the token still counting for them (see [`UserState::accepts`]). The seed's answers:
+    /// "Not authenticated" without a token, "User not found" for a deleted user, "Invalid
+    /// token" otherwise.
+    pub(crate) async fn authenticate(
+        &self,
+        db: &deadpool_postgres::Client,
+        req: &OwnRequest,
+    ) -> Result<(Account, Arc<Verified>), ApiError> {
+        let token = token::bearer_credentials(req.authorization.as_deref())
+            .ok_or(ApiError::NotAuthenticated)?;
+        let now = SystemTime::now();
+        let verified = match self.verify_token(token, now) {
+            Ok(verified) => verified,
+            Err(TokenError::NotText) => return Err(ApiError::NotAuthenticated),
+            Err(_) => return Err(ApiError::InvalidToken),
+        };
+        let account = users::find_account(db, &verified.user_id)
+            .await?
+            .ok_or(ApiError::UserNotFound)?;
+        let state = UserState::of(&account).ok_or(ApiError::InvalidToken)?;
+        if !state.active || !state.accepts(&verified, unix_seconds(now)) {
+            return Err(ApiError::InvalidToken);
+        }
+        Ok((account, verified))
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
@@ -249,7 +339,7 @@ impl App {
         let full_name = new.full_name.unwrap_or_default();
         let db = self.floodable_client().await?;
         match users::insert(&db, &new.email, &full_name, &hash).await? {
-            Some(user) => self.token_reply(&user),
+            Some(user) => self.signed_in(&db, &user, req).await,
             // Someone registered the same email (in any case) meanwhile.
             None => Err(ApiError::EmailTaken),
         }
@@ -259,7 +349,10 @@ impl App {
     /// same answer.
     #[tracing::instrument(level = "debug", skip_all)]
     async fn login(&self, req: &OwnRequest) -> Result<Reply, ApiError> {
-        let form = forms::parse_login_form(req.content_type.as_deref(), &req.body).await?;
+        let form = match forms::parse_token_form(req.content_type.as_deref(), &req.body).await? {
+            TokenForm::Password(form) => form,
+            TokenForm::Refresh { refresh_token } => return self.refresh_with(&refresh_token).await,
+        };
         let account = email::login_account(&form.username);
         // Before any query or hashing; unknown accounts are counted like known ones.
         self.limiters
@@ -315,39 +408,26 @@ impl App {
             }
             _ => return Err(ApiError::BadCredentials),
         };
-        self.token_reply(&user)
-    }
-
-    /// The bearer token's subject, checked without touching the database (FastAPI's
-    /// `OAuth2PasswordBearer` + the seed's `verify_token`).
-    fn token_subject(&self, req: &OwnRequest) -> Result<String, ApiError> {
-        let token =
-            token::bearer_token(req.authorization.as_deref()).ok_or(ApiError::NotAuthenticated)?;
-        let verified = self
-            .keys
-            .verify(token)
-            .map_err(|_| ApiError::InvalidToken)?;
-        Ok(verified.user_id)
+        let db = self.floodable_client().await?;
+        self.signed_in(&db, &user, req).await
     }
 
     async fn me(&self, req: &OwnRequest) -> Result<Reply, ApiError> {
-        let user_id = self.token_subject(req)?;
         let db = users::client(&self.pool).await?;
-        let user = active_user(&db, &user_id).await?;
-        Ok(Reply::json(200, &user.response()))
+        let (account, _) = self.authenticate(&db, req).await?;
+        Ok(Reply::json(200, &account.user.response()))
     }
 
     /// FastAPI's order: the body is decoded first (JSON errors), then the token is checked,
     /// then the body is validated.
     async fn update_me(&self, req: &OwnRequest) -> Result<Reply, ApiError> {
         let body = forms::decode_json_body(req.content_type.as_deref(), &req.body)?;
-        let user_id = self.token_subject(req)?;
         let db = users::client(&self.pool).await?;
-        let user = active_user(&db, &user_id).await?;
+        let (account, _) = self.authenticate(&db, req).await?;
         let update = forms::validate_user_update(body)?;
         let user = match update.full_name {
-            None => user,
-            Some(full_name) => users::update_full_name(&db, &user.id, full_name.as_deref())
+            None => account.user,
+            Some(full_name) => users::update_full_name(&db, &account.user.id, full_name.as_deref())
                 .await?
                 .ok_or(ApiError::UserNotFound)?,
         };
@@ -355,8 +435,9 @@ impl App {
     }
 }
 
-/// A pooled connection held by a login or a registration, and its place in their share.
-struct Floodable<'a> {
+/// A pooled connection held by a login, a registration or a refresh, and its place in their
+/// share.
+pub(crate) struct Floodable<'a> {
     db: deadpool_postgres::Client,
     _permit: tokio::sync::SemaphorePermit<'a>,
 }
@@ -379,15 +460,6 @@ async fn find_account(
     Ok(users::find_by_email(db, account)
         .await?
         .filter(|user| email::account_key(&user.email) == key))
-}
-
-/// The seed's "User not found" for a deleted user; an inactive one cannot use its token.
-async fn active_user(db: &deadpool_postgres::Client, user_id: &str) -> Result<User, ApiError> {
-    match users::find_by_id(db, user_id).await? {
-        None => Err(ApiError::UserNotFound),
-        Some(user) if !user.is_active => Err(ApiError::InvalidToken),
-        Some(user) => Ok(user),
-    }
 }
 
 fn hashing_error(e: PasswordError) -> ApiError {

@@ -218,18 +218,109 @@ enum FormValue {
     File { filename: String },
 }
 
-/// Parses a login body. Content types other than the two form encodings give an empty form,
-/// hence "Field required", as FastAPI does.
-pub async fn parse_login_form(
+/// What `POST /auth/token` asks for: a login (the seed's password grant), or a refresh
+/// (RFC 6749 §6, `grant_type=refresh_token`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenForm {
+    Password(LoginForm),
+    Refresh { refresh_token: String },
+}
+
+/// Parses a `POST /auth/token` body. Content types other than the two form encodings give an
+/// empty form, hence "Field required", as FastAPI does.
+pub async fn parse_token_form(
     content_type: Option<&str>,
     body: &[u8],
-) -> Result<LoginForm, ApiError> {
+) -> Result<TokenForm, ApiError> {
     let fields = match media_type(content_type).as_deref() {
         Some("application/x-www-form-urlencoded") => parse_urlencoded(body),
         Some("multipart/form-data") => parse_multipart(content_type.unwrap_or(""), body).await?,
         _ => Vec::new(),
     };
-    validate_login(&fields)
+    let last_text = |name: &str| {
+        fields
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| match v {
+                FormValue::Text(t) if !t.is_empty() => Some(t.clone()),
+                _ => None,
+            })
+    };
+    if last_text("grant_type").as_deref() == Some("refresh_token") {
+        return match last_text("refresh_token") {
+            Some(refresh_token) => Ok(TokenForm::Refresh { refresh_token }),
+            None => Err(ApiError::Validation(vec![Issue::missing(
+                "refresh_token",
+                Value::Null,
+            )])),
+        };
+    }
+    validate_login(&fields).map(TokenForm::Password)
+}
+
+/// A login body (the password grant only), as the seed's `OAuth2PasswordRequestForm` reads it.
+pub async fn parse_login_form(
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<LoginForm, ApiError> {
+    match parse_token_form(content_type, body).await? {
+        TokenForm::Password(form) => Ok(form),
+        TokenForm::Refresh { .. } => Err(ApiError::Validation(vec![Issue {
+            kind: "string_pattern_mismatch",
+            loc: Issue::body_field("grant_type"),
+            msg: "String should match pattern '^password$'".into(),
+            input: Value::from("refresh_token"),
+            ctx: Some(serde_json::json!({ "pattern": "^password$" })),
+        }])),
+    }
+}
+
+/// `POST /auth/refresh`'s JSON body: `{"refresh_token": "..."}`. `None`: no body, or no
+/// token in it (browser mode sends the cookie instead).
+pub fn refresh_token_of(body: Option<Value>) -> Result<Option<String>, ApiError> {
+    let Some(body) = body else {
+        return Ok(None);
+    };
+    let map = object(Some(body))?;
+    match map.get("refresh_token") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(token)) => Ok(Some(token.clone())),
+        Some(other) => Err(ApiError::Validation(vec![Issue::string_type(
+            "refresh_token",
+            other.clone(),
+        )])),
+    }
+}
+
+/// `POST /auth/logout`'s `scope` query parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogoutScope {
+    /// This session (the default).
+    Local,
+    /// Every session but this one.
+    Others,
+    /// Every session, and tokens without one.
+    Global,
+}
+
+pub fn logout_scope(query: Option<&str>) -> Result<LogoutScope, ApiError> {
+    let scope = form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .filter(|(k, _)| k == "scope")
+        .last()
+        .map(|(_, v)| v.into_owned());
+    match scope.as_deref() {
+        None | Some("local") => Ok(LogoutScope::Local),
+        Some("others") => Ok(LogoutScope::Others),
+        Some("global") => Ok(LogoutScope::Global),
+        Some(other) => Err(ApiError::Validation(vec![Issue {
+            kind: "enum",
+            loc: vec![Value::from("query"), Value::from("scope")],
+            msg: "Input should be 'local', 'others' or 'global'".into(),
+            input: Value::from(other),
+            ctx: Some(serde_json::json!({ "expected": "'local', 'others' or 'global'" })),
+        }])),
+    }
 }
 
 fn parse_urlencoded(body: &[u8]) -> Vec<(String, FormValue)> {

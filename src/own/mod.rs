@@ -1,4 +1,5 @@
-//! The gateway's own API: the seed's endpoints and `/health`, `/ready` (`app`), their
+//! The gateway's own API: the seed's endpoints and `/health`, `/ready` (`app`), sessions —
+//! refresh, logout, listing (`sessions`) — their
 //! answers and errors (`api`), request bodies in FastAPI's shapes (`forms`, `pyjson`) and email
 //! addresses as pydantic checks them (`email`).
 
@@ -7,3 +8,4 @@ pub mod app;
 pub mod email;
 pub mod forms;
 pub mod pyjson;
+pub mod sessions;

@@ -1,8 +1,9 @@
 //! PostgreSQL: pools, migrations and start-up checks (`db`), the `users` table (`users`),
-//! TLS to the database (`pg_tls`) and the in-memory user state kept fresh by LISTEN/NOTIFY
+//! sessions and their refresh generations (`sessions`), TLS to the database (`pg_tls`) and the in-memory user state kept fresh by LISTEN/NOTIFY
 //! (`user_cache`).
 
 pub mod db;
 pub mod pg_tls;
+pub mod sessions;
 pub mod user_cache;
 pub mod users;

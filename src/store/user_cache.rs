@@ -21,6 +21,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio_postgres::AsyncMessage;
 
+use crate::credentials::token::Verified;
 use crate::edge::upgraded::Upgraded;
 use crate::ops::config::DatabaseConfig;
 use crate::own::api::ApiError;
@@ -35,13 +36,18 @@ const STALE_REFRESH_WAIT: Duration = Duration::from_millis(250);
 /// After a background refresh fails, the next one starts no sooner than this.
 const REFRESH_RETRY: Duration = Duration::from_secs(1);
 
-/// What a proxied request needs to know about its user. More than one flag on purpose: this is
-/// where a per-user "tokens valid after" time for logout and password change will live.
+/// What a request needs to know about its user: whether they are active, and which of their
+/// tokens still count (the live sessions, and the time before which tokens without a session
+/// are refused).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserState {
     pub id: String,
     pub email: String,
     pub active: bool,
+    /// Tokens without a session issued before this (unix seconds) are refused.
+    pub tokens_valid_after: Option<i64>,
+    /// Live sessions, with when each ends (unix seconds).
+    pub sessions: Box<[(uuid::Uuid, i64)]>,
     /// `id` and `email` as header values, made once per cache fill rather than per request.
     pub id_header: http::HeaderValue,
     pub email_header: http::HeaderValue,
@@ -50,14 +56,33 @@ pub struct UserState {
 impl UserState {
     /// `None` for values that cannot be header values (control characters): such a user
     /// cannot be forwarded with its identity, so it is treated as unknown.
-    pub fn new(id: String, email: String, active: bool) -> Option<UserState> {
+    pub fn of(account: &users::Account) -> Option<UserState> {
+        let user = &account.user;
         Some(UserState {
-            id_header: http::HeaderValue::from_str(&id).ok()?,
-            email_header: http::HeaderValue::from_str(&email).ok()?,
-            id,
-            email,
-            active,
+            id_header: http::HeaderValue::from_str(&user.id).ok()?,
+            email_header: http::HeaderValue::from_str(&user.email).ok()?,
+            id: user.id.clone(),
+            email: user.email.clone(),
+            active: user.is_active,
+            tokens_valid_after: account.tokens_valid_after,
+            sessions: account.sessions.clone().into_boxed_slice(),
         })
+    }
+
+    /// Whether `token` (verified, of this user) still counts at `now` (unix seconds): its
+    /// session is live, or — for a token without one — it was issued after the last global
+    /// logout, password change or reset. (Whether the user is active is asked separately.)
+    pub fn accepts(&self, token: &Verified, now: i64) -> bool {
+        match token.session_id {
+            Some(sid) => self
+                .sessions
+                .iter()
+                .any(|(id, ends)| *id == sid && *ends > now),
+            None => match self.tokens_valid_after {
+                None => true,
+                Some(after) => token.issued_at.is_some_and(|iat| iat >= after),
+            },
+        }
     }
 }
 
@@ -213,11 +238,9 @@ impl UserCache {
     async fn fetch(&self, id: &str, wait: Duration) -> Result<Option<Arc<UserState>>, ApiError> {
         let epoch = self.epoch(id).load(Ordering::Acquire);
         let db = users::client_waiting(&self.pool, wait).await?;
-        let user = users::find_by_id(&db, id).await?;
+        let account = users::find_account(&db, id).await?;
         drop(db);
-        let state = user
-            .and_then(|u| UserState::new(u.id, u.email, u.is_active))
-            .map(Arc::new);
+        let state = account.as_ref().and_then(UserState::of).map(Arc::new);
         self.store(id, state.clone(), epoch);
         Ok(state)
     }
@@ -374,7 +397,19 @@ mod tests {
     }
 
     fn state(id: &str) -> Option<Arc<UserState>> {
-        UserState::new(id.into(), format!("{id}@example.com"), true).map(Arc::new)
+        let account = users::Account {
+            user: users::User {
+                id: id.into(),
+                email: format!("{id}@example.com"),
+                full_name: None,
+                hashed_password: String::new(),
+                is_active: true,
+                created_at: chrono::NaiveDateTime::default(),
+            },
+            tokens_valid_after: None,
+            sessions: Vec::new(),
+        };
+        UserState::of(&account).map(Arc::new)
     }
 
     #[test]
@@ -427,5 +462,30 @@ mod tests {
         cache.store("u1", state("u1"), cache.epoch("u1").load(Ordering::Acquire));
         cache.listening.store(false, Ordering::Release);
         assert_eq!(cache.cached("u1", SystemTime::now()), Cached::Unknown);
+    }
+
+    #[test]
+    fn a_token_counts_while_its_session_lives_or_if_it_has_none_and_is_recent() {
+        let live = uuid::Uuid::new_v4();
+        let mut state = (*state("u1").unwrap()).clone();
+        state.sessions = vec![(live, 2_000)].into_boxed_slice();
+        let token = |session_id, issued_at| Verified {
+            user_id: "u1".into(),
+            expires_at: 5_000,
+            issued_at,
+            session_id,
+        };
+        assert!(state.accepts(&token(Some(live), Some(100)), 1_000));
+        // Past the session's end, or another (ended) session.
+        assert!(!state.accepts(&token(Some(live), Some(100)), 2_000));
+        assert!(!state.accepts(&token(Some(uuid::Uuid::new_v4()), Some(100)), 1_000));
+        // Without a session: fine until a global logout; then only tokens issued after it.
+        assert!(state.accepts(&token(None, None), 1_000));
+        state.tokens_valid_after = Some(500);
+        assert!(!state.accepts(&token(None, None), 1_000));
+        assert!(!state.accepts(&token(None, Some(499)), 1_000));
+        assert!(state.accepts(&token(None, Some(500)), 1_000));
+        // A session's token does not depend on it.
+        assert!(state.accepts(&token(Some(live), Some(100)), 1_000));
     }
 }

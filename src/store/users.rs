@@ -66,7 +66,7 @@ impl User {
 /// Errors of storage calls, already in the form the API answers with: 503 (and `Retry-After`)
 /// when the database or this connection to it is unavailable, 500 only for a statement the
 /// database could not run.
-fn db_error(e: tokio_postgres::Error) -> ApiError {
+pub(crate) fn db_error(e: tokio_postgres::Error) -> ApiError {
     if is_unavailable(&e) {
         ApiError::Unavailable(describe(&e))
     } else {
@@ -131,6 +131,60 @@ pub async fn find_by_id(db: &Client, id: &str) -> Result<Option<User>, ApiError>
     let sql = format!("SELECT {COLUMNS} FROM users WHERE id = $1");
     let stmt = db.prepare_cached(&sql).await.map_err(db_error)?;
     rows_to_user(db.query_opt(&stmt, &[&id]).await.map_err(db_error)?)
+}
+
+/// A user with what decides which of their tokens still count: the time before which tokens
+/// without a session are refused, and the live sessions with when each ends (unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub user: User,
+    /// Rounded up to a whole second, as tokens count time.
+    pub tokens_valid_after: Option<i64>,
+    pub sessions: Vec<(uuid::Uuid, i64)>,
+}
+
+/// The user with id `id` and their live sessions, in one statement.
+#[tracing::instrument(level = "debug", skip(db))]
+pub async fn find_account(db: &Client, id: &str) -> Result<Option<Account>, ApiError> {
+    if !storable(id) {
+        return Ok(None);
+    }
+    let sql = format!(
+        "SELECT {COLUMNS}, ceil(extract(epoch FROM tokens_valid_after))::bigint, \
+         ARRAY(SELECT s.id FROM sentinel_sessions s WHERE s.user_id = users.id \
+               AND s.revoked_at IS NULL AND s.idle_expires_at > now() \
+               AND s.absolute_expires_at > now() ORDER BY s.id), \
+         ARRAY(SELECT floor(extract(epoch FROM LEAST(s.idle_expires_at, s.absolute_expires_at)))::bigint \
+               FROM sentinel_sessions s WHERE s.user_id = users.id \
+               AND s.revoked_at IS NULL AND s.idle_expires_at > now() \
+               AND s.absolute_expires_at > now() ORDER BY s.id) \
+         FROM users WHERE id = $1"
+    );
+    let stmt = db.prepare_cached(&sql).await.map_err(db_error)?;
+    let Some(row) = db.query_opt(&stmt, &[&id]).await.map_err(db_error)? else {
+        return Ok(None);
+    };
+    let internal = |e: tokio_postgres::Error| ApiError::Internal(describe(&e));
+    let tokens_valid_after: Option<i64> = row.try_get(6).map_err(internal)?;
+    let ids: Vec<uuid::Uuid> = row.try_get(7).map_err(internal)?;
+    let ends: Vec<i64> = row.try_get(8).map_err(internal)?;
+    let user = User::try_from(row).map_err(internal)?;
+    Ok(Some(Account {
+        user,
+        tokens_valid_after,
+        sessions: ids.into_iter().zip(ends).collect(),
+    }))
+}
+
+/// Refuses, from now on, the user's tokens that belong to no session (the seed's).
+#[tracing::instrument(level = "debug", skip(db))]
+pub async fn refuse_sessionless_tokens(db: &Client, id: &str) -> Result<(), ApiError> {
+    let stmt = db
+        .prepare_cached("UPDATE users SET tokens_valid_after = now() WHERE id = $1")
+        .await
+        .map_err(db_error)?;
+    db.execute(&stmt, &[&id]).await.map_err(db_error)?;
+    Ok(())
 }
 
 #[tracing::instrument(level = "debug", skip(db, email))]

@@ -248,7 +248,15 @@ async fn the_gateway_waits_for_its_database_at_start_up_and_answers_health_meanw
     let config = dir.0.join("gateway.toml");
     std::fs::write(
         &config,
-        config_text_with(port, &cluster.url(), "", "startup_wait_seconds = 60\n", ""),
+        config_text_with(
+            port,
+            &cluster.url(),
+            &Tables {
+                database: "startup_wait_seconds = 60\n".into(),
+                ..Tables::default()
+            },
+            "",
+        ),
     )
     .unwrap();
     let log = dir.0.join("gateway.log");

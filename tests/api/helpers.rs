@@ -123,6 +123,8 @@ pub struct Spawn {
     pub server_extra: String,
     /// Keys added to the `[database]` table.
     pub database_extra: String,
+    /// Keys added to the `[auth]` table.
+    pub auth_extra: String,
     /// The port to listen on (default: a free one).
     pub port: Option<u16>,
     /// A hosts file the gateway resolves names with instead of `/etc/hosts` (it then runs in
@@ -164,33 +166,40 @@ pub fn binary() -> &'static str {
 /// The config file a test gateway uses.
 /// Rate limits stay out of the way of tests that are not about them.
 pub fn config_text(port: u16, db_url: &str, extra: &str) -> String {
-    config_text_with(port, db_url, "", "", extra)
+    config_text_with(port, db_url, &Tables::default(), extra)
 }
 
-/// [`config_text`] with extra keys in the `[server]` and `[database]` tables.
-pub fn config_text_with(
-    port: u16,
-    db_url: &str,
-    server_extra: &str,
-    database_extra: &str,
-    extra: &str,
-) -> String {
+/// Keys added to the tables every test config has.
+#[derive(Default, Clone)]
+pub struct Tables {
+    /// `[server]` keys; may name the listen address itself (by host name, say).
+    pub server: String,
+    pub database: String,
+    pub auth: String,
+}
+
+/// [`config_text`] with extra keys in the `[server]`, `[database]` and `[auth]` tables.
+pub fn config_text_with(port: u16, db_url: &str, tables: &Tables, extra: &str) -> String {
     let limits = if extra.contains("[rate_limit]") {
         ""
     } else {
         "[rate_limit]\nlogin_per_ip_per_minute = 100000\nlogin_per_account_per_minute = 100000\n\
          register_per_ip_per_minute = 100000\n\n"
     };
-    // `server_extra` may name the listen address itself (by host name, say).
-    let listen = if server_extra.contains("listen =") {
+    let listen = if tables.server.contains("listen =") {
         String::new()
     } else {
         format!("listen = \"127.0.0.1:{port}\"\n")
     };
+    let Tables {
+        server,
+        database,
+        auth,
+    } = tables;
     format!(
-        "[server]\n{listen}threads = 2\n{server_extra}\n\
-         [database]\nurl = \"{db_url}\"\n{database_extra}\n\
-         [auth]\nsecret_key = \"{SEED_SECRET}\"\n\n\
+        "[server]\n{listen}threads = 2\n{server}\n\
+         [database]\nurl = \"{db_url}\"\n{database}\n\
+         [auth]\nsecret_key = \"{SEED_SECRET}\"\n{auth}\n\
          [log]\nlevel = \"warn\"\nformat = \"text\"\n\n{limits}{extra}"
     )
 }
@@ -253,8 +262,11 @@ impl TestApp {
             config_text_with(
                 port,
                 &db.url,
-                &spec.server_extra,
-                &spec.database_extra,
+                &Tables {
+                    server: spec.server_extra.clone(),
+                    database: spec.database_extra.clone(),
+                    auth: spec.auth_extra.clone(),
+                },
                 &spec.config_extra,
             ),
         )
@@ -636,6 +648,12 @@ impl Answer {
 /// Raw bytes to the gateway over a plain socket; returns everything it answered until it
 /// closed or went quiet.
 pub async fn raw(port: u16, request: &[u8]) -> String {
+    raw_within(port, request, Duration::from_millis(1500)).await
+}
+
+/// [`raw`], waiting up to `quiet` for each next read (for answers that take a while: a login's
+/// password hashing on a busy machine).
+pub async fn raw_within(port: u16, request: &[u8], quiet: Duration) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -644,7 +662,7 @@ pub async fn raw(port: u16, request: &[u8]) -> String {
     let mut out = Vec::new();
     let mut buf = [0u8; 8192];
     loop {
-        match tokio::time::timeout(Duration::from_millis(1500), s.read(&mut buf)).await {
+        match tokio::time::timeout(quiet, s.read(&mut buf)).await {
             Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
             Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
         }
@@ -680,9 +698,25 @@ pub fn assert_token_shape(body: &Value) {
         .keys()
         .map(String::as_str)
         .collect();
-    assert_eq!(keys, ["access_token", "token_type", "user"], "{body}");
+    // The seed's three, then what sessions add.
+    assert_eq!(
+        keys,
+        [
+            "access_token",
+            "token_type",
+            "user",
+            "refresh_token",
+            "expires_in"
+        ],
+        "{body}"
+    );
     assert_eq!(body["token_type"], "bearer");
     assert_eq!(body["access_token"].as_str().unwrap().split('.').count(), 3);
+    assert!(
+        body["refresh_token"].as_str().unwrap().len() >= 64,
+        "{body}"
+    );
+    assert!(body["expires_in"].as_i64().unwrap() > 0, "{body}");
     assert_user_shape(&body["user"]);
 }
 

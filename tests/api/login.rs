@@ -106,7 +106,7 @@ async fn form_field_rules_follow_oauth2_password_request_form() {
         200
     );
     let a = Answer::of(
-        post("username=fields@example.com&password=FieldsPassword1!&grant_type=refresh_token")
+        post("username=fields@example.com&password=FieldsPassword1!&grant_type=client_credentials")
             .await
             .unwrap(),
     )
@@ -115,6 +115,18 @@ async fn form_field_rules_follow_oauth2_password_request_form() {
     assert_eq!(
         a.json()["detail"][0]["loc"],
         serde_json::json!(["body", "grant_type"])
+    );
+    // The refresh grant needs its token (RFC 6749 §6).
+    let a = Answer::of(
+        post("username=fields@example.com&password=FieldsPassword1!&grant_type=refresh_token")
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, 422);
+    assert_eq!(
+        a.json()["detail"][0]["loc"],
+        serde_json::json!(["body", "refresh_token"])
     );
     // scope, client_id and client_secret are accepted and ignored.
     assert_eq!(

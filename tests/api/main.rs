@@ -17,5 +17,6 @@ mod proxy;
 mod proxy_streams;
 mod rate_limits;
 mod register;
+mod sessions;
 mod slow_clients;
 mod startup;

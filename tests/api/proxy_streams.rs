@@ -429,3 +429,39 @@ async fn upstream_names_are_resolved_per_address_and_again_when_they_change() {
         assert_eq!(server_of(&app, "/api/x").await, Ok(c.addr()));
     }
 }
+
+#[tokio::test]
+async fn an_open_websocket_ends_with_its_session() {
+    let up = Upstream::start().await;
+    let app = TestApp::spawn_with(Spawn {
+        config_extra: route("/api/", &[up.addr()], "required", ""),
+        ..Spawn::default()
+    })
+    .await;
+    app.registered("wslogout@example.com", "SocketPassword1!")
+        .await;
+    let login = |_: ()| app.login("wslogout@example.com", "SocketPassword1!");
+    let ended: serde_json::Value = login(()).await.json().await.unwrap();
+    let kept: serde_json::Value = login(()).await.json().await.unwrap();
+    let token = |t: &serde_json::Value| t["access_token"].as_str().unwrap().to_string();
+    let (mut s, head) = websocket_handshake(app.port, Some(&token(&ended))).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let (mut other, head) = websocket_handshake(app.port, Some(&token(&kept))).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    echoes(&mut s).await;
+    let r = app
+        .client
+        .post(app.url("/auth/logout"))
+        .bearer_auth(token(&ended))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let closed = closed_within(&mut s, Duration::from_secs(3)).await;
+    assert!(
+        closed.is_some_and(|t| t < Duration::from_secs(1)),
+        "the ended session's socket: {closed:?}"
+    );
+    // The same user's other session keeps its socket.
+    echoes(&mut other).await;
+}

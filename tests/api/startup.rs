@@ -154,8 +154,10 @@ fn a_database_that_never_answers_ends_start_up_after_the_wait_with_one_line() {
         config_text_with(
             free_port(),
             &format!("postgres://postgres@127.0.0.1:{dead_port}/x"),
-            "",
-            "startup_wait_seconds = 2\n",
+            &Tables {
+                database: "startup_wait_seconds = 2\n".into(),
+                ..Tables::default()
+            },
             "",
         ),
     )
