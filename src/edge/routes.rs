@@ -25,6 +25,7 @@ pub enum Endpoint {
     Token,
     Me,
     UpdateMe,
+    ChangePassword,
     Refresh,
     Logout,
     Sessions,
@@ -37,7 +38,11 @@ impl Endpoint {
     pub fn reads_body(self) -> bool {
         matches!(
             self,
-            Endpoint::Register | Endpoint::Token | Endpoint::UpdateMe | Endpoint::Refresh
+            Endpoint::Register
+                | Endpoint::Token
+                | Endpoint::UpdateMe
+                | Endpoint::Refresh
+                | Endpoint::ChangePassword
         )
     }
 
@@ -49,6 +54,7 @@ impl Endpoint {
             Endpoint::Token => "token",
             Endpoint::Me => "users_me",
             Endpoint::UpdateMe => "update_users_me",
+            Endpoint::ChangePassword => "change_password",
             Endpoint::Refresh => "refresh",
             Endpoint::Logout => "logout",
             Endpoint::Sessions => "sessions",
@@ -247,6 +253,10 @@ pub fn classify(method: &Method, path: &[u8]) -> Route {
         b"/auth/users/me" if get => Route::Own(Endpoint::Me),
         b"/auth/users/me" if method == Method::PATCH => Route::Own(Endpoint::UpdateMe),
         b"/auth/users/me" => Route::MethodNotAllowed("GET, PATCH"),
+        b"/auth/users/me/password" if method == Method::POST => {
+            Route::Own(Endpoint::ChangePassword)
+        }
+        b"/auth/users/me/password" => Route::MethodNotAllowed("POST"),
         b"/auth/refresh" if method == Method::POST => Route::Own(Endpoint::Refresh),
         b"/auth/refresh" => Route::MethodNotAllowed("POST"),
         b"/auth/logout" if method == Method::POST => Route::Own(Endpoint::Logout),

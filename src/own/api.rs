@@ -150,6 +150,9 @@ pub enum ApiError {
     RegistrationDisabled,
     #[error("incorrect email or password")]
     BadCredentials,
+    /// A password change whose current password is wrong.
+    #[error("incorrect password")]
+    WrongPassword,
     #[error("not authenticated")]
     NotAuthenticated,
     #[error("invalid token")]
@@ -203,6 +206,7 @@ impl ApiError {
             ApiError::EmailTaken => Reply::detail(400, "Email already registered"),
             ApiError::RegistrationDisabled => Reply::detail(403, "Registration is disabled"),
             ApiError::BadCredentials => bearer(Reply::detail(401, "Incorrect email or password")),
+            ApiError::WrongPassword => bearer(Reply::detail(401, "Incorrect password")),
             ApiError::NotAuthenticated => bearer(Reply::detail(401, "Not authenticated")),
             ApiError::InvalidToken => bearer(Reply::detail(401, "Invalid token")),
             ApiError::UserNotFound => bearer(Reply::detail(401, "User not found")),

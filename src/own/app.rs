@@ -195,6 +195,7 @@ impl App {
             Endpoint::Token => self.login(req).await,
             Endpoint::Me => self.me(req).await,
             Endpoint::UpdateMe => self.update_me(req).await,
+            Endpoint::ChangePassword => self.change_password(req).await,
             Endpoint::Refresh => self.refresh(req).await,
             Endpoint::Logout => self.logout(req).await,
             Endpoint::Sessions => self.list_sessions(req).await,
@@ -323,7 +324,7 @@ impl App {
         // Each connection is held for its statement only, never across the hashing queue.
         let taken = {
             let db = self.floodable_client().await?;
-            users::find_by_email(&db, &new.email).await?.is_some()
+            users::find_by_email(&*db, &new.email).await?.is_some()
         };
         if taken {
             return Err(ApiError::EmailTaken);
@@ -338,7 +339,7 @@ impl App {
         // The seed stored a missing full name as "".
         let full_name = new.full_name.unwrap_or_default();
         let db = self.floodable_client().await?;
-        match users::insert(&db, &new.email, &full_name, &hash).await? {
+        match users::insert(&*db, &new.email, &full_name, &hash).await? {
             Some(user) => self.signed_in(&db, &user, req).await,
             // Someone registered the same email (in any case) meanwhile.
             None => Err(ApiError::EmailTaken),
@@ -397,7 +398,7 @@ impl App {
                 if let Some(new_hash) = rehash {
                     let upgraded = async {
                         let db = self.floodable_client().await?;
-                        users::replace_password_hash(&db, &user.id, &stored, &new_hash).await
+                        users::replace_password_hash(&*db, &user.id, &stored, &new_hash).await
                     };
                     if let Err(e) = upgraded.await {
                         // The login itself succeeded; the upgrade is retried next time.
@@ -462,7 +463,7 @@ async fn find_account(
         .filter(|user| email::account_key(&user.email) == key))
 }
 
-fn hashing_error(e: PasswordError) -> ApiError {
+pub(crate) fn hashing_error(e: PasswordError) -> ApiError {
     match e {
         PasswordError::Busy => ApiError::Busy,
         other => ApiError::Internal(other.to_string()),

@@ -204,6 +204,40 @@ pub fn validate_user_update(body: Option<Value>) -> Result<UserUpdate, ApiError>
     }
 }
 
+/// `POST /auth/users/me/password`'s body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PasswordChange {
+    pub current_password: String,
+    pub new_password: String,
+}
+
+/// `{current_password, new_password}`: both required strings; the new one must meet the
+/// policy (the current one is only compared, so a legacy short password can still be changed).
+pub fn validate_password_change(body: Option<Value>) -> Result<PasswordChange, ApiError> {
+    let map = object(body)?;
+    let mut issues = Vec::new();
+    let whole = Value::Object(map.clone());
+    let required = |field: &str, issues: &mut Vec<Issue>| match map.get(field) {
+        None => {
+            issues.push(Issue::missing(field, whole.clone()));
+            None
+        }
+        Some(_) => string_field(&map, field, false, issues),
+    };
+    let current = required("current_password", &mut issues);
+    let new = required("new_password", &mut issues);
+    if let Some(new) = &new {
+        password_policy("new_password", new, &mut issues);
+    }
+    match (current, new) {
+        (Some(current_password), Some(new_password)) if issues.is_empty() => Ok(PasswordChange {
+            current_password,
+            new_password,
+        }),
+        _ => Err(ApiError::Validation(issues)),
+    }
+}
+
 /// FastAPI's `OAuth2PasswordRequestForm`, the fields this gateway uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoginForm {

@@ -1,8 +1,9 @@
 //! The gateway's own API: the seed's endpoints and `/health`, `/ready` (`app`), sessions —
-//! refresh, logout, listing (`sessions`) — their
+//! refresh, logout, listing (`sessions`) — and changes to one's account (`account`), their
 //! answers and errors (`api`), request bodies in FastAPI's shapes (`forms`, `pyjson`) and email
 //! addresses as pydantic checks them (`email`).
 
+pub mod account;
 pub mod api;
 pub mod app;
 pub mod email;

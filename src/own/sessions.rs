@@ -46,7 +46,7 @@ impl App {
         let claim = self.refresh_key.open(token).ok_or(ApiError::InvalidGrant)?;
         let db = self.floodable_client().await?;
         let (user_id, generation) = match sessions::rotate(
-            &db,
+            &*db,
             &claim.session_id,
             claim.generation,
             self.lifetimes,
@@ -67,7 +67,7 @@ impl App {
             }
             Refresh::Ended => return Err(ApiError::InvalidGrant),
         };
-        let user = users::find_by_id(&db, &user_id)
+        let user = users::find_by_id(&*db, &user_id)
             .await?
             .filter(|u| u.is_active)
             .ok_or(ApiError::InvalidGrant)?;

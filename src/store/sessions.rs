@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use deadpool_postgres::Client;
+use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
@@ -55,7 +55,7 @@ fn seconds(d: Duration) -> f64 {
 /// Starts a session for `user_id`; its id.
 #[tracing::instrument(level = "debug", skip(db, user_agent))]
 pub async fn create(
-    db: &Client,
+    db: &impl GenericClient,
     user_id: &str,
     lifetimes: Lifetimes,
     user_agent: Option<&str>,
@@ -106,7 +106,7 @@ pub enum Refresh {
 /// find the generation moved within the grace period and get the current one).
 #[tracing::instrument(level = "debug", skip(db))]
 pub async fn rotate(
-    db: &Client,
+    db: &impl GenericClient,
     session_id: &Uuid,
     generation: u32,
     lifetimes: Lifetimes,
@@ -171,9 +171,28 @@ pub async fn rotate(
     Ok(Refresh::Reused)
 }
 
+/// Moves a session to its next generation without a refresh token (its refresh tokens so far
+/// end, as after a password change); the new generation.
+#[tracing::instrument(level = "debug", skip(db))]
+pub async fn advance(db: &impl GenericClient, session_id: &Uuid) -> Result<u32, ApiError> {
+    let stmt = db
+        .prepare_cached(
+            "UPDATE sentinel_sessions SET generation = generation + 1, rotated_at = NULL, \
+             last_used_at = now() WHERE id = $1 RETURNING generation",
+        )
+        .await
+        .map_err(db_error)?;
+    let row = db.query_one(&stmt, &[session_id]).await.map_err(db_error)?;
+    Ok(row.try_get::<_, i32>(0).map_err(db_error)? as u32)
+}
+
 /// Ends one of `user_id`'s sessions; whether it was live.
 #[tracing::instrument(level = "debug", skip(db))]
-pub async fn revoke(db: &Client, user_id: &str, session_id: &Uuid) -> Result<bool, ApiError> {
+pub async fn revoke(
+    db: &impl GenericClient,
+    user_id: &str,
+    session_id: &Uuid,
+) -> Result<bool, ApiError> {
     let stmt = db
         .prepare_cached(
             "UPDATE sentinel_sessions SET revoked_at = now() \
@@ -191,7 +210,7 @@ pub async fn revoke(db: &Client, user_id: &str, session_id: &Uuid) -> Result<boo
 /// Ends every live session of `user_id` but `keep` (all of them without one); how many.
 #[tracing::instrument(level = "debug", skip(db))]
 pub async fn revoke_all_but(
-    db: &Client,
+    db: &impl GenericClient,
     user_id: &str,
     keep: Option<&Uuid>,
 ) -> Result<u64, ApiError> {
@@ -209,7 +228,7 @@ pub async fn revoke_all_but(
 
 /// `user_id`'s live sessions, newest first.
 #[tracing::instrument(level = "debug", skip(db))]
-pub async fn list_live(db: &Client, user_id: &str) -> Result<Vec<Session>, ApiError> {
+pub async fn list_live(db: &impl GenericClient, user_id: &str) -> Result<Vec<Session>, ApiError> {
     let stmt = db
         .prepare_cached(
             "SELECT id, created_at, last_used_at, user_agent, client_address \

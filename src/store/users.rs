@@ -2,7 +2,7 @@
 //! (the `lower(email)` unique index), ids are the seed's UUID strings.
 
 use chrono::NaiveDateTime;
-use deadpool_postgres::{Client, Pool, PoolError};
+use deadpool_postgres::{Client, GenericClient, Pool, PoolError};
 use serde::Serialize;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Row;
@@ -124,7 +124,7 @@ fn rows_to_user(row: Option<Row>) -> Result<Option<User>, ApiError> {
 }
 
 #[tracing::instrument(level = "debug", skip(db))]
-pub async fn find_by_id(db: &Client, id: &str) -> Result<Option<User>, ApiError> {
+pub async fn find_by_id(db: &impl GenericClient, id: &str) -> Result<Option<User>, ApiError> {
     if !storable(id) {
         return Ok(None);
     }
@@ -145,7 +145,7 @@ pub struct Account {
 
 /// The user with id `id` and their live sessions, in one statement.
 #[tracing::instrument(level = "debug", skip(db))]
-pub async fn find_account(db: &Client, id: &str) -> Result<Option<Account>, ApiError> {
+pub async fn find_account(db: &impl GenericClient, id: &str) -> Result<Option<Account>, ApiError> {
     if !storable(id) {
         return Ok(None);
     }
@@ -178,7 +178,7 @@ pub async fn find_account(db: &Client, id: &str) -> Result<Option<Account>, ApiE
 
 /// Refuses, from now on, the user's tokens that belong to no session (the seed's).
 #[tracing::instrument(level = "debug", skip(db))]
-pub async fn refuse_sessionless_tokens(db: &Client, id: &str) -> Result<(), ApiError> {
+pub async fn refuse_sessionless_tokens(db: &impl GenericClient, id: &str) -> Result<(), ApiError> {
     let stmt = db
         .prepare_cached("UPDATE users SET tokens_valid_after = now() WHERE id = $1")
         .await
@@ -188,7 +188,7 @@ pub async fn refuse_sessionless_tokens(db: &Client, id: &str) -> Result<(), ApiE
 }
 
 #[tracing::instrument(level = "debug", skip(db, email))]
-pub async fn find_by_email(db: &Client, email: &str) -> Result<Option<User>, ApiError> {
+pub async fn find_by_email(db: &impl GenericClient, email: &str) -> Result<Option<User>, ApiError> {
     if !storable(email) {
         return Ok(None);
     }
@@ -200,7 +200,7 @@ pub async fn find_by_email(db: &Client, email: &str) -> Result<Option<User>, Api
 /// Inserts a new active user; `Ok(None)` when the email (in any letter case) is taken.
 #[tracing::instrument(level = "debug", skip(db, email, full_name, hashed_password))]
 pub async fn insert(
-    db: &Client,
+    db: &impl GenericClient,
     email: &str,
     full_name: &str,
     hashed_password: &str,
@@ -225,7 +225,7 @@ pub async fn insert(
 /// Sets `full_name` (None clears it); `Ok(None)` when the user is gone.
 #[tracing::instrument(level = "debug", skip(db, full_name))]
 pub async fn update_full_name(
-    db: &Client,
+    db: &impl GenericClient,
     id: &str,
     full_name: Option<&str>,
 ) -> Result<Option<User>, ApiError> {
@@ -244,7 +244,7 @@ pub async fn update_full_name(
 /// Replaces a password hash, unless it changed since `old` was read (then the newer one stays).
 #[tracing::instrument(level = "debug", skip(db, old, new))]
 pub async fn replace_password_hash(
-    db: &Client,
+    db: &impl GenericClient,
     id: &str,
     old: &str,
     new: &str,

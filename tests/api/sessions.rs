@@ -531,3 +531,102 @@ async fn a_revoked_session_is_refused_on_every_instance_within_a_second() {
         401
     );
 }
+
+async fn change_password(app: &TestApp, access: &str, current: &str, new: &str) -> Answer {
+    Answer::of(
+        app.client
+            .post(app.url("/auth/users/me/password"))
+            .bearer_auth(access)
+            .json(&json!({"current_password": current, "new_password": new}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_password_change_keeps_this_session_and_ends_every_other() {
+    let app = TestApp::spawn_seeded().await;
+    let email = "ada@example.com";
+    let old = "AdaLovelace1815!";
+    let here = login_tokens_for(&app, email, old).await;
+    let elsewhere = login_tokens_for(&app, email, old).await;
+    let sessionless = seed_style_token("cf33c6d8-c568-40da-85d6-bad6a194617e");
+    let access = here["access_token"].as_str().unwrap();
+    // A wrong current password, a new one against the policy: nothing changes.
+    let a = change_password(&app, access, "wrong", "NewPassword123!").await;
+    assert_eq!(
+        (a.status, a.text.as_str()),
+        (401, r#"{"detail":"Incorrect password"}"#)
+    );
+    let a = change_password(&app, access, old, "short").await;
+    assert_eq!(a.status, 422);
+    assert_eq!(
+        a.json()["detail"][0]["loc"],
+        json!(["body", "new_password"])
+    );
+    assert_eq!(
+        app.me(elsewhere["access_token"].as_str().unwrap())
+            .await
+            .status(),
+        200
+    );
+    // The change: new tokens for this session, every other session and sessionless token ended.
+    let a = change_password(&app, access, old, "NewPassword123!").await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(a.header("cache-control"), Some("no-store"));
+    let changed = a.json();
+    assert_token_shape(&changed);
+    assert_eq!(
+        claims(changed["access_token"].as_str().unwrap())["sid"],
+        claims(access)["sid"]
+    );
+    assert_eq!(
+        app.me(changed["access_token"].as_str().unwrap())
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(app.me(access).await.status(), 200, "this session goes on");
+    assert_eq!(
+        app.me(elsewhere["access_token"].as_str().unwrap())
+            .await
+            .status(),
+        401
+    );
+    assert_eq!(app.me(&sessionless).await.status(), 401);
+    assert_invalid_grant(&refresh(&app, elsewhere["refresh_token"].as_str().unwrap()).await);
+    assert_eq!(
+        refresh(&app, changed["refresh_token"].as_str().unwrap())
+            .await
+            .status,
+        200
+    );
+    assert_eq!(app.login(email, old).await.status(), 401);
+    assert_eq!(app.login(email, "NewPassword123!").await.status(), 200);
+}
+
+#[tokio::test]
+async fn password_change_attempts_are_limited_like_logins() {
+    let app = TestApp::spawn_with(Spawn {
+        config_extra:
+            "[rate_limit]\nlogin_per_ip_per_minute = 1000\nlogin_per_account_per_minute = 2\n\
+                       register_per_ip_per_minute = 1000\n"
+                .into(),
+        ..Spawn::default()
+    })
+    .await;
+    let (access, _) = app.registered("guess@example.com", PASSWORD).await;
+    for _ in 0..2 {
+        assert_eq!(
+            change_password(&app, &access, "guess", "NewPassword123!")
+                .await
+                .status,
+            401
+        );
+    }
+    let a = change_password(&app, &access, PASSWORD, "NewPassword123!").await;
+    assert_eq!(a.status, 429, "{}", a.text);
+    assert!(a.header("retry-after").is_some());
+}
