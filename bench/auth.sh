@@ -52,16 +52,8 @@ CONF
 start "$OUT/gateway.log" env -i PATH="$PATH" SECRET_KEY="$SECRET" \
   target/release/sentinel-gateway --config "$OUT/gateway.toml"
 
-if [ ! -x "$OUT/seed-venv/bin/uvicorn" ]; then
-  python3 -m venv "$OUT/seed-venv"
-  "$OUT/seed-venv/bin/pip" install -q -r "$SEED_DIR/requirements.txt"
-fi
-(cd "$SEED_DIR" && exec setsid env -i PATH="$PATH" DATABASE_URL="postgresql+psycopg://postgres@127.0.0.1/seed_bench" \
-  SECRET_KEY="$SECRET" "$OLDPWD/$OUT/seed-venv/bin/uvicorn" app.main:app --port "$SEED_PORT" \
-  --workers 2 --log-level warning) >"$OUT/seed.log" 2>&1 &
-pids+=($!)
+start_seed "$SEED_DIR" "$SEED_PORT" seed_bench "$SECRET" "$OUT"
 
-wait_up() { for _ in $(seq 1 100); do curl -sf "$1/health" >/dev/null && return 0; sleep 0.2; done; echo "no answer from $1" >&2; exit 1; }
 token_for() { # base -> registers bench@example.com, prints a token
   curl -sf -X POST "$1/auth/register" -H 'content-type: application/json' \
     -d "{\"email\":\"bench@example.com\",\"password\":\"$PASSWORD\",\"full_name\":\"Bench\"}" \

@@ -54,3 +54,24 @@ http { access_log off;
     location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 CONF
 }
+
+# start_seed DIR PORT DATABASE SECRET OUT — the seed's FastAPI backend (a checkout in DIR) on
+# 127.0.0.1:PORT with 2 uvicorn workers, its requirements in a virtualenv under OUT.
+start_seed() {
+  local dir=$1 port=$2 database=$3 secret=$4 out=$5
+  if [ ! -x "$out/seed-venv/bin/uvicorn" ]; then
+    python3 -m venv "$out/seed-venv"
+    "$out/seed-venv/bin/pip" install -q -r "$dir/requirements.txt"
+  fi
+  (cd "$dir" && exec setsid env -i PATH="$PATH" DATABASE_URL="postgresql+psycopg://postgres@127.0.0.1/$database" \
+    SECRET_KEY="$secret" "$OLDPWD/$out/seed-venv/bin/uvicorn" app.main:app --port "$port" \
+    --workers 2 --log-level warning) >"$out/seed.log" 2>&1 &
+  pids+=($!)
+}
+
+# wait_up BASE — until BASE/health answers (20 s at most).
+wait_up() {
+  for _ in $(seq 1 100); do curl -sf "$1/health" >/dev/null && return 0; sleep 0.2; done
+  echo "no answer from $1" >&2
+  exit 1
+}

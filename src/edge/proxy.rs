@@ -423,11 +423,20 @@ impl Gateway {
             Err(_) => return Identity::Refused(ApiError::RejectedToken),
         };
         match self.app.users.cached(&verified.user_id, now) {
+            Cached::Known(Some(state)) if state.may_predate(&verified) => Identity::Unknown {
+                verified,
+                now,
+                reread: true,
+            },
             Cached::Known(state) => match admit(state, &verified, now, auth) {
                 Ok(user) => Identity::Known(user),
                 Err(e) => Identity::Refused(e),
             },
-            Cached::Unknown => Identity::Unknown { verified, now },
+            Cached::Unknown => Identity::Unknown {
+                verified,
+                now,
+                reread: false,
+            },
         }
     }
 
@@ -493,9 +502,14 @@ impl Gateway {
                 Ok(None)
             }
             Identity::Refused(e) => Ok(Some(Pending::Reply(e.into_reply()))),
-            Identity::Unknown { verified, now } => Ok(Some(Pending::FetchUser {
+            Identity::Unknown {
                 verified,
                 now,
+                reread,
+            } => Ok(Some(Pending::FetchUser {
+                verified,
+                now,
+                reread,
                 auth,
                 host,
                 cleanup: facts.cleanup,
@@ -522,12 +536,13 @@ impl Gateway {
             Pending::FetchUser {
                 verified,
                 now,
+                reread,
                 auth,
                 host,
                 cleanup,
             } => {
                 let fetched = match self.app.check_ready() {
-                    Ok(()) => self.app.users.get(&verified.user_id, now).await,
+                    Ok(()) => self.app.users.get(&verified.user_id, now, reread).await,
                     Err(e) => Err(e),
                 };
                 match fetched.and_then(|state| admit(state, &verified, now, auth)) {
@@ -570,10 +585,12 @@ enum Identity {
     /// `None`: anonymous (public routes only).
     Known(Option<Arc<UserState>>),
     Refused(ApiError),
-    /// A valid token whose user is not in memory (or not fresh).
+    /// A valid token whose user is not in memory (or not fresh), or whose session may be
+    /// newer than what memory has (`reread`).
     Unknown {
         verified: Arc<token::Verified>,
         now: std::time::SystemTime,
+        reread: bool,
     },
 }
 
@@ -587,6 +604,7 @@ enum Pending {
     FetchUser {
         verified: Arc<token::Verified>,
         now: std::time::SystemTime,
+        reread: bool,
         auth: RouteAuth,
         host: Option<http::HeaderValue>,
         cleanup: identity::Cleanup,

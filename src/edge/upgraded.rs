@@ -127,11 +127,11 @@ impl Upgraded {
                 let db = users::client(&upgraded.pool).await?;
                 users::find_account(&db, &user_id).await
             };
+            let now = unix_seconds(std::time::SystemTime::now());
             let state = match tokio::time::timeout(std::time::Duration::from_secs(2), read).await {
-                Ok(Ok(account)) => account.as_ref().and_then(UserState::of),
+                Ok(Ok(account)) => account.as_ref().and_then(|a| UserState::of(a, now)),
                 _ => None,
             };
-            let now = unix_seconds(std::time::SystemTime::now());
             let closed = upgraded.close(&user_id, |token| {
                 state
                     .as_ref()

@@ -301,7 +301,7 @@ impl App {
         let account = users::find_account(db, &verified.user_id)
             .await?
             .ok_or(ApiError::UserNotFound)?;
-        let state = UserState::of(&account).ok_or(ApiError::InvalidToken)?;
+        let state = UserState::of(&account, unix_seconds(now)).ok_or(ApiError::InvalidToken)?;
         if !state.active || !state.accepts(&verified, unix_seconds(now)) {
             return Err(ApiError::InvalidToken);
         }

@@ -48,6 +48,8 @@ pub struct UserState {
     pub tokens_valid_after: Option<i64>,
     /// Live sessions, with when each ends (unix seconds).
     pub sessions: Box<[(uuid::Uuid, i64)]>,
+    /// When this was read from PostgreSQL (unix seconds, rounded down).
+    pub read_at: i64,
     /// `id` and `email` as header values, made once per cache fill rather than per request.
     pub id_header: http::HeaderValue,
     pub email_header: http::HeaderValue,
@@ -56,7 +58,7 @@ pub struct UserState {
 impl UserState {
     /// `None` for values that cannot be header values (control characters): such a user
     /// cannot be forwarded with its identity, so it is treated as unknown.
-    pub fn of(account: &users::Account) -> Option<UserState> {
+    pub fn of(account: &users::Account, read_at: i64) -> Option<UserState> {
         let user = &account.user;
         Some(UserState {
             id_header: http::HeaderValue::from_str(&user.id).ok()?,
@@ -66,7 +68,19 @@ impl UserState {
             active: user.is_active,
             tokens_valid_after: account.tokens_valid_after,
             sessions: account.sessions.clone().into_boxed_slice(),
+            read_at,
         })
+    }
+
+    /// Whether `token` may belong to a session started after this state was read: its session
+    /// is not among those known here, and it was issued no earlier than the read. Such a state
+    /// cannot refuse the token; it is read again instead (another instance's login is
+    /// announced a moment after its answer has gone out).
+    pub fn may_predate(&self, token: &Verified) -> bool {
+        token
+            .session_id
+            .is_some_and(|sid| !self.sessions.iter().any(|(id, _)| *id == sid))
+            && token.issued_at.is_some_and(|iat| iat >= self.read_at)
     }
 
     /// Whether `token` (verified, of this user) still counts at `now` (unix seconds): its
@@ -238,9 +252,13 @@ impl UserCache {
     async fn fetch(&self, id: &str, wait: Duration) -> Result<Option<Arc<UserState>>, ApiError> {
         let epoch = self.epoch(id).load(Ordering::Acquire);
         let db = users::client_waiting(&self.pool, wait).await?;
+        let read_at = crate::credentials::token::unix_seconds(SystemTime::now());
         let account = users::find_account(&db, id).await?;
         drop(db);
-        let state = account.as_ref().and_then(UserState::of).map(Arc::new);
+        let state = account
+            .as_ref()
+            .and_then(|a| UserState::of(a, read_at))
+            .map(Arc::new);
         self.store(id, state.clone(), epoch);
         Ok(state)
     }
@@ -263,13 +281,20 @@ impl UserCache {
     /// waiting for the cache's own connections no longer than [`crate::store::db::PROXY_POOL_WAIT`].
     /// While the listener is down, an entry at hand answers if PostgreSQL does not within
     /// [`STALE_REFRESH_WAIT`]. `now` is the request's reading of the clock.
-    pub async fn get(&self, id: &str, now: SystemTime) -> Result<Option<Arc<UserState>>, ApiError> {
+    /// With `reread`, PostgreSQL is asked even when memory has a fresh entry (see
+    /// [`UserState::may_predate`]).
+    pub async fn get(
+        &self,
+        id: &str,
+        now: SystemTime,
+        reread: bool,
+    ) -> Result<Option<Arc<UserState>>, ApiError> {
         let at_hand = self
             .entries
             .get(id)
             .map(|e| (e.is_fresh(now, self.ttl), e.state));
         if let Some((true, state)) = &at_hand {
-            if self.is_listening() {
+            if self.is_listening() && !reread {
                 return Ok(state.clone());
             }
         }
@@ -409,7 +434,7 @@ mod tests {
             tokens_valid_after: None,
             sessions: Vec::new(),
         };
-        UserState::of(&account).map(Arc::new)
+        UserState::of(&account, 0).map(Arc::new)
     }
 
     #[test]
@@ -487,5 +512,13 @@ mod tests {
         assert!(state.accepts(&token(None, Some(500)), 1_000));
         // A session's token does not depend on it.
         assert!(state.accepts(&token(Some(live), Some(100)), 1_000));
+        // A session unknown here: ended if the token is older than the read, perhaps too new
+        // to be known if not.
+        state.read_at = 900;
+        let unknown = Some(uuid::Uuid::new_v4());
+        assert!(!state.may_predate(&token(unknown, Some(899))));
+        assert!(state.may_predate(&token(unknown, Some(900))));
+        assert!(!state.may_predate(&token(Some(live), Some(950))));
+        assert!(!state.may_predate(&token(None, Some(950))));
     }
 }

@@ -408,21 +408,12 @@ async fn login_tokens_for(app: &TestApp, email: &str, password: &str) -> Value {
 
 /// An HS256 token as the seed's python-jose code made them: `sub` and `exp` only.
 fn seed_style_token(user_id: &str) -> String {
-    let header =
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
     let exp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
         + 600;
-    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(format!(r#"{{"sub":"{user_id}","exp":{exp}}}"#));
-    let signing_input = format!("{header}.{payload}");
-    let signature = hmac_sha256(SEED_SECRET.as_bytes(), signing_input.as_bytes());
-    format!(
-        "{signing_input}.{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signature)
-    )
+    signed_token(&json!({ "sub": user_id, "exp": exp }))
 }
 
 fn hmac_sha256(key: &[u8], message: &[u8]) -> Vec<u8> {
@@ -629,4 +620,61 @@ async fn password_change_attempts_are_limited_like_logins() {
     let a = change_password(&app, &access, PASSWORD, "NewPassword123!").await;
     assert_eq!(a.status, 429, "{}", a.text);
     assert!(a.header("retry-after").is_some());
+}
+
+/// A login on one instance is announced to the others a moment after its answer has gone out:
+/// meanwhile another instance that remembers the user must not refuse the new session's token.
+/// Here the announcement never comes (the session is written with triggers off), as the
+/// slowest case of that moment.
+#[tokio::test]
+async fn a_session_newer_than_what_an_instance_remembers_is_admitted() {
+    let up = Upstream::start().await;
+    let routes = route("/api/", &[up.addr()], "required", "");
+    let a = TestApp::spawn_with(Spawn {
+        config_extra: routes.clone(),
+        ..Spawn::default()
+    })
+    .await;
+    let b = Instance::start(&a.db.url, &routes).await;
+    let (first, user_id) = a.registered("fresh@example.com", PASSWORD).await;
+    let on_b = format!("{}/api/x", b.base);
+    // B now remembers the user, with the sessions of that moment.
+    assert_eq!(get_status(&a.client, &on_b, Some(&first)).await, 200);
+    let session = uuid::Uuid::new_v4();
+    let db = a.db.client().await;
+    db.batch_execute("SET session_replication_role = replica")
+        .await
+        .unwrap();
+    db.execute(
+        "INSERT INTO sentinel_sessions (id, user_id, idle_expires_at, absolute_expires_at) \
+         VALUES ($1, $2, now() + interval '1 day', now() + interval '1 day')",
+        &[&session, &user_id],
+    )
+    .await
+    .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let token = signed_token(&json!({
+        "sub": user_id, "exp": now + 600, "iat": now, "sid": session.to_string()
+    }));
+    assert_eq!(get_status(&a.client, &on_b, Some(&token)).await, 200);
+    // A session B knows nothing of and that is not in the database either stays refused.
+    let stranger = signed_token(&json!({
+        "sub": user_id, "exp": now + 600, "iat": now, "sid": uuid::Uuid::new_v4().to_string()
+    }));
+    assert_eq!(get_status(&a.client, &on_b, Some(&stranger)).await, 401);
+}
+
+/// An HS256 token with these claims, signed with the test gateways' secret.
+fn signed_token(claims: &Value) -> String {
+    let encode = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let signing_input = format!(
+        "{}.{}",
+        encode(br#"{"alg":"HS256","typ":"JWT"}"#),
+        encode(claims.to_string().as_bytes())
+    );
+    let signature = hmac_sha256(SEED_SECRET.as_bytes(), signing_input.as_bytes());
+    format!("{signing_input}.{}", encode(&signature))
 }
