@@ -7,7 +7,9 @@
 # - the protected proxied route with a session's token, against the same route on a build
 #   without session checks (BASELINE_BIN, e.g. a build of the commit before sessions), rounds
 #   interleaved;
-# - revocation: logout on instance A until instance B refuses the token, 100 trials.
+# - revocation: logout on instance A until instance B refuses the token, 100 trials;
+# - password reset: 200 requests for a known and 200 for an unknown address, same answer and
+#   how alike their latencies are.
 #
 #   bench/sessions.sh [seconds]                    (default 10 per measurement)
 #   BASELINE_BIN=path bench/sessions.sh            the gateway without session checks
@@ -51,6 +53,7 @@ secret_key = "$SECRET"
 login_per_ip_per_minute = 100000000
 login_per_account_per_minute = 100000000
 register_per_ip_per_minute = 100000000
+password_reset_per_ip_per_minute = 100000000
 [log]
 level = "warn"
 access_log = false
@@ -131,6 +134,8 @@ for r in $(seq 1 "$ROUNDS"); do
   fi
 done
 
+python3 bench/reset_timing.py "http://127.0.0.1:$GW" bench@example.com 200 >"$OUT/reset-timing.txt"
+
 python3 bench/revocation.py "http://127.0.0.1:$GW" "http://127.0.0.1:$GW_B" bench@example.com \
   "$PASSWORD" 100 >"$OUT/revocation.txt"
 
@@ -151,3 +156,4 @@ if with_s and base:
     print("per round: " + " ".join(f"{a / b:.2f}" for a, b in zip(with_s, base)))
 PY
 cat "$OUT/revocation.txt"
+cat "$OUT/reset-timing.txt"

@@ -25,10 +25,8 @@ CREATE INDEX IF NOT EXISTS sentinel_sessions_user ON sentinel_sessions (user_id)
 -- (the seed's, and any without `sid`): those issued before this time are refused.
 ALTER TABLE users ADD COLUMN IF NOT EXISTS tokens_valid_after timestamp with time zone;
 
--- Running gateways cache each user's live sessions with the user: a session that starts, ends
--- or goes is a change to its user. A refresh (a new generation, a later idle end) is not
--- announced: the cached end of a session is then earlier than the real one, never later, and
--- the cache reads users again within its TTL anyway.
+-- Running gateways cache each user's live sessions with the user: a change to a session is a
+-- change to its user.
 CREATE OR REPLACE FUNCTION sentinel_notify_session_changed() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -43,13 +41,5 @@ $$;
 
 DROP TRIGGER IF EXISTS sentinel_sessions_notify_changed ON sentinel_sessions;
 CREATE TRIGGER sentinel_sessions_notify_changed
-    AFTER INSERT OR DELETE ON sentinel_sessions
+    AFTER INSERT OR UPDATE OR DELETE ON sentinel_sessions
     FOR EACH ROW EXECUTE FUNCTION sentinel_notify_session_changed();
-DROP TRIGGER IF EXISTS sentinel_sessions_notify_ended ON sentinel_sessions;
-CREATE TRIGGER sentinel_sessions_notify_ended
-    AFTER UPDATE ON sentinel_sessions
-    FOR EACH ROW
-    WHEN (OLD.revoked_at IS DISTINCT FROM NEW.revoked_at
-          OR OLD.absolute_expires_at IS DISTINCT FROM NEW.absolute_expires_at
-          OR OLD.user_id IS DISTINCT FROM NEW.user_id)
-    EXECUTE FUNCTION sentinel_notify_session_changed();

@@ -24,6 +24,8 @@ if [ -z "${SECRET_KEY:-}" ]; then
   export SECRET_KEY
 fi
 export SENTINEL_LOG_FORMAT=${SENTINEL_LOG_FORMAT:-text}
+# Mail (verification and reset links) is written to this log rather than sent.
+export SENTINEL_MAIL_TRANSPORT=${SENTINEL_MAIL_TRANSPORT:-log}
 
 if ! command -v cargo >/dev/null; then
   echo "run-dev: cargo not found: install a Rust toolchain (https://rustup.rs) and try again" >&2

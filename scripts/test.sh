@@ -4,6 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-deps.sh
+# The browser tests (tests/api/browser.rs) drive Debian's Chromium headless.
+if ! command -v chromium >/dev/null; then
+  echo "test: installing chromium for the browser tests"
+  as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq chromium >/dev/null
+fi
 if ! command -v cargo >/dev/null; then
   echo "test: cargo not found: install a Rust toolchain (https://rustup.rs) and try again" >&2
   exit 1

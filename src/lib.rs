@@ -7,6 +7,7 @@
 //! - [`own`]: the gateway's own API — handlers, answers and errors, body parsing;
 //! - [`credentials`]: passwords, tokens, rate limits;
 //! - [`store`]: PostgreSQL — pools, migrations, the `users` table, the user-state cache;
+//! - [`mail`]: what the gateway writes to users, the outbox and its delivery worker;
 //! - [`ops`]: configuration, start-up, logging.
 //!
 //! A request: `edge::front` → `edge::proxy` → `edge::routes` → either `own::app` (handlers →
@@ -19,6 +20,7 @@
 
 pub mod credentials;
 pub mod edge;
+pub mod mail;
 pub mod ops;
 pub mod own;
 pub mod store;

@@ -1,5 +1,6 @@
 //! Login and registration rate limits (GCRA, via `governor`): per client IP and per account for
-//! `POST /auth/token`, per client IP for `POST /auth/register`. Checked before any database
+//! `POST /auth/token`, per client IP for `POST /auth/register` and `POST /auth/password-reset`
+//! (whose per-account limit is kept in PostgreSQL, see `own::recovery`). Checked before any database
 //! query or password hashing; proxied traffic never passes through here.
 //!
 //! The account key is a fixed-size digest of [`email::account_key`], counted whether or not the
@@ -62,6 +63,7 @@ pub struct Limiters {
     login_ip: DefaultKeyedRateLimiter<IpAddr>,
     login_account: DefaultKeyedRateLimiter<AccountKey>,
     register_ip: DefaultKeyedRateLimiter<IpAddr>,
+    reset_ip: DefaultKeyedRateLimiter<IpAddr>,
     clock: DefaultClock,
     /// Keys each limiter may track at once.
     max_keys: usize,
@@ -81,6 +83,7 @@ impl Limiters {
             login_ip: RateLimiter::keyed(per_minute(config.login_per_ip_per_minute)),
             login_account: RateLimiter::keyed(per_minute(config.login_per_account_per_minute)),
             register_ip: RateLimiter::keyed(per_minute(config.register_per_ip_per_minute)),
+            reset_ip: RateLimiter::keyed(per_minute(config.password_reset_per_ip_per_minute)),
             clock: DefaultClock::default(),
             max_keys: config.max_tracked_keys,
             last_reclaim_ms: AtomicU64::new(0),
@@ -144,9 +147,19 @@ impl Limiters {
         }
     }
 
+    pub fn password_reset(&self, ip: Option<IpAddr>) -> Result<(), Limited> {
+        match ip {
+            Some(ip) => self.check(&self.reset_ip, &ip_key(ip)),
+            None => Ok(()),
+        }
+    }
+
     /// Keys currently remembered (all limiters).
     pub fn len(&self) -> usize {
-        self.login_ip.len() + self.login_account.len() + self.register_ip.len()
+        self.login_ip.len()
+            + self.login_account.len()
+            + self.register_ip.len()
+            + self.reset_ip.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -158,9 +171,11 @@ impl Limiters {
         self.login_ip.retain_recent();
         self.login_account.retain_recent();
         self.register_ip.retain_recent();
+        self.reset_ip.retain_recent();
         self.login_ip.shrink_to_fit();
         self.login_account.shrink_to_fit();
         self.register_ip.shrink_to_fit();
+        self.reset_ip.shrink_to_fit();
     }
 }
 
@@ -274,6 +289,7 @@ mod tests {
             login_per_ip_per_minute: 1000,
             login_per_account_per_minute: 1,
             register_per_ip_per_minute: 1000,
+            password_reset_per_ip_per_minute: 1000,
             max_tracked_keys: 10,
         });
         let ip = Some("10.0.0.9".parse().unwrap());

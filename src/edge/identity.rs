@@ -4,10 +4,13 @@
 
 use std::net::IpAddr;
 
-use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, HOST, ORIGIN};
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, COOKIE, HOST, ORIGIN,
+};
 
 pub const USER_ID: HeaderName = HeaderName::from_static("x-user-id");
 pub const USER_EMAIL: HeaderName = HeaderName::from_static("x-user-email");
+pub const USER_EMAIL_VERIFIED: HeaderName = HeaderName::from_static("x-user-email-verified");
 /// `x-request-id`, as text for the gateway's own answers (which spell headers as uvicorn does).
 pub const REQUEST_ID_NAME: &str = "x-request-id";
 pub const REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_NAME);
@@ -236,10 +239,17 @@ pub fn scan_head(headers: &HeaderMap) -> HeadFacts<'_> {
     facts
 }
 
+/// The identity headers of a signed-in user.
+pub struct UserHeaders {
+    pub id: HeaderValue,
+    pub email: HeaderValue,
+    pub email_verified: bool,
+}
+
 /// What the gateway tells an upstream about a request.
 pub struct UpstreamIdentity {
-    /// `X-User-Id` and `X-User-Email`, on protected routes.
-    pub user: Option<(HeaderValue, HeaderValue)>,
+    /// `X-User-Id`, `X-User-Email` and `X-User-Email-Verified`, for a signed-in user.
+    pub user: Option<UserHeaders>,
     pub request_id: HeaderValue,
     pub forwarded_for: HeaderValue,
     pub forwarded_proto: HeaderValue,
@@ -284,16 +294,82 @@ pub fn prepare_upstream_headers(
             }
         }
     }
-    headers.reserve(6);
-    if let Some((id, email)) = identity.user {
-        headers.append(USER_ID, id);
-        headers.append(USER_EMAIL, email);
+    headers.reserve(7);
+    if let Some(user) = identity.user {
+        headers.append(USER_ID, user.id);
+        headers.append(USER_EMAIL, user.email);
+        headers.append(
+            USER_EMAIL_VERIFIED,
+            HeaderValue::from_static(if user.email_verified { "true" } else { "false" }),
+        );
     }
     headers.append(REQUEST_ID, identity.request_id);
     headers.append(FORWARDED_FOR, identity.forwarded_for);
     headers.append(FORWARDED_PROTO, identity.forwarded_proto);
     if let Some(host) = identity.forwarded_host {
         headers.append(FORWARDED_HOST, host);
+    }
+}
+
+/// The pairs of a `Cookie` header value: `name=value` separated by `;` (RFC 6265 §5.4), each
+/// trimmed; a pair without `=` has an empty name.
+fn cookie_pairs(value: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    value.split(|b| *b == b';').map(|pair| {
+        let pair = pair.trim_ascii();
+        match pair.iter().position(|b| *b == b'=') {
+            Some(at) => (pair[..at].trim_ascii(), pair[at + 1..].trim_ascii()),
+            None => (&b""[..], pair),
+        }
+    })
+}
+
+/// The value of the first cookie called `name` in `Cookie` header values, if any.
+pub fn cookie_value<'a>(
+    values: impl IntoIterator<Item = &'a HeaderValue>,
+    name: &str,
+) -> Option<String> {
+    values.into_iter().find_map(|v| {
+        cookie_pairs(v.as_bytes())
+            .find(|(n, _)| *n == name.as_bytes())
+            .map(|(_, value)| String::from_utf8_lossy(value).into_owned())
+    })
+}
+
+/// Removes every cookie called `name` from the `Cookie` headers; a header left with no
+/// cookie goes.
+pub fn strip_cookie(headers: &mut HeaderMap, name: &str) {
+    let needle = name.as_bytes();
+    if !headers
+        .get_all(COOKIE)
+        .iter()
+        .any(|v| cookie_pairs(v.as_bytes()).any(|(n, _)| n == needle))
+    {
+        return;
+    }
+    let kept: Vec<Vec<u8>> = headers
+        .get_all(COOKIE)
+        .iter()
+        .map(|v| {
+            cookie_pairs(v.as_bytes())
+                .filter(|(n, v)| *n != needle && !(n.is_empty() && v.is_empty()))
+                .map(|(n, v)| {
+                    if n.is_empty() {
+                        v.to_vec()
+                    } else {
+                        [n, b"=", v].concat()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(&b"; "[..])
+        })
+        .filter(|v| !v.is_empty())
+        .collect();
+    headers.remove(COOKIE);
+    for value in kept {
+        // Made of pieces of a valid value joined by "; ": valid.
+        if let Ok(value) = HeaderValue::from_bytes(&value) {
+            headers.append(COOKIE, value);
+        }
     }
 }
 
@@ -468,12 +544,45 @@ mod tests {
     }
 
     #[test]
+    fn the_refresh_cookie_is_read_and_stripped_alone() {
+        let mut headers = HeaderMap::new();
+        for v in [
+            "theme=dark; sg_refresh=abc.def; lang=en",
+            "sg_refresh=second",
+            "sg_refreshx=keep; x_sg_refresh=keep",
+        ] {
+            headers.append(COOKIE, HeaderValue::from_static(v));
+        }
+        assert_eq!(
+            cookie_value(headers.get_all(COOKIE), "sg_refresh").as_deref(),
+            Some("abc.def")
+        );
+        assert_eq!(cookie_value(headers.get_all(COOKIE), "nope"), None);
+        strip_cookie(&mut headers, "sg_refresh");
+        let left: Vec<&str> = headers
+            .get_all(COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(
+            left,
+            ["theme=dark; lang=en", "sg_refreshx=keep; x_sg_refresh=keep"]
+        );
+        // Nothing to strip: untouched.
+        let mut plain = HeaderMap::new();
+        plain.append(COOKIE, HeaderValue::from_static("a=1;b=2"));
+        strip_cookie(&mut plain, "sg_refresh");
+        assert_eq!(plain.get(COOKIE).unwrap(), "a=1;b=2");
+    }
+
+    #[test]
     fn upstream_headers_replace_every_client_identity_header() {
         let mut headers = HeaderMap::new();
         for (name, value) in [
             ("host", "app.example"),
             ("x_user_id", "1"),
             ("x-user-email", "evil@example.com"),
+            ("x-user-email-verified", "true"),
             ("x.forwarded.for", "6.6.6.6"),
             ("forwarded", "for=6.6.6.6"),
             ("x-real-ip", "6.6.6.6"),
@@ -498,10 +607,11 @@ mod tests {
         prepare_upstream_headers(
             &mut headers,
             UpstreamIdentity {
-                user: Some((
-                    HeaderValue::from_static("42"),
-                    HeaderValue::from_static("a@b.c"),
-                )),
+                user: Some(UserHeaders {
+                    id: HeaderValue::from_static("42"),
+                    email: HeaderValue::from_static("a@b.c"),
+                    email_verified: false,
+                }),
                 request_id: HeaderValue::from_static("rid"),
                 forwarded_for: HeaderValue::from_static("127.0.0.1"),
                 forwarded_proto: HeaderValue::from_static("http"),
@@ -523,6 +633,7 @@ mod tests {
             ("x-forwarded-proto", "http"),
             ("x-request-id", "rid"),
             ("x-user-email", "a@b.c"),
+            ("x-user-email-verified", "false"),
             ("x-user-id", "42"),
         ];
         let expected: Vec<(String, String)> = expected

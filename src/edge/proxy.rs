@@ -290,6 +290,11 @@ impl Gateway {
             content_type: header(session, http::header::CONTENT_TYPE)
                 .map(|v| String::from_utf8_lossy(v).into_owned()),
             authorization: header(session, http::header::AUTHORIZATION).map(<[u8]>::to_vec),
+            refresh_cookie: self.app.refresh_cookie.as_ref().and_then(|cookie| {
+                identity::cookie_value(req.headers.get_all(http::header::COOKIE), &cookie.name)
+            }),
+            origin: header(session, http::header::ORIGIN).map(<[u8]>::to_vec),
+            requested_with: req.headers.contains_key("x-requested-with"),
             body,
         };
         Ok(self.app.handle(endpoint, &request).await)
@@ -359,13 +364,18 @@ impl Gateway {
         let placeholder = RequestHeader::from(http::Request::new(()).into_parts().0);
         let mut parts = http::request::Parts::from(std::mem::replace(req, placeholder));
         let forwarded_host = forwarded.host.or(host);
+        // The refresh cookie is the gateway's alone: no upstream sees it.
+        if let Some(cookie) = &self.app.refresh_cookie {
+            identity::strip_cookie(&mut parts.headers, &cookie.name);
+        }
         identity::prepare_upstream_headers(
             &mut parts.headers,
             identity::UpstreamIdentity {
-                user: ctx
-                    .user
-                    .as_ref()
-                    .map(|u| (u.id_header.clone(), u.email_header.clone())),
+                user: ctx.user.as_ref().map(|u| identity::UserHeaders {
+                    id: u.id_header.clone(),
+                    email: u.email_header.clone(),
+                    email_verified: u.email_verified,
+                }),
                 request_id: ctx.request_id.clone(),
                 forwarded_for,
                 forwarded_proto,
@@ -428,10 +438,12 @@ impl Gateway {
                 now,
                 reread: true,
             },
-            Cached::Known(state) => match admit(state, &verified, now, auth) {
-                Ok(user) => Identity::Known(user),
-                Err(e) => Identity::Refused(e),
-            },
+            Cached::Known(state) => {
+                match admit(state, &verified, now, auth, self.app.require_verified_email) {
+                    Ok(user) => Identity::Known(user),
+                    Err(e) => Identity::Refused(e),
+                }
+            }
             Cached::Unknown => Identity::Unknown {
                 verified,
                 now,
@@ -545,7 +557,8 @@ impl Gateway {
                     Ok(()) => self.app.users.get(&verified.user_id, now, reread).await,
                     Err(e) => Err(e),
                 };
-                match fetched.and_then(|state| admit(state, &verified, now, auth)) {
+                let verified_only = self.app.require_verified_email;
+                match fetched.and_then(|state| admit(state, &verified, now, auth, verified_only)) {
                     Ok(user) => {
                         ctx.user = user;
                         self.prepare_upstream_head(session, ctx, host, cleanup)?;
@@ -561,18 +574,23 @@ impl Gateway {
     }
 }
 
-/// A route's verdict on a (verified) user: `Ok(None)` is anonymous, for public routes only.
 /// A route's verdict on a verified token and its user's state at `now` (unix seconds): the
 /// user is active and the token still counts (its session is live, or it is sessionless and
-/// not refused). `Ok(None)` is anonymous, for public routes only.
+/// not refused). `Ok(None)` is anonymous, for public routes only. With `verified_only`
+/// (`auth.require_verified_email`), a protected route refuses a user whose address is not
+/// verified (403); a public one lets them through as themselves.
 fn admit(
     state: Option<Arc<UserState>>,
     token: &token::Verified,
     now: std::time::SystemTime,
     auth: RouteAuth,
+    verified_only: bool,
 ) -> Result<Option<Arc<UserState>>, ApiError> {
     match state {
         Some(user) if user.active && user.accepts(token, token::unix_seconds(now)) => {
+            if verified_only && !user.email_verified && auth == RouteAuth::Required {
+                return Err(ApiError::EmailNotVerified);
+            }
             Ok(Some(user))
         }
         _ if auth == RouteAuth::Public => Ok(None),

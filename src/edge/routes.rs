@@ -31,6 +31,10 @@ pub enum Endpoint {
     Sessions,
     /// `DELETE /auth/sessions/{id}` (the id is read from the path).
     EndSession,
+    PasswordReset,
+    PasswordResetConfirm,
+    VerifyEmail,
+    ResendVerification,
 }
 
 impl Endpoint {
@@ -43,6 +47,9 @@ impl Endpoint {
                 | Endpoint::UpdateMe
                 | Endpoint::Refresh
                 | Endpoint::ChangePassword
+                | Endpoint::PasswordReset
+                | Endpoint::PasswordResetConfirm
+                | Endpoint::VerifyEmail
         )
     }
 
@@ -59,6 +66,10 @@ impl Endpoint {
             Endpoint::Logout => "logout",
             Endpoint::Sessions => "sessions",
             Endpoint::EndSession => "end_session",
+            Endpoint::PasswordReset => "password_reset",
+            Endpoint::PasswordResetConfirm => "password_reset_confirm",
+            Endpoint::VerifyEmail => "verify_email",
+            Endpoint::ResendVerification => "resend_verification",
         }
     }
 }
@@ -263,6 +274,18 @@ pub fn classify(method: &Method, path: &[u8]) -> Route {
         b"/auth/logout" => Route::MethodNotAllowed("POST"),
         b"/auth/sessions" if get => Route::Own(Endpoint::Sessions),
         b"/auth/sessions" => Route::MethodNotAllowed("GET"),
+        b"/auth/password-reset" if method == Method::POST => Route::Own(Endpoint::PasswordReset),
+        b"/auth/password-reset/confirm" if method == Method::POST => {
+            Route::Own(Endpoint::PasswordResetConfirm)
+        }
+        b"/auth/verify-email" if method == Method::POST => Route::Own(Endpoint::VerifyEmail),
+        b"/auth/verify-email/resend" if method == Method::POST => {
+            Route::Own(Endpoint::ResendVerification)
+        }
+        b"/auth/password-reset"
+        | b"/auth/password-reset/confirm"
+        | b"/auth/verify-email"
+        | b"/auth/verify-email/resend" => Route::MethodNotAllowed("POST"),
         // One segment after it: a session id (checked by the handler).
         [b'/', b'a', b'u', b't', b'h', b'/', b's', b'e', b's', b's', b'i', b'o', b'n', b's', b'/', id @ ..]
             if !id.is_empty() && !id.contains(&b'/') =>

@@ -84,7 +84,46 @@ pub struct Config {
     pub rate_limit: RateLimitConfig,
     pub log: LogConfig,
     pub proxy: ProxyConfig,
+    pub mail: MailConfig,
     pub routes: Vec<RouteConfig>,
+}
+
+/// How mail (password reset, email verification, notices) leaves the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MailTransport {
+    /// Delivered over SMTP to `mail.smtp_url`.
+    Smtp,
+    /// Written to the log, links included: for development only.
+    Log,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MailConfig {
+    pub transport: MailTransport,
+    /// `smtp://host:port` (STARTTLS when offered), `smtp://…?tls=required` (STARTTLS or
+    /// fail), `smtps://host:port` (TLS from the start); credentials as `user:password@`.
+    pub smtp_url: Secret,
+    /// The `From` of every mail: an address, optionally with a display name.
+    pub from: String,
+    /// Links in mails start here (`{app_base_url}/reset-password#token=…`); never taken from
+    /// a request.
+    pub app_base_url: String,
+    /// The longest wait between two delivery attempts of one mail (the wait doubles from 1 s).
+    pub retry_max_seconds: u64,
+}
+
+impl Default for MailConfig {
+    fn default() -> Self {
+        MailConfig {
+            transport: MailTransport::Log,
+            smtp_url: Secret::new("smtp://127.0.0.1:1025"),
+            from: "SentinelShield <no-reply@localhost>".into(),
+            app_base_url: "http://localhost:3000".into(),
+            retry_max_seconds: 300,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -187,6 +226,14 @@ pub struct AuthConfig {
     pub session_idle_days: u64,
     /// A session ends this long after its login, refreshed or not.
     pub session_absolute_days: u64,
+    /// Whether users whose email is not verified are refused (403) on protected routes. They
+    /// can still sign in and manage their account.
+    pub require_verified_email: bool,
+    /// Browser mode: the refresh token travels only in an `HttpOnly; Secure; SameSite=Strict`
+    /// cookie on `/auth`, never in a JSON body; refresh and logout by cookie then need
+    /// `X-Requested-With` and an allowed `Origin`.
+    pub refresh_cookie: bool,
+    pub refresh_cookie_name: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -213,6 +260,9 @@ pub struct RateLimitConfig {
     pub login_per_ip_per_minute: u32,
     pub login_per_account_per_minute: u32,
     pub register_per_ip_per_minute: u32,
+    /// Password-reset requests from one client address (429 beyond). Each account also gets
+    /// at most one reset mail a minute and five an hour, silently.
+    pub password_reset_per_ip_per_minute: u32,
     /// Keys (addresses, accounts) each limiter tracks at once; beyond, attempts are refused
     /// until keys expire, so a flood from many addresses cannot grow memory without bound.
     pub max_tracked_keys: usize,
@@ -313,6 +363,9 @@ impl Default for AuthConfig {
             refresh_reuse_grace_seconds: 10,
             session_idle_days: 7,
             session_absolute_days: 30,
+            require_verified_email: false,
+            refresh_cookie: false,
+            refresh_cookie_name: "sg_refresh".into(),
         }
     }
 }
@@ -344,6 +397,7 @@ impl Default for RateLimitConfig {
             login_per_ip_per_minute: 20,
             login_per_account_per_minute: 10,
             register_per_ip_per_minute: 10,
+            password_reset_per_ip_per_minute: 5,
             max_tracked_keys: 500_000,
         }
     }
@@ -391,6 +445,15 @@ pub const ENV_OVERRIDES: &[(&[&str], &str)] = &[
     (&["SENTINEL_RUNTIME_DIR"], "server.runtime_dir"),
     (&["SENTINEL_LOG_LEVEL"], "log.level"),
     (&["SENTINEL_LOG_FORMAT"], "log.format"),
+    (&["SENTINEL_MAIL_TRANSPORT"], "mail.transport"),
+    (&["SENTINEL_SMTP_URL"], "mail.smtp_url"),
+    (&["SENTINEL_MAIL_FROM"], "mail.from"),
+    (&["SENTINEL_APP_BASE_URL"], "mail.app_base_url"),
+    (
+        &["SENTINEL_REQUIRE_VERIFIED_EMAIL"],
+        "auth.require_verified_email",
+    ),
+    (&["SENTINEL_REFRESH_COOKIE"], "auth.refresh_cookie"),
 ];
 
 impl Config {
@@ -451,13 +514,26 @@ impl Config {
                 }
                 "cors.origins" => self.cors.origins = parse_origin_list(value).map_err(bad)?,
                 "auth.allow_registration" => {
-                    self.auth.allow_registration = match value.trim().to_ascii_lowercase().as_str()
-                    {
-                        "true" | "1" | "yes" => true,
-                        "false" | "0" | "no" => false,
-                        other => return Err(bad(format!("expected true or false, got {other:?}"))),
+                    self.auth.allow_registration = parse_bool(value).map_err(bad)?
+                }
+                "auth.require_verified_email" => {
+                    self.auth.require_verified_email = parse_bool(value).map_err(bad)?
+                }
+                "auth.refresh_cookie" => {
+                    self.auth.refresh_cookie = parse_bool(value).map_err(bad)?
+                }
+                "mail.transport" => {
+                    self.mail.transport = match value.trim().to_ascii_lowercase().as_str() {
+                        "smtp" => MailTransport::Smtp,
+                        "log" => MailTransport::Log,
+                        other => {
+                            return Err(bad(format!("expected \"smtp\" or \"log\", got {other:?}")))
+                        }
                     }
                 }
+                "mail.smtp_url" => self.mail.smtp_url = Secret::new(value),
+                "mail.from" => self.mail.from = value.to_string(),
+                "mail.app_base_url" => self.mail.app_base_url = value.to_string(),
                 "server.listen" => self.server.listen = value.to_string(),
                 "server.threads" => {
                     self.server.threads = value
@@ -562,6 +638,17 @@ impl Config {
                     .into(),
             );
         }
+        let name = &self.auth.refresh_cookie_name;
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return invalid(format!(
+                "auth.refresh_cookie_name must be 1-64 letters, digits, '_' or '-', got {name:?}"
+            ));
+        }
         if self.auth.refresh_reuse_grace_seconds > 300 {
             return invalid("auth.refresh_reuse_grace_seconds must be at most 300".into());
         }
@@ -601,11 +688,15 @@ impl Config {
         if limits.login_per_ip_per_minute == 0
             || limits.login_per_account_per_minute == 0
             || limits.register_per_ip_per_minute == 0
+            || limits.password_reset_per_ip_per_minute == 0
         {
             return invalid("rate_limit values must be at least 1 per minute".into());
         }
         if limits.max_tracked_keys < 10 {
             return invalid("rate_limit.max_tracked_keys must be at least 10".into());
+        }
+        if let Err(e) = crate::mail::check_config(&self.mail) {
+            return invalid(format!("mail.{e}"));
         }
         if let Err(e) = crate::edge::identity::TrustedProxies::parse(&self.proxy.trusted_proxies) {
             return invalid(format!("proxy.trusted_proxies: {e}"));
@@ -798,6 +889,14 @@ fn redact_url(url: &str) -> String {
 }
 
 /// `CORS_ORIGINS` as pydantic-settings takes a list (JSON), or comma-separated.
+fn parse_bool(value: &str) -> Result<bool, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        other => Err(format!("expected true or false, got {other:?}")),
+    }
+}
+
 fn parse_origin_list(value: &str) -> Result<Vec<String>, String> {
     let trimmed = value.trim();
     if trimmed.starts_with('[') {
@@ -950,6 +1049,53 @@ mod tests {
         assert_eq!(c.auth.secret_key.expose(), GOOD_SECRET);
         assert_eq!(c.auth.access_token_expire_minutes, 45);
         assert_eq!(c.cors.origins, ["http://a.test", "https://b.test:8443"]);
+    }
+
+    #[test]
+    fn mail_keys_are_read_from_the_environment_and_checked() {
+        let file = format!(
+            "[database]\nurl = \"postgres://a@h/x\"\n[auth]\nsecret_key = \"{GOOD_SECRET}\"\n"
+        );
+        let (_d, s) = sources(
+            &file,
+            &[
+                ("SENTINEL_MAIL_TRANSPORT", "SMTP"),
+                ("SENTINEL_SMTP_URL", "smtps://user:p%40ss@mail.example:465"),
+                ("SENTINEL_MAIL_FROM", "Ops <ops@example.com>"),
+                ("SENTINEL_APP_BASE_URL", "https://app.example"),
+                ("SENTINEL_REQUIRE_VERIFIED_EMAIL", "yes"),
+            ],
+        );
+        let c = Config::load(&s).unwrap();
+        assert_eq!(c.mail.transport, MailTransport::Smtp);
+        assert_eq!(
+            c.mail.smtp_url.expose(),
+            "smtps://user:p%40ss@mail.example:465"
+        );
+        assert_eq!(c.mail.from, "Ops <ops@example.com>");
+        assert_eq!(c.mail.app_base_url, "https://app.example");
+        assert!(c.auth.require_verified_email);
+        // The SMTP password never prints.
+        assert!(!format!("{c:?}").contains("p%40ss"));
+        for (name, value, says) in [
+            (
+                "SENTINEL_APP_BASE_URL",
+                "https://app.example/#x",
+                "mail.app_base_url",
+            ),
+            ("SENTINEL_APP_BASE_URL", "app.example", "mail.app_base_url"),
+            ("SENTINEL_MAIL_FROM", "not an address", "mail.from"),
+            ("SENTINEL_SMTP_URL", "imap://mail.example", "mail.smtp_url"),
+            (
+                "SENTINEL_MAIL_TRANSPORT",
+                "pigeon",
+                "SENTINEL_MAIL_TRANSPORT",
+            ),
+        ] {
+            let (_d, s) = sources(&file, &[("SENTINEL_MAIL_TRANSPORT", "smtp"), (name, value)]);
+            let e = Config::load(&s).unwrap_err().to_string();
+            assert!(e.contains(says), "{name}={value}: {e}");
+        }
     }
 
     #[test]

@@ -91,6 +91,15 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         database: config.database.clone(),
         outcome: Arc::clone(&outcome),
     };
+    let mail_worker = crate::mail::worker::MailWorker::new(Arc::clone(&app), config.mail.clone());
+    if config.mail.transport == crate::ops::config::MailTransport::Log
+        && config.server.environment == crate::ops::config::Environment::Production
+    {
+        tracing::warn!(
+            "mail.transport is \"log\": reset and verification links are written to the log \
+             and no mail is sent; set mail.transport = \"smtp\" in production"
+        );
+    }
     let listener = UserChangeListener {
         cache: users,
         upgraded: Arc::clone(&app.upgraded),
@@ -134,6 +143,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     server.add_service(background_service("database start-up", database_startup));
     server.add_service(background_service("user change listener", listener));
     server.add_service(background_service("rate limiter janitor", janitor));
+    server.add_service(background_service("mail worker", mail_worker));
     for checker in health_checks {
         server.add_service(checker);
     }

@@ -7,13 +7,15 @@ use crate::credentials::password::{self, PasswordError};
 use crate::own::api::{ApiError, Reply};
 use crate::own::app::{hashing_error, App, OwnRequest};
 use crate::own::forms;
+use crate::store::account_tokens::{self, Purpose};
 use crate::store::{sessions, users};
 
 impl App {
     /// A new password, given the current one (limited like a login, since it is a guess at the
     /// password too). On success every other session ends, and so do the user's tokens that
     /// belong to no session; this session goes on with new tokens (a `TokenResponse`, its
-    /// refresh token rotated). A caller whose token has no session gets a new one.
+    /// refresh token rotated). A caller whose token has no session gets a new one. Reset links
+    /// already sent stop working, and a notice goes to the account's address.
     pub(crate) async fn change_password(&self, req: &OwnRequest) -> Result<Reply, ApiError> {
         let body = forms::decode_json_body(req.content_type.as_deref(), &req.body)?;
         let (account, token) = {
@@ -56,6 +58,9 @@ impl App {
         }
         users::refuse_sessionless_tokens(&tx, &user.id).await?;
         sessions::revoke_all_but(&tx, &user.id, token.session_id.as_ref()).await?;
+        account_tokens::end_all(&tx, &user.id, Purpose::PasswordReset).await?;
+        self.write_mail(&tx, &self.letters.password_changed(&user.email, false))
+            .await?;
         let (session, generation) = match token.session_id {
             Some(session) => (session, sessions::advance(&tx, &session).await?),
             None => {
@@ -72,6 +77,7 @@ impl App {
             }
         };
         tx.commit().await.map_err(crate::store::users::db_error)?;
+        self.mail_written();
         self.token_reply(&user, &session, generation)
     }
 }

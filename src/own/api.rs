@@ -157,6 +157,16 @@ pub enum ApiError {
     NotAuthenticated,
     #[error("invalid token")]
     InvalidToken,
+    /// Browser mode: a request using the refresh cookie without `X-Requested-With` or from an
+    /// origin not in `cors.origins`.
+    #[error("cross-site request refused")]
+    CrossSite,
+    /// `auth.require_verified_email`, and the caller's address is not verified.
+    #[error("email not verified")]
+    EmailNotVerified,
+    /// A reset or verification token that is unknown, used, voided or expired.
+    #[error("invalid or expired one-time token")]
+    InvalidOneTimeToken,
     /// A proxied request's token is bad, expired, or its user inactive or gone.
     #[error("rejected token")]
     RejectedToken,
@@ -216,6 +226,12 @@ impl ApiError {
             )
             .with_header("cache-control", "no-store"),
             ApiError::SessionNotFound => Reply::detail(404, "Session not found"),
+            ApiError::EmailNotVerified => Reply::detail(403, "Email not verified"),
+            ApiError::CrossSite => Reply::detail(
+                403,
+                "Cross-site request refused: X-Requested-With and an allowed Origin are required",
+            ),
+            ApiError::InvalidOneTimeToken => Reply::detail(400, "Invalid or expired token"),
             ApiError::RejectedToken => Reply::detail(401, "Invalid token")
                 .with_header("www-authenticate", "Bearer error=\"invalid_token\""),
             ApiError::BadPath => Reply::detail(400, "Invalid path"),

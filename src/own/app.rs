@@ -9,6 +9,7 @@ use deadpool_postgres::Pool;
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::credentials::one_time::{OneTimeToken, SealKey};
 use crate::credentials::password::{self, HashPolicy, HashPool, PasswordError};
 use crate::credentials::rate_limit::Limiters;
 use crate::credentials::refresh::RefreshKey;
@@ -18,15 +19,19 @@ use crate::edge::identity::{RequestIds, TrustedProxies};
 use crate::edge::routes::{Endpoint, Router};
 use crate::edge::upgraded::Upgraded;
 use crate::edge::upstreams::ProxyRoute;
+use crate::mail::{outbox, Letters, Mail};
 use crate::ops::config::Config;
 use crate::own::api::{ApiError, Reply};
 use crate::own::email;
 use crate::own::forms::{self, TokenForm};
+use crate::store::account_tokens::{self, Purpose};
 use crate::store::sessions;
 use crate::store::user_cache::{bounded_cache, BoundedCache, UserCache, UserState};
 use crate::store::users::{self, Account, User, UserResponse};
 
 const TOKEN_CACHE_CAPACITY: usize = 20_000;
+/// Password-reset requests worked on at once after their answers; beyond, 503.
+const RESET_JOBS: usize = 64;
 
 pub struct App {
     pub pool: Pool,
@@ -42,6 +47,17 @@ pub struct App {
     /// Makes and opens refresh tokens.
     pub(crate) refresh_key: RefreshKey,
     pub(crate) lifetimes: sessions::Lifetimes,
+    /// Seals the secrets of links in the outbox, and opens them for delivery.
+    pub(crate) seal_key: SealKey,
+    pub(crate) letters: Letters,
+    /// Wakes the mail worker when this gateway has written mail.
+    pub mail_wake: tokio::sync::Notify,
+    /// `auth.require_verified_email`.
+    pub require_verified_email: bool,
+    /// Browser mode (`auth.refresh_cookie`): the refresh token's cookie.
+    pub refresh_cookie: Option<RefreshCookie>,
+    /// Password-reset requests being worked on after their answer went out (bounded).
+    pub(crate) reset_jobs: Arc<tokio::sync::Semaphore>,
     pub hasher: HashPool,
     /// Connections of `pool` that logins and registrations may hold at once (half of it): a
     /// flood of them, which can come in any number, leaves the rest to the other endpoints.
@@ -78,6 +94,12 @@ pub struct OwnRequest {
     pub query: Option<String>,
     pub content_type: Option<String>,
     pub authorization: Option<Vec<u8>>,
+    /// The refresh cookie's value, in browser mode (`auth.refresh_cookie`).
+    pub refresh_cookie: Option<String>,
+    pub origin: Option<Vec<u8>>,
+    /// Whether `X-Requested-With` was sent (any value): a header a page on another site cannot
+    /// add without a CORS preflight.
+    pub requested_with: bool,
     /// Kept with a new session (at most [`USER_AGENT_CHARS`] characters of it).
     pub user_agent: Option<String>,
     pub body: Bytes,
@@ -86,13 +108,41 @@ pub struct OwnRequest {
 /// How much of a `User-Agent` a session keeps.
 pub const USER_AGENT_CHARS: usize = 256;
 
+/// The refresh token's cookie in browser mode.
+pub struct RefreshCookie {
+    pub name: String,
+    /// How long browsers keep it: a session's absolute lifetime (it cannot be used longer).
+    pub max_age_secs: u64,
+}
+
+impl RefreshCookie {
+    const ATTRIBUTES: &'static str = "Path=/auth; HttpOnly; Secure; SameSite=Strict";
+
+    /// The `Set-Cookie` value that hands `token` to the browser.
+    pub fn set(&self, token: &str) -> String {
+        format!(
+            "{}={token}; Max-Age={}; {}",
+            self.name,
+            self.max_age_secs,
+            Self::ATTRIBUTES
+        )
+    }
+
+    /// The `Set-Cookie` value that makes the browser forget it.
+    pub fn clear(&self) -> String {
+        format!("{}=; Max-Age=0; {}", self.name, Self::ATTRIBUTES)
+    }
+}
+
 /// The seed's `TokenResponse`, and what sessions add after its fields.
 #[derive(Serialize)]
 struct TokenResponse<'a> {
     access_token: String,
     token_type: &'static str,
     user: UserResponse<'a>,
-    refresh_token: String,
+    /// Absent in browser mode, where it travels in the cookie only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refresh_token: Option<String>,
     /// Seconds the access token lasts.
     expires_in: i64,
 }
@@ -131,6 +181,15 @@ impl App {
                 absolute: Duration::from_secs(config.auth.session_absolute_days * 86_400),
                 reuse_grace: Duration::from_secs(config.auth.refresh_reuse_grace_seconds),
             },
+            seal_key: SealKey::derive(config.auth.secret_key.expose()),
+            letters: Letters::new(&config.mail),
+            mail_wake: tokio::sync::Notify::new(),
+            require_verified_email: config.auth.require_verified_email,
+            refresh_cookie: config.auth.refresh_cookie.then(|| RefreshCookie {
+                name: config.auth.refresh_cookie_name.clone(),
+                max_age_secs: config.auth.session_absolute_days * 86_400,
+            }),
+            reset_jobs: Arc::new(tokio::sync::Semaphore::new(RESET_JOBS)),
             hasher: HashPool::new(config.password.workers(), config.password.hash_queue)?,
             floodable: tokio::sync::Semaphore::new((config.database.pool_size / 2).max(1)),
             acquire_timeout: Duration::from_millis(config.database.acquire_timeout_ms),
@@ -182,7 +241,7 @@ impl App {
         }
     }
 
-    pub async fn handle(&self, endpoint: Endpoint, req: &OwnRequest) -> Reply {
+    pub async fn handle(self: &Arc<Self>, endpoint: Endpoint, req: &OwnRequest) -> Reply {
         if endpoint != Endpoint::Health {
             if let Err(e) = self.check_ready() {
                 return e.into_reply();
@@ -200,6 +259,10 @@ impl App {
             Endpoint::Logout => self.logout(req).await,
             Endpoint::Sessions => self.list_sessions(req).await,
             Endpoint::EndSession => self.end_session(req).await,
+            Endpoint::PasswordReset => self.request_password_reset(req),
+            Endpoint::PasswordResetConfirm => self.confirm_password_reset(req).await,
+            Endpoint::VerifyEmail => self.verify_email(req).await,
+            Endpoint::ResendVerification => self.resend_verification(req).await,
         };
         result.unwrap_or_else(ApiError::into_reply)
     }
@@ -243,24 +306,67 @@ impl App {
             .keys
             .issue(&user.id, Some(session))
             .map_err(|e| ApiError::Internal(e.to_string()))?;
-        Ok(Reply::json(
+        let refresh_token = self.refresh_key.token(session, generation);
+        let (in_body, cookie) = match &self.refresh_cookie {
+            Some(cookie) => (None, Some(cookie.set(&refresh_token))),
+            None => (Some(refresh_token), None),
+        };
+        let reply = Reply::json(
             200,
             &TokenResponse {
                 access_token,
                 token_type: "bearer",
                 user: user.response(),
-                refresh_token: self.refresh_key.token(session, generation),
+                refresh_token: in_body,
                 expires_in: self.keys.lifetime_secs(),
             },
         )
         .with_header("cache-control", "no-store")
-        .with_header("pragma", "no-cache"))
+        .with_header("pragma", "no-cache");
+        Ok(match cookie {
+            Some(cookie) => reply.with_header("set-cookie", cookie),
+            None => reply,
+        })
+    }
+
+    /// Writes `mail` to the outbox within `db`'s transaction (the worker is woken by
+    /// [`App::mail_written`] once it commits).
+    pub(crate) async fn write_mail(
+        &self,
+        db: &impl deadpool_postgres::GenericClient,
+        mail: &Mail,
+    ) -> Result<(), ApiError> {
+        outbox::enqueue(db, mail, &self.seal_key).await
+    }
+
+    /// Mail was committed to the outbox: deliver it now rather than at the next poll.
+    pub(crate) fn mail_written(&self) {
+        self.mail_wake.notify_one();
+    }
+
+    /// Issues a one-time token of `purpose` to `user` at their address (ending their earlier
+    /// ones of that purpose) and writes the mail that carries it, within `db`'s transaction.
+    pub(crate) async fn send_link(
+        &self,
+        db: &impl deadpool_postgres::GenericClient,
+        user: &User,
+        purpose: Purpose,
+    ) -> Result<(), ApiError> {
+        let token = OneTimeToken::generate().map_err(|e| ApiError::Internal(e.to_string()))?;
+        let hash = token.hash();
+        let mail = match purpose {
+            Purpose::PasswordReset => self.letters.password_reset(&user.email, token),
+            Purpose::VerifyEmail => self.letters.verify_email(&user.email, token),
+        };
+        let lifetime = mail.token.as_ref().map_or(Duration::ZERO, |(_, l)| *l);
+        account_tokens::issue(db, &hash, &user.id, &user.email, purpose, lifetime).await?;
+        self.write_mail(db, &mail).await
     }
 
     /// Starts a session for `user` (a login or a registration) and answers with its tokens.
     async fn signed_in(
         &self,
-        db: &deadpool_postgres::Client,
+        db: &impl deadpool_postgres::GenericClient,
         user: &User,
         req: &OwnRequest,
     ) -> Result<Reply, ApiError> {
@@ -338,12 +444,18 @@ impl App {
             .map_err(hashing_error)?;
         // The seed stored a missing full name as "".
         let full_name = new.full_name.unwrap_or_default();
-        let db = self.floodable_client().await?;
-        match users::insert(&*db, &new.email, &full_name, &hash).await? {
-            Some(user) => self.signed_in(&db, &user, req).await,
+        // The user, their session and the verification mail: one transaction.
+        let mut db = self.floodable_client().await?;
+        let tx = db.transaction().await.map_err(users::db_error)?;
+        let Some(user) = users::insert(&tx, &new.email, &full_name, &hash).await? else {
             // Someone registered the same email (in any case) meanwhile.
-            None => Err(ApiError::EmailTaken),
-        }
+            return Err(ApiError::EmailTaken);
+        };
+        let reply = self.signed_in(&tx, &user, req).await?;
+        self.send_link(&tx, &user, Purpose::VerifyEmail).await?;
+        tx.commit().await.map_err(users::db_error)?;
+        self.mail_written();
+        Ok(reply)
     }
 
     /// Unknown email, wrong password and inactive account do the same hashing work and get the
@@ -410,7 +522,7 @@ impl App {
             _ => return Err(ApiError::BadCredentials),
         };
         let db = self.floodable_client().await?;
-        self.signed_in(&db, &user, req).await
+        self.signed_in(&*db, &user, req).await
     }
 
     async fn me(&self, req: &OwnRequest) -> Result<Reply, ApiError> {
@@ -451,9 +563,15 @@ impl std::ops::Deref for Floodable<'_> {
     }
 }
 
+impl std::ops::DerefMut for Floodable<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.db
+    }
+}
+
 /// The account a login names: the row PostgreSQL finds by `lower(email)`, if its email and
 /// `account` are one account by [`email::account_key`] too, the rule the login limits count by.
-async fn find_account(
+pub(crate) async fn find_account(
     db: &deadpool_postgres::Client,
     account: &str,
 ) -> Result<Option<User>, ApiError> {

@@ -131,7 +131,36 @@ pub fn validate_new_user(body: Option<Value>) -> Result<NewUser, ApiError> {
     let mut issues = Vec::new();
     let whole = Value::Object(map.clone());
 
-    let email = match map.get("email") {
+    let email = email_field(&map, &whole, &mut issues);
+    let full_name = string_field(&map, "full_name", true, &mut issues)
+        .filter(|name| no_nul("full_name", name, &mut issues));
+    let password = match map.get("password") {
+        None => {
+            issues.push(Issue::missing("password", whole));
+            None
+        }
+        Some(_) => string_field(&map, "password", false, &mut issues),
+    };
+    if let Some(p) = &password {
+        password_policy("password", p, &mut issues);
+    }
+    match (email, password) {
+        (Some(email), Some(password)) if issues.is_empty() => Ok(NewUser {
+            email,
+            full_name,
+            password,
+        }),
+        _ => Err(ApiError::Validation(issues)),
+    }
+}
+
+/// A required `email` field, checked as pydantic's `EmailStr` and normalised.
+fn email_field(
+    map: &serde_json::Map<String, Value>,
+    whole: &Value,
+    issues: &mut Vec<Issue>,
+) -> Option<String> {
+    match map.get("email") {
         None => {
             issues.push(Issue::missing("email", whole.clone()));
             None
@@ -153,25 +182,57 @@ pub fn validate_new_user(body: Option<Value>) -> Result<NewUser, ApiError> {
             issues.push(Issue::string_type("email", other.clone()));
             None
         }
-    };
-    let full_name = string_field(&map, "full_name", true, &mut issues)
-        .filter(|name| no_nul("full_name", name, &mut issues));
-    let password = match map.get("password") {
+    }
+}
+
+/// A required string field (missing and non-string values reported as pydantic does).
+fn required_string(
+    map: &serde_json::Map<String, Value>,
+    field: &str,
+    issues: &mut Vec<Issue>,
+) -> Option<String> {
+    match map.get(field) {
         None => {
-            issues.push(Issue::missing("password", whole));
+            issues.push(Issue::missing(field, Value::Object(map.clone())));
             None
         }
-        Some(_) => string_field(&map, "password", false, &mut issues),
-    };
-    if let Some(p) = &password {
-        password_policy("password", p, &mut issues);
+        Some(_) => string_field(map, field, false, issues),
     }
-    match (email, password) {
-        (Some(email), Some(password)) if issues.is_empty() => Ok(NewUser {
-            email,
-            full_name,
-            password,
-        }),
+}
+
+/// `POST /auth/password-reset`'s `{email}`.
+pub fn validate_reset_request(body: Option<Value>) -> Result<String, ApiError> {
+    let map = object(body)?;
+    let mut issues = Vec::new();
+    let whole = Value::Object(map.clone());
+    match email_field(&map, &whole, &mut issues) {
+        Some(email) if issues.is_empty() => Ok(email),
+        _ => Err(ApiError::Validation(issues)),
+    }
+}
+
+/// `POST /auth/password-reset/confirm`'s `{token, new_password}`; the password must meet the
+/// policy.
+pub fn validate_reset_confirm(body: Option<Value>) -> Result<(String, String), ApiError> {
+    let map = object(body)?;
+    let mut issues = Vec::new();
+    let token = required_string(&map, "token", &mut issues);
+    let password = required_string(&map, "new_password", &mut issues);
+    if let Some(p) = &password {
+        password_policy("new_password", p, &mut issues);
+    }
+    match (token, password) {
+        (Some(token), Some(password)) if issues.is_empty() => Ok((token, password)),
+        _ => Err(ApiError::Validation(issues)),
+    }
+}
+
+/// `POST /auth/verify-email`'s `{token}`.
+pub fn validate_verify_email(body: Option<Value>) -> Result<String, ApiError> {
+    let map = object(body)?;
+    let mut issues = Vec::new();
+    match required_string(&map, "token", &mut issues) {
+        Some(token) if issues.is_empty() => Ok(token),
         _ => Err(ApiError::Validation(issues)),
     }
 }
@@ -216,16 +277,8 @@ pub struct PasswordChange {
 pub fn validate_password_change(body: Option<Value>) -> Result<PasswordChange, ApiError> {
     let map = object(body)?;
     let mut issues = Vec::new();
-    let whole = Value::Object(map.clone());
-    let required = |field: &str, issues: &mut Vec<Issue>| match map.get(field) {
-        None => {
-            issues.push(Issue::missing(field, whole.clone()));
-            None
-        }
-        Some(_) => string_field(&map, field, false, issues),
-    };
-    let current = required("current_password", &mut issues);
-    let new = required("new_password", &mut issues);
+    let current = required_string(&map, "current_password", &mut issues);
+    let new = required_string(&map, "new_password", &mut issues);
     if let Some(new) = &new {
         password_policy("new_password", new, &mut issues);
     }

@@ -1,5 +1,6 @@
 //! The gateway's own API: the seed's endpoints and `/health`, `/ready` (`app`), sessions —
-//! refresh, logout, listing (`sessions`) — and changes to one's account (`account`), their
+//! refresh, logout, listing (`sessions`) — changes to one's account (`account`), password
+//! reset (`recovery`) and email verification (`verification`), their
 //! answers and errors (`api`), request bodies in FastAPI's shapes (`forms`, `pyjson`) and email
 //! addresses as pydantic checks them (`email`).
 
@@ -9,4 +10,6 @@ pub mod app;
 pub mod email;
 pub mod forms;
 pub mod pyjson;
+pub mod recovery;
 pub mod sessions;
+pub mod verification;

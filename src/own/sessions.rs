@@ -30,8 +30,35 @@ fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
 }
 
 impl App {
-    /// `POST /auth/refresh` with `{"refresh_token": "..."}`.
+    /// In browser mode, a request that uses the refresh cookie must come from one of the
+    /// configured origins' pages: `X-Requested-With` (a page on another site cannot add a
+    /// custom header without a CORS preflight, which the gateway refuses it) and an `Origin`
+    /// in `cors.origins`.
+    fn check_browser_request(&self, req: &OwnRequest) -> Result<(), ApiError> {
+        let allowed = req
+            .origin
+            .as_deref()
+            .is_some_and(|o| self.cors.allowed_origin(o).is_some());
+        if req.requested_with && allowed {
+            Ok(())
+        } else {
+            Err(ApiError::CrossSite)
+        }
+    }
+
+    /// `POST /auth/refresh` with `{"refresh_token": "..."}`, or in browser mode with the
+    /// cookie alone (a token that fails also clears it).
     pub(crate) async fn refresh(&self, req: &OwnRequest) -> Result<Reply, ApiError> {
+        if let Some(cookie) = &self.refresh_cookie {
+            self.check_browser_request(req)?;
+            let token = req.refresh_cookie.as_deref().unwrap_or_default();
+            return match self.refresh_with(token).await {
+                Err(ApiError::InvalidGrant) => Ok(ApiError::InvalidGrant
+                    .into_reply()
+                    .with_header("set-cookie", cookie.clear())),
+                other => other,
+            };
+        }
         let body = forms::decode_json_body(req.content_type.as_deref(), &req.body)?;
         let token = forms::refresh_token_of(body)?.ok_or(ApiError::InvalidGrant)?;
         self.refresh_with(&token).await
@@ -77,9 +104,42 @@ impl App {
     /// `POST /auth/logout?scope=local|others|global`: 204, also when the session had already
     /// ended. `local` ends the token's session (for a token without one, like the seed's:
     /// every such token of the user); `others` every other session; `global` all of them and
-    /// every token without a session.
+    /// every token without a session. In browser mode the refresh cookie may stand for the
+    /// access token (then checked like a refresh), and the answer clears it.
     pub(crate) async fn logout(&self, req: &OwnRequest) -> Result<Reply, ApiError> {
         let scope = forms::logout_scope(req.query.as_deref())?;
+        let Some(cookie) = &self.refresh_cookie else {
+            return self.logout_by_token(req, scope).await;
+        };
+        let done = match (&req.authorization, &req.refresh_cookie) {
+            (None, Some(value)) => {
+                self.check_browser_request(req)?;
+                self.logout_by_cookie(value, scope).await?
+            }
+            _ => self.logout_by_token(req, scope).await?,
+        };
+        Ok(done.with_header("set-cookie", cookie.clear()))
+    }
+
+    /// Logout by the refresh cookie's session (any generation of it: the token was issued here).
+    async fn logout_by_cookie(&self, value: &str, scope: LogoutScope) -> Result<Reply, ApiError> {
+        let Some(claim) = self.refresh_key.open(value) else {
+            return Ok(Reply::no_content());
+        };
+        let db = users::client(&self.pool).await?;
+        let Some(user_id) = sessions::owner(&db, &claim.session_id).await? else {
+            // Ended already: nothing left to do.
+            return Ok(Reply::no_content());
+        };
+        end_sessions(&db, &user_id, scope, Some(claim.session_id)).await?;
+        Ok(Reply::no_content())
+    }
+
+    async fn logout_by_token(
+        &self,
+        req: &OwnRequest,
+        scope: LogoutScope,
+    ) -> Result<Reply, ApiError> {
         let db = users::client(&self.pool).await?;
         let (account, token) = match self.authenticate(&db, req).await {
             Ok(caller) => caller,
@@ -89,20 +149,7 @@ impl App {
             }
             Err(e) => return Err(e),
         };
-        let user_id = &account.user.id;
-        match (scope, token.session_id) {
-            (LogoutScope::Local, Some(session)) => {
-                sessions::revoke(&db, user_id, &session).await?;
-            }
-            (LogoutScope::Local, None) => users::refuse_sessionless_tokens(&db, user_id).await?,
-            (LogoutScope::Others, session) => {
-                sessions::revoke_all_but(&db, user_id, session.as_ref()).await?;
-            }
-            (LogoutScope::Global, _) => {
-                sessions::revoke_all_but(&db, user_id, None).await?;
-                users::refuse_sessionless_tokens(&db, user_id).await?;
-            }
-        }
+        end_sessions(&db, &account.user.id, scope, token.session_id).await?;
         Ok(Reply::no_content())
     }
 
@@ -141,4 +188,28 @@ impl App {
             Err(ApiError::SessionNotFound)
         }
     }
+}
+
+/// What a logout of `scope` ends for `user_id`, asked from `session` (`None`: a token without
+/// one).
+async fn end_sessions(
+    db: &deadpool_postgres::Client,
+    user_id: &str,
+    scope: LogoutScope,
+    session: Option<Uuid>,
+) -> Result<(), ApiError> {
+    match (scope, session) {
+        (LogoutScope::Local, Some(session)) => {
+            sessions::revoke(db, user_id, &session).await?;
+        }
+        (LogoutScope::Local, None) => users::refuse_sessionless_tokens(db, user_id).await?,
+        (LogoutScope::Others, session) => {
+            sessions::revoke_all_but(db, user_id, session.as_ref()).await?;
+        }
+        (LogoutScope::Global, _) => {
+            sessions::revoke_all_but(db, user_id, None).await?;
+            users::refuse_sessionless_tokens(db, user_id).await?;
+        }
+    }
+    Ok(())
 }

@@ -186,6 +186,20 @@ pub async fn advance(db: &impl GenericClient, session_id: &Uuid) -> Result<u32, 
     Ok(row.try_get::<_, i32>(0).map_err(db_error)? as u32)
 }
 
+/// The user of a live session.
+#[tracing::instrument(level = "debug", skip(db))]
+pub async fn owner(db: &impl GenericClient, session_id: &Uuid) -> Result<Option<String>, ApiError> {
+    let stmt = db
+        .prepare_cached(
+            "SELECT user_id FROM sentinel_sessions WHERE id = $1 AND revoked_at IS NULL \
+             AND idle_expires_at > now() AND absolute_expires_at > now()",
+        )
+        .await
+        .map_err(db_error)?;
+    let row = db.query_opt(&stmt, &[session_id]).await.map_err(db_error)?;
+    row.map(|r| r.try_get(0)).transpose().map_err(db_error)
+}
+
 /// Ends one of `user_id`'s sessions; whether it was live.
 #[tracing::instrument(level = "debug", skip(db))]
 pub async fn revoke(

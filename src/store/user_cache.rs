@@ -44,6 +44,8 @@ pub struct UserState {
     pub id: String,
     pub email: String,
     pub active: bool,
+    /// Whether the address is verified (`X-User-Email-Verified`, `auth.require_verified_email`).
+    pub email_verified: bool,
     /// Tokens without a session issued before this (unix seconds) are refused.
     pub tokens_valid_after: Option<i64>,
     /// Live sessions, with when each ends (unix seconds).
@@ -66,6 +68,7 @@ impl UserState {
             id: user.id.clone(),
             email: user.email.clone(),
             active: user.is_active,
+            email_verified: user.email_verified,
             tokens_valid_after: account.tokens_valid_after,
             sessions: account.sessions.clone().into_boxed_slice(),
             read_at,
@@ -430,6 +433,7 @@ mod tests {
                 hashed_password: String::new(),
                 is_active: true,
                 created_at: chrono::NaiveDateTime::default(),
+                email_verified: false,
             },
             tokens_valid_after: None,
             sessions: Vec::new(),

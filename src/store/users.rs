@@ -20,10 +20,12 @@ pub struct User {
     pub is_active: bool,
     /// UTC, as the seed stored it.
     pub created_at: NaiveDateTime,
+    /// Whether the user proved the address is theirs (a verification link or a reset).
+    pub email_verified: bool,
 }
 
 const COLUMNS: &str = "id, email, full_name, hashed_password, COALESCE(is_active, false), \
-                       COALESCE(created_at, updated_at, timestamp 'epoch')";
+                       COALESCE(created_at, updated_at, timestamp 'epoch'), email_verified";
 
 impl TryFrom<Row> for User {
     type Error = tokio_postgres::Error;
@@ -36,11 +38,12 @@ impl TryFrom<Row> for User {
             hashed_password: row.try_get(3)?,
             is_active: row.try_get(4)?,
             created_at: row.try_get(5)?,
+            email_verified: row.try_get(6)?,
         })
     }
 }
 
-/// `UserResponse` of the seed, field order included.
+/// `UserResponse` of the seed, field order included, and what the gateway adds after it.
 #[derive(Debug, Clone, Serialize)]
 pub struct UserResponse<'a> {
     pub email: &'a str,
@@ -48,6 +51,7 @@ pub struct UserResponse<'a> {
     pub id: &'a str,
     pub is_active: bool,
     pub created_at: String,
+    pub email_verified: bool,
 }
 
 impl User {
@@ -59,6 +63,7 @@ impl User {
             is_active: self.is_active,
             // RFC 3339 in UTC with microseconds, e.g. 2026-11-25T15:56:59.033749Z.
             created_at: self.created_at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+            email_verified: self.email_verified,
         }
     }
 }
@@ -165,9 +170,9 @@ pub async fn find_account(db: &impl GenericClient, id: &str) -> Result<Option<Ac
         return Ok(None);
     };
     let internal = |e: tokio_postgres::Error| ApiError::Internal(describe(&e));
-    let tokens_valid_after: Option<i64> = row.try_get(6).map_err(internal)?;
-    let ids: Vec<uuid::Uuid> = row.try_get(7).map_err(internal)?;
-    let ends: Vec<i64> = row.try_get(8).map_err(internal)?;
+    let tokens_valid_after: Option<i64> = row.try_get(7).map_err(internal)?;
+    let ids: Vec<uuid::Uuid> = row.try_get(8).map_err(internal)?;
+    let ends: Vec<i64> = row.try_get(9).map_err(internal)?;
     let user = User::try_from(row).map_err(internal)?;
     Ok(Some(Account {
         user,
@@ -261,6 +266,53 @@ pub async fn replace_password_hash(
         .await
         .map_err(db_error)?
         == 1)
+}
+
+/// Sets a new password hash after a reset: whatever the password was, the address proved
+/// (`email_verified`), and every token without a session refused from now on. `Ok(None)`
+/// when the user is gone or inactive.
+#[tracing::instrument(level = "debug", skip(db, hash))]
+pub async fn reset_password(
+    db: &impl GenericClient,
+    id: &str,
+    hash: &str,
+) -> Result<Option<User>, ApiError> {
+    let sql = format!(
+        "UPDATE users SET hashed_password = $2, email_verified = true, tokens_valid_after = now(), \
+         updated_at = now() AT TIME ZONE 'utc' WHERE id = $1 AND is_active RETURNING {COLUMNS}"
+    );
+    let stmt = db.prepare_cached(&sql).await.map_err(db_error)?;
+    rows_to_user(db.query_opt(&stmt, &[&id, &hash]).await.map_err(db_error)?)
+}
+
+/// Marks `email` verified for user `id`, if it is still their address (in any letter case).
+/// `Ok(None)` when the user is gone or their address changed.
+#[tracing::instrument(level = "debug", skip(db, email))]
+pub async fn mark_email_verified(
+    db: &impl GenericClient,
+    id: &str,
+    email: &str,
+) -> Result<Option<User>, ApiError> {
+    let sql = format!(
+        "UPDATE users SET email_verified = true, updated_at = now() AT TIME ZONE 'utc' \
+         WHERE id = $1 AND lower(email) = lower($2) RETURNING {COLUMNS}"
+    );
+    let stmt = db.prepare_cached(&sql).await.map_err(db_error)?;
+    rows_to_user(
+        db.query_opt(&stmt, &[&id, &email])
+            .await
+            .map_err(db_error)?,
+    )
+}
+
+/// Locks the user's row until the transaction ends (changes nothing, announces nothing).
+pub async fn lock(db: &impl GenericClient, id: &str) -> Result<(), ApiError> {
+    let stmt = db
+        .prepare_cached("SELECT 1 FROM users WHERE id = $1 FOR UPDATE")
+        .await
+        .map_err(db_error)?;
+    db.query_opt(&stmt, &[&id]).await.map_err(db_error)?;
+    Ok(())
 }
 
 /// `SELECT 1`, for readiness.

@@ -371,6 +371,19 @@ impl TestApp {
         Answer::of(self.client.get(self.url(path)).send().await.unwrap()).await
     }
 
+    /// `GET path` with a bearer token.
+    pub async fn get_as(&self, path: &str, token: &str) -> Answer {
+        Answer::of(
+            self.client
+                .get(self.url(path))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
@@ -670,7 +683,7 @@ pub async fn raw_within(port: u16, request: &[u8], quiet: Duration) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Asserts the shape the seed's `UserResponse` has.
+/// Asserts the shape the seed's `UserResponse` has, and `email_verified` after its fields.
 pub fn assert_user_shape(user: &Value) {
     let keys: Vec<&str> = user
         .as_object()
@@ -680,9 +693,17 @@ pub fn assert_user_shape(user: &Value) {
         .collect();
     assert_eq!(
         keys,
-        ["email", "full_name", "id", "is_active", "created_at"],
+        [
+            "email",
+            "full_name",
+            "id",
+            "is_active",
+            "created_at",
+            "email_verified"
+        ],
         "{user}"
     );
+    assert!(user["email_verified"].is_boolean(), "{user}");
     uuid::Uuid::parse_str(user["id"].as_str().unwrap()).unwrap();
     let created = user["created_at"].as_str().unwrap();
     chrono::DateTime::parse_from_rfc3339(created)

@@ -39,6 +39,21 @@ async fn malformed_bodies_never_cause_a_server_error() {
         ("/auth/token", form, b"%%%=&&&==".to_vec(), 422),
         ("/auth/token", Some("text/plain"), b"username=a&password=b".to_vec(), 422),
         ("/auth/token", None, b"".to_vec(), 422),
+        // Reset and verification: malformed, mistyped and hostile tokens are 400 or 422.
+        ("/auth/password-reset", json, b"{\"email\":[1]}".to_vec(), 422),
+        ("/auth/password-reset", json, b"{\"email\":\"x\\u0000@example.com\"}".to_vec(), 422),
+        ("/auth/password-reset", Some("text/plain"), b"email=a@b.com".to_vec(), 422),
+        ("/auth/password-reset", json, b"{".to_vec(), 422),
+        ("/auth/password-reset/confirm", json, b"{\"token\":null,\"new_password\":\"Password1!\"}".to_vec(), 422),
+        ("/auth/password-reset/confirm", json, b"{\"token\":\"a\\u0000b\",\"new_password\":\"Password1!\"}".to_vec(), 400),
+        ("/auth/password-reset/confirm", json, format!("{{\"token\":\"{}\",\"new_password\":\"Password1!\"}}", "A".repeat(60_000)).into_bytes(), 400),
+        ("/auth/password-reset/confirm", json, b"{\"token\":\"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\",\"new_password\":\"Password1!\"}".to_vec(), 400),
+        ("/auth/password-reset/confirm", json, b"{\"token\":\"../../etc/passwd%00xxxxxxxxxxxxxxxxxxxxxxxxxxx\",\"new_password\":\"Password1!\"}".to_vec(), 400),
+        ("/auth/verify-email", json, b"{\"token\":{\"$ne\":null}}".to_vec(), 422),
+        ("/auth/verify-email", json, b"{\"token\":\"\xff\xfe\"}".to_vec(), 400),
+        ("/auth/verify-email", json, b"[]".to_vec(), 422),
+        ("/auth/verify-email", None, b"".to_vec(), 422),
+        ("/auth/refresh", json, b"{\"refresh_token\":\"\\u0000\"}".to_vec(), 400),
     ];
     for (path, ct, body, expected) in bodies {
         let shown = String::from_utf8_lossy(&body[..body.len().min(60)]).to_string();
@@ -82,6 +97,14 @@ async fn oversized_bodies_get_413_before_being_read() {
         .await;
     if let Ok(r) = r {
         assert_eq!(r.status(), 413);
+    }
+    for path in [
+        "/auth/password-reset",
+        "/auth/password-reset/confirm",
+        "/auth/verify-email",
+    ] {
+        let a = post(&app, path, Some("application/json"), big.clone()).await;
+        assert_eq!(a.status, 413, "{path}");
     }
     assert_eq!(app.status("/health").await, 200);
 }

@@ -2,9 +2,12 @@
 
 mod cluster;
 mod helpers;
+mod mailbox;
 
+mod account_mail;
 mod adoption;
 mod attacks;
+mod browser;
 mod cors;
 mod db_outage;
 mod flood;

@@ -239,6 +239,8 @@ async fn client_identity_headers_never_reach_the_upstream_in_any_spelling() {
         ("X-USER-EMAIL", "root@example.com"),
         ("x_user_email", "root2@example.com"),
         ("X-User-Roles", "admin"),
+        ("X-User-Email-Verified", "true"),
+        ("x_user_email_verified", "true"),
         ("X-Forwarded-For", "1.2.3.4"),
         ("x_forwarded_for", "5.6.7.8"),
         ("X-Forwarded-Host", "evil.example"),
@@ -275,6 +277,7 @@ async fn client_identity_headers_never_reach_the_upstream_in_any_spelling() {
                     [
                         "x-user-id",
                         "x-user-email",
+                        "x-user-email-verified",
                         "x-forwarded-for",
                         "x-forwarded-proto",
                         "x-forwarded-host"
@@ -291,7 +294,13 @@ async fn client_identity_headers_never_reach_the_upstream_in_any_spelling() {
                 Some("spoof@example.com".into()),
                 "{path}"
             );
+            assert_eq!(
+                e.one("x-user-email-verified"),
+                Some("false".into()),
+                "{path}"
+            );
         } else {
+            assert_eq!(e.one("x-user-email-verified"), None, "{path}");
             assert_eq!(e.one("x-user-id"), None, "{path}");
             assert_eq!(e.one("x-user-email"), None, "{path}");
         }
