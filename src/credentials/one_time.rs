@@ -7,10 +7,14 @@
 //! `auth.secret_key`, so the outbox alone does not give it away either.
 //!
 //! ```text
-//! sealed = nonce (16 random bytes) ‖ token XOR HMAC-SHA256(seal key, "sentinel seal v1" ‖ nonce)
+//! sealed = nonce (16 random bytes) ‖ body ‖ tag
+//! body   = token XOR HMAC-SHA256(seal key, "sentinel seal v1" ‖ nonce)
+//! tag    = the first 16 bytes of HMAC-SHA256(seal key, "sentinel seal tag v1" ‖ nonce ‖ body)
 //! ```
 //!
-//! A fresh nonce per mail makes every pad a different pseudo-random one, used once.
+//! A fresh nonce per mail makes every pad a different pseudo-random one, used once. The tag
+//! tells a seal made under another key (the secret changed since) from a good one, so such a
+//! mail is dropped rather than sent with a link that cannot work.
 
 use base64::Engine as _;
 use hmac::digest::KeyInit;
@@ -22,6 +26,8 @@ type HmacSha256 = Hmac<Sha256>;
 const TOKEN_BYTES: usize = 32;
 const NONCE_BYTES: usize = 16;
 const LABEL: &[u8] = b"sentinel seal v1";
+const TAG_LABEL: &[u8] = b"sentinel seal tag v1";
+const TAG_BYTES: usize = 16;
 
 /// The secret of one link, as generated (only ever held in memory and in a sealed mail).
 #[derive(Clone, PartialEq, Eq)]
@@ -89,30 +95,43 @@ impl SealKey {
         }
     }
 
-    fn pad(&self, nonce: &[u8]) -> [u8; TOKEN_BYTES] {
+    fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
         let mut block = [0u8; 64];
         block[..32].copy_from_slice(&self.key);
         let mut mac = <HmacSha256 as KeyInit>::new(&block.into());
-        mac.update(LABEL);
-        mac.update(nonce);
+        for part in parts {
+            mac.update(part);
+        }
         mac.finalize().into_bytes().into()
     }
 
     pub fn seal(&self, token: &OneTimeToken) -> Result<Vec<u8>, NoRandomness> {
         let nonce: [u8; NONCE_BYTES] = random()?;
-        let pad = self.pad(&nonce);
+        let pad = self.mac(&[LABEL, &nonce]);
         let mut sealed = nonce.to_vec();
         sealed.extend(token.0.iter().zip(pad).map(|(t, p)| t ^ p));
+        let tag = self.mac(&[TAG_LABEL, &sealed]);
+        sealed.extend_from_slice(&tag[..TAG_BYTES]);
         Ok(sealed)
     }
 
-    /// `None` for bytes that are not a sealed token.
+    /// `None` for bytes that are not a token sealed with this key.
     pub fn open(&self, sealed: &[u8]) -> Option<OneTimeToken> {
-        if sealed.len() != NONCE_BYTES + TOKEN_BYTES {
+        if sealed.len() != NONCE_BYTES + TOKEN_BYTES + TAG_BYTES {
+            return None;
+        }
+        let (sealed, tag) = sealed.split_at(NONCE_BYTES + TOKEN_BYTES);
+        let expected = self.mac(&[TAG_LABEL, sealed]);
+        // Constant time: compare every byte whatever the first difference.
+        let diff = expected[..TAG_BYTES]
+            .iter()
+            .zip(tag)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        if diff != 0 {
             return None;
         }
         let (nonce, body) = sealed.split_at(NONCE_BYTES);
-        let pad = self.pad(nonce);
+        let pad = self.mac(&[LABEL, nonce]);
         let mut token = [0u8; TOKEN_BYTES];
         for (i, (b, p)) in body.iter().zip(pad).enumerate() {
             token[i] = b ^ p;
@@ -148,12 +167,16 @@ mod tests {
         let key = SealKey::derive("secret one");
         let token = OneTimeToken::generate().unwrap();
         let sealed = key.seal(&token).unwrap();
-        assert_eq!(sealed.len(), 48);
+        assert_eq!(sealed.len(), 64);
         assert!(!sealed.windows(32).any(|w| w == token.0));
         assert_eq!(key.open(&sealed), Some(token.clone()));
         // A second seal of the same token looks different.
         assert_ne!(key.seal(&token).unwrap(), sealed);
-        assert_ne!(SealKey::derive("secret two").open(&sealed), Some(token));
-        assert_eq!(key.open(&sealed[..47]), None);
+        // Another key (a changed secret), a flipped bit, a cut: not a seal.
+        assert_eq!(SealKey::derive("secret two").open(&sealed), None);
+        let mut flipped = sealed.clone();
+        flipped[20] ^= 1;
+        assert_eq!(key.open(&flipped), None);
+        assert_eq!(key.open(&sealed[..63]), None);
     }
 }

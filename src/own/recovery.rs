@@ -57,7 +57,9 @@ impl App {
     /// The work of a reset request, after its answer: a link to an active account, within the
     /// account's limits; nothing otherwise.
     async fn send_reset_link(&self, email: &str) -> Result<(), ApiError> {
-        let mut db = users::client(&self.pool).await?;
+        // A flood of requests (any address may be asked for) stays within the share of the
+        // pool that logins and registrations have.
+        let mut db = self.floodable_client().await?;
         let Some(user) = find_account(&db, email).await? else {
             return Ok(());
         };

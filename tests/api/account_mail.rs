@@ -437,7 +437,7 @@ async fn mail_outlives_an_smtp_outage_and_a_restart_and_arrives_once() {
         let body: String = row.get(0);
         let sealed: Vec<u8> = row.get(1);
         assert!(body.contains("#token={token}"), "{body}");
-        assert_eq!(sealed.len(), 48);
+        assert_eq!(sealed.len(), 64);
     }
 
     // The gateway goes, the SMTP server comes back, a new gateway starts on the database.
