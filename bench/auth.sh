@@ -62,7 +62,9 @@ token_for() { # base -> registers bench@example.com, prints a token
 
 declare -A BASE=([gateway]="http://127.0.0.1:$GW_PORT" [seed]="http://127.0.0.1:$SEED_PORT")
 declare -A TOKEN
-for who in gateway seed; do wait_up "${BASE[$who]}"; TOKEN[$who]=$(token_for "${BASE[$who]}"); done
+# The gateway answers /health at once, /ready once its database is migrated.
+declare -A READY=([gateway]=/ready [seed]=/health)
+for who in gateway seed; do wait_up "${BASE[$who]}" "${READY[$who]}"; TOKEN[$who]=$(token_for "${BASE[$who]}"); done
 
 # wrk output -> "req/s p99 errors"
 summarize() {

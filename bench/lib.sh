@@ -69,9 +69,10 @@ start_seed() {
   pids+=($!)
 }
 
-# wait_up BASE — until BASE/health answers (20 s at most).
+# wait_up BASE [PATH] — until BASE/PATH (default /health; a gateway's /ready once its
+# database is migrated) answers 2xx (20 s at most).
 wait_up() {
-  for _ in $(seq 1 100); do curl -sf "$1/health" >/dev/null && return 0; sleep 0.2; done
+  for _ in $(seq 1 100); do curl -sf "$1${2:-/health}" >/dev/null && return 0; sleep 0.2; done
   echo "no answer from $1" >&2
   exit 1
 }

@@ -39,7 +39,8 @@ for db in sg_sessions_bench sg_sessions_base seed_sessions_bench; do
   createdb -h 127.0.0.1 -U postgres "$db"
 done
 
-# gateway NAME BINARY DATABASE PORT — a gateway with one protected route to nginx.
+# gateway NAME BINARY DATABASE PORT [LIMITS] — a gateway with one protected route to nginx;
+# LIMITS are extra [rate_limit] keys (those an older baseline build does not know).
 gateway() {
   cat >"$OUT/$1.toml" <<CONF
 [server]
@@ -53,7 +54,7 @@ secret_key = "$SECRET"
 login_per_ip_per_minute = 100000000
 login_per_account_per_minute = 100000000
 register_per_ip_per_minute = 100000000
-password_reset_per_ip_per_minute = 100000000
+${5:-}
 [log]
 level = "warn"
 access_log = false
@@ -68,12 +69,13 @@ CONF
 json_field() { python3 -c "import json,sys; print(json.load(sys.stdin)[\"$1\"])"; }
 
 GW=$(port); GW_B=$(port)
-gateway gateway target/release/sentinel-gateway sg_sessions_bench "$GW"
-gateway gateway-b target/release/sentinel-gateway sg_sessions_bench "$GW_B"
-wait_up "http://127.0.0.1:$GW"
+RESET_LIMIT="password_reset_per_ip_per_minute = 100000000"
+gateway gateway target/release/sentinel-gateway sg_sessions_bench "$GW" "$RESET_LIMIT"
+gateway gateway-b target/release/sentinel-gateway sg_sessions_bench "$GW_B" "$RESET_LIMIT"
+wait_up "http://127.0.0.1:$GW" /ready
 curl -sf -X POST "http://127.0.0.1:$GW/auth/register" -H 'content-type: application/json' \
   -d "{\"email\":\"bench@example.com\",\"password\":\"$PASSWORD\"}" >/dev/null
-wait_up "http://127.0.0.1:$GW_B"
+wait_up "http://127.0.0.1:$GW_B" /ready
 
 # 128 sessions to rotate.
 for _ in $(seq 1 128); do
@@ -119,7 +121,7 @@ fi
 if [ -n "${BASELINE_BIN:-}" ]; then
   BASE=$(port)
   gateway baseline "$BASELINE_BIN" sg_sessions_base "$BASE"
-  wait_up "http://127.0.0.1:$BASE"
+  wait_up "http://127.0.0.1:$BASE" /ready
   BASE_TOKEN=$(curl -sf -X POST "http://127.0.0.1:$BASE/auth/register" -H 'content-type: application/json' \
     -d "{\"email\":\"bench@example.com\",\"password\":\"$PASSWORD\"}" | json_field access_token)
 fi

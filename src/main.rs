@@ -1,11 +1,12 @@
-//! `sentinel-gateway [--config FILE] [serve | migrate | check-config]`
+//! `sentinel-gateway [--config FILE] [serve | migrate | check-config | users …]`
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use sentinel_gateway::ops::admin::UsersCommand;
 use sentinel_gateway::ops::config::{Config, Sources};
-use sentinel_gateway::ops::{server, telemetry};
+use sentinel_gateway::ops::{admin, server, telemetry};
 
 /// mimalloc rather than glibc's malloc: a proxied request makes dozens of small allocations
 /// (pingora's header maps and futures among them), and `bench/proxy-instructions.sh` showed
@@ -40,6 +41,11 @@ enum Command {
     Migrate,
     /// Validate the configuration and print it, secrets redacted.
     CheckConfig,
+    /// Manage users in the configured database (passwords from a prompt or stdin).
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -95,6 +101,8 @@ fn main() -> ExitCode {
             let _log = telemetry::init(&config.log);
             server::serve(config)
         }
+        // No log set-up: what the command does is its output, and errors its one line.
+        Command::Users { command } => admin::run(&config, command, &mut std::io::stdout()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,7 @@
 //! Running the gateway: configuration (`config`), start-up and the pingora server
-//! (`server`) and logging (`telemetry`).
+//! (`server`), logging (`telemetry`) and the operator's `users` commands (`admin`).
 
+pub mod admin;
 pub mod config;
 pub mod server;
 pub mod telemetry;

@@ -305,6 +305,59 @@ pub async fn mark_email_verified(
     )
 }
 
+/// Users, newest first, at most `limit`; with `search`, only emails containing it (any case).
+#[tracing::instrument(level = "debug", skip(db))]
+pub async fn list(
+    db: &impl GenericClient,
+    search: Option<&str>,
+    limit: i64,
+) -> Result<Vec<User>, ApiError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM users \
+         WHERE $1::text IS NULL OR strpos(lower(email), lower($1)) > 0 \
+         ORDER BY created_at DESC NULLS LAST, id LIMIT $2"
+    );
+    let stmt = db.prepare_cached(&sql).await.map_err(db_error)?;
+    let search = search.filter(|s| storable(s));
+    db.query(&stmt, &[&search, &limit])
+        .await
+        .map_err(db_error)?
+        .into_iter()
+        .map(|row| User::try_from(row).map_err(|e| ApiError::Internal(describe(&e))))
+        .collect()
+}
+
+/// Activates or deactivates a user (running gateways hear of it through the trigger).
+#[tracing::instrument(level = "debug", skip(db))]
+pub async fn set_active(db: &impl GenericClient, id: &str, active: bool) -> Result<(), ApiError> {
+    let stmt = db
+        .prepare_cached(
+            "UPDATE users SET is_active = $2, updated_at = now() AT TIME ZONE 'utc' WHERE id = $1",
+        )
+        .await
+        .map_err(db_error)?;
+    db.execute(&stmt, &[&id, &active]).await.map_err(db_error)?;
+    Ok(())
+}
+
+/// Sets a password hash, whatever the password was (an operator's `set-password`).
+#[tracing::instrument(level = "debug", skip(db, hash))]
+pub async fn set_password_hash(
+    db: &impl GenericClient,
+    id: &str,
+    hash: &str,
+) -> Result<(), ApiError> {
+    let stmt = db
+        .prepare_cached(
+            "UPDATE users SET hashed_password = $2, updated_at = now() AT TIME ZONE 'utc' \
+             WHERE id = $1",
+        )
+        .await
+        .map_err(db_error)?;
+    db.execute(&stmt, &[&id, &hash]).await.map_err(db_error)?;
+    Ok(())
+}
+
 /// Locks the user's row until the transaction ends (changes nothing, announces nothing).
 pub async fn lock(db: &impl GenericClient, id: &str) -> Result<(), ApiError> {
     let stmt = db

@@ -1,0 +1,305 @@
+//! `sentinel-gateway users …`: managing users without SQL, against the configured database.
+//!
+//! Every change goes through the same statements as the API, so running gateways hear of it
+//! the same way (the `users` and `sentinel_sessions` triggers' `NOTIFY`): a deactivation or a
+//! revocation reaches every instance within a second. Passwords are read from a prompt (a
+//! terminal, without echo) or from the first line of standard input, never from the command
+//! line, where `ps` and shell histories would keep them.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use clap::Subcommand;
+use deadpool_postgres::GenericClient;
+
+use crate::ops::config::Config;
+use crate::own::email;
+use crate::own::forms::{PASSWORD_MAX_CHARS, PASSWORD_MIN_CHARS};
+use crate::store::account_tokens::{self, Purpose};
+use crate::store::{db, sessions, users};
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// List users, newest first.
+    List {
+        /// Only emails containing this text (any letter case).
+        #[arg(long)]
+        search: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One user, by id or email, with their live sessions.
+    Show {
+        user: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A new active user; the password is read from a prompt or standard input.
+    Create {
+        email: String,
+        #[arg(long)]
+        full_name: Option<String>,
+        /// Mark the address verified at once.
+        #[arg(long)]
+        verified: bool,
+    },
+    /// Refuse the user everywhere (their tokens stop working within a second).
+    Deactivate { user: String },
+    /// Let a deactivated user in again.
+    Activate { user: String },
+    /// A new password (prompt or standard input); every session and earlier token ends.
+    SetPassword { user: String },
+    /// End every session and every token of the user.
+    RevokeSessions { user: String },
+    /// Mark the user's address verified.
+    VerifyEmail { user: String },
+}
+
+/// Runs one `users` command; what it prints goes to `out`.
+pub fn run(config: &Config, command: UsersCommand, out: &mut dyn Write) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start a runtime")?;
+    rt.block_on(run_async(config, command, out))
+}
+
+async fn run_async(
+    config: &Config,
+    command: UsersCommand,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    // The schema as the gateway needs it (the same migrations `serve` applies), and a clear
+    // error at once when the database cannot be reached.
+    let mut client = db::connect(&config.database).await?;
+    db::migrate(&mut client).await?;
+    drop(client);
+    let pool = db::pool(&config.database)?;
+    let mut db = tokio::time::timeout(Duration::from_secs(10), pool.get())
+        .await
+        .map_err(|_| anyhow!("no database connection within 10 s"))?
+        .map_err(|e| anyhow!("cannot reach the database: {e}"))?;
+    match command {
+        UsersCommand::List {
+            search,
+            limit,
+            json,
+        } => {
+            let rows = users::list(&db, search.as_deref(), limit.clamp(1, 100_000))
+                .await
+                .map_err(api)?;
+            if !json {
+                writeln!(
+                    out,
+                    "{:<36}  {:<6}  {:<8}  {:<27}  EMAIL",
+                    "ID", "ACTIVE", "VERIFIED", "CREATED"
+                )?;
+            }
+            for user in rows {
+                if json {
+                    writeln!(out, "{}", serde_json::to_string(&user.response())?)?;
+                } else {
+                    let r = user.response();
+                    writeln!(
+                        out,
+                        "{:<36}  {:<6}  {:<8}  {:<27}  {}",
+                        r.id,
+                        yes_no(r.is_active),
+                        yes_no(r.email_verified),
+                        r.created_at,
+                        r.email
+                    )?;
+                }
+            }
+        }
+        UsersCommand::Show { user, json } => {
+            let user = find(&db, &user).await?;
+            let live = sessions::list_live(&db, &user.id).await.map_err(api)?;
+            if json {
+                let sessions: Vec<_> = live
+                    .iter()
+                    .map(|s| {
+                        serde_json::json!({
+                            "id": s.id,
+                            "created_at": s.created_at.to_rfc3339(),
+                            "last_used_at": s.last_used_at.to_rfc3339(),
+                            "user_agent": s.user_agent,
+                            "ip_address": s.client_address,
+                        })
+                    })
+                    .collect();
+                let mut value = serde_json::to_value(user.response())?;
+                value["sessions"] = serde_json::Value::from(sessions);
+                writeln!(out, "{value}")?;
+            } else {
+                let r = user.response();
+                writeln!(out, "id:             {}", r.id)?;
+                writeln!(out, "email:          {}", r.email)?;
+                writeln!(out, "full name:      {}", r.full_name.unwrap_or(""))?;
+                writeln!(out, "active:         {}", yes_no(r.is_active))?;
+                writeln!(out, "email verified: {}", yes_no(r.email_verified))?;
+                writeln!(out, "created:        {}", r.created_at)?;
+                writeln!(out, "live sessions:  {}", live.len())?;
+                for s in live {
+                    writeln!(
+                        out,
+                        "  {}  since {}  last used {}  {}  {}",
+                        s.id,
+                        s.created_at.format("%Y-%m-%d %H:%M:%S"),
+                        s.last_used_at.format("%Y-%m-%d %H:%M:%S"),
+                        s.client_address.as_deref().unwrap_or("-"),
+                        s.user_agent.as_deref().unwrap_or("-")
+                    )?;
+                }
+            }
+        }
+        UsersCommand::Create {
+            email: address,
+            full_name,
+            verified,
+        } => {
+            let address = email::normalize(&address)
+                .map_err(|e| anyhow!("not a valid email address: {}", e.0))?;
+            let password = read_password("Password for the new user: ")?;
+            let hash = config.password.policy().hash(&password)?;
+            let tx = db
+                .transaction()
+                .await
+                .map_err(users::db_error)
+                .map_err(api)?;
+            let user = users::insert(&tx, &address, full_name.as_deref().unwrap_or(""), &hash)
+                .await
+                .map_err(api)?
+                .ok_or_else(|| anyhow!("{address} is already registered"))?;
+            let user = if verified {
+                users::mark_email_verified(&tx, &user.id, &user.email)
+                    .await
+                    .map_err(api)?
+                    .unwrap_or(user)
+            } else {
+                user
+            };
+            tx.commit().await.map_err(users::db_error).map_err(api)?;
+            writeln!(out, "created {} {}", user.id, user.email)?;
+        }
+        UsersCommand::Deactivate { user } => {
+            let user = find(&db, &user).await?;
+            users::set_active(&db, &user.id, false).await.map_err(api)?;
+            writeln!(out, "deactivated {} {}", user.id, user.email)?;
+        }
+        UsersCommand::Activate { user } => {
+            let user = find(&db, &user).await?;
+            users::set_active(&db, &user.id, true).await.map_err(api)?;
+            writeln!(out, "activated {} {}", user.id, user.email)?;
+        }
+        UsersCommand::SetPassword { user } => {
+            let user = find(&db, &user).await?;
+            let password = read_password(&format!("New password for {}: ", user.email))?;
+            let hash = config.password.policy().hash(&password)?;
+            let tx = db
+                .transaction()
+                .await
+                .map_err(users::db_error)
+                .map_err(api)?;
+            users::set_password_hash(&tx, &user.id, &hash)
+                .await
+                .map_err(api)?;
+            let ended = end_everything(&tx, &user.id).await?;
+            account_tokens::end_all(&tx, &user.id, Purpose::PasswordReset)
+                .await
+                .map_err(api)?;
+            tx.commit().await.map_err(users::db_error).map_err(api)?;
+            writeln!(
+                out,
+                "set the password of {} {}; ended {ended} sessions",
+                user.id, user.email
+            )?;
+        }
+        UsersCommand::RevokeSessions { user } => {
+            let user = find(&db, &user).await?;
+            let tx = db
+                .transaction()
+                .await
+                .map_err(users::db_error)
+                .map_err(api)?;
+            let ended = end_everything(&tx, &user.id).await?;
+            tx.commit().await.map_err(users::db_error).map_err(api)?;
+            writeln!(
+                out,
+                "ended {ended} sessions and every other token of {} {}",
+                user.id, user.email
+            )?;
+        }
+        UsersCommand::VerifyEmail { user } => {
+            let user = find(&db, &user).await?;
+            users::mark_email_verified(&db, &user.id, &user.email)
+                .await
+                .map_err(api)?;
+            writeln!(out, "verified {} {}", user.id, user.email)?;
+        }
+    }
+    Ok(())
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+/// An API error as the CLI says it (its text, with the cause for "unavailable").
+fn api(e: crate::own::api::ApiError) -> anyhow::Error {
+    anyhow!("{e}")
+}
+
+/// The user named by `who`: an id, or an email in any letter case.
+async fn find(db: &deadpool_postgres::Client, who: &str) -> anyhow::Result<users::User> {
+    let by_id = users::find_by_id(db, who).await.map_err(api)?;
+    let user = match by_id {
+        Some(user) => Some(user),
+        None => users::find_by_email(db, who).await.map_err(api)?,
+    };
+    user.ok_or_else(|| anyhow!("no user with the id or email {who:?}"))
+}
+
+/// Ends every session of the user and every token without one; how many sessions.
+async fn end_everything(db: &impl GenericClient, user_id: &str) -> anyhow::Result<u64> {
+    let ended = sessions::revoke_all_but(db, user_id, None)
+        .await
+        .map_err(api)?;
+    users::refuse_sessionless_tokens(db, user_id)
+        .await
+        .map_err(api)?;
+    Ok(ended)
+}
+
+/// A password from the terminal (not echoed), or the first line of standard input when it is
+/// not a terminal; held to the same rule as registration's.
+fn read_password(prompt: &str) -> anyhow::Result<String> {
+    let password = if std::io::stdin().is_terminal() {
+        rpassword::prompt_password(prompt).context("cannot read the password")?
+    } else {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context("cannot read the password from standard input")?;
+        line.trim_end_matches(['\r', '\n']).to_string()
+    };
+    let chars = password.chars().count();
+    if !(PASSWORD_MIN_CHARS..=PASSWORD_MAX_CHARS).contains(&chars) {
+        bail!(
+            "the password must have {PASSWORD_MIN_CHARS} to {PASSWORD_MAX_CHARS} characters (got {chars})"
+        );
+    }
+    if password.contains('\0') {
+        bail!("the password must not contain NUL characters");
+    }
+    Ok(password)
+}
