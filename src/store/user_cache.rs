@@ -10,8 +10,9 @@
 //! listener is disconnected (it may have missed notifications) entries are re-read on every
 //! request, and used stale only if that fails.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
@@ -146,7 +147,15 @@ pub struct UserCache {
     /// The clock of `Entry::next_refresh_ms`.
     started: Instant,
     hasher: foldhash::fast::RandomState,
+    /// Reads in flight, by user: the requests of one user whom memory does not hold (a cold
+    /// start, or just after a change of theirs) share one read instead of each taking a
+    /// connection of the small pool, which a burst would exhaust.
+    flights: Mutex<HashMap<String, Arc<Flight>>>,
 }
+
+/// One read of a user, shared by every request that wants it while it runs: its outcome, or
+/// why it failed (and whether that is "unavailable" rather than a statement error).
+type Flight = tokio::sync::OnceCell<Result<Option<Arc<UserState>>, (bool, String)>>;
 
 #[derive(Clone)]
 struct Entry {
@@ -177,7 +186,46 @@ impl UserCache {
             epochs: std::array::from_fn(|_| AtomicU64::new(0)),
             started: Instant::now(),
             hasher: foldhash::fast::RandomState::default(),
+            flights: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn flights(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Flight>>> {
+        self.flights
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// [`UserCache::fetch`] for a request, joining the read of `id` in flight if there is one.
+    /// A read that an invalidation overtakes is left to those already waiting for it: requests
+    /// that come after the invalidation start a read of their own.
+    async fn fetch_shared(&self, id: &str) -> Result<Option<Arc<UserState>>, ApiError> {
+        let flight = Arc::clone(self.flights().entry(id.to_string()).or_default());
+        let outcome = flight
+            .get_or_init(|| async {
+                self.fetch(id, crate::store::db::PROXY_POOL_WAIT)
+                    .await
+                    .map_err(|e| match e {
+                        ApiError::Unavailable(cause) => (true, cause),
+                        ApiError::Internal(cause) => (false, cause),
+                        other => (false, other.to_string()),
+                    })
+            })
+            .await
+            .clone();
+        {
+            let mut flights = self.flights();
+            if flights.get(id).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
+                flights.remove(id);
+            }
+        }
+        outcome.map_err(|(unavailable, cause)| {
+            if unavailable {
+                ApiError::Unavailable(cause)
+            } else {
+                ApiError::Internal(cause)
+            }
+        })
     }
 
     /// The pool the cache reads users through (also for re-checks of open WebSockets).
@@ -193,6 +241,7 @@ impl UserCache {
     pub fn invalidate(&self, id: &str) {
         self.epoch(id).fetch_add(1, Ordering::AcqRel);
         self.entries.remove(id);
+        self.flights().remove(id);
     }
 
     pub fn invalidate_all(&self) {
@@ -200,6 +249,7 @@ impl UserCache {
             epoch.fetch_add(1, Ordering::AcqRel);
         }
         self.entries.clear();
+        self.flights().clear();
     }
 
     pub fn is_listening(&self) -> bool {
@@ -301,7 +351,7 @@ impl UserCache {
                 return Ok(state.clone());
             }
         }
-        let read = self.fetch(id, crate::store::db::PROXY_POOL_WAIT);
+        let read = self.fetch_shared(id);
         match at_hand {
             Some((_, stale)) => match tokio::time::timeout(STALE_REFRESH_WAIT, read).await {
                 Ok(Ok(state)) => Ok(state),

@@ -152,3 +152,49 @@ async fn a_login_flood_leaves_signed_in_users_and_their_endpoints_served() {
         assert_all_fast_and_fine(what, timings);
     }
 }
+
+/// A burst of concurrent requests of one user whom memory does not hold (a cold start, or
+/// just after a login elsewhere announced a change of theirs) makes one database read, not
+/// one per request: with a single cache connection, none of them gets a 503.
+#[tokio::test]
+async fn a_burst_for_one_uncached_user_shares_one_read() {
+    let up = Upstream::start().await;
+    let app = TestApp::spawn_with(Spawn {
+        config_extra: route("/api/", &[up.addr()], "required", ""),
+        database_extra: "proxy_pool_size = 1\n".into(),
+        ..Spawn::default()
+    })
+    .await;
+    let (token, _) = app.registered("burst@example.com", "BurstPassword1!").await;
+    for round in 0..2 {
+        // A login starts a session: a change of the user that every instance forgets it for.
+        assert_eq!(
+            app.login("burst@example.com", "BurstPassword1!")
+                .await
+                .status(),
+            200
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let requests = (0..200).map(|_| {
+            let client = reqwest::Client::new();
+            let url = app.url("/api/x");
+            let token = token.clone();
+            async move {
+                client
+                    .get(url)
+                    .bearer_auth(token)
+                    .send()
+                    .await
+                    .map_or(0, |r| r.status().as_u16())
+            }
+        });
+        let statuses = futures_util::future::join_all(requests).await;
+        let failed: Vec<_> = statuses.iter().filter(|s| **s != 200).collect();
+        assert!(
+            failed.is_empty(),
+            "round {round}: {} of 200 failed: {:?}",
+            failed.len(),
+            &failed[..failed.len().min(10)]
+        );
+    }
+}
