@@ -63,6 +63,9 @@ impl UserState {
     /// cannot be forwarded with its identity, so it is treated as unknown.
     pub fn of(account: &users::Account, read_at: i64) -> Option<UserState> {
         let user = &account.user;
+        // Sorted by id: a request finds its session by binary search, however many there are.
+        let mut sessions = account.sessions.clone();
+        sessions.sort_unstable_by_key(|(id, _)| *id);
         Some(UserState {
             id_header: http::HeaderValue::from_str(&user.id).ok()?,
             email_header: http::HeaderValue::from_str(&user.email).ok()?,
@@ -71,7 +74,7 @@ impl UserState {
             active: user.is_active,
             email_verified: user.email_verified,
             tokens_valid_after: account.tokens_valid_after,
-            sessions: account.sessions.clone().into_boxed_slice(),
+            sessions: sessions.into_boxed_slice(),
             read_at,
         })
     }
@@ -81,10 +84,19 @@ impl UserState {
     /// cannot refuse the token; it is read again instead (another instance's login is
     /// announced a moment after its answer has gone out).
     pub fn may_predate(&self, token: &Verified) -> bool {
-        token
-            .session_id
-            .is_some_and(|sid| !self.sessions.iter().any(|(id, _)| *id == sid))
-            && token.issued_at.is_some_and(|iat| iat >= self.read_at)
+        token.issued_at.is_some_and(|iat| iat >= self.read_at)
+            && token
+                .session_id
+                .is_some_and(|sid| self.session_end(&sid).is_none())
+    }
+
+    /// When the live session `sid` ends (unix seconds), if it is one of this user's.
+    fn session_end(&self, sid: &uuid::Uuid) -> Option<i64> {
+        self.sessions
+            .binary_search_by(|(id, _)| id.cmp(sid))
+            .ok()
+            .and_then(|i| self.sessions.get(i))
+            .map(|(_, ends)| *ends)
     }
 
     /// Whether `token` (verified, of this user) still counts at `now` (unix seconds): its
@@ -92,10 +104,7 @@ impl UserState {
     /// logout, password change or reset. (Whether the user is active is asked separately.)
     pub fn accepts(&self, token: &Verified, now: i64) -> bool {
         match token.session_id {
-            Some(sid) => self
-                .sessions
-                .iter()
-                .any(|(id, ends)| *id == sid && *ends > now),
+            Some(sid) => self.session_end(&sid).is_some_and(|ends| ends > now),
             None => match self.tokens_valid_after {
                 None => true,
                 Some(after) => token.issued_at.is_some_and(|iat| iat >= after),
@@ -541,6 +550,39 @@ mod tests {
         cache.store("u1", state("u1"), cache.epoch("u1").load(Ordering::Acquire));
         cache.listening.store(false, Ordering::Release);
         assert_eq!(cache.cached("u1", SystemTime::now()), Cached::Unknown);
+    }
+
+    #[test]
+    fn each_of_many_sessions_is_found_whatever_order_they_were_read_in() {
+        let sessions: Vec<(uuid::Uuid, i64)> = (0..300)
+            .map(|i| (uuid::Uuid::new_v4(), 2_000 + i))
+            .collect();
+        let mut account = users::Account {
+            user: users::User {
+                id: "u1".into(),
+                email: "u1@example.com".into(),
+                full_name: None,
+                hashed_password: String::new(),
+                is_active: true,
+                created_at: chrono::NaiveDateTime::default(),
+                email_verified: false,
+            },
+            tokens_valid_after: None,
+            sessions: sessions.clone(),
+        };
+        account.sessions.reverse();
+        let state = UserState::of(&account, 0).unwrap();
+        for (sid, ends) in &sessions {
+            let token = Verified {
+                user_id: "u1".into(),
+                expires_at: 5_000,
+                issued_at: Some(1),
+                session_id: Some(*sid),
+            };
+            assert!(state.accepts(&token, ends - 1));
+            assert!(!state.accepts(&token, *ends));
+            assert!(!state.may_predate(&token));
+        }
     }
 
     #[test]

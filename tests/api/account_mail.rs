@@ -182,7 +182,10 @@ async fn a_reset_link_comes_from_the_configured_base_and_ends_every_session() {
         ..Spawn::default()
     })
     .await;
-    let (registration_token, _) = app.registered("reset@example.com", PASSWORD).await;
+    let (registration_token, user_id) = app.registered("reset@example.com", PASSWORD).await;
+    // A token of the seed's kind (no session) works until the reset.
+    let seed_token = crate::sessions::seed_style_token(&user_id);
+    assert_eq!(app.me(&seed_token).await.status(), 200);
     smtp.wait_for("reset@example.com", 1).await;
     let login: Value = app
         .login("reset@example.com", PASSWORD)
@@ -266,6 +269,7 @@ async fn a_reset_link_comes_from_the_configured_base_and_ends_every_session() {
     }
     assert_eq!(app.me(&access).await.status(), 401);
     assert_eq!(app.me(&registration_token).await.status(), 401);
+    assert_eq!(app.me(&seed_token).await.status(), 401);
     let refreshed = post_json(
         &app,
         "/auth/refresh",

@@ -407,7 +407,8 @@ async fn login_tokens_for(app: &TestApp, email: &str, password: &str) -> Value {
 }
 
 /// An HS256 token as the seed's python-jose code made them: `sub` and `exp` only.
-fn seed_style_token(user_id: &str) -> String {
+/// A token as the seed issued them (no `sid`, no `iat`), for `user_id`, valid 10 minutes.
+pub fn seed_style_token(user_id: &str) -> String {
     let exp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
