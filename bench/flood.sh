@@ -65,7 +65,7 @@ auth = "required"
 CONF
   start "$OUT/gateway-ttl$ttl.log" "$GATEWAY_BIN" --config "$OUT/gateway-ttl$ttl.toml"
   local gw_pid=${pids[-1]}
-  for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$gw/health" >/dev/null && break; sleep 0.1; done
+  for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$gw/ready" >/dev/null && break; sleep 0.1; done
   local token
   token=$(curl -sf -X POST "http://127.0.0.1:$gw/auth/register" -H 'content-type: application/json' \
     -d '{"email":"flood@example.com","password":"FloodPassword123!"}' |

@@ -117,6 +117,10 @@ service "${on_proxy[@]}" target/release/sentinel-gateway --config "$OUT/gateway-
 for p in $UP $NG $HA $BARE $BARET $COREPOOL $CORESTASH $GW $GWLOG; do
   for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$p/" && break; sleep 0.1; done
 done
+# The gateways take requests that need the database once it is migrated.
+for p in $GW $GWLOG; do
+  for _ in $(seq 1 100); do curl -sf -o /dev/null "http://127.0.0.1:$p/ready" && break; sleep 0.1; done
+done
 TOKEN=$(curl -sf -X POST "http://127.0.0.1:$GW/auth/register" -H 'content-type: application/json' \
   -d '{"email":"bench@example.com","password":"BenchPassword123!"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
 curl -sf "http://127.0.0.1:$GW/bench/x" -H "Authorization: Bearer $TOKEN" >/dev/null
