@@ -30,8 +30,9 @@ use crate::store::user_cache::{bounded_cache, BoundedCache, UserCache, UserState
 use crate::store::users::{self, Account, User, UserResponse};
 
 const TOKEN_CACHE_CAPACITY: usize = 20_000;
-/// Password-reset requests worked on at once after their answers; beyond, 503.
-const RESET_JOBS: usize = 64;
+/// Password-reset requests being worked on after their answers (a small future each, waiting
+/// for a connection from the logins' share); beyond, 503 for every address alike.
+const RESET_JOBS: usize = 1024;
 
 pub struct App {
     pub pool: Pool,

@@ -483,8 +483,8 @@ mod tests {
         Arc::new(UserCache::new(ttl, 100, pool, Duration::from_millis(10)))
     }
 
-    fn state(id: &str) -> Option<Arc<UserState>> {
-        let account = users::Account {
+    fn account(id: &str, sessions: Vec<(uuid::Uuid, i64)>) -> users::Account {
+        users::Account {
             user: users::User {
                 id: id.into(),
                 email: format!("{id}@example.com"),
@@ -495,9 +495,12 @@ mod tests {
                 email_verified: false,
             },
             tokens_valid_after: None,
-            sessions: Vec::new(),
-        };
-        UserState::of(&account, 0).map(Arc::new)
+            sessions,
+        }
+    }
+
+    fn state(id: &str) -> Option<Arc<UserState>> {
+        UserState::of(&account(id, Vec::new()), 0).map(Arc::new)
     }
 
     #[test]
@@ -557,19 +560,7 @@ mod tests {
         let sessions: Vec<(uuid::Uuid, i64)> = (0..300)
             .map(|i| (uuid::Uuid::new_v4(), 2_000 + i))
             .collect();
-        let mut account = users::Account {
-            user: users::User {
-                id: "u1".into(),
-                email: "u1@example.com".into(),
-                full_name: None,
-                hashed_password: String::new(),
-                is_active: true,
-                created_at: chrono::NaiveDateTime::default(),
-                email_verified: false,
-            },
-            tokens_valid_after: None,
-            sessions: sessions.clone(),
-        };
+        let mut account = account("u1", sessions.clone());
         account.sessions.reverse();
         let state = UserState::of(&account, 0).unwrap();
         for (sid, ends) in &sessions {

@@ -27,6 +27,11 @@ async fn post_json(app: &TestApp, path: &str, body: Value, token: Option<&str>) 
     Answer::of(req.send().await.unwrap()).await
 }
 
+/// `POST /auth/verify-email` with `token` (anything that serializes: a string, `{}`…).
+async fn verify(app: &TestApp, token: impl serde::Serialize) -> Answer {
+    post_json(app, "/auth/verify-email", json!({ "token": token }), None).await
+}
+
 fn assert_invalid_token(a: &Answer) {
     assert_eq!(
         (a.status, a.text.as_str()),
@@ -72,13 +77,7 @@ async fn registration_mails_a_link_that_verifies_the_address_once() {
     );
     assert_eq!(mail.token().len(), 43);
 
-    let verified = post_json(
-        &app,
-        "/auth/verify-email",
-        json!({"token": mail.token()}),
-        None,
-    )
-    .await;
+    let verified = verify(&app, mail.token()).await;
     assert_eq!(verified.status, 200, "{}", verified.text);
     let user = verified.json();
     assert_eq!(user["email"], "verify@example.com");
@@ -87,20 +86,10 @@ async fn registration_mails_a_link_that_verifies_the_address_once() {
     assert_eq!(me["email_verified"], json!(true));
 
     // Once only; and text that cannot be a token, or no token at all, is refused as such.
-    assert_invalid_token(
-        &post_json(
-            &app,
-            "/auth/verify-email",
-            json!({"token": mail.token()}),
-            None,
-        )
-        .await,
-    );
-    assert_invalid_token(&post_json(&app, "/auth/verify-email", json!({"token": "x"}), None).await);
+    assert_invalid_token(&verify(&app, mail.token()).await);
+    assert_invalid_token(&verify(&app, "x").await);
     let forged = format!("{}A", &mail.token()[..42]);
-    assert_invalid_token(
-        &post_json(&app, "/auth/verify-email", json!({"token": forged}), None).await,
-    );
+    assert_invalid_token(&verify(&app, forged).await);
     let missing = post_json(&app, "/auth/verify-email", json!({}), None).await;
     assert_eq!(missing.status, 422);
     assert_eq!(missing.json()["detail"][0]["loc"], json!(["body", "token"]));
@@ -139,22 +128,8 @@ async fn resending_waits_a_minute_and_voids_the_earlier_link() {
     );
     let second = smtp.wait_for("resend@example.com", 2).await.remove(1);
     assert_ne!(first.token(), second.token());
-    assert_invalid_token(
-        &post_json(
-            &app,
-            "/auth/verify-email",
-            json!({"token": first.token()}),
-            None,
-        )
-        .await,
-    );
-    let ok = post_json(
-        &app,
-        "/auth/verify-email",
-        json!({"token": second.token()}),
-        None,
-    )
-    .await;
+    assert_invalid_token(&verify(&app, first.token()).await);
+    let ok = verify(&app, second.token()).await;
     assert_eq!(ok.status, 200);
 
     age_links(&app, "resend@example.com").await;
@@ -518,13 +493,7 @@ async fn unverified_users_are_refused_on_protected_routes_when_verification_is_r
     assert_eq!(echo.one("x-user-email-verified").as_deref(), Some("false"));
 
     let mail = smtp.wait_for("strict@example.com", 1).await.remove(0);
-    let verified = post_json(
-        &app,
-        "/auth/verify-email",
-        json!({"token": mail.token()}),
-        None,
-    )
-    .await;
+    let verified = verify(&app, mail.token()).await;
     assert_eq!(verified.status, 200);
     let deadline = Instant::now() + Duration::from_secs(1);
     loop {
@@ -584,7 +553,7 @@ async fn expired_links_are_refused_and_mail_whose_link_expired_is_never_sent() {
     let mut smtp = SmtpServer::start().await;
     let app = gateway(&smtp, "").await;
     app.registered("late@example.com", PASSWORD).await;
-    let verify = smtp.wait_for("late@example.com", 1).await.remove(0);
+    let link = smtp.wait_for("late@example.com", 1).await.remove(0);
     let asked = post_json(
         &app,
         "/auth/password-reset",
@@ -601,15 +570,7 @@ async fn expired_links_are_refused_and_mail_whose_link_expired_is_never_sent() {
     )
     .await
     .unwrap();
-    assert_invalid_token(
-        &post_json(
-            &app,
-            "/auth/verify-email",
-            json!({"token": verify.token()}),
-            None,
-        )
-        .await,
-    );
+    assert_invalid_token(&verify(&app, link.token()).await);
     assert_invalid_token(
         &post_json(
             &app,
