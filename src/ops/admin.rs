@@ -208,7 +208,7 @@ async fn run_async(
             users::set_password_hash(&tx, &user.id, &hash)
                 .await
                 .map_err(api)?;
-            let ended = end_everything(&tx, &user.id).await?;
+            let ended = sessions::end_everything(&tx, &user.id).await.map_err(api)?;
             account_tokens::end_all(&tx, &user.id, Purpose::PasswordReset)
                 .await
                 .map_err(api)?;
@@ -226,7 +226,7 @@ async fn run_async(
                 .await
                 .map_err(users::db_error)
                 .map_err(api)?;
-            let ended = end_everything(&tx, &user.id).await?;
+            let ended = sessions::end_everything(&tx, &user.id).await.map_err(api)?;
             tx.commit().await.map_err(users::db_error).map_err(api)?;
             writeln!(
                 out,
@@ -266,17 +266,6 @@ async fn find(db: &deadpool_postgres::Client, who: &str) -> anyhow::Result<users
         None => users::find_by_email(db, who).await.map_err(api)?,
     };
     user.ok_or_else(|| anyhow!("no user with the id or email {who:?}"))
-}
-
-/// Ends every session of the user and every token without one; how many sessions.
-async fn end_everything(db: &impl GenericClient, user_id: &str) -> anyhow::Result<u64> {
-    let ended = sessions::revoke_all_but(db, user_id, None)
-        .await
-        .map_err(api)?;
-    users::refuse_sessionless_tokens(db, user_id)
-        .await
-        .map_err(api)?;
-    Ok(ended)
 }
 
 /// A password from the terminal (not echoed), or the first line of standard input when it is

@@ -207,8 +207,7 @@ async fn end_sessions(
             sessions::revoke_all_but(db, user_id, session.as_ref()).await?;
         }
         (LogoutScope::Global, _) => {
-            sessions::revoke_all_but(db, user_id, None).await?;
-            users::refuse_sessionless_tokens(db, user_id).await?;
+            sessions::end_everything(db, user_id).await?;
         }
     }
     Ok(())

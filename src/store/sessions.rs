@@ -240,6 +240,14 @@ pub async fn revoke_all_but(
         .map_err(db_error)
 }
 
+/// Ends every session of `user_id` and refuses their tokens without one from now on (a global
+/// logout, an operator's revocation); how many sessions were live.
+pub async fn end_everything(db: &impl GenericClient, user_id: &str) -> Result<u64, ApiError> {
+    let ended = revoke_all_but(db, user_id, None).await?;
+    crate::store::users::refuse_sessionless_tokens(db, user_id).await?;
+    Ok(ended)
+}
+
 /// `user_id`'s live sessions, newest first.
 #[tracing::instrument(level = "debug", skip(db))]
 pub async fn list_live(db: &impl GenericClient, user_id: &str) -> Result<Vec<Session>, ApiError> {

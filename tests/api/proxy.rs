@@ -71,15 +71,7 @@ async fn protected_routes_reach_the_upstream_only_with_a_valid_token() {
         other.as_str(),
         tampered.as_str(),
     ] {
-        let a = Answer::of(
-            app.client
-                .get(app.url("/api/things"))
-                .bearer_auth(bad)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let a = app.get_as("/api/things", bad).await;
         assert_eq!(
             (a.status, a.json()),
             (401, json!({"detail": "Invalid token"})),
@@ -524,15 +516,7 @@ async fn failed_proxied_requests_are_logged_without_query_or_raw_bytes() {
         .get("/slow/x?delay_ms=3000&api_key=QUERY_SECRET_1")
         .await;
     assert_eq!(a.status, 504, "{}", a.text);
-    let a = Answer::of(
-        app.client
-            .get(app.url("/broken/y?api_key=QUERY_SECRET_2"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let a = app.get_as("/broken/y?api_key=QUERY_SECRET_2", &token).await;
     assert_eq!(a.status, 502, "{}", a.text);
     let (line, _) = app.log_line("/broken/y").await;
     assert!(line.contains("proxy failed"), "{line}");

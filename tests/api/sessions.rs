@@ -52,15 +52,7 @@ fn assert_invalid_grant(a: &Answer) {
 }
 
 async fn sessions_of(app: &TestApp, access_token: &str) -> Vec<Value> {
-    let a = Answer::of(
-        app.client
-            .get(app.url("/auth/sessions"))
-            .bearer_auth(access_token)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let a = app.get_as("/auth/sessions", access_token).await;
     assert_eq!(a.status, 200, "{}", a.text);
     a.json().as_array().unwrap().clone()
 }
