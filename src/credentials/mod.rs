@@ -7,3 +7,26 @@ pub mod password;
 pub mod rate_limit;
 pub mod refresh;
 pub mod token;
+
+use hmac::digest::KeyInit;
+use sha2::{Digest, Sha256};
+
+/// HMAC-SHA256, the MAC of refresh tokens and sealed link tokens.
+pub(crate) type HmacSha256 = hmac::Hmac<Sha256>;
+
+/// A key of its own for one use (`label`) of `auth.secret_key`: SHA-256 of both. A new secret
+/// retires everything made with any of them.
+pub(crate) fn derive_key(label: &[u8], secret: &str) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    hash.update(label);
+    hash.update(secret.as_bytes());
+    hash.finalize().into()
+}
+
+/// An HMAC under a 32-byte key. HMAC pads a short key with zeros to the block size, so this
+/// is the MAC of the key itself, through the constructor that cannot fail.
+pub(crate) fn keyed_mac(key: &[u8; 32]) -> HmacSha256 {
+    let mut block = [0u8; 64];
+    block[..32].copy_from_slice(key);
+    <HmacSha256 as KeyInit>::new(&block.into())
+}

@@ -17,11 +17,10 @@
 //! mail is dropped rather than sent with a link that cannot work.
 
 use base64::Engine as _;
-use hmac::digest::KeyInit;
-use hmac::{Hmac, Mac};
+use hmac::Mac;
 use sha2::{Digest, Sha256};
 
-type HmacSha256 = Hmac<Sha256>;
+use crate::credentials::{derive_key, keyed_mac};
 
 const TOKEN_BYTES: usize = 32;
 const NONCE_BYTES: usize = 16;
@@ -87,18 +86,13 @@ pub struct SealKey {
 impl SealKey {
     /// The seal key of an `auth.secret_key`.
     pub fn derive(secret: &str) -> SealKey {
-        let mut hash = Sha256::new();
-        hash.update(b"sentinel-gateway mail seal key\0");
-        hash.update(secret.as_bytes());
         SealKey {
-            key: hash.finalize().into(),
+            key: derive_key(b"sentinel-gateway mail seal key\0", secret),
         }
     }
 
     fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
-        let mut block = [0u8; 64];
-        block[..32].copy_from_slice(&self.key);
-        let mut mac = <HmacSha256 as KeyInit>::new(&block.into());
+        let mut mac = keyed_mac(&self.key);
         for part in parts {
             mac.update(part);
         }

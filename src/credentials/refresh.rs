@@ -17,12 +17,10 @@
 //! every refresh token along with every access token.
 
 use base64::Engine as _;
-use hmac::digest::KeyInit;
-use hmac::{Hmac, Mac};
-use sha2::{Digest, Sha256};
-use uuid::Uuid;
+use hmac::Mac;
 
-type HmacSha256 = Hmac<Sha256>;
+use crate::credentials::{derive_key, keyed_mac, HmacSha256};
+use uuid::Uuid;
 
 const LABEL: &[u8] = b"sentinel refresh v1";
 const TOKEN_BYTES: usize = 16 + 4 + 32;
@@ -42,20 +40,13 @@ pub struct RefreshKey {
 impl RefreshKey {
     /// The refresh key of an `auth.secret_key`.
     pub fn derive(secret: &str) -> RefreshKey {
-        let mut hash = Sha256::new();
-        hash.update(b"sentinel-gateway refresh token key\0");
-        hash.update(secret.as_bytes());
         RefreshKey {
-            key: hash.finalize().into(),
+            key: derive_key(b"sentinel-gateway refresh token key\0", secret),
         }
     }
 
     fn mac(&self, session_id: &Uuid, generation: u32) -> HmacSha256 {
-        // HMAC pads a short key with zeros to the block size: the same MAC as a 32-byte key,
-        // through the constructor that cannot fail.
-        let mut block = [0u8; 64];
-        block[..32].copy_from_slice(&self.key);
-        let mut mac = <HmacSha256 as KeyInit>::new(&block.into());
+        let mut mac = keyed_mac(&self.key);
         mac.update(LABEL);
         mac.update(session_id.as_bytes());
         mac.update(&generation.to_be_bytes());
