@@ -46,6 +46,8 @@ url = "postgres://postgres@127.0.0.1/sg_bench"
 login_per_ip_per_minute = 1000000
 login_per_account_per_minute = 1000000
 register_per_ip_per_minute = 1000000
+[admin]
+listen = "127.0.0.1:$(port)"
 [log]
 level = "warn"
 CONF

@@ -56,6 +56,8 @@ login_per_account_per_minute = 100000000
 register_per_ip_per_minute = 100000000
 [proxy]
 user_cache_ttl_seconds = $ttl
+[admin]
+listen = "127.0.0.1:$(port)"
 [log]
 level = "warn"
 [[routes]]

@@ -14,6 +14,8 @@
 #                                                 the writer thread's work is counted too)
 #   BARE_MODE=tuned bench/proxy-instructions.sh    the bare proxy with the gateway's server
 #                                                 settings (see examples/bare_proxy.rs)
+#   METRICS=off bench/proxy-instructions.sh        the gateway without its admin listener, so
+#                                                 without request metrics (default: on)
 #   PEERS=true bench/proxy-instructions.sh         also count nginx as a reverse proxy and the
 #                                                 passthrough on pingora-core without
 #                                                 pingora-proxy (examples/core_proxy.rs, with
@@ -96,6 +98,8 @@ secret_key = "bench-secret-0123456789abcdef0123456789abcdef"
 [log]
 level = "$([ "${ACCESS_LOG:-false}" = true ] && echo info || echo warn)"
 access_log = ${ACCESS_LOG:-false}
+[admin]
+listen = "$([ "${METRICS:-on}" = off ] || echo "127.0.0.1:$(port)")"
 [[routes]]
 prefix = "/bench/"
 upstreams = ["127.0.0.1:$UP"]

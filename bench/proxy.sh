@@ -94,6 +94,8 @@ secret_key = "bench-secret-0123456789abcdef0123456789abcdef"
 [log]
 level = "info"
 access_log = $2
+[admin]
+listen = "127.0.0.1:$(port)"
 [[routes]]
 prefix = "/bench/"
 upstreams = ["127.0.0.1:$UP"]

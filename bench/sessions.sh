@@ -40,7 +40,7 @@ for db in sg_sessions_bench sg_sessions_base seed_sessions_bench; do
 done
 
 # gateway NAME BINARY DATABASE PORT [LIMITS] — a gateway with one protected route to nginx;
-# LIMITS are extra [rate_limit] keys (those an older baseline build does not know).
+# LIMITS are extra [rate_limit] keys and tables (those an older baseline build does not know).
 gateway() {
   cat >"$OUT/$1.toml" <<CONF
 [server]
@@ -70,8 +70,10 @@ json_field() { python3 -c "import json,sys; print(json.load(sys.stdin)[\"$1\"])"
 
 GW=$(port); GW_B=$(port)
 RESET_LIMIT="password_reset_per_ip_per_minute = 100000000"
-gateway gateway target/release/sentinel-gateway sg_sessions_bench "$GW" "$RESET_LIMIT"
-gateway gateway-b target/release/sentinel-gateway sg_sessions_bench "$GW_B" "$RESET_LIMIT"
+# Each gateway's admin listener (metrics) on a port of its own.
+admin() { printf '%s\n[admin]\nlisten = "127.0.0.1:%s"\n' "$RESET_LIMIT" "$(port)"; }
+gateway gateway target/release/sentinel-gateway sg_sessions_bench "$GW" "$(admin)"
+gateway gateway-b target/release/sentinel-gateway sg_sessions_bench "$GW_B" "$(admin)"
 wait_up "http://127.0.0.1:$GW" /ready
 curl -sf -X POST "http://127.0.0.1:$GW/auth/register" -H 'content-type: application/json' \
   -d "{\"email\":\"bench@example.com\",\"password\":\"$PASSWORD\"}" >/dev/null

@@ -11,6 +11,11 @@ if ! command -v chromium >/dev/null; then
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq chromium >/dev/null
 fi
+# Python tools of the integration tests: Prometheus's text parser, an OpenAPI validator.
+if ! python3 -c "import prometheus_client, openapi_spec_validator" 2>/dev/null; then
+  echo "test: installing tests/support/requirements.txt"
+  python3 -m pip install -q --root-user-action=ignore -r tests/support/requirements.txt
+fi
 if ! command -v cargo >/dev/null; then
   echo "test: cargo not found: install a Rust toolchain (https://rustup.rs) and try again" >&2
   exit 1

@@ -25,6 +25,7 @@ use pingora::services::background::BackgroundService;
 use sha2::Digest;
 
 use crate::ops::config::RateLimitConfig;
+use crate::ops::metrics::Limit;
 use crate::own::email;
 
 /// Which limit was hit, and when to come back.
@@ -102,7 +103,23 @@ impl Limiters {
 
     /// One attempt under `key`, unless `limiter` tracks as many keys as it may (then it first
     /// forgets refilled ones, at most once a second, and refuses if that made no room).
-    fn check<K>(&self, limiter: &DefaultKeyedRateLimiter<K>, key: &K) -> Result<(), Limited>
+    fn check<K>(
+        &self,
+        limiter: &DefaultKeyedRateLimiter<K>,
+        key: &K,
+        limit: Limit,
+    ) -> Result<(), Limited>
+    where
+        K: Clone + Eq + std::hash::Hash,
+    {
+        let refused = self.check_quietly(limiter, key);
+        if refused.is_err() {
+            crate::ops::metrics::metrics().rate_limited(limit);
+        }
+        refused
+    }
+
+    fn check_quietly<K>(&self, limiter: &DefaultKeyedRateLimiter<K>, key: &K) -> Result<(), Limited>
     where
         K: Clone + Eq + std::hash::Hash,
     {
@@ -135,21 +152,25 @@ impl Limiters {
     /// One login attempt from `ip` for `account` (a login username): both limits are charged.
     pub fn login(&self, ip: Option<IpAddr>, account: &str) -> Result<(), Limited> {
         if let Some(ip) = ip {
-            self.check(&self.login_ip, &ip_key(ip))?;
+            self.check(&self.login_ip, &ip_key(ip), Limit::LoginIp)?;
         }
-        self.check(&self.login_account, &AccountKey::of(account))
+        self.check(
+            &self.login_account,
+            &AccountKey::of(account),
+            Limit::LoginAccount,
+        )
     }
 
     pub fn register(&self, ip: Option<IpAddr>) -> Result<(), Limited> {
         match ip {
-            Some(ip) => self.check(&self.register_ip, &ip_key(ip)),
+            Some(ip) => self.check(&self.register_ip, &ip_key(ip), Limit::RegisterIp),
             None => Ok(()),
         }
     }
 
     pub fn password_reset(&self, ip: Option<IpAddr>) -> Result<(), Limited> {
         match ip {
-            Some(ip) => self.check(&self.reset_ip, &ip_key(ip)),
+            Some(ip) => self.check(&self.reset_ip, &ip_key(ip), Limit::PasswordResetIp),
             None => Ok(()),
         }
     }

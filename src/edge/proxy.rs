@@ -52,8 +52,8 @@ impl Gateway {
 
 /// Per-request state.
 pub struct RequestCtx {
-    /// When the request began, for the access log (the clock is not read without one).
-    started: Option<Instant>,
+    /// When the request began, for the metrics and the access log.
+    started: Instant,
     /// The client connection (from the front, handed over with each request head).
     connection: Option<Arc<Connection>>,
     request_id: http::HeaderValue,
@@ -640,7 +640,7 @@ impl ProxyHttp for Gateway {
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
-            started: self.app.access_log.then(Instant::now),
+            started: Instant::now(),
             connection: None,
             request_id: http::HeaderValue::from_static(""),
             origin: None,
@@ -688,6 +688,7 @@ impl ProxyHttp for Gateway {
         // The route's read timeout holds for upgrade requests too: until a 101 arrives (504
         // beyond), and then as the upgraded connection's limit on upstream silence.
         let Some(peer) = route.upstreams.select() else {
+            crate::ops::metrics::metrics().upstream_failed(&route.prefix, "no_healthy_upstream");
             return Err(Error::explain(HTTPStatus(502), "no healthy upstream"));
         };
         Ok(Box::new(peer))
@@ -708,6 +709,9 @@ impl ProxyHttp for Gateway {
             .map_or(0, |r| r.upstreams.len().saturating_sub(1));
         if ctx.connect_retries < others {
             ctx.connect_retries += 1;
+            if let Some(route) = ctx.route.and_then(|i| self.app.routes.get(i)) {
+                crate::ops::metrics::metrics().upstream_retried(&route.prefix);
+            }
             e.set_retry(true);
             log_failure(
                 session,
@@ -772,6 +776,21 @@ impl ProxyHttp for Gateway {
             },
         };
         log_failure(session, ctx, e, code, "proxy failed");
+        let upstream_kind = match e.etype() {
+            ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError
+            | ConnectProxyFailure => Some("connect"),
+            ReadTimedout | WriteTimedout if e.esource() == &ErrorSource::Upstream => {
+                Some("timeout")
+            }
+            _ if e.esource() == &ErrorSource::Upstream => Some("other"),
+            _ => None,
+        };
+        if let (Some(kind), Some(route)) = (
+            upstream_kind,
+            ctx.route.and_then(|i| self.app.routes.get(i)),
+        ) {
+            crate::ops::metrics::metrics().upstream_failed(&route.prefix, kind);
+        }
         // Pingora closes the connection after a failed proxy attempt: say so in the answer,
         // so that clients do not send their next request into a closing socket.
         session.set_keepalive(None);
@@ -816,6 +835,17 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let elapsed = ctx.started.elapsed();
+        if self.app.count_requests {
+            let metrics = crate::ops::metrics::metrics();
+            let counted = match (ctx.endpoint, ctx.route.and_then(|i| self.app.routes.get(i))) {
+                (Some(endpoint), _) => metrics.endpoint(endpoint),
+                (None, Some(route)) => &route.metrics,
+                (None, None) => metrics.unmatched(),
+            };
+            counted.observe(status, elapsed);
+        }
         if !self.app.access_log {
             return;
         }
@@ -829,11 +859,8 @@ impl ProxyHttp for Gateway {
             method: req.method.as_str(),
             // The path only: query strings can carry secrets.
             path: req.uri.path(),
-            status: session
-                .response_written()
-                .map(|r| r.status.as_u16())
-                .unwrap_or(0),
-            duration_us: ctx.started.map_or(0, |s| s.elapsed().as_micros() as u64),
+            status,
+            duration_us: elapsed.as_micros() as u64,
             client,
             request_id: ctx.request_id.to_str().unwrap_or_default(),
             endpoint: ctx.endpoint.map(Endpoint::name),

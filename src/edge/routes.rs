@@ -38,6 +38,25 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    /// Every endpoint, once.
+    pub const ALL: [Endpoint; 15] = [
+        Endpoint::Health,
+        Endpoint::Ready,
+        Endpoint::Register,
+        Endpoint::Token,
+        Endpoint::Me,
+        Endpoint::UpdateMe,
+        Endpoint::ChangePassword,
+        Endpoint::Refresh,
+        Endpoint::Logout,
+        Endpoint::Sessions,
+        Endpoint::EndSession,
+        Endpoint::PasswordReset,
+        Endpoint::PasswordResetConfirm,
+        Endpoint::VerifyEmail,
+        Endpoint::ResendVerification,
+    ];
+
     /// Whether the handler reads a request body.
     pub fn reads_body(self) -> bool {
         matches!(
@@ -303,6 +322,17 @@ pub fn classify(method: &Method, path: &[u8]) -> Route {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_endpoint_is_listed_once_in_declaration_order() {
+        assert_eq!(
+            Endpoint::ALL.len(),
+            Endpoint::ResendVerification as usize + 1
+        );
+        for (i, endpoint) in Endpoint::ALL.iter().enumerate() {
+            assert_eq!(*endpoint as usize, i, "{}", endpoint.name());
+        }
+    }
 
     #[test]
     fn seed_paths_and_methods() {

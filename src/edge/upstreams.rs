@@ -96,6 +96,8 @@ pub struct ProxyRoute {
     pub auth: RouteAuth,
     /// The route's upstreams; each one's peer carries the route's connect and read timeouts.
     pub upstreams: Arc<Members>,
+    /// The route's request counts and durations.
+    pub metrics: crate::ops::metrics::RequestMetrics,
 }
 
 /// A route's upstream addresses (in the order their targets were configured), each with its
@@ -155,6 +157,15 @@ impl Members {
             .chain(earlier)
             .find(|m| m.healthy.load(Ordering::Relaxed))
             .map(|m| self.peer(m.addr))
+    }
+
+    /// Each address and whether it passes its health check now.
+    pub fn health(&self) -> Vec<(SocketAddr, bool)> {
+        self.current
+            .load()
+            .iter()
+            .map(|m| (m.addr, m.healthy.load(Ordering::Relaxed)))
+            .collect()
     }
 
     fn set_health(&self, addr: SocketAddr, healthy: bool) {
@@ -319,6 +330,7 @@ pub fn build(
         prefix: route.prefix.clone(),
         auth: route.auth,
         upstreams: members,
+        metrics: crate::ops::metrics::metrics().route(&route.prefix),
     };
     Ok((proxy_route, service))
 }

@@ -161,6 +161,18 @@ pub async fn abandon(db: &impl GenericClient, id: i64, reason: &str) -> Result<(
     Ok(())
 }
 
+/// Mails waiting: neither sent nor abandoned (counted through the due-mail index).
+pub async fn depth(db: &impl GenericClient) -> Result<i64, ApiError> {
+    let stmt = db
+        .prepare_cached(
+            "SELECT count(*) FROM sentinel_outbox WHERE sent_at IS NULL AND abandoned_at IS NULL",
+        )
+        .await
+        .map_err(db_error)?;
+    let row = db.query_one(&stmt, &[]).await.map_err(db_error)?;
+    Ok(row.get(0))
+}
+
 /// Deletes mails sent or abandoned more than a week ago; how many.
 pub async fn prune(db: &impl GenericClient) -> Result<u64, ApiError> {
     let stmt = db

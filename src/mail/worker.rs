@@ -19,6 +19,7 @@ use pingora::services::background::BackgroundService;
 
 use crate::mail::{outbox, TOKEN_MARK};
 use crate::ops::config::{MailConfig, MailTransport};
+use crate::ops::metrics::metrics;
 use crate::own::api::ApiError;
 use crate::own::app::App;
 use crate::store::{account_tokens, users};
@@ -92,17 +93,22 @@ impl MailWorker {
             };
             let db = users::client(&self.app.pool).await?;
             match outcome {
-                Outcome::Sent => outbox::delivered(&db, mail.id).await?,
+                Outcome::Sent => {
+                    outbox::delivered(&db, mail.id).await?;
+                    metrics().mail_sent.inc();
+                }
                 Outcome::Retry(error) => {
                     let delay = self.backoff(mail.attempt);
                     tracing::warn!(outbox_id = mail.id, kind = %mail.kind, attempt = mail.attempt,
                         retry_in_secs = delay.as_secs(), %error, "mail not delivered, will retry");
-                    outbox::retry_later(&db, mail.id, delay, &error).await?
+                    outbox::retry_later(&db, mail.id, delay, &error).await?;
+                    metrics().mail_failed_attempts.inc();
                 }
                 Outcome::GiveUp(reason) => {
                     tracing::warn!(outbox_id = mail.id, kind = %mail.kind, attempt = mail.attempt,
                         %reason, "mail abandoned");
-                    outbox::abandon(&db, mail.id, &reason).await?
+                    outbox::abandon(&db, mail.id, &reason).await?;
+                    metrics().mail_abandoned.inc();
                 }
             }
         }

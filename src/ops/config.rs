@@ -85,7 +85,24 @@ pub struct Config {
     pub log: LogConfig,
     pub proxy: ProxyConfig,
     pub mail: MailConfig,
+    pub admin: AdminConfig,
     pub routes: Vec<RouteConfig>,
+}
+
+/// The admin listener: `GET /metrics` (Prometheus text). Never the public port.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// `host:port`; an empty string turns the admin listener off.
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: "127.0.0.1:9091".into(),
+        }
+    }
 }
 
 /// How mail (password reset, email verification, notices) leaves the gateway.
@@ -440,6 +457,7 @@ pub const ENV_OVERRIDES: &[(&[&str], &str)] = &[
     (&["CORS_ORIGINS", "SENTINEL_CORS_ORIGINS"], "cors.origins"),
     (&["SENTINEL_ALLOW_REGISTRATION"], "auth.allow_registration"),
     (&["SENTINEL_LISTEN"], "server.listen"),
+    (&["SENTINEL_ADMIN_LISTEN"], "admin.listen"),
     (&["SENTINEL_THREADS"], "server.threads"),
     (&["SENTINEL_ENVIRONMENT"], "server.environment"),
     (&["SENTINEL_RUNTIME_DIR"], "server.runtime_dir"),
@@ -535,6 +553,7 @@ impl Config {
                 "mail.from" => self.mail.from = value.to_string(),
                 "mail.app_base_url" => self.mail.app_base_url = value.to_string(),
                 "server.listen" => self.server.listen = value.to_string(),
+                "admin.listen" => self.admin.listen = value.trim().to_string(),
                 "server.threads" => {
                     self.server.threads = value
                         .trim()
@@ -583,6 +602,14 @@ impl Config {
             return invalid(format!(
                 "server.listen must be host:port (an address or a name): {e}"
             ));
+        }
+        if !self.admin.listen.is_empty() {
+            if let Err(e) = crate::edge::upstreams::Target::parse(&self.admin.listen) {
+                return invalid(format!(
+                    "admin.listen must be host:port (an address or a name), or \"\" for no \
+                     admin listener: {e}"
+                ));
+            }
         }
         if self.server.threads == 0 || self.server.threads > 256 {
             return invalid("server.threads must be between 1 and 256".into());
@@ -769,6 +796,42 @@ impl Config {
             return Err(format!(
                 "server.listen {:?} resolves to no address",
                 self.server.listen
+            ));
+        }
+        Ok(addrs)
+    }
+
+    /// The admin listener's addresses (none when `admin.listen` is empty). An address the
+    /// public listener also has is refused: metrics are never served to the public.
+    pub fn admin_addrs(&self) -> Result<Vec<SocketAddr>, String> {
+        if self.admin.listen.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut addrs: Vec<SocketAddr> =
+            std::net::ToSocketAddrs::to_socket_addrs(self.admin.listen.as_str())
+                .map_err(|e| format!("cannot resolve admin.listen {:?}: {e}", self.admin.listen))?
+                .collect();
+        addrs.sort();
+        addrs.dedup();
+        if addrs.is_empty() {
+            return Err(format!(
+                "admin.listen {:?} resolves to no address",
+                self.admin.listen
+            ));
+        }
+        let public = self.listen_addrs()?;
+        let shares_port = |a: &SocketAddr, p: &SocketAddr| {
+            a.port() != 0
+                && a.port() == p.port()
+                && (a.ip() == p.ip() || a.ip().is_unspecified() || p.ip().is_unspecified())
+        };
+        if let Some(clash) = addrs
+            .iter()
+            .find(|a| public.iter().any(|p| shares_port(a, p)))
+        {
+            return Err(format!(
+                "admin.listen {clash} is also the public listener (server.listen); the admin \
+                 listener must have a port of its own"
             ));
         }
         Ok(addrs)

@@ -3,5 +3,6 @@
 
 pub mod admin;
 pub mod config;
+pub mod metrics;
 pub mod server;
 pub mod telemetry;

@@ -53,10 +53,17 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let addrs = config.listen_addrs().map_err(|e| anyhow::anyhow!(e))?;
     // Pingora retries a failed bind for 30 s and then panics inside a task while the process
     // stays up: find out now instead.
+    let admin_addrs = config.admin_addrs().map_err(|e| anyhow::anyhow!(e))?;
     for addr in &addrs {
         std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
     }
+    for addr in &admin_addrs {
+        std::net::TcpListener::bind(addr)
+            .with_context(|| format!("cannot listen on {addr} (admin.listen)"))?;
+    }
 
+    // Defined now, not at a first request.
+    let _ = crate::ops::metrics::metrics();
     let pool = db::pool(&config.database)?;
     let interval = Duration::from_millis(config.proxy.health_check_interval_ms);
     let mut routes = Vec::with_capacity(config.routes.len());
@@ -126,7 +133,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     server.bootstrap();
     let deadlines = Deadlines::start().context("cannot start the request head deadline thread")?;
     let front = Front::new(
-        http_proxy(&server.configuration, Gateway::new(app)),
+        http_proxy(&server.configuration, Gateway::new(Arc::clone(&app))),
         deadlines,
         ClientTimeouts {
             head: Duration::from_millis(config.server.header_timeout_ms),
@@ -135,6 +142,19 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
                 .then(|| Duration::from_millis(config.server.send_timeout_ms)),
         },
     );
+    if !admin_addrs.is_empty() {
+        let mut admin = Service::new(
+            "admin".to_string(),
+            pingora::apps::http_app::HttpServer::new_app(crate::ops::metrics::MetricsApp {
+                app: Arc::clone(&app),
+            }),
+        );
+        for addr in &admin_addrs {
+            admin.add_tcp(&addr.to_string());
+        }
+        admin.threads = Some(1);
+        server.add_service(admin);
+    }
     let mut service = Service::new("sentinel-gateway".to_string(), front);
     for addr in &addrs {
         service.add_tcp(&addr.to_string());
@@ -147,7 +167,8 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     for checker in health_checks {
         server.add_service(checker);
     }
-    tracing::info!(listen = ?addrs, threads = config.server.threads, "sentinel-gateway listening");
+    tracing::info!(listen = ?addrs, admin = ?admin_addrs, threads = config.server.threads,
+        "sentinel-gateway listening");
     server.run(RunArgs {
         shutdown_signal: Box::new(Signals(Arc::clone(&outcome))),
     });

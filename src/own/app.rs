@@ -21,6 +21,7 @@ use crate::edge::upgraded::Upgraded;
 use crate::edge::upstreams::ProxyRoute;
 use crate::mail::{outbox, Letters, Mail};
 use crate::ops::config::Config;
+use crate::ops::metrics::{metrics, LoginOutcome};
 use crate::own::api::{ApiError, Reply};
 use crate::own::email;
 use crate::own::forms::{self, TokenForm};
@@ -72,6 +73,8 @@ pub struct App {
     pub max_header_bytes: usize,
     pub keepalive_seconds: u64,
     pub access_log: bool,
+    /// Whether requests are counted for `/metrics` (off when there is no admin listener).
+    pub count_requests: bool,
     /// Verified against when the email is unknown, so that costs the same as a wrong password.
     dummy_hash: Arc<str>,
     /// Tokens already verified (only verified ones get in), so that a client's every request
@@ -202,6 +205,7 @@ impl App {
             max_header_bytes: config.server.max_header_bytes,
             keepalive_seconds: config.server.keepalive_seconds,
             access_log: config.log.access_log,
+            count_requests: !config.admin.listen.is_empty(),
             dummy_hash: Arc::from(dummy.as_str()),
             verified_tokens: bounded_cache(TOKEN_CACHE_CAPACITY),
             request_ids: RequestIds::new(),
@@ -214,12 +218,14 @@ impl App {
     /// the request's one reading of the clock.
     pub fn verify_token(&self, token: &[u8], now: SystemTime) -> Result<Arc<Verified>, TokenError> {
         if let Some(hit) = self.verified_tokens.get(token) {
+            metrics().token_cache_hit.inc();
             if hit.expires_at > unix_seconds(now) {
                 return Ok(hit);
             }
             self.verified_tokens.remove(token);
             return Err(TokenError::Invalid("expired".into()));
         }
+        metrics().token_cache_miss.inc();
         let text = std::str::from_utf8(token).map_err(|_| TokenError::NotText)?;
         let verified = Arc::new(self.keys.verify(text)?);
         self.verified_tokens.insert(token.into(), verified.clone());
@@ -229,6 +235,10 @@ impl App {
     /// The database was reached and migrated: what needs it may use it.
     pub fn set_ready(&self) {
         self.ready.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// `Err(Unavailable)` (503) until [`App::set_ready`].
@@ -463,10 +473,33 @@ impl App {
     /// same answer.
     #[tracing::instrument(level = "debug", skip_all)]
     async fn login(&self, req: &OwnRequest) -> Result<Reply, ApiError> {
-        let form = match forms::parse_token_form(req.content_type.as_deref(), &req.body).await? {
-            TokenForm::Password(form) => form,
-            TokenForm::Refresh { refresh_token } => return self.refresh_with(&refresh_token).await,
+        let form = forms::parse_token_form(req.content_type.as_deref(), &req.body).await;
+        let form = match form {
+            Ok(TokenForm::Password(form)) => form,
+            Ok(TokenForm::Refresh { refresh_token }) => {
+                return self.refresh_with(&refresh_token).await
+            }
+            Err(e) => {
+                metrics().login(LoginOutcome::Invalid);
+                return Err(e);
+            }
         };
+        let answer = self.password_login(req, form).await;
+        metrics().login(match &answer {
+            Ok(_) => LoginOutcome::Success,
+            Err(ApiError::BadCredentials) => LoginOutcome::Failure,
+            Err(ApiError::TooManyRequests { .. }) => LoginOutcome::RateLimited,
+            Err(ApiError::Unavailable(_) | ApiError::Busy) => LoginOutcome::Unavailable,
+            Err(_) => LoginOutcome::Invalid,
+        });
+        answer
+    }
+
+    async fn password_login(
+        &self,
+        req: &OwnRequest,
+        form: forms::LoginForm,
+    ) -> Result<Reply, ApiError> {
         let account = email::login_account(&form.username);
         // Before any query or hashing; unknown accounts are counted like known ones.
         self.limiters

@@ -186,6 +186,12 @@ pub fn config_text_with(port: u16, db_url: &str, tables: &Tables, extra: &str) -
         "[rate_limit]\nlogin_per_ip_per_minute = 100000\nlogin_per_account_per_minute = 100000\n\
          register_per_ip_per_minute = 100000\n\n"
     };
+    // The admin listener's default port would be shared by every gateway a test starts.
+    let admin = if extra.contains("[admin]") {
+        ""
+    } else {
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n"
+    };
     let listen = if tables.server.contains("listen =") {
         String::new()
     } else {
@@ -200,7 +206,7 @@ pub fn config_text_with(port: u16, db_url: &str, tables: &Tables, extra: &str) -
         "[server]\n{listen}threads = 2\n{server}\n\
          [database]\nurl = \"{db_url}\"\n{database}\n\
          [auth]\nsecret_key = \"{SEED_SECRET}\"\n{auth}\n\
-         [log]\nlevel = \"warn\"\nformat = \"text\"\n\n{limits}{extra}"
+         [log]\nlevel = \"warn\"\nformat = \"text\"\n\n{admin}{limits}{extra}"
     )
 }
 

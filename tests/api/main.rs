@@ -16,6 +16,7 @@ mod goldens;
 mod hostile_input;
 mod login;
 mod me;
+mod metrics;
 mod pg_tls;
 mod proxy;
 mod proxy_streams;

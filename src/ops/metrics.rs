@@ -1,0 +1,474 @@
+//! Prometheus metrics, served as text at `GET /metrics` on the admin listener (`[admin]
+//! listen`), never on the public port.
+//!
+//! Counters and histograms live in one process-wide registry (one gateway per process, as
+//! pingora's model is). The request path touches only handles resolved when the gateway starts
+//! (per route, per own endpoint, per status class): no label lookup, no lock, a few atomic
+//! additions. Gauges that describe state (pools, upstream health, queue depths, the outbox) are
+//! read when Prometheus scrapes.
+
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::edge::routes::Endpoint;
+use crate::own::app::App;
+
+/// Request durations, seconds: from a cached own answer (well under a millisecond) to a slow
+/// upstream.
+const DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The status classes a request is counted under; `none` is a request that got no answer (the
+/// client left, or the connection broke first).
+const STATUS_CLASSES: [&str; 6] = ["none", "1xx", "2xx", "3xx", "4xx", "5xx"];
+
+pub struct Metrics {
+    pub registry: Registry,
+    requests: IntCounterVec,
+    durations: HistogramVec,
+    /// Own endpoints' handles, in [`Endpoint::ALL`] order, and the unmatched requests' (404s,
+    /// 405s, preflights of no route).
+    endpoints: Vec<RequestMetrics>,
+    unmatched: RequestMetrics,
+    upstream_failures: IntCounterVec,
+    upstream_retries: IntCounterVec,
+    upstream_healthy: IntGaugeVec,
+    logins: IntCounterVec,
+    rate_limited: IntCounterVec,
+    pub token_cache_hit: IntCounter,
+    pub token_cache_miss: IntCounter,
+    pub user_cache_hit: IntCounter,
+    pub user_cache_miss: IntCounter,
+    hash_queue: IntGauge,
+    hash_queue_capacity: IntGauge,
+    pool_connections: IntGaugeVec,
+    pool_waiting: IntGaugeVec,
+    listen_connected: IntGauge,
+    pub listen_reconnects: IntCounter,
+    outbox_depth: IntGauge,
+    pub mail_sent: IntCounter,
+    pub mail_failed_attempts: IntCounter,
+    pub mail_abandoned: IntCounter,
+    ready: IntGauge,
+}
+
+/// One request kind's count and duration, per status class.
+#[derive(Clone)]
+pub struct RequestMetrics {
+    counts: [IntCounter; 6],
+    durations: [Histogram; 6],
+}
+
+impl RequestMetrics {
+    /// Counts one request that ended with `status` (0: none sent) after `elapsed`.
+    pub fn observe(&self, status: u16, elapsed: Duration) {
+        let class = match status {
+            100..=599 => usize::from(status / 100),
+            _ => 0,
+        };
+        self.counts[class].inc();
+        self.durations[class].observe(elapsed.as_secs_f64());
+    }
+}
+
+/// How a password login ended.
+#[derive(Debug, Clone, Copy)]
+pub enum LoginOutcome {
+    Success,
+    /// Wrong password, unknown email or inactive account (one answer for all three).
+    Failure,
+    RateLimited,
+    /// The form was malformed (422/400).
+    Invalid,
+    /// The database or the hashing queue could not take it (503).
+    Unavailable,
+}
+
+impl LoginOutcome {
+    fn label(self) -> &'static str {
+        match self {
+            LoginOutcome::Success => "success",
+            LoginOutcome::Failure => "failure",
+            LoginOutcome::RateLimited => "rate_limited",
+            LoginOutcome::Invalid => "invalid",
+            LoginOutcome::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// The limits a request can be refused by (429).
+#[derive(Debug, Clone, Copy)]
+pub enum Limit {
+    LoginIp,
+    LoginAccount,
+    RegisterIp,
+    PasswordResetIp,
+    VerificationResend,
+}
+
+impl Limit {
+    fn label(self) -> &'static str {
+        match self {
+            Limit::LoginIp => "login_ip",
+            Limit::LoginAccount => "login_account",
+            Limit::RegisterIp => "register_ip",
+            Limit::PasswordResetIp => "password_reset_ip",
+            Limit::VerificationResend => "verification_resend",
+        }
+    }
+}
+
+/// Only a programming error (a bad name, a label count that does not match, a name registered
+/// twice) fails here: deterministically, at start-up (`serve` builds the metrics before it
+/// listens), and in every test run (the unit test below builds and renders them).
+#[allow(clippy::panic)]
+fn must<T>(made: prometheus::Result<T>) -> T {
+    made.unwrap_or_else(|e| panic!("metric definition: {e}"))
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let vec = must(IntCounterVec::new(Opts::new(name, help), labels));
+    must(registry.register(Box::new(vec.clone())));
+    vec
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let vec = must(IntGaugeVec::new(Opts::new(name, help), labels));
+    must(registry.register(Box::new(vec.clone())));
+    vec
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = must(IntGauge::new(name, help));
+    must(registry.register(Box::new(g.clone())));
+    g
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = must(IntCounter::new(name, help));
+    must(registry.register(Box::new(c.clone())));
+    c
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let registry = Registry::new();
+        let requests = counter_vec(
+            &registry,
+            "sentinel_http_requests_total",
+            "Requests answered, by kind (own, proxied, unmatched), route or endpoint, and \
+             status class",
+            &["kind", "route", "status_class"],
+        );
+        let durations = must(HistogramVec::new(
+            HistogramOpts::new(
+                "sentinel_http_request_duration_seconds",
+                "Time from the request head to the end of the answer, by kind, route or \
+                 endpoint, and status class",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["kind", "route", "status_class"],
+        ));
+        must(registry.register(Box::new(durations.clone())));
+        let cache = counter_vec(
+            &registry,
+            "sentinel_cache_lookups_total",
+            "Lookups of verified tokens and of users' state, by cache and result (a user miss \
+             is a read from PostgreSQL)",
+            &["cache", "result"],
+        );
+        let mut metrics = Metrics {
+            endpoints: Vec::new(),
+            unmatched: request_metrics(&requests, &durations, "unmatched", ""),
+            upstream_failures: counter_vec(
+                &registry,
+                "sentinel_upstream_failures_total",
+                "Proxied requests that failed because of their upstream, by route and kind \
+                 (connect, timeout, no_healthy_upstream, other)",
+                &["route", "kind"],
+            ),
+            upstream_retries: counter_vec(
+                &registry,
+                "sentinel_upstream_connect_retries_total",
+                "Failed upstream connections retried on another upstream of the route",
+                &["route"],
+            ),
+            upstream_healthy: gauge_vec(
+                &registry,
+                "sentinel_upstream_healthy",
+                "1 if the upstream address passes its health check, else 0",
+                &["route", "upstream"],
+            ),
+            logins: counter_vec(
+                &registry,
+                "sentinel_logins_total",
+                "Password logins by outcome (success, failure, rate_limited, invalid, \
+                 unavailable)",
+                &["outcome"],
+            ),
+            rate_limited: counter_vec(
+                &registry,
+                "sentinel_rate_limit_rejections_total",
+                "Requests refused with 429, by limit",
+                &["limit"],
+            ),
+            token_cache_hit: cache.with_label_values(&["token", "hit"]),
+            token_cache_miss: cache.with_label_values(&["token", "miss"]),
+            user_cache_hit: cache.with_label_values(&["user", "hit"]),
+            user_cache_miss: cache.with_label_values(&["user", "miss"]),
+            hash_queue: gauge(
+                &registry,
+                "sentinel_hash_queue_depth",
+                "Password hashing jobs running or waiting",
+            ),
+            hash_queue_capacity: gauge(
+                &registry,
+                "sentinel_hash_queue_capacity",
+                "Password hashing jobs that may wait at once (beyond, 503)",
+            ),
+            pool_connections: gauge_vec(
+                &registry,
+                "sentinel_db_pool_connections",
+                "PostgreSQL connections by pool (api: own endpoints; proxy: user reads on the \
+                 proxy path) and state (open, idle, max)",
+                &["pool", "state"],
+            ),
+            pool_waiting: gauge_vec(
+                &registry,
+                "sentinel_db_pool_waiting",
+                "Requests waiting for a PostgreSQL connection, by pool",
+                &["pool"],
+            ),
+            listen_connected: gauge(
+                &registry,
+                "sentinel_db_listen_connected",
+                "1 while the LISTEN connection for user changes is up, else 0",
+            ),
+            listen_reconnects: counter(
+                &registry,
+                "sentinel_db_listen_reconnects_total",
+                "LISTEN connections that ended (lost, or failed to connect); each is retried with back-off",
+            ),
+            outbox_depth: gauge(
+                &registry,
+                "sentinel_mail_outbox_depth",
+                "Mails waiting in the outbox (not sent, not abandoned), all instances",
+            ),
+            mail_sent: counter(
+                &registry,
+                "sentinel_mail_sent_total",
+                "Mails this instance delivered",
+            ),
+            mail_failed_attempts: counter(
+                &registry,
+                "sentinel_mail_failed_attempts_total",
+                "Delivery attempts that failed and will be retried",
+            ),
+            mail_abandoned: counter(
+                &registry,
+                "sentinel_mail_abandoned_total",
+                "Mails given up (link expired, refused for good, or too old)",
+            ),
+            ready: gauge(
+                &registry,
+                "sentinel_ready",
+                "1 once PostgreSQL was reached and migrated, else 0",
+            ),
+            requests,
+            durations,
+            registry,
+        };
+        metrics.endpoints = Endpoint::ALL
+            .iter()
+            .map(|e| request_metrics(&metrics.requests, &metrics.durations, "own", e.name()))
+            .collect();
+        #[cfg(target_os = "linux")]
+        must(metrics.registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        )));
+        metrics
+    }
+
+    /// A proxied route's handles (resolved once, when the route is built).
+    pub fn route(&self, prefix: &str) -> RequestMetrics {
+        request_metrics(&self.requests, &self.durations, "proxied", prefix)
+    }
+
+    pub fn endpoint(&self, endpoint: Endpoint) -> &RequestMetrics {
+        // `Endpoint::ALL` is in declaration order (a unit test of routes.rs holds it there).
+        self.endpoints
+            .get(endpoint as usize)
+            .unwrap_or(&self.unmatched)
+    }
+
+    pub fn unmatched(&self) -> &RequestMetrics {
+        &self.unmatched
+    }
+
+    pub fn login(&self, outcome: LoginOutcome) {
+        self.logins.with_label_values(&[outcome.label()]).inc();
+    }
+
+    pub fn rate_limited(&self, limit: Limit) {
+        self.rate_limited.with_label_values(&[limit.label()]).inc();
+    }
+
+    pub fn upstream_failed(&self, route: &str, kind: &'static str) {
+        self.upstream_failures
+            .with_label_values(&[route, kind])
+            .inc();
+    }
+
+    pub fn upstream_retried(&self, route: &str) {
+        self.upstream_retries.with_label_values(&[route]).inc();
+    }
+
+    /// Reads the state gauges from `app` (and the outbox depth from PostgreSQL, waiting at most
+    /// a second), then renders every metric as Prometheus text.
+    pub async fn render(&self, app: &App) -> Vec<u8> {
+        self.hash_queue
+            .set(i64::try_from(app.hasher.in_flight()).unwrap_or(i64::MAX));
+        self.hash_queue_capacity
+            .set(i64::try_from(app.hasher.capacity()).unwrap_or(i64::MAX));
+        for (name, pool) in [("api", &app.pool), ("proxy", app.users.pool())] {
+            let status = pool.status();
+            let set = |state: &str, n: usize| {
+                self.pool_connections
+                    .with_label_values(&[name, state])
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            };
+            set("open", status.size);
+            set("idle", status.available);
+            set("max", status.max_size);
+            self.pool_waiting
+                .with_label_values(&[name])
+                .set(i64::try_from(status.waiting).unwrap_or(i64::MAX));
+        }
+        self.listen_connected
+            .set(i64::from(app.users.is_listening()));
+        self.ready.set(i64::from(app.is_ready()));
+        for route in &app.routes {
+            for (addr, healthy) in route.upstreams.health() {
+                self.upstream_healthy
+                    .with_label_values(&[route.prefix.as_str(), &addr.to_string()])
+                    .set(i64::from(healthy));
+            }
+        }
+        if app.is_ready() {
+            match tokio::time::timeout(Duration::from_secs(1), outbox_depth(app)).await {
+                Ok(Ok(depth)) => self.outbox_depth.set(depth),
+                Ok(Err(e)) => tracing::debug!(error = %e, "metrics: outbox depth not read"),
+                Err(_) => tracing::debug!("metrics: outbox depth not read within 1 s"),
+            }
+        }
+        let mut text = Vec::with_capacity(16 * 1024);
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut text) {
+            tracing::warn!(error = %e, "metrics could not be rendered");
+        }
+        text
+    }
+}
+
+fn request_metrics(
+    requests: &IntCounterVec,
+    durations: &HistogramVec,
+    kind: &str,
+    route: &str,
+) -> RequestMetrics {
+    RequestMetrics {
+        counts: STATUS_CLASSES.map(|class| requests.with_label_values(&[kind, route, class])),
+        durations: STATUS_CLASSES.map(|class| durations.with_label_values(&[kind, route, class])),
+    }
+}
+
+async fn outbox_depth(app: &App) -> Result<i64, crate::own::api::ApiError> {
+    let db = crate::store::users::client(&app.pool).await?;
+    crate::mail::outbox::depth(&db).await
+}
+
+/// The process's metrics.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+    &METRICS
+}
+
+/// `GET /metrics` on the admin listener (anything else: 404).
+pub struct MetricsApp {
+    pub app: Arc<App>,
+}
+
+#[async_trait::async_trait]
+impl pingora::apps::http_app::ServeHttp for MetricsApp {
+    async fn response(
+        &self,
+        session: &mut pingora::protocols::http::ServerSession,
+    ) -> http::Response<Vec<u8>> {
+        let head = session.req_header();
+        let (status, content_type, body) = if head.uri.path() != "/metrics" {
+            (404, "text/plain; charset=utf-8", b"not found\n".to_vec())
+        } else if head.method != http::Method::GET && head.method != http::Method::HEAD {
+            (
+                405,
+                "text/plain; charset=utf-8",
+                b"method not allowed\n".to_vec(),
+            )
+        } else {
+            (
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                metrics().render(&self.app).await,
+            )
+        };
+        let mut response = http::Response::new(body);
+        *response.status_mut() = http::StatusCode::from_u16(status).unwrap_or_default();
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static(content_type),
+        );
+        let length = http::HeaderValue::from(response.body().len());
+        response
+            .headers_mut()
+            .insert(http::header::CONTENT_LENGTH, length);
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_defined_and_rendered() {
+        let m = Metrics::new();
+        m.route("/api/").observe(200, Duration::from_millis(3));
+        m.endpoint(Endpoint::Token)
+            .observe(401, Duration::from_micros(800));
+        m.unmatched().observe(0, Duration::ZERO);
+        m.login(LoginOutcome::Success);
+        m.rate_limited(Limit::LoginIp);
+        m.upstream_failed("/api/", "connect");
+        let mut text = Vec::new();
+        TextEncoder::new()
+            .encode(&m.registry.gather(), &mut text)
+            .unwrap();
+        let text = String::from_utf8(text).unwrap();
+        for line in [
+            r#"sentinel_http_requests_total{kind="proxied",route="/api/",status_class="2xx"} 1"#,
+            r#"sentinel_http_requests_total{kind="own",route="token",status_class="4xx"} 1"#,
+            r#"sentinel_http_requests_total{kind="unmatched",route="",status_class="none"} 1"#,
+            r#"sentinel_http_request_duration_seconds_bucket{kind="proxied",route="/api/",status_class="2xx",le="0.005"} 1"#,
+            r#"sentinel_http_request_duration_seconds_bucket{kind="proxied",route="/api/",status_class="2xx",le="0.0025"} 0"#,
+            r#"sentinel_logins_total{outcome="success"} 1"#,
+            r#"sentinel_rate_limit_rejections_total{limit="login_ip"} 1"#,
+            r#"sentinel_upstream_failures_total{kind="connect",route="/api/"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line}\n{text}");
+        }
+    }
+}
