@@ -74,6 +74,10 @@ pub struct Limiters {
     started: std::time::Instant,
 }
 
+/// `last_reclaim_ms` before the first reclaim (which may then come at any time, even within
+/// the first second).
+const NEVER_RECLAIMED: u64 = u64::MAX;
+
 fn per_minute(n: u32) -> Quota {
     Quota::per_minute(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN))
 }
@@ -87,7 +91,7 @@ impl Limiters {
             reset_ip: RateLimiter::keyed(per_minute(config.password_reset_per_ip_per_minute)),
             clock: DefaultClock::default(),
             max_keys: config.max_tracked_keys,
-            last_reclaim_ms: AtomicU64::new(0),
+            last_reclaim_ms: AtomicU64::new(NEVER_RECLAIMED),
             started: std::time::Instant::now(),
         }
     }
@@ -126,7 +130,7 @@ impl Limiters {
         if limiter.len() >= self.max_keys {
             let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
             let last = self.last_reclaim_ms.load(Ordering::Relaxed);
-            if now.saturating_sub(last) >= 1000
+            if (last == NEVER_RECLAIMED || now.saturating_sub(last) >= 1000)
                 && self
                     .last_reclaim_ms
                     .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
