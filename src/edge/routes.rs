@@ -35,11 +35,17 @@ pub enum Endpoint {
     PasswordResetConfirm,
     VerifyEmail,
     ResendVerification,
+    /// `GET /openapi.json` (with `[docs] enabled`).
+    OpenApi,
+    /// `GET /docs`, the Swagger UI page.
+    Docs,
+    /// `GET /docs/{asset}`: the page's scripts, styles and icon.
+    DocsAsset,
 }
 
 impl Endpoint {
     /// Every endpoint, once.
-    pub const ALL: [Endpoint; 15] = [
+    pub const ALL: [Endpoint; 18] = [
         Endpoint::Health,
         Endpoint::Ready,
         Endpoint::Register,
@@ -55,7 +61,18 @@ impl Endpoint {
         Endpoint::PasswordResetConfirm,
         Endpoint::VerifyEmail,
         Endpoint::ResendVerification,
+        Endpoint::OpenApi,
+        Endpoint::Docs,
+        Endpoint::DocsAsset,
     ];
+
+    /// The API documentation's endpoints (served only with `[docs] enabled`).
+    pub fn is_docs(self) -> bool {
+        matches!(
+            self,
+            Endpoint::OpenApi | Endpoint::Docs | Endpoint::DocsAsset
+        )
+    }
 
     /// Whether the handler reads a request body.
     pub fn reads_body(self) -> bool {
@@ -89,6 +106,9 @@ impl Endpoint {
             Endpoint::PasswordResetConfirm => "password_reset_confirm",
             Endpoint::VerifyEmail => "verify_email",
             Endpoint::ResendVerification => "resend_verification",
+            Endpoint::OpenApi => "openapi",
+            Endpoint::Docs => "docs",
+            Endpoint::DocsAsset => "docs_asset",
         }
     }
 }
@@ -111,6 +131,14 @@ pub enum Route {
 pub struct Router {
     /// (prefix, index into the config's routes, auth)
     prefixes: Vec<(String, usize, RouteAuth)>,
+    /// Whether `/openapi.json` and `/docs` are served (`[docs] enabled`); if not, their paths
+    /// are the routes' like any other.
+    docs: bool,
+}
+
+/// Whether `path` is one of the API documentation's paths.
+fn is_docs_path(path: &[u8]) -> bool {
+    matches!(classify(&Method::GET, path), Route::Own(e) if e.is_docs())
 }
 
 impl Router {
@@ -121,7 +149,16 @@ impl Router {
             .map(|(i, r)| (r.prefix.clone(), i, r.auth))
             .collect();
         prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
-        Router { prefixes }
+        Router {
+            prefixes,
+            docs: true,
+        }
+    }
+
+    /// Serves the API documentation or not (on by default).
+    pub fn with_docs(mut self, docs: bool) -> Router {
+        self.docs = docs;
+        self
     }
 
     /// The gateway's own endpoints first, then the routes, both on the path as
@@ -132,6 +169,8 @@ impl Router {
         };
         match classify(method, &path.matched) {
             Route::NotFound => {}
+            Route::Own(e) if e.is_docs() && !self.docs => {}
+            Route::MethodNotAllowed(_) if !self.docs && is_docs_path(&path.matched) => {}
             own => return Routed::to(own),
         }
         let route = self
@@ -276,6 +315,17 @@ pub fn classify(method: &Method, path: &[u8]) -> Route {
         b"/health" => Route::MethodNotAllowed("GET"),
         b"/ready" if get => Route::Own(Endpoint::Ready),
         b"/ready" => Route::MethodNotAllowed("GET"),
+        b"/openapi.json" if get => Route::Own(Endpoint::OpenApi),
+        b"/openapi.json" => Route::MethodNotAllowed("GET"),
+        b"/docs" if get => Route::Own(Endpoint::Docs),
+        b"/docs" => Route::MethodNotAllowed("GET"),
+        [b'/', b'd', b'o', b'c', b's', b'/', name @ ..] if crate::own::docs::is_asset(name) => {
+            if get {
+                Route::Own(Endpoint::DocsAsset)
+            } else {
+                Route::MethodNotAllowed("GET")
+            }
+        }
         b"/auth/register" if method == Method::POST => Route::Own(Endpoint::Register),
         b"/auth/register" => Route::MethodNotAllowed("POST"),
         b"/auth/token" if method == Method::POST => Route::Own(Endpoint::Token),
@@ -325,10 +375,7 @@ mod tests {
 
     #[test]
     fn every_endpoint_is_listed_once_in_declaration_order() {
-        assert_eq!(
-            Endpoint::ALL.len(),
-            Endpoint::ResendVerification as usize + 1
-        );
+        assert_eq!(Endpoint::ALL.len(), Endpoint::DocsAsset as usize + 1);
         for (i, endpoint) in Endpoint::ALL.iter().enumerate() {
             assert_eq!(*endpoint as usize, i, "{}", endpoint.name());
         }

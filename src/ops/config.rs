@@ -86,7 +86,21 @@ pub struct Config {
     pub proxy: ProxyConfig,
     pub mail: MailConfig,
     pub admin: AdminConfig,
+    pub docs: DocsConfig,
     pub routes: Vec<RouteConfig>,
+}
+
+/// `GET /openapi.json` and the Swagger UI page at `GET /docs`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DocsConfig {
+    pub enabled: bool,
+}
+
+impl Default for DocsConfig {
+    fn default() -> Self {
+        DocsConfig { enabled: true }
+    }
 }
 
 /// The admin listener: `GET /metrics` (Prometheus text). Never the public port.
@@ -458,6 +472,7 @@ pub const ENV_OVERRIDES: &[(&[&str], &str)] = &[
     (&["SENTINEL_ALLOW_REGISTRATION"], "auth.allow_registration"),
     (&["SENTINEL_LISTEN"], "server.listen"),
     (&["SENTINEL_ADMIN_LISTEN"], "admin.listen"),
+    (&["SENTINEL_DOCS_ENABLED"], "docs.enabled"),
     (&["SENTINEL_THREADS"], "server.threads"),
     (&["SENTINEL_ENVIRONMENT"], "server.environment"),
     (&["SENTINEL_RUNTIME_DIR"], "server.runtime_dir"),
@@ -554,6 +569,7 @@ impl Config {
                 "mail.app_base_url" => self.mail.app_base_url = value.to_string(),
                 "server.listen" => self.server.listen = value.to_string(),
                 "admin.listen" => self.admin.listen = value.trim().to_string(),
+                "docs.enabled" => self.docs.enabled = parse_bool(value).map_err(bad)?,
                 "server.threads" => {
                     self.server.threads = value
                         .trim()

@@ -172,7 +172,7 @@ impl App {
         Ok(App {
             upgraded: Upgraded::new(users.pool().clone()),
             pool,
-            router: Router::new(&config.routes),
+            router: Router::new(&config.routes).with_docs(config.docs.enabled),
             routes,
             users,
             limiters,
@@ -253,7 +253,7 @@ impl App {
     }
 
     pub async fn handle(self: &Arc<Self>, endpoint: Endpoint, req: &OwnRequest) -> Reply {
-        if endpoint != Endpoint::Health {
+        if endpoint != Endpoint::Health && !endpoint.is_docs() {
             if let Err(e) = self.check_ready() {
                 return e.into_reply();
             }
@@ -274,6 +274,9 @@ impl App {
             Endpoint::PasswordResetConfirm => self.confirm_password_reset(req).await,
             Endpoint::VerifyEmail => self.verify_email(req).await,
             Endpoint::ResendVerification => self.resend_verification(req).await,
+            Endpoint::OpenApi => Ok(crate::own::docs::openapi()),
+            Endpoint::Docs => Ok(crate::own::docs::page()),
+            Endpoint::DocsAsset => Ok(crate::own::docs::asset(&req.path)),
         };
         result.unwrap_or_else(ApiError::into_reply)
     }

@@ -162,7 +162,7 @@ async fn the_refresh_token_travels_only_in_a_strict_cookie_that_upstreams_never_
 
 /// Runs headless Chromium on `url` with the profile in `profile` until the page settles;
 /// the JSON the page wrote into `<pre id="result">`.
-fn run_page(profile: &Path, url: &str) -> Value {
+pub(crate) fn run_page(profile: &Path, url: &str) -> Value {
     let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
         .into_iter()
         .find(|p| Path::new(p).exists())
@@ -196,14 +196,14 @@ fn run_page(profile: &Path, url: &str) -> Value {
 }
 
 /// [`run_page`], off the test's runtime thread.
-async fn in_chromium(profile: &TempDir, url: String) -> Value {
+pub(crate) async fn in_chromium(profile: &TempDir, url: String) -> Value {
     let profile = profile.0.clone();
     tokio::task::spawn_blocking(move || run_page(&profile, &url))
         .await
         .unwrap()
 }
 
-fn page(script: &str) -> String {
+pub(crate) fn page(script: &str) -> String {
     format!(
         "<!doctype html><html><body><pre id=\"result\">pending</pre><script>\n\
          (async () => {{ const out = {{}}; try {{ {script} }} catch (e) {{ out.error = String(e); }}\n\

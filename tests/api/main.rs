@@ -11,6 +11,7 @@ mod attacks;
 mod browser;
 mod cors;
 mod db_outage;
+mod docs;
 mod flood;
 mod goldens;
 mod hostile_input;
