@@ -1,4 +1,5 @@
-//! `sentinel-gateway [--config FILE] [serve | migrate | check-config | users …]`
+//! `sentinel-gateway [--config FILE] [serve [--upgrade] [--daemon] | migrate | check-config |
+//! users …]`
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use sentinel_gateway::ops::admin::UsersCommand;
 use sentinel_gateway::ops::config::{Config, Sources};
-use sentinel_gateway::ops::{admin, server, telemetry};
+use sentinel_gateway::ops::{admin, process, server, telemetry};
 
 /// mimalloc rather than glibc's malloc: a proxied request makes dozens of small allocations
 /// (pingora's header maps and futures among them), and `bench/proxy-instructions.sh` showed
@@ -36,7 +37,18 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway (the default).
-    Serve,
+    Serve {
+        /// Take over from the gateway running with the same `server.runtime_dir`: its
+        /// listening sockets are handed over, it finishes what it is serving and exits, and
+        /// this process (a new binary, or a new configuration) serves on. No connection is
+        /// refused meanwhile.
+        #[arg(long)]
+        upgrade: bool,
+        /// Run in the background: return (exit 0) once serving, or exit 1 if start-up fails.
+        /// For systemd's `Type=forking` (see `conf/sentinel-gateway.service`).
+        #[arg(long)]
+        daemon: bool,
+    },
     /// Apply database migrations and exit.
     Migrate,
     /// Validate the configuration and print it, secrets redacted.
@@ -66,8 +78,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let command = cli.command.unwrap_or(Command::Serve);
-    if let (Command::Serve, Err(e)) = (&command, config.require_secret()) {
+    let command = cli.command.unwrap_or(Command::Serve {
+        upgrade: false,
+        daemon: false,
+    });
+    if let (Command::Serve { .. }, Err(e)) = (&command, config.require_secret()) {
         eprintln!("sentinel-gateway: {e}");
         return ExitCode::from(2);
     }
@@ -97,9 +112,16 @@ fn main() -> ExitCode {
                 );
             })
         }
-        Command::Serve => {
+        Command::Serve { upgrade, daemon } => {
+            // Before any thread exists (logging starts one): a fork keeps only the caller.
+            if daemon {
+                if let Err(e) = process::daemonize() {
+                    eprintln!("sentinel-gateway: {e:#}");
+                    return ExitCode::FAILURE;
+                }
+            }
             let _log = telemetry::init(&config.log);
-            server::serve(config)
+            server::serve(config, server::ServeOptions { upgrade })
         }
         // No log set-up: what the command does is its output, and errors its one line.
         Command::Users { command } => admin::run(&config, command, &mut std::io::stdout()),

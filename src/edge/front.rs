@@ -272,6 +272,18 @@ impl Front {
     }
 }
 
+/// Set once the listener has stopped: see [`Front::cleanup`].
+static DRAINING: AtomicBool = AtomicBool::new(false);
+
+/// How long idle keep-alive connections may still send a request after the listener stops.
+/// Within `server.shutdown_grace_seconds` (the runtime ends with it).
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Whether the gateway is draining: every answer closes its connection.
+pub fn draining() -> bool {
+    DRAINING.load(Ordering::Relaxed)
+}
+
 #[async_trait]
 impl ServerApp for Front {
     /// Pingora's own HTTP/1 loop (`impl ServerApp for HttpServerApp`, without h2c and TLS, which
@@ -320,7 +332,13 @@ impl ServerApp for Front {
         }
     }
 
+    /// The listener has stopped (shutdown, or an upgrade handing the sockets over). Each
+    /// request from now on is answered with `Connection: close` ([`draining`]); connections
+    /// waiting for their next request get [`LINGER`] to send it before they are dropped,
+    /// since dropping one at the moment its client sends would fail that request.
     async fn cleanup(&self) {
+        DRAINING.store(true, Ordering::Relaxed);
+        tokio::time::sleep(LINGER).await;
         self.proxy.http_cleanup().await;
     }
 }

@@ -654,6 +654,9 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if crate::edge::front::draining() {
+            session.set_keepalive(None);
+        }
         match self.decide(session, ctx)? {
             // The upstream head is ready.
             None => Ok(false),

@@ -363,7 +363,7 @@ impl Default for ServerConfig {
             body_timeout_ms: 10_000,
             max_header_bytes: 32 * 1024,
             send_timeout_ms: 60_000,
-            shutdown_grace_seconds: 0,
+            shutdown_grace_seconds: 2,
             shutdown_timeout_seconds: 3,
             runtime_dir: None,
         }

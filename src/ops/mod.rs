@@ -4,5 +4,6 @@
 pub mod admin;
 pub mod config;
 pub mod metrics;
+pub mod process;
 pub mod server;
 pub mod telemetry;

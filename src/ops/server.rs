@@ -19,6 +19,7 @@ use crate::edge::front::{ClientTimeouts, Deadlines, Front};
 use crate::edge::proxy::Gateway;
 use crate::edge::upstreams;
 use crate::ops::config::Config;
+use crate::ops::process;
 use crate::own::app::App;
 use crate::store::db;
 use crate::store::user_cache::{UserCache, UserChangeListener};
@@ -48,18 +49,43 @@ async fn connect_and_migrate(
 /// database answer 503 until [`DatabaseStartup`] has reached PostgreSQL and migrated it, and
 /// a database that does not answer within `database.startup_wait_seconds` (or cannot be
 /// adopted) ends the process with one line.
-pub fn serve(config: Config) -> anyhow::Result<()> {
+///
+/// With `options.upgrade` it takes over from the gateway running with the same runtime
+/// directory instead: the database is reached and migrated first, then that gateway is asked
+/// (SIGQUIT) to hand its listening sockets over; it stops accepting a few seconds later,
+/// finishes its requests and exits, while this process serves on the same sockets.
+pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     config.require_secret()?;
     let addrs = config.listen_addrs().map_err(|e| anyhow::anyhow!(e))?;
-    // Pingora retries a failed bind for 30 s and then panics inside a task while the process
-    // stays up: find out now instead.
     let admin_addrs = config.admin_addrs().map_err(|e| anyhow::anyhow!(e))?;
-    for addr in &addrs {
-        std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
-    }
-    for addr in &admin_addrs {
-        std::net::TcpListener::bind(addr)
-            .with_context(|| format!("cannot listen on {addr} (admin.listen)"))?;
+    let runtime_dir = RuntimeDir::create(config.server.runtime_dir.clone())?;
+    // The gateway to take over from: its listening sockets come to this process, so they are
+    // not bound here.
+    let predecessor = if options.upgrade {
+        if runtime_dir.owned {
+            anyhow::bail!(
+                "--upgrade needs server.runtime_dir (SENTINEL_RUNTIME_DIR): the directory where \
+                 the running gateway keeps its pid file and upgrade socket"
+            );
+        }
+        Some(process::running_gateway(&runtime_dir.path)?)
+    } else {
+        // Pingora retries a failed bind for 30 s and then panics inside a task while the
+        // process stays up: find out now instead.
+        for addr in &addrs {
+            std::net::TcpListener::bind(addr)
+                .with_context(|| format!("cannot listen on {addr}"))?;
+        }
+        for addr in &admin_addrs {
+            std::net::TcpListener::bind(addr)
+                .with_context(|| format!("cannot listen on {addr} (admin.listen)"))?;
+        }
+        None
+    };
+    if predecessor.is_some() {
+        // The database is reached and migrated before the sockets are taken over: from its
+        // first request on, this process answers as the one it replaces did, never 503.
+        migrate(&config)?;
     }
 
     // Defined now, not at a first request.
@@ -113,7 +139,9 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         database: config.database.clone(),
     };
 
-    let runtime_dir = RuntimeDir::create(config.server.runtime_dir.clone())?;
+    if predecessor.is_some() {
+        app.set_ready();
+    }
     let server_conf = ServerConf {
         threads: config.server.threads,
         work_stealing: config.server.work_stealing,
@@ -129,8 +157,18 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         fast_timeout_to_tokio_threshold_seconds: Some(0),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, server_conf);
+    let opt = pingora::server::configuration::Opt {
+        upgrade: predecessor.is_some(),
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), server_conf);
+    if let Some(pid) = predecessor {
+        // It retries sending its sockets until `bootstrap` below listens for them.
+        process::ask_to_hand_over(pid)?;
+        tracing::info!(pid, "taking over the running gateway's listening sockets");
+    }
     server.bootstrap();
+    let _pid_file = process::PidFile::write(&runtime_dir.path)?;
     let deadlines = Deadlines::start().context("cannot start the request head deadline thread")?;
     let front = Front::new(
         http_proxy(&server.configuration, Gateway::new(Arc::clone(&app))),
@@ -164,6 +202,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     server.add_service(background_service("user change listener", listener));
     server.add_service(background_service("rate limiter janitor", janitor));
     server.add_service(background_service("mail worker", mail_worker));
+    server.add_service(background_service("ready notice", ReadyNotice(addrs.clone())));
     for checker in health_checks {
         server.add_service(checker);
     }
@@ -176,6 +215,39 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     match outcome.failure() {
         Some(reason) => Err(anyhow::anyhow!(reason)),
         None => Ok(()),
+    }
+}
+
+/// How `serve` starts.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ServeOptions {
+    /// Take over from the gateway running with the same runtime directory (`serve --upgrade`).
+    pub upgrade: bool,
+}
+
+/// Tells the parent of `serve --daemon` that the server is serving: once a connection to each
+/// public address succeeds (the listening service binds its sockets as it starts).
+struct ReadyNotice(Vec<std::net::SocketAddr>);
+
+#[async_trait::async_trait]
+impl BackgroundService for ReadyNotice {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        for addr in &self.0 {
+            let mut target = *addr;
+            if target.ip().is_unspecified() {
+                target.set_ip(match target {
+                    std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                    std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                });
+            }
+            while tokio::net::TcpStream::connect(target).await.is_err() {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
+        }
+        process::notify_ready();
     }
 }
 

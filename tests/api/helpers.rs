@@ -192,6 +192,12 @@ pub fn config_text_with(port: u16, db_url: &str, tables: &Tables, extra: &str) -
     } else {
         "[admin]\nlisten = \"127.0.0.1:0\"\n\n"
     };
+    // Tests stop their gateways at once (SIGTERM's drain is tested where it matters).
+    let grace = if tables.server.contains("shutdown_grace_seconds") {
+        ""
+    } else {
+        "shutdown_grace_seconds = 0\n"
+    };
     let listen = if tables.server.contains("listen =") {
         String::new()
     } else {
@@ -203,7 +209,7 @@ pub fn config_text_with(port: u16, db_url: &str, tables: &Tables, extra: &str) -
         auth,
     } = tables;
     format!(
-        "[server]\n{listen}threads = 2\n{server}\n\
+        "[server]\n{listen}threads = 2\n{grace}{server}\n\
          [database]\nurl = \"{db_url}\"\n{database}\n\
          [auth]\nsecret_key = \"{SEED_SECRET}\"\n{auth}\n\
          [log]\nlevel = \"warn\"\nformat = \"text\"\n\n{admin}{limits}{extra}"

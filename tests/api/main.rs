@@ -26,3 +26,4 @@ mod register;
 mod sessions;
 mod slow_clients;
 mod startup;
+mod upgrade;
