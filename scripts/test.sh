@@ -4,15 +4,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-deps.sh
-# The browser tests (tests/api/browser.rs) drive Debian's Chromium headless.
-if ! command -v chromium >/dev/null; then
-  echo "test: installing chromium for the browser tests"
+# The browser tests (tests/api/browser.rs, docs.rs) drive Debian's Chromium headless; the
+# packaging tests check the systemd unit with systemd-analyze.
+need=()
+command -v chromium >/dev/null || need+=(chromium)
+command -v systemd-analyze >/dev/null || need+=(systemd)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "test: installing ${need[*]} for the browser and packaging tests"
   as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
   as_root apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq chromium >/dev/null
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-# Python tools of the integration tests: Prometheus's text parser, an OpenAPI validator.
-if ! python3 -c "import prometheus_client, openapi_spec_validator" 2>/dev/null; then
+# Tools of the integration tests from PyPI: Prometheus's text parser, an OpenAPI validator,
+# hadolint.
+if ! python3 -c "import prometheus_client, openapi_spec_validator" 2>/dev/null \
+  || ! command -v hadolint >/dev/null; then
   echo "test: installing tests/support/requirements.txt"
   python3 -m pip install -q --root-user-action=ignore -r tests/support/requirements.txt
 fi

@@ -51,6 +51,9 @@ enum Command {
     },
     /// Apply database migrations and exit.
     Migrate,
+    /// Exit 0 if the gateway on the configured listener answers `GET /health` with 200 within
+    /// 3 s, else 1 (for a container's HEALTHCHECK).
+    Health,
     /// Validate the configuration and print it, secrets redacted.
     CheckConfig,
     /// Manage users in the configured database (passwords from a prompt or stdin).
@@ -87,6 +90,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let result = match command {
+        Command::Health => process::check_health(&config, std::time::Duration::from_secs(3)),
         Command::CheckConfig => {
             print!("{}", config.redacted_toml());
             if let Err(e) = config.require_secret() {

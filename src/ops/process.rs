@@ -122,3 +122,36 @@ pub fn ask_to_hand_over(pid: u32) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `sentinel-gateway health`: `GET /health` on the configured listener (loopback when it
+/// listens on every address), for a container's `HEALTHCHECK`, where no HTTP client is
+/// installed. Ok when it answers 200 within `within`.
+pub fn check_health(
+    config: &crate::ops::config::Config,
+    within: std::time::Duration,
+) -> anyhow::Result<()> {
+    let addrs = config.listen_addrs().map_err(|e| anyhow::anyhow!(e))?;
+    let mut target = *addrs.first().context("server.listen has no address")?;
+    if target.ip().is_unspecified() {
+        target.set_ip(match target {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let mut stream = std::net::TcpStream::connect_timeout(&target, within)
+        .with_context(|| format!("cannot connect to {target}"))?;
+    stream.set_read_timeout(Some(within))?;
+    stream.set_write_timeout(Some(within))?;
+    stream.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    let mut head = [0u8; 12];
+    stream
+        .read_exact(&mut head)
+        .with_context(|| format!("no answer from {target}"))?;
+    if &head[..9] != b"HTTP/1.1 " || &head[9..12] != b"200" {
+        anyhow::bail!(
+            "{target}/health answered {:?}",
+            String::from_utf8_lossy(&head)
+        );
+    }
+    Ok(())
+}

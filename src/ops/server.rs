@@ -202,7 +202,10 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     server.add_service(background_service("user change listener", listener));
     server.add_service(background_service("rate limiter janitor", janitor));
     server.add_service(background_service("mail worker", mail_worker));
-    server.add_service(background_service("ready notice", ReadyNotice(addrs.clone())));
+    server.add_service(background_service(
+        "ready notice",
+        ReadyNotice(addrs.clone()),
+    ));
     for checker in health_checks {
         server.add_service(checker);
     }

@@ -18,6 +18,7 @@ mod hostile_input;
 mod login;
 mod me;
 mod metrics;
+mod packaging;
 mod pg_tls;
 mod proxy;
 mod proxy_streams;
