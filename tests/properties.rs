@@ -61,6 +61,8 @@ fn config_route(prefix: &str, auth: RouteAuth) -> RouteConfig {
         auth,
         connect_timeout_ms: 1000,
         read_timeout_ms: 1000,
+        tls: false,
+        sni: None,
     }
 }
 

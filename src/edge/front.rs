@@ -293,6 +293,14 @@ impl ServerApp for Front {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        // HTTP/2 (chosen by ALPN on the TLS listener): pingora's own loop, which multiplexes
+        // streams; each stream is a request through the same proxy hooks.
+        if matches!(
+            stream.selected_alpn_proto(),
+            Some(pingora::protocols::ALPN::H2)
+        ) {
+            return pingora::apps::ServerApp::process_new(&self.proxy, stream, shutdown).await;
+        }
         let client = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());

@@ -9,5 +9,6 @@ pub mod front;
 pub mod identity;
 pub mod proxy;
 pub mod routes;
+pub mod tls;
 pub mod upgraded;
 pub mod upstreams;

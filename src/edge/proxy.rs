@@ -65,6 +65,8 @@ pub struct RequestCtx {
     forward_path: Option<String>,
     user: Option<Arc<UserState>>,
     connect_retries: usize,
+    /// Whether the request came over TLS (known only when HSTS is configured).
+    over_tls: bool,
     /// A connection upgraded on behalf of `user`, closed if the user is shut out.
     upgraded: Option<crate::edge::upgraded::Registration>,
 }
@@ -249,6 +251,9 @@ impl Gateway {
     fn response_extras(&self, ctx: &RequestCtx) -> Vec<(&'static str, String)> {
         let mut headers = self.app.cors.simple_headers(ctx.origin_bytes());
         headers.push((identity::REQUEST_ID_NAME, request_id_text(ctx)));
+        if let (true, Some(hsts)) = (ctx.over_tls, &self.app.hsts) {
+            headers.push(("strict-transport-security", hsts.clone()));
+        }
         headers
     }
 
@@ -649,6 +654,7 @@ impl ProxyHttp for Gateway {
             forward_path: None,
             user: None,
             connect_retries: 0,
+            over_tls: false,
             upgraded: None,
         }
     }
@@ -656,6 +662,9 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         if crate::edge::front::draining() {
             session.set_keepalive(None);
+        }
+        if self.app.hsts.is_some() {
+            ctx.over_tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         }
         match self.decide(session, ctx)? {
             // The upstream head is ready.
@@ -751,6 +760,13 @@ impl ProxyHttp for Gateway {
         parts
             .headers
             .insert(identity::REQUEST_ID, ctx.request_id.clone());
+        if let (true, Some(hsts)) = (ctx.over_tls, &self.app.hsts) {
+            if let Ok(value) = http::HeaderValue::from_str(hsts) {
+                parts
+                    .headers
+                    .insert(http::header::STRICT_TRANSPORT_SECURITY, value);
+            }
+        }
         *upstream_response = ResponseHeader::from(parts);
         if reason.is_some() {
             upstream_response.set_reason_phrase(reason.as_deref())?;

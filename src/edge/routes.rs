@@ -417,6 +417,8 @@ mod tests {
             auth,
             connect_timeout_ms: 1000,
             read_timeout_ms: 1000,
+            tls: false,
+            sni: None,
         }
     }
 

@@ -106,6 +106,8 @@ pub struct Members {
     current: ArcSwap<Vec<Member>>,
     next: AtomicUsize,
     timeouts: Timeouts,
+    /// With TLS to the upstreams: the name sent in SNI and verified.
+    tls: Option<String>,
 }
 
 struct Member {
@@ -126,7 +128,10 @@ impl Members {
     /// A peer to connect to, made afresh (cheaper than copying a kept one: most of
     /// `HttpPeer`'s fields are options the gateway leaves at their defaults).
     fn peer(&self, addr: SocketAddr) -> HttpPeer {
-        let mut peer = HttpPeer::new(addr, false, String::new());
+        let mut peer = match &self.tls {
+            Some(sni) => HttpPeer::new(addr, true, sni.clone()),
+            None => HttpPeer::new(addr, false, String::new()),
+        };
         peer.options.connection_timeout = Some(self.timeouts.connect);
         peer.options.total_connection_timeout = Some(self.timeouts.connect);
         peer.options.read_timeout = Some(self.timeouts.read);
@@ -300,6 +305,13 @@ pub fn build(
             connect: Duration::from_millis(route.connect_timeout_ms),
             read: Duration::from_millis(route.read_timeout_ms),
         },
+        tls: route.tls.then(|| {
+            route
+                .sni
+                .clone()
+                .or_else(|| targets.first().map(|t| t.host.clone()))
+                .unwrap_or_default()
+        }),
     });
     let mut now = Vec::new();
     for (i, target) in targets.iter().enumerate() {
@@ -385,6 +397,7 @@ mod tests {
                 connect: Duration::from_secs(1),
                 read: Duration::from_secs(1),
             },
+            tls: None,
         };
         let resolved: Vec<_> = addrs
             .iter()

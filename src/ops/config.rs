@@ -87,7 +87,22 @@ pub struct Config {
     pub mail: MailConfig,
     pub admin: AdminConfig,
     pub docs: DocsConfig,
+    pub tls: TlsConfig,
     pub routes: Vec<RouteConfig>,
+}
+
+/// The TLS listener, beside the plain one (`server.listen`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// `host:port`; empty: no TLS listener.
+    pub listen: String,
+    /// PEM certificate chain, leaf first (read again on SIGHUP).
+    pub cert_file: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: String,
+    /// `Strict-Transport-Security: max-age=…` on answers over TLS; 0: no header.
+    pub hsts_max_age_seconds: u64,
 }
 
 /// `GET /openapi.json` and the Swagger UI page at `GET /docs`.
@@ -170,6 +185,9 @@ pub struct ProxyConfig {
     pub user_cache_ttl_seconds: u64,
     /// How often upstream names are resolved again (a changed answer is followed).
     pub upstream_dns_refresh_seconds: u64,
+    /// PEM roots that verify upstreams' certificates on `tls = true` routes, instead of the
+    /// system's.
+    pub upstream_ca_file: Option<String>,
 }
 
 impl Default for ProxyConfig {
@@ -179,6 +197,7 @@ impl Default for ProxyConfig {
             health_check_interval_ms: 1000,
             user_cache_ttl_seconds: 30,
             upstream_dns_refresh_seconds: 10,
+            upstream_ca_file: None,
         }
     }
 }
@@ -336,6 +355,13 @@ pub struct RouteConfig {
     /// Longest wait for the upstream's next bytes (504 beyond).
     #[serde(default = "RouteConfig::default_read_timeout_ms")]
     pub read_timeout_ms: u64,
+    /// TLS to the upstreams, verified against the system's roots (or `proxy.upstream_ca_file`).
+    #[serde(default)]
+    pub tls: bool,
+    /// The name sent in SNI and checked against the upstream's certificate (default: the host
+    /// of the first upstream).
+    #[serde(default)]
+    pub sni: Option<String>,
 }
 
 impl RouteConfig {
@@ -619,6 +645,14 @@ impl Config {
                 "server.listen must be host:port (an address or a name): {e}"
             ));
         }
+        if !self.tls.listen.is_empty() {
+            if let Err(e) = crate::edge::upstreams::Target::parse(&self.tls.listen) {
+                return invalid(format!("tls.listen must be host:port: {e}"));
+            }
+            if self.tls.cert_file.is_empty() || self.tls.key_file.is_empty() {
+                return invalid("tls.listen needs tls.cert_file and tls.key_file".into());
+            }
+        }
         if !self.admin.listen.is_empty() {
             if let Err(e) = crate::edge::upstreams::Target::parse(&self.admin.listen) {
                 return invalid(format!(
@@ -814,6 +848,20 @@ impl Config {
                 self.server.listen
             ));
         }
+        Ok(addrs)
+    }
+
+    /// The TLS listener's addresses (none when `tls.listen` is empty).
+    pub fn tls_addrs(&self) -> Result<Vec<SocketAddr>, String> {
+        if self.tls.listen.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut addrs: Vec<SocketAddr> =
+            std::net::ToSocketAddrs::to_socket_addrs(self.tls.listen.as_str())
+                .map_err(|e| format!("cannot resolve tls.listen {:?}: {e}", self.tls.listen))?
+                .collect();
+        addrs.sort();
+        addrs.dedup();
         Ok(addrs)
     }
 

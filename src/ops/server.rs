@@ -58,6 +58,13 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     config.require_secret()?;
     let addrs = config.listen_addrs().map_err(|e| anyhow::anyhow!(e))?;
     let admin_addrs = config.admin_addrs().map_err(|e| anyhow::anyhow!(e))?;
+    let tls_addrs = config.tls_addrs().map_err(|e| anyhow::anyhow!(e))?;
+    // A certificate that does not load is a start-up error, not a listener that fails later.
+    let certificate = if tls_addrs.is_empty() {
+        None
+    } else {
+        Some(crate::edge::tls::Certificate::load(&config.tls)?)
+    };
     let runtime_dir = RuntimeDir::create(config.server.runtime_dir.clone())?;
     // The gateway to take over from: its listening sockets come to this process, so they are
     // not bound here.
@@ -79,6 +86,10 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
         for addr in &admin_addrs {
             std::net::TcpListener::bind(addr)
                 .with_context(|| format!("cannot listen on {addr} (admin.listen)"))?;
+        }
+        for addr in &tls_addrs {
+            std::net::TcpListener::bind(addr)
+                .with_context(|| format!("cannot listen on {addr} (tls.listen)"))?;
         }
         None
     };
@@ -155,6 +166,7 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
         // instructions (93.0k -> 90.7k) and bench/proxy.sh's (e) gained about 5%.
         // Sub-second timeouts stay on pingora's timer wheel.
         fast_timeout_to_tokio_threshold_seconds: Some(0),
+        ca_file: config.proxy.upstream_ca_file.clone(),
         ..ServerConf::default()
     };
     let opt = pingora::server::configuration::Opt {
@@ -197,6 +209,16 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     for addr in &addrs {
         service.add_tcp(&addr.to_string());
     }
+    if let Some(certificate) = &certificate {
+        for addr in &tls_addrs {
+            let settings = crate::edge::tls::settings(Arc::clone(certificate))?;
+            service.add_tls_with_settings(&addr.to_string(), None, settings);
+        }
+        server.add_service(background_service(
+            "certificate reloader",
+            crate::edge::tls::CertificateReloader(Arc::clone(certificate)),
+        ));
+    }
     server.add_service(service);
     server.add_service(background_service("database start-up", database_startup));
     server.add_service(background_service("user change listener", listener));
@@ -209,7 +231,7 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     for checker in health_checks {
         server.add_service(checker);
     }
-    tracing::info!(listen = ?addrs, admin = ?admin_addrs, threads = config.server.threads,
+    tracing::info!(listen = ?addrs, tls = ?tls_addrs, admin = ?admin_addrs, threads = config.server.threads,
         "sentinel-gateway listening");
     server.run(RunArgs {
         shutdown_signal: Box::new(Signals(Arc::clone(&outcome))),

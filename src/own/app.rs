@@ -73,6 +73,8 @@ pub struct App {
     pub max_header_bytes: usize,
     pub keepalive_seconds: u64,
     pub access_log: bool,
+    /// `Strict-Transport-Security` for answers over TLS (`tls.hsts_max_age_seconds` > 0).
+    pub hsts: Option<String>,
     /// Whether requests are counted for `/metrics` (off when there is no admin listener).
     pub count_requests: bool,
     /// Verified against when the email is unknown, so that costs the same as a wrong password.
@@ -205,6 +207,8 @@ impl App {
             max_header_bytes: config.server.max_header_bytes,
             keepalive_seconds: config.server.keepalive_seconds,
             access_log: config.log.access_log,
+            hsts: (!config.tls.listen.is_empty() && config.tls.hsts_max_age_seconds > 0)
+                .then(|| format!("max-age={}", config.tls.hsts_max_age_seconds)),
             count_requests: !config.admin.listen.is_empty(),
             dummy_hash: Arc::from(dummy.as_str()),
             verified_tokens: bounded_cache(TOKEN_CACHE_CAPACITY),

@@ -27,4 +27,5 @@ mod register;
 mod sessions;
 mod slow_clients;
 mod startup;
+mod tls;
 mod upgrade;
