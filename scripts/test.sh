@@ -9,6 +9,8 @@ scripts/ensure-deps.sh
 need=()
 command -v chromium >/dev/null || need+=(chromium)
 command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v openssl >/dev/null || need+=(openssl)   # the TLS tests make their certificates
+command -v curl >/dev/null || need+=(curl)         # and speak HTTP/2 with curl
 if [ ${#need[@]} -gt 0 ]; then
   echo "test: installing ${need[*]} for the browser and packaging tests"
   as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
