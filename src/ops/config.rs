@@ -515,6 +515,19 @@ pub const ENV_OVERRIDES: &[(&[&str], &str)] = &[
     (&["SENTINEL_REFRESH_COOKIE"], "auth.refresh_cookie"),
 ];
 
+/// Every address `text` (the value of `key`, `host:port`) names, sorted, at least one.
+fn resolve_listen(key: &str, text: &str) -> Result<Vec<SocketAddr>, String> {
+    let mut addrs: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(text)
+        .map_err(|e| format!("cannot resolve {key} {text:?}: {e}"))?
+        .collect();
+    addrs.sort();
+    addrs.dedup();
+    if addrs.is_empty() {
+        return Err(format!("{key} {text:?} resolves to no address"));
+    }
+    Ok(addrs)
+}
+
 impl Config {
     /// Loads file → `.env` → environment, then validates.
     pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
@@ -836,19 +849,7 @@ impl Config {
     /// The addresses `server.listen` names (a name may resolve to several, `localhost` to
     /// 127.0.0.1 and ::1: the gateway listens on each).
     pub fn listen_addrs(&self) -> Result<Vec<SocketAddr>, String> {
-        let mut addrs: Vec<SocketAddr> =
-            std::net::ToSocketAddrs::to_socket_addrs(self.server.listen.as_str())
-                .map_err(|e| format!("cannot resolve server.listen {:?}: {e}", self.server.listen))?
-                .collect();
-        addrs.sort();
-        addrs.dedup();
-        if addrs.is_empty() {
-            return Err(format!(
-                "server.listen {:?} resolves to no address",
-                self.server.listen
-            ));
-        }
-        Ok(addrs)
+        resolve_listen("server.listen", &self.server.listen)
     }
 
     /// The TLS listener's addresses (none when `tls.listen` is empty).
@@ -856,13 +857,7 @@ impl Config {
         if self.tls.listen.is_empty() {
             return Ok(Vec::new());
         }
-        let mut addrs: Vec<SocketAddr> =
-            std::net::ToSocketAddrs::to_socket_addrs(self.tls.listen.as_str())
-                .map_err(|e| format!("cannot resolve tls.listen {:?}: {e}", self.tls.listen))?
-                .collect();
-        addrs.sort();
-        addrs.dedup();
-        Ok(addrs)
+        resolve_listen("tls.listen", &self.tls.listen)
     }
 
     /// The admin listener's addresses (none when `admin.listen` is empty). An address the
@@ -871,18 +866,7 @@ impl Config {
         if self.admin.listen.is_empty() {
             return Ok(Vec::new());
         }
-        let mut addrs: Vec<SocketAddr> =
-            std::net::ToSocketAddrs::to_socket_addrs(self.admin.listen.as_str())
-                .map_err(|e| format!("cannot resolve admin.listen {:?}: {e}", self.admin.listen))?
-                .collect();
-        addrs.sort();
-        addrs.dedup();
-        if addrs.is_empty() {
-            return Err(format!(
-                "admin.listen {:?} resolves to no address",
-                self.admin.listen
-            ));
-        }
+        let addrs = resolve_listen("admin.listen", &self.admin.listen)?;
         let public = self.listen_addrs()?;
         let shares_port = |a: &SocketAddr, p: &SocketAddr| {
             a.port() != 0

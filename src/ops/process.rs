@@ -131,13 +131,7 @@ pub fn check_health(
     within: std::time::Duration,
 ) -> anyhow::Result<()> {
     let addrs = config.listen_addrs().map_err(|e| anyhow::anyhow!(e))?;
-    let mut target = *addrs.first().context("server.listen has no address")?;
-    if target.ip().is_unspecified() {
-        target.set_ip(match target {
-            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-        });
-    }
+    let target = reachable(*addrs.first().context("server.listen has no address")?);
     let mut stream = std::net::TcpStream::connect_timeout(&target, within)
         .with_context(|| format!("cannot connect to {target}"))?;
     stream.set_read_timeout(Some(within))?;
@@ -154,4 +148,15 @@ pub fn check_health(
         );
     }
     Ok(())
+}
+
+/// Where this host reaches a listener on `addr`: loopback for a listener on every address.
+pub fn reachable(mut addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    addr
 }

@@ -258,13 +258,7 @@ struct ReadyNotice(Vec<std::net::SocketAddr>);
 impl BackgroundService for ReadyNotice {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         for addr in &self.0 {
-            let mut target = *addr;
-            if target.ip().is_unspecified() {
-                target.set_ip(match target {
-                    std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-                    std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-                });
-            }
+            let target = process::reachable(*addr);
             while tokio::net::TcpStream::connect(target).await.is_err() {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(20)) => {}
