@@ -40,7 +40,7 @@ cat >"$OUT/nginx.conf" <<CONF
 worker_processes $THREADS; daemon off; pid $PWD/$OUT/nginx.pid; error_log stderr;
 events { worker_connections 4096; }
 http { access_log off;
-  server { listen 127.0.0.1:$NG ssl; http2 on;
+  server { listen 127.0.0.1:$NG ssl http2;
     ssl_certificate $PWD/$OUT/cert.pem; ssl_certificate_key $PWD/$OUT/key.pem;
     ssl_protocols TLSv1.2 TLSv1.3;
     location / { default_type application/json; return 200 '{"status":"ok"}'; } } }
