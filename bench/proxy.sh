@@ -13,7 +13,9 @@
 #        replaced pingora-proxy's request path, and what pingora-core's codec alone costs,
 #   (e) sentinel-gateway on a bearer-verified protected route,
 #   (f) the same with its access log on (the product default),
-# (b)-(f) on the same number of worker threads (THREADS, default 1).
+#   (g) HAProxy doing the nearest job natively: its jwt_verify checks the same bearer token
+#       (HS256 with the gateway's secret, `exp` checked) and injects `sub` as X-User-Id,
+# (b)-(g) on the same number of worker threads (THREADS, default 1).
 #
 #   bench/proxy.sh [seconds-per-run] [threads]
 #
@@ -43,7 +45,8 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 
 UP=$(port); NG=$(port); HA=$(port); BARE=$(port); BARET=$(port); COREPOOL=$(port); CORESTASH=$(port)
-GW=$(port); GWLOG=$(port)
+GW=$(port); GWLOG=$(port); HAJWT=$(port)
+SECRET=bench-secret-0123456789abcdef0123456789abcdef
 
 CORES=$(nproc)
 PIN=${PIN:-1}
@@ -76,6 +79,19 @@ defaults
 frontend f
   bind 127.0.0.1:$HA
   default_backend b
+# (g): the bearer token verified as the gateway verifies it (HS256 only, signature, exp), and
+# its subject handed to the upstream; everything else is 401.
+frontend fjwt
+  bind 127.0.0.1:$HAJWT
+  http-request set-var(txn.bearer) http_auth_bearer
+  http-request deny deny_status 401 unless { var(txn.bearer) -m found }
+  http-request deny deny_status 401 unless { var(txn.bearer),jwt_header_query('\$.alg') -m str HS256 }
+  http-request deny deny_status 401 unless { var(txn.bearer),jwt_verify("HS256","$SECRET") -m int 1 }
+  http-request set-var(txn.exp) var(txn.bearer),jwt_payload_query('\$.exp','int')
+  http-request set-var(txn.now) date
+  http-request deny deny_status 401 if { var(txn.exp),sub(txn.now) -m int lt 1 }
+  http-request set-header X-User-Id %[var(txn.bearer),jwt_payload_query('\$.sub')]
+  default_backend b
 backend b
   server s1 127.0.0.1:$UP
 CONF
@@ -90,7 +106,7 @@ threads = $THREADS
 [database]
 url = "postgres://postgres@127.0.0.1:5432/sg_proxy_bench"
 [auth]
-secret_key = "bench-secret-0123456789abcdef0123456789abcdef"
+secret_key = "$SECRET"
 [log]
 level = "info"
 access_log = $2
@@ -116,7 +132,7 @@ service "${on_proxy[@]}" target/release/examples/core_proxy "127.0.0.1:$CORESTAS
 service "${on_proxy[@]}" target/release/sentinel-gateway --config "$OUT/gateway.toml"
 service "${on_proxy[@]}" target/release/sentinel-gateway --config "$OUT/gateway-log.toml"
 
-for p in $UP $NG $HA $BARE $BARET $COREPOOL $CORESTASH $GW $GWLOG; do
+for p in $UP $NG $HA $HAJWT $BARE $BARET $COREPOOL $CORESTASH $GW $GWLOG; do
   for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$p/" && break; sleep 0.1; done
 done
 # The gateways take requests that need the database once it is migrated.
@@ -142,7 +158,7 @@ run() { # name url [header]
 AUTH="Authorization: Bearer $TOKEN"
 setups=("a-upstream $UP" "b-nginx $NG" "c-haproxy $HA" "d-pingora-bare $BARE" "e-gateway $GW"
   "d2-pingora-bare-tuned $BARET" "d3-pingora-core $COREPOOL" "d4-pingora-core-stash $CORESTASH"
-  "f-gateway-access-log $GWLOG")
+  "f-gateway-access-log $GWLOG" "g-haproxy-jwt $HAJWT")
 for round in $(seq 1 "$ROUNDS"); do
   # Odd rounds a..f, even rounds f..a: a drift of the machine's speed within a round then
   # favours no setup over the others.
@@ -189,5 +205,8 @@ ratios2 = " ".join(f"{ge[0]/gd[0]:.2f}" for ge, gd in zip(runs["e-gateway"], run
 print(f"(e)/(d2) round by round: {ratios2}   median of the rounds' ratios {pairs2[len(pairs2) // 2]:.2f}")
 d3, d4 = data["d3-pingora-core"], data["d4-pingora-core-stash"]
 print(f"below pingora-proxy: (d3)/(b) {d3[0]/b[0]:.2f}x  (d4)/(b) {d4[0]/b[0]:.2f}x  (d3)/(d2) {d3[0]/d2[0]:.2f}x  (d4)/(d3) {d4[0]/d3[0]:.2f}x")
+g = data["g-haproxy-jwt"]
+pairs3 = sorted(ge[0] / gg[0] for ge, gg in zip(runs["e-gateway"], runs["g-haproxy-jwt"]))
+print(f"(e)/(g) against HAProxy's jwt_verify: {e[0]/g[0]:.2f}x   median of the rounds' ratios {pairs3[len(pairs3) // 2]:.2f}")
 print(f"p99 added by the gateway over the bare proxy: {e[2]-d[2]:+.2f} ms; over the upstream: {e[2]-a[2]:+.2f} ms")
 PY
