@@ -264,20 +264,7 @@ async fn a_page_on_an_allowed_origin_refreshes_with_the_cookie_and_a_foreign_one
         )),
     )
     .unwrap();
-    let mut server = Command::new("python3")
-        .args([
-            "-m",
-            "http.server",
-            &site_port.to_string(),
-            "--bind",
-            "127.0.0.1",
-        ])
-        .arg("--directory")
-        .arg(&site.0)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("python3 -m http.server");
+    let _site = StaticSite::serve(&site.0, site_port);
     wait_for_status(
         &format!("{allowed}/login.html"),
         200,
@@ -316,6 +303,4 @@ async fn a_page_on_an_allowed_origin_refreshes_with_the_cookie_and_a_foreign_one
         later,
         json!({"refresh": 200, "logout": 204, "refresh_after_logout": 400})
     );
-    let _ = server.kill();
-    let _ = server.wait();
 }

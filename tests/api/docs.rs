@@ -327,20 +327,7 @@ async fn chromium_lists_the_operations_and_tries_out_health() {
     )
     .unwrap();
     let site_port = free_port();
-    let mut server = Command::new("python3")
-        .args([
-            "-m",
-            "http.server",
-            &site_port.to_string(),
-            "--bind",
-            "127.0.0.1",
-        ])
-        .arg("--directory")
-        .arg(&site.0)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("python3 -m http.server");
+    let _site = StaticSite::serve(&site.0, site_port);
     let app = TestApp::spawn_with(Spawn {
         config_extra: route(
             "/harness/",
@@ -360,8 +347,6 @@ async fn chromium_lists_the_operations_and_tries_out_health() {
     .await;
     let profile = TempDir::new();
     let seen = in_chromium(&profile, app.url("/harness/index.html")).await;
-    let _ = server.kill();
-    let _ = server.wait();
     assert!(seen.get("error").is_none(), "{seen}");
     let operations: Vec<&str> = seen["operations"]
         .as_array()

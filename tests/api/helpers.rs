@@ -809,3 +809,47 @@ impl Drop for RawUpstream {
         self.task.abort();
     }
 }
+
+/// Runs `openssl` with `args` in `dir`, failing the test if it fails.
+pub fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `python3 -m http.server` serving `dir` on 127.0.0.1:`port`; stopped on drop.
+pub struct StaticSite(Child);
+
+impl StaticSite {
+    pub fn serve(dir: &Path, port: u16) -> StaticSite {
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .arg("--directory")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 -m http.server");
+        StaticSite(child)
+    }
+}
+
+impl Drop for StaticSite {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

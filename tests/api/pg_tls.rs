@@ -3,25 +3,10 @@
 //! TLS: every `sslmode` does what libpq's does.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use crate::cluster::OwnCluster;
 use crate::helpers::*;
-
-/// Runs `openssl` with `args` in `dir`, failing the test if it fails.
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A CA (`<name>.pem`, `<name>.key`) in `dir`.
 fn make_ca(dir: &Path, name: &str) {

@@ -10,19 +10,6 @@ use crate::helpers::*;
 
 const PASSWORD: &str = "TlsPassword123!";
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A CA (`ca.pem`) in `dir`, made once per directory.
 fn ca(dir: &Path) -> PathBuf {
     if !dir.join("ca.pem").exists() {
