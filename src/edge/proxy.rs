@@ -52,8 +52,9 @@ impl Gateway {
 
 /// Per-request state.
 pub struct RequestCtx {
-    /// When the request began, for the metrics and the access log.
-    started: Instant,
+    /// When the request began, for the metrics and the access log (the clock is not read
+    /// when both are off).
+    started: Option<Instant>,
     /// The client connection (from the front, handed over with each request head).
     connection: Option<Arc<Connection>>,
     request_id: http::HeaderValue,
@@ -645,7 +646,7 @@ impl ProxyHttp for Gateway {
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
-            started: Instant::now(),
+            started: (self.app.count_requests || self.app.access_log).then(Instant::now),
             connection: None,
             request_id: http::HeaderValue::from_static(""),
             origin: None,
@@ -854,8 +855,11 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let Some(started) = ctx.started else {
+            return;
+        };
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let elapsed = ctx.started.elapsed();
+        let elapsed = started.elapsed();
         if self.app.count_requests {
             let metrics = crate::ops::metrics::metrics();
             let counted = match (ctx.endpoint, ctx.route.and_then(|i| self.app.routes.get(i))) {

@@ -258,6 +258,12 @@ async fn the_docs_page_and_its_assets_come_from_the_gateway() {
         Some("text/javascript; charset=utf-8")
     );
     assert_eq!(app.get("/docs/nothing.js").await.status, 404);
+    // Nothing about the document leaves for swagger.io's validator.
+    assert!(app
+        .get("/docs/init.js")
+        .await
+        .text
+        .contains("validatorUrl: null"));
     let post = Answer::of(app.client.post(app.url("/docs")).send().await.unwrap()).await;
     assert_eq!(post.status, 405);
     assert_eq!(post.header("allow"), Some("GET"));

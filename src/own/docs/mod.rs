@@ -36,6 +36,8 @@ const INIT: &str = r##"window.ui = SwaggerUIBundle({
   dom_id: "#swagger-ui",
   layout: "BaseLayout",
   deepLinking: true,
+  // Swagger UI would otherwise send the document to validator.swagger.io for a badge.
+  validatorUrl: null,
   showExtensions: true,
   showCommonExtensions: true,
   presets: [SwaggerUIBundle.presets.apis, SwaggerUIBundle.SwaggerUIStandalonePreset]
