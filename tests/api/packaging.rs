@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::helpers::*;
 
@@ -300,27 +300,10 @@ async fn the_units_start_and_reload_commands_serve_and_upgrade() {
         "/run/sentinel-gateway/sentinel-gateway.pid"
     );
     let pid_file = runtime.join("sentinel-gateway.pid");
-    struct Stop(PathBuf);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            if let Some(pid) = std::fs::read_to_string(&self.0)
-                .ok()
-                .and_then(|t| t.trim().parse::<i32>().ok())
-            {
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                }
-            }
-        }
-    }
-    let _stop = Stop(pid_file.clone());
+    let _stop = KillOnDrop(pid_file.clone());
     ok(&run(value("ExecStartPre")), "ExecStartPre");
     ok(&run(value("ExecStart")), "ExecStart");
-    let first: i32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let first = read_pid(&pid_file);
     assert_eq!(
         reqwest::get(format!("http://127.0.0.1:{port}/health"))
             .await
@@ -329,17 +312,14 @@ async fn the_units_start_and_reload_commands_serve_and_upgrade() {
         200
     );
     ok(&run(value("ExecReload")), "ExecReload");
-    let second: i32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let second = read_pid(&pid_file);
     assert_ne!(first, second);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while unsafe { libc::kill(first, 0) } == 0 {
-        assert!(Instant::now() < deadline, "the first process did not exit");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_gone(
+        first,
+        Duration::from_secs(30),
+        "the first process did not exit",
+    )
+    .await;
     assert_eq!(
         reqwest::get(format!("http://127.0.0.1:{port}/health"))
             .await
@@ -348,11 +328,12 @@ async fn the_units_start_and_reload_commands_serve_and_upgrade() {
         200
     );
     unsafe {
-        libc::kill(second, libc::SIGTERM);
+        libc::kill(second as i32, libc::SIGTERM);
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while unsafe { libc::kill(second, 0) } == 0 {
-        assert!(Instant::now() < deadline, "it did not stop on SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_gone(
+        second,
+        Duration::from_secs(10),
+        "it did not stop on SIGTERM",
+    )
+    .await;
 }

@@ -74,31 +74,8 @@ impl Setup {
     }
 
     fn pid_file(&self) -> u32 {
-        std::fs::read_to_string(self.dir.0.join("run/sentinel-gateway.pid"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
+        read_pid(&self.dir.0.join("run/sentinel-gateway.pid"))
     }
-}
-
-/// Stops whatever runs from this pid file when the test ends, passed or not.
-struct KillOnDrop(std::path::PathBuf);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Ok(text) = std::fs::read_to_string(&self.0) {
-            if let Ok(pid) = text.trim().parse::<i32>() {
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                }
-            }
-        }
-    }
-}
-
-fn alive(pid: u32) -> bool {
-    unsafe { libc::kill(pid as i32, 0) == 0 }
 }
 
 fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
@@ -293,11 +270,12 @@ async fn a_daemon_returns_once_serving_and_upgrades_in_the_background() {
     );
     let second = setup.pid_file();
     assert_ne!(first, second);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while alive(first) {
-        assert!(Instant::now() < deadline, "the first daemon did not exit");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_gone(
+        first,
+        Duration::from_secs(30),
+        "the first daemon did not exit",
+    )
+    .await;
     let health = reqwest::get(format!("{}/health", setup.base()))
         .await
         .unwrap();
@@ -305,11 +283,7 @@ async fn a_daemon_returns_once_serving_and_upgrades_in_the_background() {
     unsafe {
         libc::kill(second as i32, libc::SIGTERM);
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while alive(second) {
-        assert!(Instant::now() < deadline, "the daemon did not stop");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_gone(second, Duration::from_secs(10), "the daemon did not stop").await;
     assert!(!pid_path.exists(), "the pid file outlived its process");
 }
 
