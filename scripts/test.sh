@@ -11,8 +11,9 @@ command -v chromium >/dev/null || need+=(chromium)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v openssl >/dev/null || need+=(openssl)   # the TLS tests make their certificates
 command -v curl >/dev/null || need+=(curl)         # and speak HTTP/2 with curl
+command -v redis-server >/dev/null || need+=(redis-server)  # shared limits: tests run their own
 if [ ${#need[@]} -gt 0 ]; then
-  echo "test: installing ${need[*]} for the browser and packaging tests"
+  echo "test: installing ${need[*]} for the browser, packaging, TLS and Redis tests"
   as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${need[@]}" >/dev/null

@@ -1,11 +1,13 @@
 //! What proves who a caller is and keeps guessing expensive: passwords (`password`),
 //! tokens (`token`), refresh tokens (`refresh`), the one-time secrets of reset and
-//! verification links (`one_time`) and the rate limits (`rate_limit`).
+//! verification links (`one_time`) and the rate limits (`rate_limit`, with `shared_limits` their
+//! stage in Redis).
 
 pub mod one_time;
 pub mod password;
 pub mod rate_limit;
 pub mod refresh;
+pub mod shared_limits;
 pub mod token;
 
 use hmac::digest::KeyInit;

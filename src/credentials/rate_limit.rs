@@ -24,7 +24,8 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use sha2::Digest;
 
-use crate::ops::config::RateLimitConfig;
+use crate::credentials::shared_limits::{Bucket, SharedLimits, SharedRefusal};
+use crate::ops::config::{RateLimitBackend, RateLimitConfig};
 use crate::ops::metrics::Limit;
 use crate::own::email;
 
@@ -60,11 +61,117 @@ pub fn ip_key(ip: IpAddr) -> IpAddr {
     }
 }
 
+impl AccountKey {
+    fn hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// Why an attempt is not allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// 429, with `Retry-After`.
+    Limited(Limited),
+    /// The shared stage failed and is configured to fail closed (503).
+    Unavailable,
+}
+
+/// The rate limits: the in-process stage ([`Limiters`]) first, which costs no round trip and
+/// takes the brunt of a flood at one instance, then, with `backend = "redis"`, the shared
+/// stage ([`SharedLimits`]), which makes the limits hold across instances.
+pub struct RateLimits {
+    pub local: Arc<Limiters>,
+    shared: Option<SharedLimits>,
+    quotas: RateLimitConfig,
+}
+
+impl RateLimits {
+    pub fn new(config: &RateLimitConfig) -> Result<RateLimits, String> {
+        let shared = match config.backend {
+            RateLimitBackend::Local => None,
+            RateLimitBackend::Redis => Some(SharedLimits::new(config)?),
+        };
+        Ok(RateLimits {
+            local: Arc::new(Limiters::new(config)),
+            shared,
+            quotas: config.clone(),
+        })
+    }
+
+    async fn shared(&self, buckets: &[Bucket]) -> Result<(), Refused> {
+        let Some(shared) = &self.shared else {
+            return Ok(());
+        };
+        shared
+            .check(buckets)
+            .await
+            .map_err(|refusal| match refusal {
+                SharedRefusal::Limited {
+                    retry_after_secs, ..
+                } => Refused::Limited(Limited { retry_after_secs }),
+                SharedRefusal::Unavailable => Refused::Unavailable,
+            })
+    }
+
+    fn ip_bucket(limit: Limit, ip: IpAddr, per_minute: u32) -> Bucket {
+        Bucket {
+            limit,
+            key: ip_key(ip).to_string(),
+            per_minute,
+        }
+    }
+
+    /// One login attempt (or password change) from `ip` for `account`: both limits charged.
+    pub async fn login(&self, ip: Option<IpAddr>, account: &str) -> Result<(), Refused> {
+        let key = AccountKey::of(account);
+        self.local.login_key(ip, &key).map_err(Refused::Limited)?;
+        let mut buckets = Vec::with_capacity(2);
+        if let Some(ip) = ip {
+            let per_minute = self.quotas.login_per_ip_per_minute;
+            buckets.push(Self::ip_bucket(Limit::LoginIp, ip, per_minute));
+        }
+        buckets.push(Bucket {
+            limit: Limit::LoginAccount,
+            key: key.hex(),
+            per_minute: self.quotas.login_per_account_per_minute,
+        });
+        self.shared(&buckets).await
+    }
+
+    pub async fn register(&self, ip: Option<IpAddr>) -> Result<(), Refused> {
+        let Some(ip) = ip else { return Ok(()) };
+        self.local.register(Some(ip)).map_err(Refused::Limited)?;
+        let per_minute = self.quotas.register_per_ip_per_minute;
+        self.shared(&[Self::ip_bucket(Limit::RegisterIp, ip, per_minute)])
+            .await
+    }
+
+    pub async fn password_reset(&self, ip: Option<IpAddr>) -> Result<(), Refused> {
+        let Some(ip) = ip else { return Ok(()) };
+        self.local
+            .password_reset(Some(ip))
+            .map_err(Refused::Limited)?;
+        let per_minute = self.quotas.password_reset_per_ip_per_minute;
+        self.shared(&[Self::ip_bucket(Limit::PasswordResetIp, ip, per_minute)])
+            .await
+    }
+
+    pub async fn refresh(&self, ip: Option<IpAddr>) -> Result<(), Refused> {
+        let Some(ip) = ip else { return Ok(()) };
+        self.local.refresh(Some(ip)).map_err(Refused::Limited)?;
+        let per_minute = self.quotas.refresh_per_ip_per_minute;
+        self.shared(&[Self::ip_bucket(Limit::RefreshIp, ip, per_minute)])
+            .await
+    }
+}
+
+/// The in-process stage: one GCRA table per limit.
 pub struct Limiters {
     login_ip: DefaultKeyedRateLimiter<IpAddr>,
     login_account: DefaultKeyedRateLimiter<AccountKey>,
     register_ip: DefaultKeyedRateLimiter<IpAddr>,
     reset_ip: DefaultKeyedRateLimiter<IpAddr>,
+    refresh_ip: DefaultKeyedRateLimiter<IpAddr>,
     clock: DefaultClock,
     /// Keys each limiter may track at once.
     max_keys: usize,
@@ -89,6 +196,7 @@ impl Limiters {
             login_account: RateLimiter::keyed(per_minute(config.login_per_account_per_minute)),
             register_ip: RateLimiter::keyed(per_minute(config.register_per_ip_per_minute)),
             reset_ip: RateLimiter::keyed(per_minute(config.password_reset_per_ip_per_minute)),
+            refresh_ip: RateLimiter::keyed(per_minute(config.refresh_per_ip_per_minute)),
             clock: DefaultClock::default(),
             max_keys: config.max_tracked_keys,
             last_reclaim_ms: AtomicU64::new(NEVER_RECLAIMED),
@@ -155,14 +263,14 @@ impl Limiters {
 
     /// One login attempt from `ip` for `account` (a login username): both limits are charged.
     pub fn login(&self, ip: Option<IpAddr>, account: &str) -> Result<(), Limited> {
+        self.login_key(ip, &AccountKey::of(account))
+    }
+
+    fn login_key(&self, ip: Option<IpAddr>, account: &AccountKey) -> Result<(), Limited> {
         if let Some(ip) = ip {
             self.check(&self.login_ip, &ip_key(ip), Limit::LoginIp)?;
         }
-        self.check(
-            &self.login_account,
-            &AccountKey::of(account),
-            Limit::LoginAccount,
-        )
+        self.check(&self.login_account, account, Limit::LoginAccount)
     }
 
     pub fn register(&self, ip: Option<IpAddr>) -> Result<(), Limited> {
@@ -179,12 +287,20 @@ impl Limiters {
         }
     }
 
+    pub fn refresh(&self, ip: Option<IpAddr>) -> Result<(), Limited> {
+        match ip {
+            Some(ip) => self.check(&self.refresh_ip, &ip_key(ip), Limit::RefreshIp),
+            None => Ok(()),
+        }
+    }
+
     /// Keys currently remembered (all limiters).
     pub fn len(&self) -> usize {
         self.login_ip.len()
             + self.login_account.len()
             + self.register_ip.len()
             + self.reset_ip.len()
+            + self.refresh_ip.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -197,10 +313,12 @@ impl Limiters {
         self.login_account.retain_recent();
         self.register_ip.retain_recent();
         self.reset_ip.retain_recent();
+        self.refresh_ip.retain_recent();
         self.login_ip.shrink_to_fit();
         self.login_account.shrink_to_fit();
         self.register_ip.shrink_to_fit();
         self.reset_ip.shrink_to_fit();
+        self.refresh_ip.shrink_to_fit();
     }
 }
 
@@ -316,6 +434,7 @@ mod tests {
             register_per_ip_per_minute: 1000,
             password_reset_per_ip_per_minute: 1000,
             max_tracked_keys: 10,
+            ..RateLimitConfig::default()
         });
         let ip = Some("10.0.0.9".parse().unwrap());
         for i in 0..9 {

@@ -313,9 +313,39 @@ pub struct RateLimitConfig {
     /// Password-reset requests from one client address (429 beyond). Each account also gets
     /// at most one reset mail a minute and five an hour, silently.
     pub password_reset_per_ip_per_minute: u32,
+    /// Refreshes from one client address, counted once the refresh token is one this gateway
+    /// made (a forged one costs nothing and is not counted).
+    pub refresh_per_ip_per_minute: u32,
     /// Keys (addresses, accounts) each limiter tracks at once; beyond, attempts are refused
     /// until keys expire, so a flood from many addresses cannot grow memory without bound.
     pub max_tracked_keys: usize,
+    /// `local`: each instance counts on its own. `redis`: every limit holds across the
+    /// instances that share `redis_url` (the local count stays as a first stage).
+    pub backend: RateLimitBackend,
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS.
+    pub redis_url: Secret,
+    /// What an attempt gets when Redis does not answer within `redis_timeout_ms`: `open`
+    /// (allowed under the local limits alone; logged and counted) or `closed` (503).
+    pub redis_failure: RedisFailure,
+    pub redis_timeout_ms: u64,
+    /// Connections to Redis; each carries many checks at once (pipelined).
+    pub redis_connections: usize,
+    /// Prepended to every key, so deployments can share one Redis.
+    pub redis_key_prefix: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitBackend {
+    Local,
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisFailure {
+    Open,
+    Closed,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -455,7 +485,14 @@ impl Default for RateLimitConfig {
             login_per_account_per_minute: 10,
             register_per_ip_per_minute: 10,
             password_reset_per_ip_per_minute: 5,
+            refresh_per_ip_per_minute: 120,
             max_tracked_keys: 500_000,
+            backend: RateLimitBackend::Local,
+            redis_url: Secret::new(""),
+            redis_failure: RedisFailure::Open,
+            redis_timeout_ms: 200,
+            redis_connections: 2,
+            redis_key_prefix: "sentinel:rl".into(),
         }
     }
 }
@@ -513,6 +550,8 @@ pub const ENV_OVERRIDES: &[(&[&str], &str)] = &[
         "auth.require_verified_email",
     ),
     (&["SENTINEL_REFRESH_COOKIE"], "auth.refresh_cookie"),
+    (&["SENTINEL_RATE_LIMIT_BACKEND"], "rate_limit.backend"),
+    (&["REDIS_URL", "SENTINEL_REDIS_URL"], "rate_limit.redis_url"),
 ];
 
 /// Every address `text` (the value of `key`, `host:port`) names, sorted, at least one.
@@ -627,6 +666,18 @@ impl Config {
                     }
                 }
                 "server.runtime_dir" => self.server.runtime_dir = Some(PathBuf::from(value)),
+                "rate_limit.backend" => {
+                    self.rate_limit.backend = match value.trim().to_ascii_lowercase().as_str() {
+                        "local" => RateLimitBackend::Local,
+                        "redis" => RateLimitBackend::Redis,
+                        other => {
+                            return Err(bad(format!(
+                                "expected \"local\" or \"redis\", got {other:?}"
+                            )))
+                        }
+                    }
+                }
+                "rate_limit.redis_url" => self.rate_limit.redis_url = Secret::new(value),
                 "log.level" => self.log.level = value.to_string(),
                 "log.format" => {
                     self.log.format = match value.trim().to_ascii_lowercase().as_str() {
@@ -779,11 +830,24 @@ impl Config {
             || limits.login_per_account_per_minute == 0
             || limits.register_per_ip_per_minute == 0
             || limits.password_reset_per_ip_per_minute == 0
+            || limits.refresh_per_ip_per_minute == 0
         {
             return invalid("rate_limit values must be at least 1 per minute".into());
         }
         if limits.max_tracked_keys < 10 {
             return invalid("rate_limit.max_tracked_keys must be at least 10".into());
+        }
+        if limits.backend == RateLimitBackend::Redis {
+            if let Err(e) = crate::credentials::shared_limits::check_url(limits.redis_url.expose())
+            {
+                return invalid(format!("rate_limit.redis_url: {e}"));
+            }
+            if !(1..=10_000).contains(&limits.redis_timeout_ms) {
+                return invalid("rate_limit.redis_timeout_ms must be between 1 and 10000".into());
+            }
+            if !(1..=64).contains(&limits.redis_connections) {
+                return invalid("rate_limit.redis_connections must be between 1 and 64".into());
+            }
         }
         if let Err(e) = crate::mail::check_config(&self.mail) {
             return invalid(format!("mail.{e}"));

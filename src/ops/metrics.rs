@@ -41,6 +41,8 @@ pub struct Metrics {
     upstream_healthy: IntGaugeVec,
     logins: IntCounterVec,
     rate_limited: IntCounterVec,
+    redis_failures: IntCounterVec,
+    pub redis_up: IntGauge,
     pub token_cache_hit: IntCounter,
     pub token_cache_miss: IntCounter,
     pub user_cache_hit: IntCounter,
@@ -103,22 +105,24 @@ impl LoginOutcome {
 }
 
 /// The limits a request can be refused by (429).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limit {
     LoginIp,
     LoginAccount,
     RegisterIp,
     PasswordResetIp,
+    RefreshIp,
     VerificationResend,
 }
 
 impl Limit {
-    fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             Limit::LoginIp => "login_ip",
             Limit::LoginAccount => "login_account",
             Limit::RegisterIp => "register_ip",
             Limit::PasswordResetIp => "password_reset_ip",
+            Limit::RefreshIp => "refresh_ip",
             Limit::VerificationResend => "verification_resend",
         }
     }
@@ -218,6 +222,19 @@ impl Metrics {
                 "Requests refused with 429, by limit",
                 &["limit"],
             ),
+            redis_failures: counter_vec(
+                &registry,
+                "sentinel_rate_limit_redis_failures_total",
+                "Rate-limit checks Redis did not answer (error or timeout), by what the attempt \
+                 got: allowed (redis_failure = open) or refused with 503 (closed)",
+                &["outcome"],
+            ),
+            redis_up: gauge(
+                &registry,
+                "sentinel_rate_limit_redis_up",
+                "1 if the last rate-limit check reached Redis, 0 if it failed (stays 1 with \
+                 backend = local)",
+            ),
             token_cache_hit: cache.with_label_values(&["token", "hit"]),
             token_cache_miss: cache.with_label_values(&["token", "miss"]),
             user_cache_hit: cache.with_label_values(&["user", "hit"]),
@@ -288,6 +305,7 @@ impl Metrics {
             .iter()
             .map(|e| request_metrics(&metrics.requests, &metrics.durations, "own", e.name()))
             .collect();
+        metrics.redis_up.set(1);
         #[cfg(target_os = "linux")]
         must(metrics.registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -317,6 +335,12 @@ impl Metrics {
 
     pub fn rate_limited(&self, limit: Limit) {
         self.rate_limited.with_label_values(&[limit.label()]).inc();
+    }
+
+    /// A shared rate-limit check that failed: the attempt was let through (`open`) or not.
+    pub fn redis_failed(&self, open: bool) {
+        let outcome = if open { "allowed" } else { "refused" };
+        self.redis_failures.with_label_values(&[outcome]).inc();
     }
 
     pub fn upstream_failed(&self, route: &str, kind: &'static str) {

@@ -14,7 +14,7 @@ use pingora::server::{
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 
-use crate::credentials::rate_limit::{LimiterJanitor, Limiters};
+use crate::credentials::rate_limit::{LimiterJanitor, RateLimits};
 use crate::edge::front::{ClientTimeouts, Deadlines, Front};
 use crate::edge::proxy::Gateway;
 use crate::edge::upstreams;
@@ -117,9 +117,11 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
         db::proxy_pool(&config.database)?,
         Duration::from_millis(config.database.acquire_timeout_ms),
     ));
-    let limiters = Arc::new(Limiters::new(&config.rate_limit));
+    let limiters = Arc::new(RateLimits::new(&config.rate_limit).map_err(|e| {
+        crate::ops::config::ConfigError::Invalid(format!("rate_limit.redis_url: {e}"))
+    })?);
     let janitor = LimiterJanitor {
-        limiters: Arc::clone(&limiters),
+        limiters: Arc::clone(&limiters.local),
         every: Duration::from_secs(30),
     };
     let app = Arc::new(App::new(

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::credentials::password::{self, PasswordError};
 use crate::own::api::{ApiError, Reply};
-use crate::own::app::{hashing_error, App, OwnRequest};
+use crate::own::app::{hashing_error, refused, App, OwnRequest, LOGIN_LIMITED};
 use crate::own::forms;
 use crate::store::account_tokens::{self, Purpose};
 use crate::store::{sessions, users};
@@ -26,10 +26,8 @@ impl App {
         let user = account.user;
         self.limiters
             .login(req.client_ip, &user.email)
-            .map_err(|l| ApiError::TooManyRequests {
-                retry_after_secs: l.retry_after_secs,
-                detail: "Too many login attempts, try again later",
-            })?;
+            .await
+            .map_err(refused(LOGIN_LIMITED))?;
         // No connection is held while the hashing queue works.
         let policy = self.policy;
         let stored: Arc<str> = Arc::from(user.hashed_password.as_str());

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::credentials::one_time::{OneTimeToken, SealKey};
 use crate::credentials::password::{self, HashPolicy, HashPool, PasswordError};
-use crate::credentials::rate_limit::Limiters;
+use crate::credentials::rate_limit::{RateLimits, Refused};
 use crate::credentials::refresh::RefreshKey;
 use crate::credentials::token::{self, unix_seconds, TokenError, TokenKeys, Verified};
 use crate::edge::cors::Cors;
@@ -43,7 +43,7 @@ pub struct App {
     pub users: Arc<UserCache>,
     /// Upgraded connections by user, closed when the user is shut out.
     pub upgraded: Arc<Upgraded>,
-    pub limiters: Arc<Limiters>,
+    pub limiters: Arc<RateLimits>,
     pub trusted_proxies: TrustedProxies,
     pub keys: TokenKeys,
     /// Makes and opens refresh tokens.
@@ -160,7 +160,7 @@ impl App {
         pool: Pool,
         routes: Vec<ProxyRoute>,
         users: Arc<UserCache>,
-        limiters: Arc<Limiters>,
+        limiters: Arc<RateLimits>,
     ) -> anyhow::Result<App> {
         let policy = config.password.policy();
         let keys = TokenKeys::new(
@@ -274,7 +274,7 @@ impl App {
             Endpoint::Logout => self.logout(req).await,
             Endpoint::Sessions => self.list_sessions(req).await,
             Endpoint::EndSession => self.end_session(req).await,
-            Endpoint::PasswordReset => self.request_password_reset(req),
+            Endpoint::PasswordReset => self.request_password_reset(req).await,
             Endpoint::PasswordResetConfirm => self.confirm_password_reset(req).await,
             Endpoint::VerifyEmail => self.verify_email(req).await,
             Endpoint::ResendVerification => self.resend_verification(req).await,
@@ -439,10 +439,8 @@ impl App {
         }
         self.limiters
             .register(req.client_ip)
-            .map_err(|l| ApiError::TooManyRequests {
-                retry_after_secs: l.retry_after_secs,
-                detail: "Too many registrations, try again later",
-            })?;
+            .await
+            .map_err(refused("Too many registrations, try again later"))?;
         let body = forms::decode_json_body(req.content_type.as_deref(), &req.body)?;
         let new = forms::validate_new_user(body)?;
         // Each connection is held for its statement only, never across the hashing queue.
@@ -484,7 +482,7 @@ impl App {
         let form = match form {
             Ok(TokenForm::Password(form)) => form,
             Ok(TokenForm::Refresh { refresh_token }) => {
-                return self.refresh_with(&refresh_token).await
+                return self.refresh_with(req, &refresh_token).await
             }
             Err(e) => {
                 metrics().login(LoginOutcome::Invalid);
@@ -511,10 +509,8 @@ impl App {
         // Before any query or hashing; unknown accounts are counted like known ones.
         self.limiters
             .login(req.client_ip, &account)
-            .map_err(|l| ApiError::TooManyRequests {
-                retry_after_secs: l.retry_after_secs,
-                detail: "Too many login attempts, try again later",
-            })?;
+            .await
+            .map_err(refused(LOGIN_LIMITED))?;
         // Each connection is held for its statement only, never across the hashing queue.
         let user = {
             let db = self.floodable_client().await?;
@@ -620,6 +616,21 @@ pub(crate) async fn find_account(
     Ok(users::find_by_email(db, account)
         .await?
         .filter(|user| email::account_key(&user.email) == key))
+}
+
+/// The 429 a login or password change over its limits gets.
+pub(crate) const LOGIN_LIMITED: &str = "Too many login attempts, try again later";
+
+/// What an attempt the rate limits refused gets: 429 with `detail`, or 503 when the shared
+/// stage is down and fails closed.
+pub(crate) fn refused(detail: &'static str) -> impl FnOnce(Refused) -> ApiError {
+    move |refusal| match refusal {
+        Refused::Limited(l) => ApiError::TooManyRequests {
+            retry_after_secs: l.retry_after_secs,
+            detail,
+        },
+        Refused::Unavailable => ApiError::Unavailable("rate limits: Redis unavailable".into()),
+    }
 }
 
 pub(crate) fn hashing_error(e: PasswordError) -> ApiError {

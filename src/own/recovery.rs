@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use crate::own::api::{ApiError, Reply};
-use crate::own::app::{find_account, hashing_error, App, OwnRequest};
+use crate::own::app::{find_account, hashing_error, refused, App, OwnRequest};
 use crate::own::forms;
 use crate::store::account_tokens::{self, Purpose};
 use crate::store::{sessions, users};
@@ -26,16 +26,14 @@ const RESETS_PER_HOUR: i64 = 5;
 
 impl App {
     /// `POST /auth/password-reset` `{email}`: 202, whatever the address.
-    pub(crate) fn request_password_reset(
+    pub(crate) async fn request_password_reset(
         self: &Arc<Self>,
         req: &OwnRequest,
     ) -> Result<Reply, ApiError> {
         self.limiters
             .password_reset(req.client_ip)
-            .map_err(|l| ApiError::TooManyRequests {
-                retry_after_secs: l.retry_after_secs,
-                detail: "Too many password reset requests, try again later",
-            })?;
+            .await
+            .map_err(refused("Too many password reset requests, try again later"))?;
         let body = forms::decode_json_body(req.content_type.as_deref(), &req.body)?;
         let email = forms::validate_reset_request(body)?;
         let permit = Arc::clone(&self.reset_jobs)

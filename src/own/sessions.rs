@@ -8,7 +8,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::own::api::{ApiError, Reply};
-use crate::own::app::{App, OwnRequest};
+use crate::own::app::{refused, App, OwnRequest};
 use crate::own::forms::{self, LogoutScope};
 use crate::store::sessions::{self, Refresh};
 use crate::store::users;
@@ -52,7 +52,7 @@ impl App {
         if let Some(cookie) = &self.refresh_cookie {
             self.check_browser_request(req)?;
             let token = req.refresh_cookie.as_deref().unwrap_or_default();
-            return match self.refresh_with(token).await {
+            return match self.refresh_with(req, token).await {
                 Err(ApiError::InvalidGrant) => Ok(ApiError::InvalidGrant
                     .into_reply()
                     .with_header("set-cookie", cookie.clear())),
@@ -61,16 +61,25 @@ impl App {
         }
         let body = forms::decode_json_body(req.content_type.as_deref(), &req.body)?;
         let token = forms::refresh_token_of(body)?.ok_or(ApiError::InvalidGrant)?;
-        self.refresh_with(&token).await
+        self.refresh_with(req, &token).await
     }
 
     /// A refresh: the session's next tokens, the current ones for a token rotated away within
     /// the grace period, and 400 `invalid_grant` for anything else — unknown, forged, ended,
     /// reused after the grace period (which also ends the session), or a user who is gone or
     /// inactive.
-    pub(crate) async fn refresh_with(&self, token: &str) -> Result<Reply, ApiError> {
-        // A token this gateway did not make costs no database work and revokes nothing.
+    pub(crate) async fn refresh_with(
+        &self,
+        req: &OwnRequest,
+        token: &str,
+    ) -> Result<Reply, ApiError> {
+        // A token this gateway did not make costs no database work and revokes nothing (nor
+        // does it count against the address's refresh limit).
         let claim = self.refresh_key.open(token).ok_or(ApiError::InvalidGrant)?;
+        self.limiters
+            .refresh(req.client_ip)
+            .await
+            .map_err(refused("Too many refreshes, try again later"))?;
         let db = self.floodable_client().await?;
         let (user_id, generation) = match sessions::rotate(
             &*db,

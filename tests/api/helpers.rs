@@ -43,6 +43,8 @@ pub async fn pg(url: &str) -> tokio_postgres::Client {
 pub struct TestDb {
     pub name: String,
     pub url: String,
+    /// Dropped with this handle (false for [`TestDb::share`]'s handles).
+    owned: bool,
 }
 
 impl TestDb {
@@ -56,6 +58,17 @@ impl TestDb {
         TestDb {
             url: db_url(&name),
             name,
+            owned: true,
+        }
+    }
+
+    /// Another handle on the same database, for a second gateway; the database is dropped
+    /// with the first handle only.
+    pub fn share(&self) -> TestDb {
+        TestDb {
+            name: self.name.clone(),
+            url: self.url.clone(),
+            owned: false,
         }
     }
 
@@ -85,6 +98,9 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         let name = self.name.clone();
         // Drop runs inside the test's runtime: do the async work on a thread of its own.
         let _ = std::thread::spawn(move || {
@@ -184,7 +200,7 @@ pub fn config_text_with(port: u16, db_url: &str, tables: &Tables, extra: &str) -
         ""
     } else {
         "[rate_limit]\nlogin_per_ip_per_minute = 100000\nlogin_per_account_per_minute = 100000\n\
-         register_per_ip_per_minute = 100000\n\n"
+         register_per_ip_per_minute = 100000\nrefresh_per_ip_per_minute = 100000\n\n"
     };
     // The admin listener's default port would be shared by every gateway a test starts.
     let admin = if extra.contains("[admin]") {
@@ -889,5 +905,79 @@ pub async fn wait_until_gone(pid: u32, within: Duration, what: &str) {
     while alive(pid) {
         assert!(Instant::now() < deadline, "{what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A Redis server a test owns (`redis-server` on a free port, nothing saved to disk), which
+/// it may stop, freeze and start again on the same port.
+pub struct OwnRedis {
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    pub async fn start() -> OwnRedis {
+        let mut redis = OwnRedis {
+            port: free_port(),
+            child: None,
+        };
+        redis.restart().await;
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again), and waits until it answers.
+    pub async fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian's redis-server package)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut pong = [0u8; 7];
+                if s.write_all(b"PING\r\n").await.is_ok()
+                    && s.read_exact(&mut pong).await.is_ok()
+                    && &pong == b"+PONG\r\n"
+                {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Kills the server (its counts are gone with it).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) the server: connections stay open, nothing answers.
+    pub fn freeze(&self, frozen: bool) {
+        if let Some(child) = &self.child {
+            let signal = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
+            unsafe {
+                libc::kill(child.id() as i32, signal);
+            }
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.freeze(false);
+        self.stop();
     }
 }

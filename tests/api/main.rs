@@ -25,6 +25,7 @@ mod proxy_streams;
 mod rate_limits;
 mod register;
 mod sessions;
+mod shared_limits;
 mod slow_clients;
 mod startup;
 mod tls;

@@ -364,3 +364,52 @@ async fn every_spelling_that_reaches_an_account_counts_against_its_one_bucket() 
     assert!(checked >= 2, "only {checked} spellings checked");
     eprintln!("{checked} spellings checked");
 }
+
+#[tokio::test]
+async fn refreshes_are_limited_per_address_and_forged_tokens_are_not_counted() {
+    let app = limited_app(1000, 1000, 1000, "refresh_per_ip_per_minute = 2\n").await;
+    let r = app
+        .register("refreshes@example.com", "RefreshPassword1!")
+        .await;
+    let mut refresh = r.json::<serde_json::Value>().await.unwrap()["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let post = |token: String| {
+        let app = &app;
+        async move {
+            Answer::of(
+                app.client
+                    .post(app.url("/auth/refresh"))
+                    .json(&json!({ "refresh_token": token }))
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await
+        }
+    };
+    // Forged tokens: 400 invalid_grant however many, and the budget is untouched.
+    for i in 0..5 {
+        let a = post(format!("forged-{i}")).await;
+        assert_eq!(a.status, 400, "{}", a.text);
+    }
+    for _ in 0..2 {
+        let a = post(refresh.clone()).await;
+        assert_eq!(a.status, 200, "{}", a.text);
+        refresh = a.json()["refresh_token"].as_str().unwrap().to_string();
+    }
+    let a = post(refresh.clone()).await;
+    assert_429(&a, "Too many refreshes, try again later");
+    // The refused attempt spent nothing: the token still belongs to the session.
+    let sessions = app.db.client().await;
+    let live: i64 = sessions
+        .query_one(
+            "SELECT count(*) FROM sentinel_sessions WHERE revoked_at IS NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(live, 1);
+}
