@@ -57,6 +57,7 @@ fn respell(path: &str, encode: &[bool], upper: &[bool], double: &[bool]) -> Stri
 fn config_route(prefix: &str, auth: RouteAuth) -> RouteConfig {
     RouteConfig {
         prefix: prefix.into(),
+        name: None,
         upstreams: vec!["127.0.0.1:9".into()],
         auth,
         connect_timeout_ms: 1000,

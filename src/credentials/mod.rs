@@ -1,8 +1,10 @@
-//! What proves who a caller is and keeps guessing expensive: passwords (`password`),
+//! What proves who a caller is and keeps guessing expensive, and what proves it to upstreams
+//! (`assertion`): passwords (`password`),
 //! tokens (`token`), refresh tokens (`refresh`), the one-time secrets of reset and
 //! verification links (`one_time`) and the rate limits (`rate_limit`, with `shared_limits` their
 //! stage in Redis).
 
+pub mod assertion;
 pub mod one_time;
 pub mod password;
 pub mod rate_limit;

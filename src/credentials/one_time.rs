@@ -91,6 +91,14 @@ impl SealKey {
         }
     }
 
+    /// The key that seals the private halves of identity assertion keys in PostgreSQL
+    /// (another derivation of the same secret: nothing sealed under one opens under the other).
+    pub fn for_signing_keys(secret: &str) -> SealKey {
+        SealKey {
+            key: derive_key(b"sentinel-gateway signing key seal\0", secret),
+        }
+    }
+
     fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
         let mut mac = keyed_mac(&self.key);
         for part in parts {
@@ -100,10 +108,15 @@ impl SealKey {
     }
 
     pub fn seal(&self, token: &OneTimeToken) -> Result<Vec<u8>, NoRandomness> {
+        self.seal_bytes(&token.0)
+    }
+
+    /// Seals any 32 secret bytes (as [`SealKey::seal`] does a token).
+    pub fn seal_bytes(&self, secret: &[u8; TOKEN_BYTES]) -> Result<Vec<u8>, NoRandomness> {
         let nonce: [u8; NONCE_BYTES] = random()?;
         let pad = self.mac(&[LABEL, &nonce]);
         let mut sealed = nonce.to_vec();
-        sealed.extend(token.0.iter().zip(pad).map(|(t, p)| t ^ p));
+        sealed.extend(secret.iter().zip(pad).map(|(t, p)| t ^ p));
         let tag = self.mac(&[TAG_LABEL, &sealed]);
         sealed.extend_from_slice(&tag[..TAG_BYTES]);
         Ok(sealed)
@@ -111,6 +124,11 @@ impl SealKey {
 
     /// `None` for bytes that are not a token sealed with this key.
     pub fn open(&self, sealed: &[u8]) -> Option<OneTimeToken> {
+        self.open_bytes(sealed).map(OneTimeToken)
+    }
+
+    /// The 32 bytes [`SealKey::seal_bytes`] sealed, or `None` for anything else.
+    pub fn open_bytes(&self, sealed: &[u8]) -> Option<[u8; TOKEN_BYTES]> {
         if sealed.len() != NONCE_BYTES + TOKEN_BYTES + TAG_BYTES {
             return None;
         }
@@ -130,7 +148,7 @@ impl SealKey {
         for (i, (b, p)) in body.iter().zip(pad).enumerate() {
             token[i] = b ^ p;
         }
-        Some(OneTimeToken(token))
+        Some(token)
     }
 }
 

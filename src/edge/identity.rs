@@ -49,8 +49,8 @@ fn normalized_matches(name: &[u8], target: &[u8], whole: bool) -> bool {
     })
 }
 
-/// Headers only the gateway may set: the `x-user-*` and `x-forwarded-*` families, `forwarded`
-/// and `x-real-ip`. (`x-request-id` is kept when well-formed; see [`valid_request_id`].)
+/// Headers only the gateway may set: the `x-user-*` and `x-forwarded-*` families,
+/// `x-identity-assertion`, `forwarded` and `x-real-ip`. (`x-request-id` is kept when well-formed; see [`valid_request_id`].)
 pub fn is_reserved(name: &str) -> bool {
     is_reserved_name(name.as_bytes())
 }
@@ -58,6 +58,7 @@ pub fn is_reserved(name: &str) -> bool {
 /// [`is_reserved`] over raw name bytes (as a request head carries them).
 pub fn is_reserved_name(n: &[u8]) -> bool {
     normalized_matches(n, b"x-user-", false)
+        || normalized_matches(n, b"x-identity-assertion", true)
         || normalized_matches(n, b"x-forwarded-", false)
         || normalized_matches(n, b"forwarded", true)
         || normalized_matches(n, b"x-real-ip", true)
@@ -244,6 +245,8 @@ pub struct UserHeaders {
     pub id: HeaderValue,
     pub email: HeaderValue,
     pub email_verified: bool,
+    /// `X-Identity-Assertion` (with `[identity_assertion] enabled`).
+    pub assertion: Option<HeaderValue>,
 }
 
 /// What the gateway tells an upstream about a request.
@@ -294,7 +297,7 @@ pub fn prepare_upstream_headers(
             }
         }
     }
-    headers.reserve(7);
+    headers.reserve(8);
     if let Some(user) = identity.user {
         headers.append(USER_ID, user.id);
         headers.append(USER_EMAIL, user.email);
@@ -302,6 +305,9 @@ pub fn prepare_upstream_headers(
             USER_EMAIL_VERIFIED,
             HeaderValue::from_static(if user.email_verified { "true" } else { "false" }),
         );
+        if let Some(assertion) = user.assertion {
+            headers.append(crate::credentials::assertion::HEADER, assertion);
+        }
     }
     headers.append(REQUEST_ID, identity.request_id);
     headers.append(FORWARDED_FOR, identity.forwarded_for);
@@ -491,6 +497,8 @@ mod tests {
             "Forwarded",
             "X-Real-IP",
             "x_real_ip",
+            "X-Identity-Assertion",
+            "x_identity.assertion",
         ] {
             assert!(is_reserved(name), "{name}");
         }
@@ -586,6 +594,8 @@ mod tests {
             ("x.forwarded.for", "6.6.6.6"),
             ("forwarded", "for=6.6.6.6"),
             ("x-real-ip", "6.6.6.6"),
+            ("x_identity_assertion", "forged"),
+            ("x.identity.assertion", "forged"),
             ("x_request_id", "client"),
             ("connection", "keep-alive, X-User-Id"),
             ("connection", "x-forwarded-host"),
@@ -611,6 +621,7 @@ mod tests {
                     id: HeaderValue::from_static("42"),
                     email: HeaderValue::from_static("a@b.c"),
                     email_verified: false,
+                    assertion: Some(HeaderValue::from_static("signed")),
                 }),
                 request_id: HeaderValue::from_static("rid"),
                 forwarded_for: HeaderValue::from_static("127.0.0.1"),
@@ -631,6 +642,7 @@ mod tests {
             ("x-forwarded-for", "127.0.0.1"),
             ("x-forwarded-host", "app.example"),
             ("x-forwarded-proto", "http"),
+            ("x-identity-assertion", "signed"),
             ("x-request-id", "rid"),
             ("x-user-email", "a@b.c"),
             ("x-user-email-verified", "false"),

@@ -65,6 +65,8 @@ pub struct RequestCtx {
     /// (see [`crate::edge::routes::read_path`]).
     forward_path: Option<String>,
     user: Option<Arc<UserState>>,
+    /// The session of the token `user` came with (none for the seed's tokens).
+    sid: Option<uuid::Uuid>,
     connect_retries: usize,
     /// Whether the request came over TLS (known only when HSTS is configured).
     over_tls: bool,
@@ -381,6 +383,7 @@ impl Gateway {
                     id: u.id_header.clone(),
                     email: u.email_header.clone(),
                     email_verified: u.email_verified,
+                    assertion: self.assertion(u, ctx.sid, ctx.route),
                 }),
                 request_id: ctx.request_id.clone(),
                 forwarded_for,
@@ -396,6 +399,19 @@ impl Gateway {
             Some(target) => req.set_raw_path(&target),
             None => Ok(()),
         }
+    }
+
+    /// The `X-Identity-Assertion` for `user` on route number `route`.
+    fn assertion(
+        &self,
+        user: &UserState,
+        sid: Option<uuid::Uuid>,
+        route: Option<usize>,
+    ) -> Option<http::HeaderValue> {
+        let assertions = self.app.assertions.as_ref()?;
+        let route = route?;
+        let audience = &self.app.routes.get(route)?.audience;
+        assertions.header(user, sid, route, audience)
     }
 
     /// Remembers an upgraded connection of a known user, to close it if the user is shut out.
@@ -424,7 +440,7 @@ impl Gateway {
     fn identify(&self, authorization: Option<&[u8]>, auth: RouteAuth) -> Identity {
         let anonymous = match auth {
             RouteAuth::Required => Identity::Refused(ApiError::NotAuthenticated),
-            RouteAuth::Public => Identity::Known(None),
+            RouteAuth::Public => Identity::Known(None, None),
         };
         let Some(token) = token::bearer_credentials(authorization) else {
             return anonymous;
@@ -435,7 +451,7 @@ impl Gateway {
             Ok(v) => v,
             // Bytes that are not text are no token at all (as for the own endpoints).
             Err(token::TokenError::NotText) => return anonymous,
-            Err(_) if auth == RouteAuth::Public => return Identity::Known(None),
+            Err(_) if auth == RouteAuth::Public => return Identity::Known(None, None),
             Err(_) => return Identity::Refused(ApiError::RejectedToken),
         };
         match self.app.users.cached(&verified.user_id, now) {
@@ -446,7 +462,7 @@ impl Gateway {
             },
             Cached::Known(state) => {
                 match admit(state, &verified, now, auth, self.app.require_verified_email) {
-                    Ok(user) => Identity::Known(user),
+                    Ok(user) => Identity::Known(user, verified.session_id),
                     Err(e) => Identity::Refused(e),
                 }
             }
@@ -514,7 +530,8 @@ impl Gateway {
         let authorization = facts.authorization.map(http::HeaderValue::as_bytes);
         let host = facts.host.cloned();
         match self.identify(authorization, auth) {
-            Identity::Known(user) => {
+            Identity::Known(user, sid) => {
+                ctx.sid = sid.filter(|_| user.is_some());
                 ctx.user = user;
                 self.prepare_upstream_head(session, ctx, host, facts.cleanup)?;
                 Ok(None)
@@ -566,6 +583,7 @@ impl Gateway {
                 let verified_only = self.app.require_verified_email;
                 match fetched.and_then(|state| admit(state, &verified, now, auth, verified_only)) {
                     Ok(user) => {
+                        ctx.sid = verified.session_id.filter(|_| user.is_some());
                         ctx.user = user;
                         self.prepare_upstream_head(session, ctx, host, cleanup)?;
                         return Ok(false);
@@ -606,8 +624,8 @@ fn admit(
 
 /// Who is calling, as far as memory answers.
 enum Identity {
-    /// `None`: anonymous (public routes only).
-    Known(Option<Arc<UserState>>),
+    /// `None`: anonymous (public routes only); with the token's session, if it has one.
+    Known(Option<Arc<UserState>>, Option<uuid::Uuid>),
     Refused(ApiError),
     /// A valid token whose user is not in memory (or not fresh), or whose session may be
     /// newer than what memory has (`reread`).
@@ -654,6 +672,7 @@ impl ProxyHttp for Gateway {
             route: None,
             forward_path: None,
             user: None,
+            sid: None,
             connect_retries: 0,
             over_tls: false,
             upgraded: None,

@@ -35,6 +35,9 @@ pub enum Endpoint {
     PasswordResetConfirm,
     VerifyEmail,
     ResendVerification,
+    /// `GET /.well-known/jwks.json`: the keys of identity assertions (with
+    /// `[identity_assertion] enabled`).
+    Jwks,
     /// `GET /openapi.json` (with `[docs] enabled`).
     OpenApi,
     /// `GET /docs`, the Swagger UI page.
@@ -45,7 +48,7 @@ pub enum Endpoint {
 
 impl Endpoint {
     /// Every endpoint, once.
-    pub const ALL: [Endpoint; 18] = [
+    pub const ALL: [Endpoint; 19] = [
         Endpoint::Health,
         Endpoint::Ready,
         Endpoint::Register,
@@ -61,6 +64,7 @@ impl Endpoint {
         Endpoint::PasswordResetConfirm,
         Endpoint::VerifyEmail,
         Endpoint::ResendVerification,
+        Endpoint::Jwks,
         Endpoint::OpenApi,
         Endpoint::Docs,
         Endpoint::DocsAsset,
@@ -106,6 +110,7 @@ impl Endpoint {
             Endpoint::PasswordResetConfirm => "password_reset_confirm",
             Endpoint::VerifyEmail => "verify_email",
             Endpoint::ResendVerification => "resend_verification",
+            Endpoint::Jwks => "jwks",
             Endpoint::OpenApi => "openapi",
             Endpoint::Docs => "docs",
             Endpoint::DocsAsset => "docs_asset",
@@ -134,6 +139,8 @@ pub struct Router {
     /// Whether `/openapi.json` and `/docs` are served (`[docs] enabled`); if not, their paths
     /// are the routes' like any other.
     docs: bool,
+    /// Whether `/.well-known/jwks.json` is served (`[identity_assertion] enabled`).
+    jwks: bool,
 }
 
 /// Whether `path` is one of the API documentation's paths.
@@ -152,12 +159,19 @@ impl Router {
         Router {
             prefixes,
             docs: true,
+            jwks: true,
         }
     }
 
     /// Serves the API documentation or not (on by default).
     pub fn with_docs(mut self, docs: bool) -> Router {
         self.docs = docs;
+        self
+    }
+
+    /// Serves the identity assertions' keys or not (on by default).
+    pub fn with_jwks(mut self, jwks: bool) -> Router {
+        self.jwks = jwks;
         self
     }
 
@@ -171,6 +185,8 @@ impl Router {
             Route::NotFound => {}
             Route::Own(e) if e.is_docs() && !self.docs => {}
             Route::MethodNotAllowed(_) if !self.docs && is_docs_path(&path.matched) => {}
+            Route::Own(Endpoint::Jwks) if !self.jwks => {}
+            Route::MethodNotAllowed(_) if !self.jwks && path.matched.as_ref() == JWKS_PATH => {}
             own => return Routed::to(own),
         }
         let route = self
@@ -307,6 +323,9 @@ pub fn is_plain_prefix(prefix: &str) -> bool {
         && read_path(prefix).is_some_and(|p| matches!(p.matched, Cow::Borrowed(_)))
 }
 
+/// Where every instance publishes the public keys of identity assertions.
+pub const JWKS_PATH: &[u8] = b"/.well-known/jwks.json";
+
 pub fn classify(method: &Method, path: &[u8]) -> Route {
     // HEAD is answered like GET, without the body (as Starlette does).
     let get = method == Method::GET || method == Method::HEAD;
@@ -315,6 +334,8 @@ pub fn classify(method: &Method, path: &[u8]) -> Route {
         b"/health" => Route::MethodNotAllowed("GET"),
         b"/ready" if get => Route::Own(Endpoint::Ready),
         b"/ready" => Route::MethodNotAllowed("GET"),
+        JWKS_PATH if get => Route::Own(Endpoint::Jwks),
+        JWKS_PATH => Route::MethodNotAllowed("GET"),
         b"/openapi.json" if get => Route::Own(Endpoint::OpenApi),
         b"/openapi.json" => Route::MethodNotAllowed("GET"),
         b"/docs" if get => Route::Own(Endpoint::Docs),
@@ -413,6 +434,7 @@ mod tests {
     fn route(prefix: &str, auth: RouteAuth) -> RouteConfig {
         RouteConfig {
             prefix: prefix.into(),
+            name: None,
             upstreams: vec!["127.0.0.1:9000".into()],
             auth,
             connect_timeout_ms: 1000,

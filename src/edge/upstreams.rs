@@ -93,6 +93,8 @@ impl std::fmt::Display for Target {
 
 pub struct ProxyRoute {
     pub prefix: String,
+    /// The `aud` of identity assertions for this route: its `name`, or its prefix.
+    pub audience: String,
     pub auth: RouteAuth,
     /// The route's upstreams; each one's peer carries the route's connect and read timeouts.
     pub upstreams: Arc<Members>,
@@ -340,6 +342,7 @@ pub fn build(
     let service = background_service(&format!("health check {}", route.prefix), lb);
     let proxy_route = ProxyRoute {
         prefix: route.prefix.clone(),
+        audience: route.name.clone().unwrap_or_else(|| route.prefix.clone()),
         auth: route.auth,
         upstreams: members,
         metrics: crate::ops::metrics::metrics().route(&route.prefix),

@@ -88,6 +88,7 @@ pub struct Config {
     pub admin: AdminConfig,
     pub docs: DocsConfig,
     pub tls: TlsConfig,
+    pub identity_assertion: AssertionConfig,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -103,6 +104,35 @@ pub struct TlsConfig {
     pub key_file: String,
     /// `Strict-Transport-Security: max-age=…` on answers over TLS; 0: no header.
     pub hsts_max_age_seconds: u64,
+}
+
+/// `X-Identity-Assertion`: a short-lived EdDSA JWT on every request forwarded with a user's
+/// identity, verifiable against `GET /.well-known/jwks.json`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AssertionConfig {
+    pub enabled: bool,
+    /// The `iss` claim.
+    pub issuer: String,
+    /// `exp - iat`.
+    pub lifetime_seconds: u64,
+    /// How long one assertion is sent again for the same user, session and route before a new
+    /// one is signed (0: one per request).
+    pub reuse_seconds: u64,
+    /// How long an instance signs with one key before it makes the next.
+    pub key_rotation_seconds: u64,
+}
+
+impl Default for AssertionConfig {
+    fn default() -> Self {
+        AssertionConfig {
+            enabled: true,
+            issuer: "sentinel-gateway".into(),
+            lifetime_seconds: 60,
+            reuse_seconds: 5,
+            key_rotation_seconds: 86_400,
+        }
+    }
 }
 
 /// `GET /openapi.json` and the Swagger UI page at `GET /docs`.
@@ -377,6 +407,9 @@ pub enum RouteAuth {
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     pub prefix: String,
+    /// The `aud` of the route's identity assertions (default: the prefix).
+    #[serde(default)]
+    pub name: Option<String>,
     pub upstreams: Vec<String>,
     #[serde(default = "RouteConfig::default_auth")]
     pub auth: RouteAuth,
@@ -847,6 +880,28 @@ impl Config {
             }
             if !(1..=64).contains(&limits.redis_connections) {
                 return invalid("rate_limit.redis_connections must be between 1 and 64".into());
+            }
+        }
+        let assertion = &self.identity_assertion;
+        if assertion.enabled {
+            if !(5..=3600).contains(&assertion.lifetime_seconds) {
+                return invalid(
+                    "identity_assertion.lifetime_seconds must be between 5 and 3600".into(),
+                );
+            }
+            if assertion.reuse_seconds * 2 > assertion.lifetime_seconds {
+                return invalid(
+                    "identity_assertion.reuse_seconds must be at most half of lifetime_seconds"
+                        .into(),
+                );
+            }
+            if assertion.key_rotation_seconds < 2 {
+                return invalid(
+                    "identity_assertion.key_rotation_seconds must be at least 2".into(),
+                );
+            }
+            if assertion.issuer.is_empty() {
+                return invalid("identity_assertion.issuer must not be empty".into());
             }
         }
         if let Err(e) = crate::mail::check_config(&self.mail) {

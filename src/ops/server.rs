@@ -14,6 +14,7 @@ use pingora::server::{
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 
+use crate::credentials::assertion::Assertions;
 use crate::credentials::rate_limit::{LimiterJanitor, RateLimits};
 use crate::edge::front::{ClientTimeouts, Deadlines, Front};
 use crate::edge::proxy::Gateway;
@@ -31,16 +32,40 @@ pub fn migrate(config: &Config) -> anyhow::Result<db::MigrationReport> {
         .enable_all()
         .build()
         .context("cannot start the start-up runtime")?;
-    let report = rt.block_on(connect_and_migrate(&config.database))?;
+    let report = rt.block_on(connect_and_migrate(&config.database, None))?;
     Ok(report)
 }
 
+/// Reaches PostgreSQL, migrates it, and publishes this instance's identity assertion key (so
+/// that no assertion is signed before every instance's JWKS can list its key).
 async fn connect_and_migrate(
     database: &crate::ops::config::DatabaseConfig,
+    assertions: Option<&Assertions>,
 ) -> Result<db::MigrationReport, db::DbError> {
     let bound = Duration::from_secs(database.startup_wait_seconds);
     let mut client = db::connect_waiting(database, bound).await?;
-    db::migrate(&mut client).await
+    let report = db::migrate(&mut client).await?;
+    if let Some(assertions) = assertions {
+        assertions
+            .maintain(&mut client)
+            .await
+            .map_err(|e| db::DbError::Query(format!("identity assertion keys: {e:?}")))?;
+    }
+    Ok(report)
+}
+
+/// [`connect_and_migrate`] on a short-lived runtime (`serve --upgrade`, which is ready from
+/// its first request).
+fn publish_key(config: &Config, app: &App) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the start-up runtime")?;
+    rt.block_on(connect_and_migrate(
+        &config.database,
+        app.assertions.as_deref(),
+    ))?;
+    Ok(())
 }
 
 /// Serves until SIGTERM/SIGINT. Every start-up failure is returned (one line, non-zero exit),
@@ -150,9 +175,11 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
         cache: users,
         upgraded: Arc::clone(&app.upgraded),
         database: config.database.clone(),
+        keys_changed: app.assertions.as_ref().map(|a| Arc::clone(&a.keys_changed)),
     };
 
     if predecessor.is_some() {
+        publish_key(&config, &app)?;
         app.set_ready();
     }
     let server_conf = ServerConf {
@@ -224,6 +251,12 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     server.add_service(service);
     server.add_service(background_service("database start-up", database_startup));
     server.add_service(background_service("user change listener", listener));
+    if app.assertions.is_some() {
+        server.add_service(background_service(
+            "assertion keys",
+            AssertionKeys(Arc::clone(&app)),
+        ));
+    }
     server.add_service(background_service("rate limiter janitor", janitor));
     server.add_service(background_service("mail worker", mail_worker));
     server.add_service(background_service(
@@ -308,8 +341,9 @@ struct DatabaseStartup {
 #[async_trait::async_trait]
 impl BackgroundService for DatabaseStartup {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        let assertions = self.app.assertions.as_deref();
         let report = tokio::select! {
-            report = connect_and_migrate(&self.database) => report,
+            report = connect_and_migrate(&self.database, assertions) => report,
             _ = shutdown.changed() => return,
         };
         match report {
@@ -324,6 +358,48 @@ impl BackgroundService for DatabaseStartup {
                 tracing::info!("database ready");
             }
             Err(e) => self.outcome.fail(e.to_string()),
+        }
+    }
+}
+
+/// Keeps the identity assertion keys loaded and complete: on every change notified, every
+/// 30 s, and when the next key takes over (then the one after it is made).
+struct AssertionKeys(Arc<App>);
+
+#[async_trait::async_trait]
+impl BackgroundService for AssertionKeys {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let app = &self.0;
+        let Some(assertions) = app.assertions.as_deref() else {
+            return;
+        };
+        loop {
+            // Until the next key's activation (then the one after it is made), at most 30 s.
+            let now = crate::credentials::token::unix_seconds(std::time::SystemTime::now());
+            let wait = match (app.is_ready(), assertions.next_activation()) {
+                (true, Some(at)) => (at - now).clamp(1, 30),
+                (true, None) => 30,
+                // Start-up loads the keys; look again soon.
+                (false, _) => 1,
+            };
+            tokio::select! {
+                _ = assertions.keys_changed.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(wait.unsigned_abs())) => {}
+                _ = shutdown.changed() => return,
+            }
+            if !app.is_ready() {
+                continue;
+            }
+            let maintained = async {
+                let mut db = crate::store::users::client(&app.pool).await?;
+                let client: &mut tokio_postgres::Client = &mut db;
+                assertions.maintain(client).await
+            };
+            if let Err(e) = maintained.await {
+                // The loaded keys go on signing (the next one stays published a rotation
+                // period ahead); retried at the next wake-up.
+                tracing::warn!(error = ?e, "could not load the identity assertion keys");
+            }
         }
     }
 }

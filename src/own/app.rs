@@ -9,6 +9,7 @@ use deadpool_postgres::Pool;
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::credentials::assertion::Assertions;
 use crate::credentials::one_time::{OneTimeToken, SealKey};
 use crate::credentials::password::{self, HashPolicy, HashPool, PasswordError};
 use crate::credentials::rate_limit::{RateLimits, Refused};
@@ -44,6 +45,8 @@ pub struct App {
     /// Upgraded connections by user, closed when the user is shut out.
     pub upgraded: Arc<Upgraded>,
     pub limiters: Arc<RateLimits>,
+    /// `X-Identity-Assertion` for upstreams, and the JWKS (`[identity_assertion] enabled`).
+    pub assertions: Option<Arc<Assertions>>,
     pub trusted_proxies: TrustedProxies,
     pub keys: TokenKeys,
     /// Makes and opens refresh tokens.
@@ -174,10 +177,19 @@ impl App {
         Ok(App {
             upgraded: Upgraded::new(users.pool().clone()),
             pool,
-            router: Router::new(&config.routes).with_docs(config.docs.enabled),
+            router: Router::new(&config.routes)
+                .with_docs(config.docs.enabled)
+                .with_jwks(config.identity_assertion.enabled),
             routes,
             users,
             limiters,
+            assertions: config.identity_assertion.enabled.then(|| {
+                Arc::new(Assertions::new(
+                    &config.identity_assertion,
+                    config.auth.secret_key.expose(),
+                    Arc::default(),
+                ))
+            }),
             trusted_proxies: TrustedProxies::parse(&config.proxy.trusted_proxies)
                 .map_err(|e| anyhow::anyhow!("proxy.trusted_proxies: {e}"))?,
             keys,
@@ -278,11 +290,27 @@ impl App {
             Endpoint::PasswordResetConfirm => self.confirm_password_reset(req).await,
             Endpoint::VerifyEmail => self.verify_email(req).await,
             Endpoint::ResendVerification => self.resend_verification(req).await,
+            Endpoint::Jwks => Ok(self.jwks()),
             Endpoint::OpenApi => Ok(crate::own::docs::openapi()),
             Endpoint::Docs => Ok(crate::own::docs::page()),
             Endpoint::DocsAsset => Ok(crate::own::docs::asset(&req.path)),
         };
         result.unwrap_or_else(ApiError::into_reply)
+    }
+
+    /// `GET /.well-known/jwks.json`: the public keys identity assertions are signed with,
+    /// every instance's (from memory: no database work per request).
+    fn jwks(&self) -> Reply {
+        match &self.assertions {
+            Some(assertions) => Reply {
+                status: 200,
+                content_type: crate::own::api::JSON,
+                // Short: a verifier meeting an unknown `kid` fetches again anyway.
+                headers: vec![("cache-control", "public, max-age=60".into())],
+                body: assertions.jwks(),
+            },
+            None => ApiError::NotFound.into_reply(),
+        }
     }
 
     async fn ready(&self) -> Result<Reply, ApiError> {

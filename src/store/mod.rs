@@ -7,5 +7,6 @@ pub mod account_tokens;
 pub mod db;
 pub mod pg_tls;
 pub mod sessions;
+pub mod signing_keys;
 pub mod user_cache;
 pub mod users;

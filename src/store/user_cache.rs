@@ -388,9 +388,26 @@ pub struct UserChangeListener {
     pub cache: Arc<UserCache>,
     pub upgraded: Arc<Upgraded>,
     pub database: DatabaseConfig,
+    /// Woken when `sentinel_signing_keys` changes (with identity assertions on).
+    pub keys_changed: Option<Arc<tokio::sync::Notify>>,
+}
+
+/// Where the signing keys' changes are notified (`migrations/V6__signing_keys.sql`).
+const KEYS_CHANNEL: &str = "sentinel_signing_keys";
+
+/// What a notification says changed.
+enum Change {
+    User(String),
+    Keys,
 }
 
 impl UserChangeListener {
+    fn keys_changed(&self) {
+        if let Some(notify) = &self.keys_changed {
+            notify.notify_one();
+        }
+    }
+
     /// Runs one LISTEN session until the connection ends.
     async fn listen_once(&self) -> Result<(), String> {
         let pg = self.database.pg_config()?;
@@ -404,7 +421,12 @@ impl UserChangeListener {
             while let Some(message) = messages.next().await {
                 match message {
                     Ok(AsyncMessage::Notification(n)) => {
-                        if tx.send(n.payload().to_string()).is_err() {
+                        let change = if n.channel() == KEYS_CHANNEL {
+                            Change::Keys
+                        } else {
+                            Change::User(n.payload().to_string())
+                        };
+                        if tx.send(change).is_err() {
                             break;
                         }
                     }
@@ -413,7 +435,11 @@ impl UserChangeListener {
                 }
             }
         });
-        let listen = client.batch_execute(&format!("LISTEN {CHANNEL}")).await;
+        let listen = match &self.keys_changed {
+            Some(_) => format!("LISTEN {CHANNEL}; LISTEN {KEYS_CHANNEL}"),
+            None => format!("LISTEN {CHANNEL}"),
+        };
+        let listen = client.batch_execute(&listen).await;
         if let Err(e) = listen {
             driver.abort();
             return Err(crate::store::db::describe(&e));
@@ -422,17 +448,21 @@ impl UserChangeListener {
         self.cache.invalidate_all();
         self.cache.listening.store(true, Ordering::Release);
         self.upgraded.recheck_all();
+        self.keys_changed();
         tracing::info!("listening for user changes");
         let mut sweep = tokio::time::interval(self.cache.ttl.max(Duration::from_secs(1)));
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         sweep.tick().await;
         loop {
             tokio::select! {
-                id = rx.recv() => {
-                    let Some(id) = id else { break };
-                    self.cache.invalidate(&id);
-                    self.upgraded.recheck(&id);
-                }
+                change = rx.recv() => match change {
+                    Some(Change::User(id)) => {
+                        self.cache.invalidate(&id);
+                        self.upgraded.recheck(&id);
+                    }
+                    Some(Change::Keys) => self.keys_changed(),
+                    None => break,
+                },
                 _ = sweep.tick() => self.upgraded.recheck_all(),
             }
         }

@@ -59,6 +59,11 @@ async fn the_document_is_valid_openapi_and_real_answers_match_it() {
     let mut samples = vec![
         sample("GET", "/health", &app.get("/health").await),
         sample("GET", "/ready", &app.get("/ready").await),
+        sample(
+            "GET",
+            "/.well-known/jwks.json",
+            &app.get("/.well-known/jwks.json").await,
+        ),
     ];
     let post_json = |path: &str, body: Value| c.post(app.url(path)).json(&body).send();
     let r = Answer::of(
@@ -200,8 +205,8 @@ async fn the_document_is_valid_openapi_and_real_answers_match_it() {
     assert_eq!(
         statuses,
         [
-            200, 200, 200, 400, 422, 200, 401, 422, 200, 400, 200, 401, 200, 200, 404, 202, 400,
-            400, 429, 200, 204
+            200, 200, 200, 200, 400, 422, 200, 401, 422, 200, 400, 200, 401, 200, 200, 404, 202,
+            400, 400, 429, 200, 204
         ]
     );
     check(&app.dir, &spec.text, &Value::Array(samples));
@@ -366,10 +371,11 @@ async fn chromium_lists_the_operations_and_tries_out_health() {
         "POST /auth/register",
         "GET /auth/users/me",
         "DELETE /auth/sessions/{session_id}",
+        "GET /.well-known/jwks.json",
     ] {
         assert!(operations.contains(&op), "{op} not listed: {operations:?}");
     }
-    assert_eq!(operations.len(), 15, "{operations:?}");
+    assert_eq!(operations.len(), 16, "{operations:?}");
     assert_eq!(seen["status"], "200", "{seen}");
     let body: Value = serde_json::from_str(seen["body"].as_str().unwrap()).unwrap();
     assert_eq!(body, json!({"status": "ok"}));

@@ -7,6 +7,7 @@ mod mailbox;
 mod account_mail;
 mod admin_cli;
 mod adoption;
+mod assertions;
 mod attacks;
 mod browser;
 mod cors;

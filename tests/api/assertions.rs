@@ -1,0 +1,368 @@
+//! `X-Identity-Assertion`: upstreams written in Python verify it with PyJWT against the
+//! gateway's `/.well-known/jwks.json` — across instances and across a key rotation — and a
+//! forged assertion, or one replayed to another route's upstream, fails.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use ed25519_dalek::Signer;
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+const PASSWORD: &str = "AssertedPassword1!";
+
+/// `tests/support/assertion_upstream.py` on a free port; killed on drop.
+struct PyUpstream {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl PyUpstream {
+    async fn start(jwks_url: &str, audience: &str) -> PyUpstream {
+        let port = free_port();
+        let child = Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/support/assertion_upstream.py"
+            ))
+            .args([&port.to_string(), jwks_url, audience, "sentinel-gateway"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 (with PyJWT: tests/support/requirements.txt)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the assertion upstream did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        PyUpstream { port, child }
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Sends `assertion` straight to the upstream, past the gateway (a replay).
+    async fn direct(&self, assertion: &str) -> (u16, Value) {
+        let r = reqwest::Client::new()
+            .get(format!("http://{}/direct", self.addr()))
+            .header("x-identity-assertion", assertion)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
+    }
+}
+
+impl Drop for PyUpstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn routes(api: &PyUpstream, other: &PyUpstream) -> String {
+    format!(
+        "[[routes]]\nprefix = \"/api/\"\nname = \"api\"\nupstreams = [\"{}\"]\n\n\
+         [[routes]]\nprefix = \"/other/\"\nupstreams = [\"{}\"]\n\n\
+         [[routes]]\nprefix = \"/open/\"\nupstreams = [\"{}\"]\nauth = \"public\"\n\n",
+        api.addr(),
+        other.addr(),
+        api.addr()
+    )
+}
+
+async fn get(app: &TestApp, path: &str, token: Option<&str>, extra: &[(&str, &str)]) -> Answer {
+    let mut request = app.client.get(app.url(path));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    for (name, value) in extra {
+        request = request.header(*name, *value);
+    }
+    Answer::of(request.send().await.unwrap()).await
+}
+
+fn segments(jwt: &str) -> (Value, Value) {
+    let parts: Vec<&str> = jwt.split('.').collect();
+    assert_eq!(parts.len(), 3);
+    let decode =
+        |s: &str| -> Value { serde_json::from_slice(&URL_SAFE_NO_PAD.decode(s).unwrap()).unwrap() };
+    (decode(parts[0]), decode(parts[1]))
+}
+
+/// A JWT over `header` and `claims`, signed with a key of its own.
+fn forge(header: &Value, claims: &Value) -> String {
+    let mut secret = [7u8; 32];
+    secret[0] = 42;
+    let key = ed25519_dalek::SigningKey::from_bytes(&secret);
+    let signing_input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let signature = key.sign(signing_input.as_bytes());
+    format!(
+        "{signing_input}.{}",
+        URL_SAFE_NO_PAD.encode(signature.to_bytes())
+    )
+}
+
+#[tokio::test]
+async fn a_python_upstream_verifies_assertions_and_refuses_forged_or_replayed_ones() {
+    let port = free_port();
+    let jwks = format!("http://127.0.0.1:{port}/.well-known/jwks.json");
+    let api = PyUpstream::start(&jwks, "api").await;
+    let other = PyUpstream::start(&jwks, "/other/").await;
+    let app = TestApp::spawn_with(Spawn {
+        port: Some(port),
+        config_extra: routes(&api, &other),
+        ..Spawn::default()
+    })
+    .await;
+
+    // The JWKS: the current Ed25519 key and the next, cacheable for a minute.
+    let keys = app.get("/.well-known/jwks.json").await;
+    assert_eq!(keys.status, 200);
+    assert_eq!(keys.header("cache-control"), Some("public, max-age=60"));
+    let keys = keys.json();
+    assert_eq!(keys["keys"].as_array().unwrap().len(), 2, "{keys}");
+    assert_eq!(keys["keys"][0]["kty"], "OKP");
+    assert_eq!(keys["keys"][0]["crv"], "Ed25519");
+    assert_eq!(keys["keys"][0]["alg"], "EdDSA");
+
+    let r = app.register("asserted@example.com", PASSWORD).await;
+    let body: Value = r.json().await.unwrap();
+    let token = body["access_token"].as_str().unwrap().to_string();
+    let user_id = body["user"]["id"].as_str().unwrap().to_string();
+
+    // Through the gateway: verified, with the claims the issue lists.
+    let a = get(&app, "/api/hello", Some(&token), &[]).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let seen = a.json();
+    let claims = &seen["claims"];
+    assert_eq!(claims["sub"], user_id.as_str());
+    assert_eq!(seen["user_id"], user_id.as_str());
+    assert_eq!(claims["email"], "asserted@example.com");
+    assert_eq!(claims["email_verified"], false);
+    assert_eq!(claims["aud"], "api");
+    assert_eq!(claims["iss"], "sentinel-gateway");
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        60
+    );
+    assert!(
+        claims["sid"].as_str().is_some_and(|s| s.len() == 36),
+        "{claims}"
+    );
+    assert_eq!(seen["kid"], keys["keys"][0]["kid"]);
+    let assertion = seen["assertion"].as_str().unwrap().to_string();
+    // A route without a name has its prefix as the audience.
+    let a = get(&app, "/other/x", Some(&token), &[]).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(a.json()["claims"]["aud"], "/other/");
+
+    // Replayed to another route's upstream: the audience does not match.
+    let (status, refused) = other.direct(&assertion).await;
+    assert_eq!(status, 401);
+    assert_eq!(refused["error"], "InvalidAudienceError", "{refused}");
+    // The same assertion straight to its own upstream still verifies (until it expires).
+    assert_eq!(api.direct(&assertion).await.0, 200);
+
+    // Forged: claims changed under the gateway's signature; a key of one's own under the
+    // gateway's kid; no signature at all.
+    let (header, claims) = segments(&assertion);
+    let parts: Vec<&str> = assertion.split('.').collect();
+    let mut admin = claims.clone();
+    admin["sub"] = json!("someone-else");
+    let tampered = format!(
+        "{}.{}.{}",
+        parts[0],
+        URL_SAFE_NO_PAD.encode(admin.to_string()),
+        parts[2]
+    );
+    let (status, refused) = api.direct(&tampered).await;
+    assert_eq!(
+        (status, refused["error"].as_str()),
+        (401, Some("InvalidSignatureError"))
+    );
+    let (status, refused) = api.direct(&forge(&header, &admin)).await;
+    assert_eq!(
+        (status, refused["error"].as_str()),
+        (401, Some("InvalidSignatureError"))
+    );
+    let none = format!(
+        "{}.{}.",
+        URL_SAFE_NO_PAD.encode(json!({"alg": "none", "kid": header["kid"]}).to_string()),
+        parts[1]
+    );
+    assert_eq!(api.direct(&none).await.0, 401);
+
+    // A client cannot bring its own: the gateway drops it (public route, no token: none sent;
+    // with a token: only the gateway's).
+    let a = get(
+        &app,
+        "/open/x",
+        None,
+        &[("x-identity-assertion", &assertion)],
+    )
+    .await;
+    assert_eq!(a.status, 401);
+    assert_eq!(a.json()["message"], "no X-Identity-Assertion");
+    let forged = forge(&header, &admin);
+    let a = get(
+        &app,
+        "/api/x",
+        Some(&token),
+        &[("X_Identity_Assertion", &forged)],
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(a.json()["claims"]["sub"], user_id.as_str());
+    // With a token on a public route, the user's assertion is sent.
+    // (Bound to that route: this upstream, which serves "api", refuses it.)
+    let a = get(&app, "/open/x", Some(&token), &[]).await;
+    assert_eq!(a.json()["error"], "InvalidAudienceError", "{}", a.text);
+}
+
+#[tokio::test]
+async fn assertions_from_any_instance_verify_across_a_key_rotation() {
+    // Instance A serves the JWKS the upstream uses; instance B signs what it receives.
+    let port_a = free_port();
+    let jwks = format!("http://127.0.0.1:{port_a}/.well-known/jwks.json");
+    let api = PyUpstream::start(&jwks, "api").await;
+    let other = PyUpstream::start(&jwks, "/other/").await;
+    let spec = |port: u16| {
+        Spawn {
+        port: Some(port),
+        config_extra: format!(
+            "[identity_assertion]\nkey_rotation_seconds = 4\nlifetime_seconds = 20\nreuse_seconds = 1\n\n{}",
+            routes(&api, &other)
+        ),
+        env: vec![("SENTINEL_LOG_LEVEL".into(), "info".into())],
+        ..Spawn::default()
+    }
+    };
+    let a = TestApp::start_on(TestDb::create().await, spec(port_a)).await;
+    let b = TestApp::start_on(a.db.share(), spec(free_port())).await;
+    let r = b.register("rotated@example.com", PASSWORD).await;
+    let token = r.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let through_b = || async {
+        let answer = get(&b, "/api/r", Some(&token), &[]).await;
+        assert_eq!(
+            answer.status,
+            200,
+            "{}\nB:\n{}\nA:\n{}\nA's JWKS: {}",
+            answer.text,
+            b.logs(),
+            a.logs(),
+            a.get("/.well-known/jwks.json").await.text
+        );
+        let seen = answer.json();
+        (
+            seen["kid"].as_str().unwrap().to_string(),
+            seen["assertion"].as_str().unwrap().to_string(),
+        )
+    };
+    let jwks_of_a = || async {
+        let keys = a.get("/.well-known/jwks.json").await.json();
+        keys["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    // One key signs on every instance, and the next is already published.
+    let (first_kid, first) = through_b().await;
+    let answer = get(&a, "/api/a", Some(&token), &[]).await;
+    assert_eq!(answer.json()["kid"], first_kid.as_str(), "{}", answer.text);
+    let published = jwks_of_a().await;
+    assert_eq!(published.len(), 2, "{published:?}");
+    assert_eq!(published[0], first_kid);
+    let next_kid = published[1].clone();
+
+    // The rotation: the key published ahead signs, on both instances, and the upstream —
+    // which fetched the JWKS once, before — verifies it, and still the old assertion.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (kid, _) = through_b().await;
+        if kid != first_kid {
+            assert_eq!(kid, next_kid);
+            break;
+        }
+        assert!(Instant::now() < deadline, "no rotation\n{}", b.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let answer = get(&a, "/api/a", Some(&token), &[]).await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(answer.json()["kid"], next_kid.as_str());
+    let (status, seen) = api.direct(&first).await;
+    assert_eq!(status, 200, "{seen}");
+    assert_eq!(seen["kid"], first_kid.as_str());
+
+    // The retired key is published until its last assertions have expired: lifetime (20 s)
+    // plus 60 s from its retirement; the current one until a period after its own; and the
+    // one after it already.
+    // (The key after is made within a second or two of the rotation.)
+    let db = a.db.client().await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let table: Vec<(String, f64, f64)> = loop {
+        let rows = db
+            .query(
+                "SELECT kid, extract(epoch FROM expires_at - now())::float8, \
+                        extract(epoch FROM activates_at - now())::float8 \
+                 FROM sentinel_signing_keys ORDER BY activates_at",
+                &[],
+            )
+            .await
+            .unwrap();
+        let table: Vec<_> = rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        if table.len() >= 3 || Instant::now() > deadline {
+            break table;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(table.len() >= 3, "{table:?}");
+    let row = |kid: &str| table.iter().find(|r| r.0 == kid).unwrap().clone();
+    let (_, left, _) = row(&first_kid);
+    assert!((70.0..=81.0).contains(&left), "{table:?}");
+    let (_, left, _) = row(&next_kid);
+    assert!((74.0..=85.0).contains(&left), "{table:?}");
+    let upcoming = table.iter().find(|r| r.2 > 0.0).expect("a next key");
+    assert!(jwks_of_a().await.contains(&upcoming.0));
+}
+
+#[tokio::test]
+async fn without_assertions_nothing_is_signed_and_the_jwks_path_is_not_the_gateways() {
+    let upstream = Upstream::start().await;
+    let app = TestApp::spawn_with(Spawn {
+        config_extra: format!(
+            "[identity_assertion]\nenabled = false\n\n\
+             [[routes]]\nprefix = \"/\"\nupstreams = [\"{}\"]\nauth = \"public\"\n",
+            upstream.addr()
+        ),
+        ..Spawn::default()
+    })
+    .await;
+    // The path goes to the route like any other.
+    let a = app.get("/.well-known/jwks.json").await;
+    assert_eq!(a.status, 200);
+    assert!(!a.text.contains("Ed25519"), "{}", a.text);
+}
