@@ -340,16 +340,13 @@ impl Assertions {
     fn load(&self, keys: &[StoredKey]) -> Result<(), ApiError> {
         let mut ring = Vec::with_capacity(keys.len());
         for stored in keys {
-            match self.seal.open_bytes(&stored.sealed_private_key) {
-                Some(mut secret) => {
-                    let key = Key::from_secret(&secret, stored.activates_at);
-                    secret.fill(0);
-                    if key.public == stored.public_key {
-                        ring.push(Arc::new(key));
-                    }
+            // A key sealed under another auth.secret_key is published, never used here.
+            if let Some(mut secret) = self.seal.open_bytes(&stored.sealed_private_key) {
+                let key = Key::from_secret(&secret, stored.activates_at);
+                secret.fill(0);
+                if key.public == stored.public_key {
+                    ring.push(Arc::new(key));
                 }
-                // Sealed under another auth.secret_key: published, never used here.
-                None => {}
             }
         }
         let jwks: Vec<serde_json::Value> = keys

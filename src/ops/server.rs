@@ -54,18 +54,24 @@ async fn connect_and_migrate(
     Ok(report)
 }
 
-/// [`connect_and_migrate`] on a short-lived runtime (`serve --upgrade`, which is ready from
-/// its first request).
-fn publish_key(config: &Config, app: &App) -> anyhow::Result<()> {
+/// Loads the identity assertion keys on a short-lived runtime (`serve --upgrade`, which has
+/// migrated already and is ready from its first request).
+fn load_keys(config: &Config, app: &App) -> anyhow::Result<()> {
+    let Some(assertions) = app.assertions.as_deref() else {
+        return Ok(());
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the start-up runtime")?;
-    rt.block_on(connect_and_migrate(
-        &config.database,
-        app.assertions.as_deref(),
-    ))?;
-    Ok(())
+    rt.block_on(async {
+        let bound = Duration::from_secs(config.database.startup_wait_seconds);
+        let mut client = db::connect_waiting(&config.database, bound).await?;
+        assertions
+            .maintain(&mut client)
+            .await
+            .map_err(|e| anyhow::anyhow!("identity assertion keys: {e:?}"))
+    })
 }
 
 /// Serves until SIGTERM/SIGINT. Every start-up failure is returned (one line, non-zero exit),
@@ -179,7 +185,7 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     };
 
     if predecessor.is_some() {
-        publish_key(&config, &app)?;
+        load_keys(&config, &app)?;
         app.set_ready();
     }
     let server_conf = ServerConf {
