@@ -16,6 +16,10 @@
 #                                                 settings (see examples/bare_proxy.rs)
 #   METRICS=off bench/proxy-instructions.sh        the gateway without its admin listener, so
 #                                                 without request metrics (default: on)
+#   ASSERTIONS=off|sign bench/proxy-instructions.sh  without X-Identity-Assertion, or with a
+#                                                 signature per request (default: reuse, the
+#                                                 product's default of one per user and route
+#                                                 every 5 s)
 #   PEERS=true bench/proxy-instructions.sh         also count nginx as a reverse proxy and the
 #                                                 passthrough on pingora-core without
 #                                                 pingora-proxy (examples/core_proxy.rs, with
@@ -100,6 +104,8 @@ level = "$([ "${ACCESS_LOG:-false}" = true ] && echo info || echo warn)"
 access_log = ${ACCESS_LOG:-false}
 [admin]
 listen = "$([ "${METRICS:-on}" = off ] || echo "127.0.0.1:$(port)")"
+[identity_assertion]
+$(case "${ASSERTIONS:-reuse}" in off) echo "enabled = false" ;; sign) echo "reuse_seconds = 0" ;; *) echo "reuse_seconds = 5" ;; esac)
 [[routes]]
 prefix = "/bench/"
 upstreams = ["127.0.0.1:$UP"]
