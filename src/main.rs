@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use sentinel_gateway::ops::admin::UsersCommand;
+use sentinel_gateway::ops::admin::{KeysCommand, UsersCommand};
 use sentinel_gateway::ops::config::{Config, Sources};
 use sentinel_gateway::ops::{admin, process, server, telemetry};
 
@@ -60,6 +60,11 @@ enum Command {
     Users {
         #[command(subcommand)]
         command: UsersCommand,
+    },
+    /// The keys identity assertions are signed with (list; rotate, or revoke a leaked one).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
     },
 }
 
@@ -129,6 +134,7 @@ fn main() -> ExitCode {
         }
         // No log set-up: what the command does is its output, and errors its one line.
         Command::Users { command } => admin::run(&config, command, &mut std::io::stdout()),
+        Command::Keys { command } => admin::run_keys(&config, command, &mut std::io::stdout()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -102,6 +102,9 @@ fn generate(seal: &SealKey) -> Result<NewKey, ApiError> {
 struct KeyRing {
     keys: Vec<Arc<Key>>,
     jwks: Bytes,
+    /// Changes whenever the keys or their activations do: assertions minted under another
+    /// generation are signed again (a key revoked by an operator stops being sent at once).
+    generation: u64,
 }
 
 impl KeyRing {
@@ -141,6 +144,8 @@ struct Minted {
     email_verified: bool,
     /// Unix seconds until which it is sent again.
     reuse_until: u64,
+    /// The key ring's generation it was signed under.
+    generation: u64,
     value: HeaderValue,
 }
 
@@ -193,8 +198,10 @@ impl Assertions {
             return self.mint(user, sid, audience, now);
         }
         let slot = self.hasher.hash_one((&user.id, sid, route));
+        let generation = self.ring.load().generation;
         if let Some(m) = self.minted.get(&slot) {
             if now < m.reuse_until
+                && m.generation == generation
                 && m.route == route
                 && m.sid == sid
                 && m.email_verified == user.email_verified
@@ -214,6 +221,7 @@ impl Assertions {
                 email: user.email.clone(),
                 email_verified: user.email_verified,
                 reuse_until: now + self.reuse,
+                generation,
                 value: value.clone(),
             }),
         );
@@ -292,6 +300,51 @@ impl Assertions {
         self.load(&keys)
     }
 
+    /// An operator's rotation (`sentinel-gateway keys rotate`): the next key signs from now
+    /// on, everywhere within a moment (`NOTIFY`), and a new next one is made. The old key stays
+    /// published until its assertions have expired, or, with `revoke` (it leaked), leaves the
+    /// JWKS at once. Returns the old key's id and the new one's.
+    pub async fn rotate_now(
+        &self,
+        db: &mut tokio_postgres::Client,
+        revoke: bool,
+    ) -> Result<(Option<String>, String), ApiError> {
+        let tx = db.transaction().await.map_err(db_error)?;
+        signing_keys::lock(&tx).await?;
+        let (keys, now) = signing_keys::live(&tx).await?;
+        let usable: Vec<&StoredKey> = keys
+            .iter()
+            .filter(|k| self.seal.open_bytes(&k.sealed_private_key).is_some())
+            .collect();
+        let old = usable
+            .iter()
+            .rev()
+            .find(|k| k.activates_at <= now)
+            .map(|k| k.kid.clone());
+        let new = match usable.iter().find(|k| k.activates_at > now) {
+            Some(next) => {
+                signing_keys::activate_now(&tx, &next.kid).await?;
+                next.kid.clone()
+            }
+            None => {
+                let key = generate(&self.seal)?;
+                let tail = i64::try_from(self.lifetime + SKEW).unwrap_or(i64::MAX / 4);
+                signing_keys::insert(&tx, &key, now, now + self.rotation + tail).await?;
+                key.kid
+            }
+        };
+        if let Some(old) = &old {
+            let tail = i64::try_from(self.lifetime + SKEW).unwrap_or(i64::MAX / 4);
+            signing_keys::expire_in(&tx, old, if revoke { 0 } else { tail }).await?;
+        }
+        let (keys, now) = signing_keys::live(&tx).await?;
+        self.add_missing(&tx, &keys, now).await?;
+        let (keys, _) = signing_keys::live(&tx).await?;
+        tx.commit().await.map_err(db_error)?;
+        self.load(&keys)?;
+        Ok((old, new))
+    }
+
     /// Whether `keys` hold a usable current key and a usable next one at `now`.
     fn complete(&self, keys: &[StoredKey], now: i64) -> bool {
         let usable = |k: &&StoredKey| self.seal.open_bytes(&k.sealed_private_key).is_some();
@@ -363,7 +416,19 @@ impl Assertions {
             })
             .collect();
         let jwks = Bytes::from(serde_json::json!({ "keys": jwks }).to_string());
-        self.ring.store(Arc::new(KeyRing { keys: ring, jwks }));
+        let previous = self.ring.load();
+        let same = previous.keys.len() == ring.len()
+            && previous
+                .keys
+                .iter()
+                .zip(&ring)
+                .all(|(a, b)| a.kid == b.kid && a.activates_at == b.activates_at);
+        let generation = previous.generation + u64::from(!same);
+        self.ring.store(Arc::new(KeyRing {
+            keys: ring,
+            jwks,
+            generation,
+        }));
         Ok(())
     }
 }

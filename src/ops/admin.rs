@@ -1,4 +1,5 @@
-//! `sentinel-gateway users …`: managing users without SQL, against the configured database.
+//! `sentinel-gateway users …`: managing users without SQL, against the configured database;
+//! and `sentinel-gateway keys …`: the identity assertion keys (list, rotate, revoke).
 //!
 //! Every change goes through the same statements as the API, so running gateways hear of it
 //! the same way (the `users` and `sentinel_sessions` triggers' `NOTIFY`): a deactivation or a
@@ -59,6 +60,104 @@ pub enum UsersCommand {
     VerifyEmail { user: String },
 }
 
+/// A connection to the configured database, migrated as the gateway needs it (the same
+/// migrations `serve` applies); a clear error at once when it cannot be reached.
+async fn migrated(config: &Config) -> anyhow::Result<tokio_postgres::Client> {
+    let mut client = db::connect(&config.database).await?;
+    db::migrate(&mut client).await?;
+    Ok(client)
+}
+
+/// `sentinel-gateway keys …`: the identity assertion keys.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Every key: which signs now, which is next, which are retired or gone from the JWKS.
+    List,
+    /// The next key signs from now on, on every instance within a moment, and a new next one
+    /// is made; the old key stays in the JWKS until its assertions have expired.
+    Rotate {
+        /// The current key leaked: take it out of the JWKS at once (assertions it signed stop
+        /// verifying as soon as verifiers fetch the JWKS again).
+        #[arg(long)]
+        revoke: bool,
+    },
+}
+
+/// Runs one `keys` command; what it prints goes to `out`.
+pub fn run_keys(config: &Config, command: KeysCommand, out: &mut dyn Write) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start a runtime")?;
+    rt.block_on(async {
+        // Keys are sealed under it: never under an empty or placeholder secret.
+        config.require_secret()?;
+        if !config.identity_assertion.enabled {
+            bail!("identity_assertion.enabled is false: no keys are kept");
+        }
+        let mut client = migrated(config).await?;
+        let assertions = crate::credentials::assertion::Assertions::new(
+            &config.identity_assertion,
+            config.auth.secret_key.expose(),
+            Default::default(),
+        );
+        match command {
+            KeysCommand::List => {
+                // The first gateway to start makes the keys; so does this.
+                assertions.maintain(&mut client).await.map_err(api)?;
+                let now = chrono::Utc::now();
+                writeln!(
+                    out,
+                    "{:<43}  {:<8}  {:<20}  PUBLISHED UNTIL",
+                    "KID", "STATE", "SIGNS FROM"
+                )?;
+                let rows = crate::store::signing_keys::all(&client)
+                    .await
+                    .map_err(api)?;
+                let current = rows
+                    .iter()
+                    .filter(|r| r.3 && r.1 <= now)
+                    .map(|r| r.0.clone())
+                    .next_back();
+                for (kid, activates, expires, published) in &rows {
+                    let state = if !published {
+                        "gone"
+                    } else if Some(kid) == current.as_ref() {
+                        "current"
+                    } else if *activates > now {
+                        "next"
+                    } else {
+                        "retired"
+                    };
+                    writeln!(
+                        out,
+                        "{kid:<43}  {state:<8}  {:<20}  {}",
+                        activates.format("%Y-%m-%dT%H:%M:%SZ"),
+                        expires.format("%Y-%m-%dT%H:%M:%SZ")
+                    )?;
+                }
+            }
+            KeysCommand::Rotate { revoke } => {
+                assertions.maintain(&mut client).await.map_err(api)?;
+                let (old, new) = assertions
+                    .rotate_now(&mut client, revoke)
+                    .await
+                    .map_err(api)?;
+                let old = old.unwrap_or_else(|| "none".into());
+                if revoke {
+                    writeln!(out, "{new} signs now; {old} revoked (no longer published)")?;
+                } else {
+                    writeln!(
+                        out,
+                        "{new} signs now; {old} stays published until its assertions expire"
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
 /// Runs one `users` command; what it prints goes to `out`.
 pub fn run(config: &Config, command: UsersCommand, out: &mut dyn Write) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -73,11 +172,7 @@ async fn run_async(
     command: UsersCommand,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    // The schema as the gateway needs it (the same migrations `serve` applies), and a clear
-    // error at once when the database cannot be reached.
-    let mut client = db::connect(&config.database).await?;
-    db::migrate(&mut client).await?;
-    drop(client);
+    drop(migrated(config).await?);
     let pool = db::pool(&config.database)?;
     let mut db = tokio::time::timeout(Duration::from_secs(10), pool.get())
         .await

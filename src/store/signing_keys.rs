@@ -30,9 +30,9 @@ pub async fn live(db: &impl GenericClient) -> Result<(Vec<StoredKey>, i64), ApiE
     let rows = db
         .query(
             "SELECT kid, public_key, sealed_private_key, \
-                    extract(epoch FROM activates_at)::bigint, \
-                    extract(epoch FROM expires_at)::bigint, \
-                    extract(epoch FROM now())::bigint \
+                    floor(extract(epoch FROM activates_at))::bigint, \
+                    floor(extract(epoch FROM expires_at))::bigint, \
+                    floor(extract(epoch FROM now()))::bigint \
              FROM sentinel_signing_keys WHERE expires_at > now() ORDER BY activates_at",
             &[],
         )
@@ -41,7 +41,7 @@ pub async fn live(db: &impl GenericClient) -> Result<(Vec<StoredKey>, i64), ApiE
     let now = match rows.first() {
         Some(row) => row.get(5),
         None => db
-            .query_one("SELECT extract(epoch FROM now())::bigint", &[])
+            .query_one("SELECT floor(extract(epoch FROM now()))::bigint", &[])
             .await
             .map_err(db_error)?
             .get(0),
@@ -115,4 +115,54 @@ pub async fn delete_expired(db: &impl GenericClient) -> Result<u64, ApiError> {
     )
     .await
     .map_err(db_error)
+}
+
+/// Makes `kid` sign from now on (an operator's rotation).
+pub async fn activate_now(db: &impl GenericClient, kid: &str) -> Result<(), ApiError> {
+    db.execute(
+        "UPDATE sentinel_signing_keys SET activates_at = now() WHERE kid = $1",
+        &[&kid],
+    )
+    .await
+    .map_err(db_error)?;
+    Ok(())
+}
+
+/// Publishes `kid` for `seconds` from now only (0: it leaves the JWKS at once).
+pub async fn expire_in(db: &impl GenericClient, kid: &str, seconds: i64) -> Result<(), ApiError> {
+    db.execute(
+        "UPDATE sentinel_signing_keys SET expires_at = now() + make_interval(secs => $2::bigint) \
+         WHERE kid = $1",
+        &[&kid, &seconds],
+    )
+    .await
+    .map_err(db_error)?;
+    Ok(())
+}
+
+/// Every key in the table (published or not yet deleted), by activation: kid, activation,
+/// expiry, and whether it is still published.
+pub async fn all(
+    db: &impl GenericClient,
+) -> Result<
+    Vec<(
+        String,
+        chrono::DateTime<chrono::Utc>,
+        chrono::DateTime<chrono::Utc>,
+        bool,
+    )>,
+    ApiError,
+> {
+    let rows = db
+        .query(
+            "SELECT kid, activates_at, expires_at, expires_at > now() \
+             FROM sentinel_signing_keys ORDER BY activates_at",
+            &[],
+        )
+        .await
+        .map_err(db_error)?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect())
 }

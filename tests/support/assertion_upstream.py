@@ -35,7 +35,7 @@ class Upstream(http.server.BaseHTTPRequestHandler):
             status, body = 200, {"claims": claims, "kid": jwt.get_unverified_header(token)["kid"],
                                  "assertion": token, "user_id": self.headers.get("x-user-id")}
         except Exception as e:  # every failure is the same answer: not verified
-            status, body = 401, {"error": type(e).__name__, "message": str(e)}
+            status, body = 401, {"error": type(e).__name__, "message": str(e), "assertion": token}
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("content-type", "application/json")
