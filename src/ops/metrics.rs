@@ -43,6 +43,8 @@ pub struct Metrics {
     rate_limited: IntCounterVec,
     redis_failures: IntCounterVec,
     pub redis_up: IntGauge,
+    pub assertions_signed: IntCounter,
+    pub assertion_keys: IntGauge,
     pub token_cache_hit: IntCounter,
     pub token_cache_miss: IntCounter,
     pub user_cache_hit: IntCounter,
@@ -234,6 +236,16 @@ impl Metrics {
                 "sentinel_rate_limit_redis_up",
                 "1 if the last rate-limit check reached Redis, 0 if it failed (stays 1 with \
                  backend = local)",
+            ),
+            assertions_signed: counter(
+                &registry,
+                "sentinel_identity_assertions_signed_total",
+                "X-Identity-Assertion JWTs signed (each is reused for identity_assertion.reuse_seconds)",
+            ),
+            assertion_keys: gauge(
+                &registry,
+                "sentinel_identity_assertion_keys",
+                "Keys in the JWKS this instance serves (current, next and retired ones still due)",
             ),
             token_cache_hit: cache.with_label_values(&["token", "hit"]),
             token_cache_miss: cache.with_label_values(&["token", "miss"]),

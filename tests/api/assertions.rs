@@ -123,12 +123,27 @@ async fn a_python_upstream_verifies_assertions_and_refuses_forged_or_replayed_on
     let jwks = format!("http://127.0.0.1:{port}/.well-known/jwks.json");
     let api = PyUpstream::start(&jwks, "api").await;
     let other = PyUpstream::start(&jwks, "/other/").await;
+    let admin = free_port();
     let app = TestApp::spawn_with(Spawn {
         port: Some(port),
-        config_extra: routes(&api, &other),
+        config_extra: format!(
+            "[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n{}",
+            routes(&api, &other)
+        ),
         ..Spawn::default()
     })
     .await;
+    let metric = |name: &'static str| async move {
+        let text = reqwest::get(format!("http://127.0.0.1:{admin}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{name} not in:\n{text}"))
+    };
 
     // The JWKS: the current Ed25519 key and the next, cacheable for a minute.
     let keys = app.get("/.well-known/jwks.json").await;
@@ -166,6 +181,20 @@ async fn a_python_upstream_verifies_assertions_and_refuses_forged_or_replayed_on
     );
     assert_eq!(seen["kid"], keys["keys"][0]["kid"]);
     let assertion = seen["assertion"].as_str().unwrap().to_string();
+    // Signed once, then reused for the same user, session and route.
+    assert_eq!(
+        metric("sentinel_identity_assertions_signed_total").await,
+        1.0
+    );
+    assert_eq!(metric("sentinel_identity_assertion_keys").await, 2.0);
+    for _ in 0..5 {
+        let a = get(&app, "/api/again", Some(&token), &[]).await;
+        assert_eq!(a.json()["assertion"], assertion.as_str());
+    }
+    assert_eq!(
+        metric("sentinel_identity_assertions_signed_total").await,
+        1.0
+    );
     // A route without a name has its prefix as the audience.
     let a = get(&app, "/other/x", Some(&token), &[]).await;
     assert_eq!(a.status, 200, "{}", a.text);
