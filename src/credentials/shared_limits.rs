@@ -102,8 +102,30 @@ impl SharedLimits {
     /// Connections are made when the first check needs them (inside the runtime that serves
     /// it), so the gateway starts, and serves under `redis_failure`, while Redis is away.
     pub fn new(config: &RateLimitConfig) -> Result<SharedLimits, String> {
-        let client = redis::Client::open(config.redis_url.expose())
-            .map_err(|e| format!("not a Redis URL ({})", kind(&e)))?;
+        let client = match &config.redis_ca_file {
+            None => redis::Client::open(config.redis_url.expose()),
+            Some(path) => {
+                let root_cert = std::fs::read(path).map_err(|e| {
+                    format!(
+                        "cannot read rate_limit.redis_ca_file {}: {e}",
+                        path.display()
+                    )
+                })?;
+                redis::Client::build_with_tls(
+                    config.redis_url.expose(),
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(root_cert),
+                    },
+                )
+            }
+        }
+        .map_err(|e| {
+            format!(
+                "not a Redis URL, or a CA file that does not load ({})",
+                kind(&e)
+            )
+        })?;
         Ok(SharedLimits {
             client,
             count: config.redis_connections.max(1),

@@ -354,6 +354,9 @@ pub struct RateLimitConfig {
     pub backend: RateLimitBackend,
     /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS.
     pub redis_url: Secret,
+    /// With `rediss://`: the CA (PEM) Redis's certificate is verified against, instead of the
+    /// system's roots.
+    pub redis_ca_file: Option<PathBuf>,
     /// What an attempt gets when Redis does not answer within `redis_timeout_ms`: `open`
     /// (allowed under the local limits alone; logged and counted) or `closed` (503).
     pub redis_failure: RedisFailure,
@@ -522,6 +525,7 @@ impl Default for RateLimitConfig {
             max_tracked_keys: 500_000,
             backend: RateLimitBackend::Local,
             redis_url: Secret::new(""),
+            redis_ca_file: None,
             redis_failure: RedisFailure::Open,
             redis_timeout_ms: 200,
             redis_connections: 2,
@@ -874,6 +878,12 @@ impl Config {
             if let Err(e) = crate::credentials::shared_limits::check_url(limits.redis_url.expose())
             {
                 return invalid(format!("rate_limit.redis_url: {e}"));
+            }
+            if limits.redis_ca_file.is_some() && !limits.redis_url.expose().starts_with("rediss://")
+            {
+                return invalid(
+                    "rate_limit.redis_ca_file needs a rediss:// (TLS) rate_limit.redis_url".into(),
+                );
             }
             if !(1..=10_000).contains(&limits.redis_timeout_ms) {
                 return invalid("rate_limit.redis_timeout_ms must be between 1 and 10000".into());

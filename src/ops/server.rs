@@ -148,9 +148,10 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
         db::proxy_pool(&config.database)?,
         Duration::from_millis(config.database.acquire_timeout_ms),
     ));
-    let limiters = Arc::new(RateLimits::new(&config.rate_limit).map_err(|e| {
-        crate::ops::config::ConfigError::Invalid(format!("rate_limit.redis_url: {e}"))
-    })?);
+    let limiters = Arc::new(
+        RateLimits::new(&config.rate_limit)
+            .map_err(|e| crate::ops::config::ConfigError::Invalid(format!("rate_limit: {e}")))?,
+    );
     let janitor = LimiterJanitor {
         limiters: Arc::clone(&limiters.local),
         every: Duration::from_secs(30),

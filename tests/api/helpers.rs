@@ -913,6 +913,8 @@ pub async fn wait_until_gone(pid: u32, within: Duration, what: &str) {
 pub struct OwnRedis {
     pub port: u16,
     child: Option<std::process::Child>,
+    /// TLS only (`--tls-port`): its certificate, key and CA.
+    tls: Option<[PathBuf; 3]>,
 }
 
 impl OwnRedis {
@@ -920,6 +922,18 @@ impl OwnRedis {
         let mut redis = OwnRedis {
             port: free_port(),
             child: None,
+            tls: None,
+        };
+        redis.restart().await;
+        redis
+    }
+
+    /// A Redis that speaks TLS only, with this certificate (clients need no certificate).
+    pub async fn start_tls(cert: &Path, key: &Path, ca: &Path) -> OwnRedis {
+        let mut redis = OwnRedis {
+            port: free_port(),
+            child: None,
+            tls: Some([cert.to_path_buf(), key.to_path_buf(), ca.to_path_buf()]),
         };
         redis.restart().await;
         redis
@@ -931,8 +945,20 @@ impl OwnRedis {
 
     /// Starts the server (again), and waits until it answers.
     pub async fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
+        let mut cmd = Command::new("redis-server");
+        match &self.tls {
+            None => cmd.args(["--port", &self.port.to_string()]),
+            Some([cert, key, ca]) => cmd
+                .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(cert)
+                .arg("--tls-key-file")
+                .arg(key)
+                .arg("--tls-ca-cert-file")
+                .arg(ca)
+                .args(["--tls-auth-clients", "no"]),
+        };
+        let child = cmd
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -940,6 +966,19 @@ impl OwnRedis {
             .expect("redis-server (Debian's redis-server package)");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
+        if self.tls.is_some() {
+            while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_err()
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "redis-server (TLS) did not start"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            return;
+        }
         loop {
             if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await {
                 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -10,6 +10,11 @@ use crate::helpers::*;
 
 const PASSWORD: &str = "SharedLimits1!";
 
+/// Cheap password hashing (development mode): the attempts of a test must all come well
+/// within a bucket's refill interval (12 s and more), even on a loaded machine.
+const CHEAP_HASHING: &str = "[password]\nargon2_memory_kib = 64\nargon2_iterations = 1\n\n";
+const DEVELOPMENT: &str = "environment = \"development\"\n";
+
 /// Two gateways on one database and one Redis, each with its admin listener.
 struct Pair {
     a: TestApp,
@@ -20,8 +25,9 @@ struct Pair {
 async fn pair(redis: &OwnRedis, limits: &str) -> Pair {
     let admin = [free_port(), free_port()];
     let config = |admin_port: u16| Spawn {
+        server_extra: DEVELOPMENT.into(),
         config_extra: format!(
-            "[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n\
+            "{CHEAP_HASHING}[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n\
              [rate_limit]\nbackend = \"redis\"\nredis_url = \"{}\"\n{limits}\n",
             redis.url()
         ),
@@ -170,9 +176,11 @@ async fn without_redis_each_instance_counts_alone() {
     // The control for the test above: the same logins, the local backend, twice as many.
     let db = TestDb::create().await;
     let spec = || Spawn {
-        config_extra: "[rate_limit]\nlogin_per_ip_per_minute = 1000\n\
-                       login_per_account_per_minute = 5\n"
-            .into(),
+        server_extra: DEVELOPMENT.into(),
+        config_extra: format!(
+            "{CHEAP_HASHING}[rate_limit]\nlogin_per_ip_per_minute = 1000\n\
+             login_per_account_per_minute = 5\n"
+        ),
         ..Spawn::default()
     };
     let a = TestApp::start_on(db, spec()).await;
@@ -266,8 +274,9 @@ async fn redis_down_fails_closed_with_503_within_the_timeout_and_recovers() {
     let mut redis = OwnRedis::start().await;
     let admin_port = free_port();
     let app = TestApp::spawn_with(Spawn {
+        server_extra: DEVELOPMENT.into(),
         config_extra: format!(
-            "[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n\
+            "{CHEAP_HASHING}[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n\
              [rate_limit]\nbackend = \"redis\"\nredis_url = \"{}\"\n\
              redis_failure = \"closed\"\nredis_timeout_ms = 300\n",
             redis.url()
@@ -354,6 +363,14 @@ async fn a_redis_backend_needs_a_redis_url() {
             "backend = \"redis\"\nredis_url = \"redis://127.0.0.1:6379\"\nredis_timeout_ms = 0\n",
             "rate_limit.redis_timeout_ms must be between 1 and 10000",
         ),
+        (
+            "backend = \"redis\"\nredis_url = \"redis://127.0.0.1:6379\"\nredis_ca_file = \"ca.pem\"\n",
+            "rate_limit.redis_ca_file needs a rediss:// (TLS) rate_limit.redis_url",
+        ),
+        (
+            "backend = \"redis\"\nredis_url = \"rediss://127.0.0.1:6379\"\nredis_ca_file = \"/nonexistent/ca.pem\"\n",
+            "cannot read rate_limit.redis_ca_file /nonexistent/ca.pem",
+        ),
     ] {
         std::fs::write(
             &config,
@@ -365,4 +382,43 @@ async fn a_redis_backend_needs_a_redis_url() {
         assert!(!out.status.success());
         assert!(stderr.contains(message), "{stderr}");
     }
+}
+
+#[tokio::test]
+async fn limits_are_shared_over_tls_with_redis_verified_against_the_configured_ca() {
+    let certs = TempDir::new();
+    let ca = crate::tls::ca(&certs.0);
+    let (cert, key) = crate::tls::leaf(&certs.0, "redis");
+    let redis = OwnRedis::start_tls(&cert, &key, &ca).await;
+    let url = format!("rediss://localhost:{}", redis.port);
+    let gateway = |ca_file: Option<&std::path::Path>| {
+        let ca_line = ca_file
+            .map(|p| format!("redis_ca_file = \"{}\"\n", p.display()))
+            .unwrap_or_default();
+        TestApp::spawn_with(Spawn {
+            server_extra: DEVELOPMENT.into(),
+            config_extra: format!(
+                "{CHEAP_HASHING}[rate_limit]\nbackend = \"redis\"\nredis_url = \"{url}\"\n{ca_line}\
+                 redis_failure = \"closed\"\nredis_timeout_ms = 1000\n\
+                 login_per_ip_per_minute = 1000\nlogin_per_account_per_minute = 2\n"
+            ),
+            ..Spawn::default()
+        })
+    };
+    // Verified against the CA: the limit is counted in Redis (fail-closed would say 503).
+    let app = gateway(Some(&ca)).await;
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(
+            app.login("tls@example.com", "wrong")
+                .await
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(statuses, [401, 401, 429, 429]);
+    // Against the system's roots the certificate does not verify: Redis is unavailable.
+    let untrusting = gateway(None).await;
+    let a = Answer::of(untrusting.login("tls@example.com", "wrong").await).await;
+    assert_eq!(a.status, 503, "{}", a.text);
 }

@@ -11,7 +11,7 @@ use crate::helpers::*;
 const PASSWORD: &str = "TlsPassword123!";
 
 /// A CA (`ca.pem`) in `dir`, made once per directory.
-fn ca(dir: &Path) -> PathBuf {
+pub(crate) fn ca(dir: &Path) -> PathBuf {
     if !dir.join("ca.pem").exists() {
         openssl(
             dir,
@@ -38,7 +38,7 @@ fn ca(dir: &Path) -> PathBuf {
 }
 
 /// A certificate for localhost and 127.0.0.1 named `cn`, signed by the CA: (cert, key).
-fn leaf(dir: &Path, cn: &str) -> (PathBuf, PathBuf) {
+pub(crate) fn leaf(dir: &Path, cn: &str) -> (PathBuf, PathBuf) {
     ca(dir);
     let (key, csr, cert) = (
         format!("{cn}.key"),
