@@ -92,6 +92,26 @@ async fn get(app: &TestApp, path: &str, token: Option<&str>, extra: &[(&str, &st
     Answer::of(request.send().await.unwrap()).await
 }
 
+/// The ids of the keys `app` publishes, in its JWKS's order.
+async fn published_kids(app: &TestApp) -> Vec<String> {
+    let keys = app.get("/.well-known/jwks.json").await.json();
+    keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Registers `email` through `app`: the access token.
+async fn access_token(app: &TestApp, email: &str) -> String {
+    let r = app.register(email, PASSWORD).await;
+    r.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 fn segments(jwt: &str) -> (Value, Value) {
     let parts: Vec<&str> = jwt.split('.').collect();
     assert_eq!(parts.len(), 3);
@@ -283,11 +303,7 @@ async fn assertions_from_any_instance_verify_across_a_key_rotation() {
     };
     let a = TestApp::start_on(TestDb::create().await, spec(port_a)).await;
     let b = TestApp::start_on(a.db.share(), spec(free_port())).await;
-    let r = b.register("rotated@example.com", PASSWORD).await;
-    let token = r.json::<Value>().await.unwrap()["access_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let token = access_token(&b, "rotated@example.com").await;
 
     let through_b = || async {
         let answer = get(&b, "/api/r", Some(&token), &[]).await;
@@ -306,20 +322,11 @@ async fn assertions_from_any_instance_verify_across_a_key_rotation() {
             seen["assertion"].as_str().unwrap().to_string(),
         )
     };
-    let jwks_of_a = || async {
-        let keys = a.get("/.well-known/jwks.json").await.json();
-        keys["keys"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|k| k["kid"].as_str().unwrap().to_string())
-            .collect::<Vec<_>>()
-    };
     // One key signs on every instance, and the next is already published.
     let (first_kid, first) = through_b().await;
     let answer = get(&a, "/api/a", Some(&token), &[]).await;
     assert_eq!(answer.json()["kid"], first_kid.as_str(), "{}", answer.text);
-    let published = jwks_of_a().await;
+    let published = published_kids(&a).await;
     assert_eq!(published.len(), 2, "{published:?}");
     assert_eq!(published[0], first_kid);
     let next_kid = published[1].clone();
@@ -375,7 +382,7 @@ async fn assertions_from_any_instance_verify_across_a_key_rotation() {
     let (_, left, _) = row(&next_kid);
     assert!((74.0..=85.0).contains(&left), "{table:?}");
     let upcoming = table.iter().find(|r| r.2 > 0.0).expect("a next key");
-    assert!(jwks_of_a().await.contains(&upcoming.0));
+    assert!(published_kids(&a).await.contains(&upcoming.0));
 }
 
 #[tokio::test]
@@ -426,11 +433,7 @@ async fn an_operator_rotates_keys_at_once_and_revokes_a_leaked_one() {
         ..Spawn::default()
     })
     .await;
-    let r = app.register("operator@example.com", PASSWORD).await;
-    let token = r.json::<Value>().await.unwrap()["access_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let token = access_token(&app, "operator@example.com").await;
     // What the gateway sent the upstream, verified there or not: the upstream's JWKS cache
     // decides that (PyJWT refetches for an unknown kid at most every 30 s), so verification
     // is checked below against chosen upstreams.
@@ -442,15 +445,6 @@ async fn an_operator_rotates_keys_at_once_and_revokes_a_leaked_one() {
             .to_string();
         let (header, _) = segments(&assertion);
         (header["kid"].as_str().unwrap().to_string(), assertion)
-    };
-    let published = || async {
-        let keys = app.get("/.well-known/jwks.json").await.json();
-        keys["keys"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|k| k["kid"].as_str().unwrap().to_string())
-            .collect::<Vec<_>>()
     };
     let until_signed_by = |kid: String| {
         let signed = &signed;
@@ -467,7 +461,7 @@ async fn an_operator_rotates_keys_at_once_and_revokes_a_leaked_one() {
         }
     };
     let (k1, first) = signed().await;
-    let before = published().await;
+    let before = published_kids(&app).await;
     assert_eq!(before.len(), 2);
     let k2 = before[1].clone();
 
@@ -481,7 +475,7 @@ async fn an_operator_rotates_keys_at_once_and_revokes_a_leaked_one() {
     let second = until_signed_by(k2.clone()).await;
     assert_eq!(api.direct(&first).await.0, 200);
     assert_eq!(api.direct(&second).await.0, 200);
-    let after = published().await;
+    let after = published_kids(&app).await;
     assert_eq!(after.len(), 3, "{after:?}");
     assert!(after.contains(&k1) && after.contains(&k2));
     let k3 = after
@@ -499,7 +493,7 @@ async fn an_operator_rotates_keys_at_once_and_revokes_a_leaked_one() {
     );
     let third = until_signed_by(k3.clone()).await;
     let deadline = Instant::now() + Duration::from_secs(5);
-    while published().await.contains(&k2) {
+    while published_kids(&app).await.contains(&k2) {
         assert!(Instant::now() < deadline, "{k2} still published");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
