@@ -313,10 +313,7 @@ impl Assertions {
         let tx = db.transaction().await.map_err(db_error)?;
         signing_keys::lock(&tx).await?;
         let (keys, now) = signing_keys::live(&tx).await?;
-        let usable: Vec<&StoredKey> = keys
-            .iter()
-            .filter(|k| self.seal.open_bytes(&k.sealed_private_key).is_some())
-            .collect();
+        let usable = self.usable(&keys);
         let old = usable
             .iter()
             .rev()
@@ -329,13 +326,13 @@ impl Assertions {
             }
             None => {
                 let key = generate(&self.seal)?;
-                let tail = i64::try_from(self.lifetime + SKEW).unwrap_or(i64::MAX / 4);
+                let tail = self.tail();
                 signing_keys::insert(&tx, &key, now, now + self.rotation + tail).await?;
                 key.kid
             }
         };
         if let Some(old) = &old {
-            let tail = i64::try_from(self.lifetime + SKEW).unwrap_or(i64::MAX / 4);
+            let tail = self.tail();
             signing_keys::expire_in(&tx, old, if revoke { 0 } else { tail }).await?;
         }
         let (keys, now) = signing_keys::live(&tx).await?;
@@ -348,10 +345,22 @@ impl Assertions {
 
     /// Whether `keys` hold a usable current key and a usable next one at `now`.
     fn complete(&self, keys: &[StoredKey], now: i64) -> bool {
-        let usable = |k: &&StoredKey| self.seal.open_bytes(&k.sealed_private_key).is_some();
-        let current = keys.iter().filter(usable).any(|k| k.activates_at <= now);
-        let next = keys.iter().filter(usable).any(|k| k.activates_at > now);
+        let usable = self.usable(keys);
+        let current = usable.iter().any(|k| k.activates_at <= now);
+        let next = usable.iter().any(|k| k.activates_at > now);
         current && next
+    }
+
+    /// The keys this instance can sign with (sealed under its `auth.secret_key`).
+    fn usable<'a>(&self, keys: &'a [StoredKey]) -> Vec<&'a StoredKey> {
+        keys.iter()
+            .filter(|k| self.seal.open_bytes(&k.sealed_private_key).is_some())
+            .collect()
+    }
+
+    /// How long a key stays published after it last signs: the lifetime and [`SKEW`].
+    fn tail(&self) -> i64 {
+        i64::try_from(self.lifetime + SKEW).unwrap_or(i64::MAX / 4)
     }
 
     async fn add_missing(
@@ -360,11 +369,8 @@ impl Assertions {
         keys: &[StoredKey],
         now: i64,
     ) -> Result<(), ApiError> {
-        let tail = i64::try_from(self.lifetime + SKEW).unwrap_or(i64::MAX / 4);
-        let usable: Vec<&StoredKey> = keys
-            .iter()
-            .filter(|k| self.seal.open_bytes(&k.sealed_private_key).is_some())
-            .collect();
+        let tail = self.tail();
+        let usable = self.usable(keys);
         let current = match usable.iter().rev().find(|k| k.activates_at <= now) {
             Some(current) => (current.kid.clone(), current.activates_at),
             None => {

@@ -591,6 +591,23 @@ pub const ENV_OVERRIDES: &[(&[&str], &str)] = &[
     (&["REDIS_URL", "SENTINEL_REDIS_URL"], "rate_limit.redis_url"),
 ];
 
+/// One of `choices` by name (any letter case, surrounding spaces ignored), or the error an
+/// environment override gets: `expected "a" or "b", got "c"`.
+fn parse_choice<T: Copy>(value: &str, choices: &[(&str, T)]) -> Result<T, String> {
+    let value = value.trim().to_ascii_lowercase();
+    choices
+        .iter()
+        .find(|(name, _)| *name == value)
+        .map(|(_, choice)| *choice)
+        .ok_or_else(|| {
+            let names: Vec<String> = choices
+                .iter()
+                .map(|(name, _)| format!("{name:?}"))
+                .collect();
+            format!("expected {}, got {value:?}", names.join(" or "))
+        })
+}
+
 /// Every address `text` (the value of `key`, `host:port`) names, sorted, at least one.
 fn resolve_listen(key: &str, text: &str) -> Result<Vec<SocketAddr>, String> {
     let mut addrs: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(text)
@@ -671,13 +688,11 @@ impl Config {
                     self.auth.refresh_cookie = parse_bool(value).map_err(bad)?
                 }
                 "mail.transport" => {
-                    self.mail.transport = match value.trim().to_ascii_lowercase().as_str() {
-                        "smtp" => MailTransport::Smtp,
-                        "log" => MailTransport::Log,
-                        other => {
-                            return Err(bad(format!("expected \"smtp\" or \"log\", got {other:?}")))
-                        }
-                    }
+                    self.mail.transport = parse_choice(
+                        value,
+                        &[("smtp", MailTransport::Smtp), ("log", MailTransport::Log)],
+                    )
+                    .map_err(bad)?
                 }
                 "mail.smtp_url" => self.mail.smtp_url = Secret::new(value),
                 "mail.from" => self.mail.from = value.to_string(),
@@ -692,40 +707,34 @@ impl Config {
                         .map_err(|_| bad(format!("expected a whole number, got {value:?}")))?
                 }
                 "server.environment" => {
-                    self.server.environment = match value.trim().to_ascii_lowercase().as_str() {
-                        "production" => Environment::Production,
-                        "development" => Environment::Development,
-                        other => {
-                            return Err(bad(format!(
-                                "expected \"production\" or \"development\", got {other:?}"
-                            )))
-                        }
-                    }
+                    self.server.environment = parse_choice(
+                        value,
+                        &[
+                            ("production", Environment::Production),
+                            ("development", Environment::Development),
+                        ],
+                    )
+                    .map_err(bad)?
                 }
                 "server.runtime_dir" => self.server.runtime_dir = Some(PathBuf::from(value)),
                 "rate_limit.backend" => {
-                    self.rate_limit.backend = match value.trim().to_ascii_lowercase().as_str() {
-                        "local" => RateLimitBackend::Local,
-                        "redis" => RateLimitBackend::Redis,
-                        other => {
-                            return Err(bad(format!(
-                                "expected \"local\" or \"redis\", got {other:?}"
-                            )))
-                        }
-                    }
+                    self.rate_limit.backend = parse_choice(
+                        value,
+                        &[
+                            ("local", RateLimitBackend::Local),
+                            ("redis", RateLimitBackend::Redis),
+                        ],
+                    )
+                    .map_err(bad)?
                 }
                 "rate_limit.redis_url" => self.rate_limit.redis_url = Secret::new(value),
                 "log.level" => self.log.level = value.to_string(),
                 "log.format" => {
-                    self.log.format = match value.trim().to_ascii_lowercase().as_str() {
-                        "json" => LogFormat::Json,
-                        "text" => LogFormat::Text,
-                        other => {
-                            return Err(bad(format!(
-                                "expected \"json\" or \"text\", got {other:?}"
-                            )))
-                        }
-                    }
+                    self.log.format = parse_choice(
+                        value,
+                        &[("json", LogFormat::Json), ("text", LogFormat::Text)],
+                    )
+                    .map_err(bad)?
                 }
                 _ => unreachable!("every override key is handled"),
             }
@@ -1223,6 +1232,22 @@ fn one_line(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn choices_from_the_environment_ignore_case_and_name_the_alternatives() {
+        let backends = [
+            ("local", RateLimitBackend::Local),
+            ("redis", RateLimitBackend::Redis),
+        ];
+        assert_eq!(
+            parse_choice(" Redis ", &backends),
+            Ok(RateLimitBackend::Redis)
+        );
+        assert_eq!(
+            parse_choice("memcached", &backends),
+            Err("expected \"local\" or \"redis\", got \"memcached\"".to_string())
+        );
+    }
 
     const GOOD_SECRET: &str = "0123456789abcdef0123456789abcdef-test";
 
