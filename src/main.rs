@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use sentinel_gateway::ops::admin::{KeysCommand, UsersCommand};
-use sentinel_gateway::ops::config::{Config, Sources};
+use sentinel_gateway::ops::config::{Config, ConfigError, Sources};
 use sentinel_gateway::ops::{admin, process, server, telemetry};
 
 /// mimalloc rather than glibc's malloc: a proxied request makes dozens of small allocations
@@ -140,7 +140,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sentinel-gateway: {}", format!("{e:#}").replace('\n', " "));
-            ExitCode::FAILURE
+            // A configuration error is 2 wherever it is found; anything else 1.
+            if e.downcast_ref::<ConfigError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

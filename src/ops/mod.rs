@@ -1,8 +1,11 @@
 //! Running the gateway: configuration (`config`), start-up and the pingora server
-//! (`server`), logging (`telemetry`) and the operator's `users` commands (`admin`).
+//! (`server`), the process around it (`process`: daemon, health; `handover`: the runtime
+//! directory and the upgrade's socket hand-over), logging (`telemetry`) and the operator's
+//! `users` commands (`admin`).
 
 pub mod admin;
 pub mod config;
+pub mod handover;
 pub mod metrics;
 pub mod process;
 pub mod server;

@@ -5,13 +5,9 @@
 
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use anyhow::Context;
-
-/// The pid file's name in `server.runtime_dir`.
-pub const PID_FILE: &str = "sentinel-gateway.pid";
 
 /// The write end of the pipe to the parent of `serve --daemon`, until the server is serving.
 static READY_PIPE: Mutex<Option<OwnedFd>> = Mutex::new(None);
@@ -60,67 +56,6 @@ pub fn notify_ready() {
     if let Some(fd) = pipe {
         let _ = std::fs::File::from(fd).write_all(b"R");
     }
-}
-
-/// This process's pid in `dir/sentinel-gateway.pid`, removed on drop if it is still ours.
-pub struct PidFile {
-    path: PathBuf,
-}
-
-impl PidFile {
-    pub fn write(dir: &Path) -> anyhow::Result<PidFile> {
-        let path = dir.join(PID_FILE);
-        let temporary = dir.join(format!("{PID_FILE}.{}", std::process::id()));
-        std::fs::write(&temporary, format!("{}\n", std::process::id()))
-            .and_then(|()| std::fs::rename(&temporary, &path))
-            .with_context(|| format!("cannot write the pid file {}", path.display()))?;
-        Ok(PidFile { path })
-    }
-}
-
-impl Drop for PidFile {
-    fn drop(&mut self) {
-        if read_pid(&self.path) == Some(std::process::id()) {
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
-}
-
-fn read_pid(path: &Path) -> Option<u32> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
-}
-
-/// The running gateway that keeps its pid file in `dir`.
-pub fn running_gateway(dir: &Path) -> anyhow::Result<u32> {
-    let path = dir.join(PID_FILE);
-    let pid = read_pid(&path).with_context(|| {
-        format!(
-            "--upgrade: no running gateway to take over from (no pid in {})",
-            path.display()
-        )
-    })?;
-    let alive = i32::try_from(pid)
-        .ok()
-        // SAFETY: signal 0 only checks that the process exists.
-        .is_some_and(|p| unsafe { libc::kill(p, 0) } == 0);
-    if !alive {
-        anyhow::bail!(
-            "--upgrade: the gateway in {} (pid {pid}) is not running",
-            path.display()
-        );
-    }
-    Ok(pid)
-}
-
-/// Asks the running gateway `pid` to hand its listening sockets over and finish (SIGQUIT).
-pub fn ask_to_hand_over(pid: u32) -> anyhow::Result<()> {
-    let pid = i32::try_from(pid).context("pid out of range")?;
-    // SAFETY: kill(2) has no memory-safety preconditions.
-    if unsafe { libc::kill(pid, libc::SIGQUIT) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("cannot signal the running gateway (pid {pid})"));
-    }
-    Ok(())
 }
 
 /// `sentinel-gateway health`: `GET /health` on the configured listener (loopback when it

@@ -1,7 +1,6 @@
 //! Start-up and the pingora server: check the listen address, migrate, build the state, run
 //! until SIGTERM.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +19,7 @@ use crate::edge::front::{ClientTimeouts, Deadlines, Front};
 use crate::edge::proxy::Gateway;
 use crate::edge::upstreams;
 use crate::ops::config::Config;
+use crate::ops::handover::{self, Handover, PidFile, RuntimeDir};
 use crate::ops::process;
 use crate::own::app::App;
 use crate::store::db;
@@ -96,9 +96,10 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     } else {
         Some(crate::edge::tls::Certificate::load(&config.tls)?)
     };
-    let runtime_dir = RuntimeDir::create(config.server.runtime_dir.clone())?;
+    let runtime_dir = RuntimeDir::open(config.server.runtime_dir.clone())?;
     // The gateway to take over from: its listening sockets come to this process, so they are
-    // not bound here.
+    // not bound here. The hand-over socket is listened on at once (before migrating), so that
+    // whoever connects to it early waits in its backlog to be checked and refused.
     let predecessor = if options.upgrade {
         if runtime_dir.owned {
             anyhow::bail!(
@@ -106,7 +107,8 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
                  the running gateway keeps its pid file and upgrade socket"
             );
         }
-        Some(process::running_gateway(&runtime_dir.path)?)
+        let pid = handover::running_gateway(&runtime_dir.path)?;
+        Some((pid, Handover::prepare(&runtime_dir.path, pid)?))
     } else {
         // Pingora retries a failed bind for 30 s and then panics inside a task while the
         // process stays up: find out now instead.
@@ -189,11 +191,11 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
         load_keys(&config, &app)?;
         app.set_ready();
     }
-    let server_conf = ServerConf {
+    let server_conf = |upgrade_sock: &std::path::Path| ServerConf {
         threads: config.server.threads,
         work_stealing: config.server.work_stealing,
         pid_file: runtime_dir.path.join("pingora.pid").display().to_string(),
-        upgrade_sock: runtime_dir.path.join("upgrade.sock").display().to_string(),
+        upgrade_sock: upgrade_sock.display().to_string(),
         grace_period_seconds: Some(config.server.shutdown_grace_seconds),
         graceful_shutdown_timeout_seconds: Some(config.server.shutdown_timeout_seconds),
         // Tokio's timers instead of pingora's for every timeout of a second or more (upstream
@@ -203,20 +205,42 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
         // Sub-second timeouts stay on pingora's timer wheel.
         fast_timeout_to_tokio_threshold_seconds: Some(0),
         ca_file: config.proxy.upstream_ca_file.clone(),
+        // Pingora waits this many seconds for the sockets (the relay passes them on at once).
+        upgrade_sock_connect_accept_max_retries: Some(HANDOVER_WAIT.as_secs() as usize),
         ..ServerConf::default()
     };
     let opt = pingora::server::configuration::Opt {
         upgrade: predecessor.is_some(),
         ..Default::default()
     };
-    let mut server = Server::new_with_opt_and_conf(Some(opt), server_conf);
-    if let Some(pid) = predecessor {
-        // It retries sending its sockets until `bootstrap` below listens for them.
-        process::ask_to_hand_over(pid)?;
-        tracing::info!(pid, "taking over the running gateway's listening sockets");
+    // Where this process sends its sockets when it is the one replaced.
+    let public_socket = runtime_dir.path.join(handover::HANDOVER_SOCKET);
+    let mut server = match &predecessor {
+        Some((pid, handover)) => {
+            // Pingora receives at its `upgrade_sock` as it starts: there, a socket private to
+            // the relay; once started it sends (when replaced) to the public one.
+            let receiving = server_conf(&handover.pingora_socket());
+            let mut server = Server::new_with_opt_and_conf(Some(opt), receiving);
+            server.configuration = Arc::new(server_conf(&public_socket));
+            tracing::info!(pid, "taking over the running gateway's listening sockets");
+            server
+        }
+        None => Server::new_with_opt_and_conf(Some(opt), server_conf(&public_socket)),
+    };
+    match predecessor {
+        Some((pid, handover)) => {
+            let relay = handover.relay(HANDOVER_WAIT);
+            handover::ask_to_hand_over(pid)?;
+            server.bootstrap();
+            let (handover, relayed) = relay
+                .join()
+                .map_err(|_| anyhow::anyhow!("the socket hand-over thread panicked"))?;
+            drop(handover);
+            relayed?;
+        }
+        None => server.bootstrap(),
     }
-    server.bootstrap();
-    let _pid_file = process::PidFile::write(&runtime_dir.path)?;
+    let _pid_file = PidFile::write(&runtime_dir.path)?;
     let deadlines = Deadlines::start().context("cannot start the request head deadline thread")?;
     let front = Front::new(
         http_proxy(&server.configuration, Gateway::new(Arc::clone(&app))),
@@ -284,6 +308,9 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
         None => Ok(()),
     }
 }
+
+/// How long `serve --upgrade` waits for the running gateway's sockets.
+const HANDOVER_WAIT: Duration = Duration::from_secs(30);
 
 /// How `serve` starts.
 #[derive(Debug, Default, Clone, Copy)]
@@ -420,36 +447,6 @@ impl ShutdownSignalWatch for Signals {
         tokio::select! {
             signal = UnixShutdownSignalWatch.recv() => signal,
             _ = self.0.failed.notified() => ShutdownSignal::FastShutdown,
-        }
-    }
-}
-
-/// Where pingora keeps its pid file and upgrade socket: per process, so that several instances
-/// run side by side; removed on exit when we made it.
-struct RuntimeDir {
-    path: PathBuf,
-    owned: bool,
-}
-
-impl RuntimeDir {
-    fn create(configured: Option<PathBuf>) -> anyhow::Result<RuntimeDir> {
-        let (path, owned) = match configured {
-            Some(p) => (p, false),
-            None => (
-                std::env::temp_dir().join(format!("sentinel-gateway-{}", std::process::id())),
-                true,
-            ),
-        };
-        std::fs::create_dir_all(&path)
-            .with_context(|| format!("cannot create runtime directory {}", path.display()))?;
-        Ok(RuntimeDir { path, owned })
-    }
-}
-
-impl Drop for RuntimeDir {
-    fn drop(&mut self) {
-        if self.owned {
-            let _ = std::fs::remove_dir_all(&self.path);
         }
     }
 }

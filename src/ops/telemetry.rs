@@ -63,6 +63,13 @@ const RELEVELLED: &[(&str, &str, log::Level)] = &[
         "failed to acquire reusable stream",
         log::Level::Debug,
     ),
+    // `serve --upgrade`: pingora polls its hand-over socket once a second until the sockets
+    // arrive, which is the normal course of an upgrade.
+    (
+        "pingora_core::server::transfer_fd",
+        "No incoming socket transfer",
+        log::Level::Debug,
+    ),
 ];
 
 /// The `log` records of dependencies (pingora's), bridged into `tracing` by `LogTracer`, with
@@ -191,6 +198,17 @@ mod tests {
             ),
             log::Level::Debug
         );
+        let interval = std::time::Duration::from_secs(1);
+        let polled = Relevelled::level_of(
+            &log::Record::builder()
+                .level(log::Level::Error)
+                .target("pingora_core::server::transfer_fd")
+                .args(format_args!(
+                    "No incoming socket transfer, sleep {interval:?} and try again"
+                ))
+                .build(),
+        );
+        assert_eq!(polled, log::Level::Debug);
         assert_eq!(
             record("pingora_core::connectors", format_args!("something else")),
             log::Level::Error

@@ -3,6 +3,7 @@
 //! a changed configuration; no request fails, and the new routes answer afterwards. Also
 //! `serve --daemon` (for a `Type=forking` systemd unit) and the start-up errors.
 
+use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -336,4 +337,230 @@ async fn an_upgrade_with_nothing_to_take_over_is_one_line() {
 
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// Starts the gateway of `setup` (no routes) and waits until it is ready.
+async fn serve_ready(setup: &Setup, log: &str) -> Child {
+    setup.write("", "http://localhost:3000");
+    let child = setup.serve(&[], log);
+    wait_for_status(
+        &format!("{}/ready", setup.base()),
+        200,
+        Duration::from_secs(30),
+        "not ready",
+    )
+    .await;
+    child
+}
+
+/// Tries to hand `upgrade.sock` a listening socket of its own, over and over, as whoever it
+/// runs as; prints `sent` for each descriptor it got into a connection, `denied` for each
+/// connection refused to it.
+const HIJACKER: &str = r#"
+import socket, sys, time
+path, binds = sys.argv[1], sys.argv[2]
+own = socket.socket()
+own.bind(("127.0.0.1", 0))
+own.listen(16)
+while True:
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect(path)
+        socket.send_fds(s, [binds.encode()], [own.fileno()])
+        print("sent", flush=True)
+    except PermissionError:
+        print("denied", flush=True)
+    except OSError:
+        pass
+    s.close()
+    time.sleep(0.002)
+"#;
+
+fn hijacker(setup: &Setup, uid: Option<u32>) -> Child {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new("/usr/bin/python3");
+    cmd.arg("-c")
+        .arg(HIJACKER)
+        .arg(setup.dir.0.join("run/upgrade.sock"))
+        .arg(format!(
+            "127.0.0.1:{} 127.0.0.1:{}",
+            setup.port, setup.admin
+        ))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    if let Some(uid) = uid {
+        cmd.uid(uid).gid(uid);
+    }
+    cmd.spawn().unwrap()
+}
+
+/// `GET /health`'s status, or `None` if there is no answer within `within` (a socket
+/// listened on by someone who never accepts).
+async fn health_within(setup: &Setup, within: Duration) -> Option<u16> {
+    let client = reqwest::Client::builder().timeout(within).build().unwrap();
+    let r = client.get(format!("{}/health", setup.base())).send().await;
+    r.ok().map(|r| r.status().as_u16())
+}
+
+fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// What a hijacker printed, once it is stopped.
+fn stop(mut child: Child) -> String {
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_user_cannot_take_over_the_upgrade_hand_over() {
+    if !is_root() {
+        eprintln!("skipped: needs root to run a process as another user");
+        return;
+    }
+    let setup = Setup::new().await;
+    // A runtime directory others may look into (not write to) is accepted: the hand-over
+    // socket itself decides who gets in.
+    use std::os::unix::fs::PermissionsExt;
+    let run = setup.dir.0.join("run");
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let _guard = KillOnDrop(run.join("sentinel-gateway.pid"));
+    let mut old = serve_ready(&setup, "old.log").await;
+
+    // Two processes race the old gateway to the hand-over socket from before the upgrade
+    // starts: another user (nobody), and one of the gateway's own user that is not the
+    // gateway being replaced.
+    let nobody = hijacker(&setup, Some(65534));
+    let same_user = hijacker(&setup, None);
+    let mut new = setup.serve(&["--upgrade"], "new.log");
+    let status = tokio::task::block_in_place(|| wait_exit(&mut old, Duration::from_secs(30)));
+    assert!(status.success(), "{status:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (nobody, same_user) = (stop(nobody), stop(same_user));
+    let log = std::fs::read_to_string(setup.dir.0.join("new.log")).unwrap();
+
+    // The new gateway serves on the old one's sockets, not on a hijacker's.
+    assert!(
+        new.try_wait().unwrap().is_none(),
+        "the new gateway exited: {log}"
+    );
+    assert_eq!(setup.pid_file(), new.id());
+    assert_eq!(
+        health_within(&setup, Duration::from_secs(5)).await,
+        Some(200)
+    );
+    // The other user never got a connection; the same user's process got one and was refused.
+    assert!(!nobody.contains("sent"), "{nobody}");
+    assert!(nobody.contains("denied"), "{nobody}");
+    assert!(same_user.contains("sent"), "{same_user}");
+    assert!(
+        log.contains("refused a socket hand-over from a process that is not the gateway"),
+        "{log}"
+    );
+    unsafe {
+        libc::kill(new.id() as i32, libc::SIGTERM);
+    }
+    tokio::task::block_in_place(|| wait_exit(&mut new, Duration::from_secs(10)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_directory_another_user_could_write_to_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let setup = Setup::new().await;
+    setup.write("", "http://localhost:3000");
+    let run = setup.dir.0.join("run");
+    let refused = |needle: &str| {
+        let out = output_within(
+            command(&setup.dir.0, &setup.config).arg("serve"),
+            Duration::from_secs(20),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(needle), "{stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    };
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o777)).unwrap();
+    refused("is writable by group or others (mode 777");
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o700)).unwrap();
+    if is_root() {
+        std::os::unix::fs::chown(&run, Some(65534), Some(65534)).unwrap();
+        refused("is owned by uid 65534, not by this user");
+    }
+    // One that does not exist yet is made private.
+    std::fs::remove_dir_all(&run).unwrap();
+    let _guard = KillOnDrop(run.join("sentinel-gateway.pid"));
+    let mut gateway = setup.serve(&[], "made.log");
+    wait_for_status(
+        &format!("{}/health", setup.base()),
+        200,
+        Duration::from_secs(30),
+        "not serving",
+    )
+    .await;
+    let mode = std::fs::metadata(&run).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
+    unsafe {
+        libc::kill(gateway.id() as i32, libc::SIGTERM);
+    }
+    tokio::task::block_in_place(|| wait_exit(&mut gateway, Duration::from_secs(10)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_signals_only_the_gateway_never_the_pid_a_file_names() {
+    let setup = Setup::new().await;
+    let pid_path = setup.dir.0.join("run/sentinel-gateway.pid");
+    let _guard = KillOnDrop(pid_path.clone());
+    let mut old = serve_ready(&setup, "old.log").await;
+    let mut bystander = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let upgrade_fails = |needle: &str| {
+        let out = output_within(
+            command(&setup.dir.0, &setup.config).args(["serve", "--upgrade"]),
+            Duration::from_secs(20),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(needle), "{stderr}");
+    };
+
+    // The file rewritten in place: the gateway still holds it, and it is not the pid named.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&pid_path)
+        .unwrap()
+        .write_all(format!("{}\n", bystander.id()).as_bytes())
+        .unwrap();
+    upgrade_fails(&format!(
+        "names pid {} but the gateway holding it is pid {}",
+        bystander.id(),
+        old.id()
+    ));
+    // A new file in its place (nobody holds it): the pid it names is no gateway.
+    let other = setup.dir.0.join("run/other");
+    std::fs::write(&other, format!("{}\n", bystander.id())).unwrap();
+    std::fs::rename(&other, &pid_path).unwrap();
+    upgrade_fails("is not running");
+
+    assert!(
+        bystander.try_wait().unwrap().is_none(),
+        "the bystander was signalled"
+    );
+    assert!(
+        old.try_wait().unwrap().is_none(),
+        "the gateway was signalled"
+    );
+    assert_eq!(
+        health_within(&setup, Duration::from_secs(5)).await,
+        Some(200)
+    );
+    bystander.kill().unwrap();
+    bystander.wait().unwrap();
+    unsafe {
+        libc::kill(old.id() as i32, libc::SIGTERM);
+    }
+    tokio::task::block_in_place(|| wait_exit(&mut old, Duration::from_secs(10)));
 }
