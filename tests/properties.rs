@@ -54,6 +54,46 @@ fn respell(path: &str, encode: &[bool], upper: &[bool], double: &[bool]) -> Stri
     out
 }
 
+/// `path` with the letter case of each letter switched where `flip` says so.
+fn flip_case(path: &str, flip: &[bool]) -> String {
+    path.chars()
+        .enumerate()
+        .map(|(i, c)| match flip.get(i % flip.len().max(1)) {
+            Some(true) if c.is_ascii_lowercase() => c.to_ascii_uppercase(),
+            Some(true) => c.to_ascii_lowercase(),
+            _ => c,
+        })
+        .collect()
+}
+
+/// Runs of slashes merged into one.
+fn merged(path: Vec<u8>) -> Vec<u8> {
+    let mut out: Vec<u8> = Vec::new();
+    for b in path {
+        if !(b == b'/' && out.last() == Some(&b'/')) {
+            out.push(b);
+        }
+    }
+    out
+}
+
+/// The `auth` of the route an upstream reading `path` would take: the longest prefix, in its
+/// own letter case or in any.
+fn longest(routes: &[RouteConfig], path: &[u8], case_sensitive: bool) -> Option<RouteAuth> {
+    routes
+        .iter()
+        .filter(|r| {
+            path.len() >= r.prefix.len()
+                && if case_sensitive {
+                    path.starts_with(r.prefix.as_bytes())
+                } else {
+                    path[..r.prefix.len()].eq_ignore_ascii_case(r.prefix.as_bytes())
+                }
+        })
+        .max_by_key(|r| r.prefix.len())
+        .map(|r| r.auth)
+}
+
 fn config_route(prefix: &str, auth: RouteAuth) -> RouteConfig {
     RouteConfig {
         prefix: prefix.into(),
@@ -129,40 +169,62 @@ proptest! {
         }
     }
 
-    /// Any percent-encoding of any byte of a path (and any doubled slash) is routed as the
-    /// path itself: no spelling of a protected prefix reaches a public route. What goes
-    /// upstream decodes to the same path.
+    /// Any letter case of any letter, any percent-encoding of any byte of a path (and any
+    /// doubled slash) is routed as the path itself: no spelling of a protected prefix reaches
+    /// a public route. The decision is at least as strict as what an upstream reading the
+    /// decoded path would expect, whether it tells case apart or not. What goes upstream
+    /// decodes to the same path, in the letter case sent.
     #[test]
     fn every_spelling_of_a_path_takes_its_route(
-        prefix in "(/[a-z0-9_~.-]{1,6}){1,3}/?",
+        prefix in "(/[a-zA-Z0-9_~.-]{1,6}){1,3}/?",
         tail in "[a-zA-Z0-9_~/:@!$&'()*+,;= -]{0,12}",
-        public_extra in "[a-z]{1,4}",
+        public_extra in "[a-zA-Z]{1,4}",
+        flip in proptest::collection::vec(any::<bool>(), 1..24),
         encode in proptest::collection::vec(any::<bool>(), 1..24),
         upper in proptest::collection::vec(any::<bool>(), 1..24),
         double in proptest::collection::vec(any::<bool>(), 1..8),
+        root_required in any::<bool>(),
     ) {
         prop_assume!(routes::is_plain_prefix(&prefix));
-        let router = Router::new(&[
+        let root = if root_required { RouteAuth::Required } else { RouteAuth::Public };
+        let configured = [
             config_route(&prefix, RouteAuth::Required),
             config_route(&format!("{prefix}{public_extra}/"), RouteAuth::Public),
-            config_route("/", RouteAuth::Public),
-        ]);
+            config_route("/", root),
+        ];
+        let router = Router::new(&configured);
         let path = format!("{prefix}{tail}");
         let plain = router.classify(&Method::GET, &path);
-        let spelt = respell(&path, &encode, &upper, &double);
+        let cased = flip_case(&path, &flip);
+        let spelt = respell(&cased, &encode, &upper, &double);
         let respelt = router.classify(&Method::GET, &spelt);
         prop_assert_eq!(respelt.route, plain.route, "{} vs {}", spelt, path);
-        if let Route::Proxy(_) = respelt.route {
-            let forward = respelt.forward_path.unwrap_or_else(|| spelt.clone());
-            let merged = |p: Vec<u8>| {
-                let mut out: Vec<u8> = Vec::new();
-                for b in p {
-                    if !(b == b'/' && out.last() == Some(&b'/')) { out.push(b); }
-                }
-                out
-            };
-            prop_assert_eq!(merged(fully_decoded(forward.as_bytes())), merged(path.into_bytes()));
+        let Route::Proxy(_) = respelt.route else {
+            return Ok(());
+        };
+        if plain.auth == RouteAuth::Required {
+            prop_assert_eq!(respelt.auth, RouteAuth::Required, "{}", spelt);
         }
+        // What an upstream routes on: the decoded path, slashes merged, in either reading.
+        let read = merged(fully_decoded(spelt.as_bytes()));
+        for case_sensitive in [true, false] {
+            if longest(&configured, &read, case_sensitive) == Some(RouteAuth::Required) {
+                prop_assert_eq!(respelt.auth, RouteAuth::Required, "{} ({})", spelt, case_sensitive);
+            }
+        }
+        let forward = respelt.forward_path.unwrap_or_else(|| spelt.clone());
+        prop_assert_eq!(merged(fully_decoded(forward.as_bytes())), merged(cased.into_bytes()));
+
+        // Told to, the gateway matches in the configured case only, as such an upstream does.
+        let exact = Router::new(&configured).with_case_sensitive_paths(true);
+        let decided = exact.classify(&Method::GET, &spelt);
+        let expected = longest(&configured, &read, true);
+        prop_assert_eq!(
+            matches!(decided.route, Route::Proxy(_)).then_some(decided.auth),
+            expected,
+            "{}",
+            spelt
+        );
     }
 
     #[test]

@@ -526,7 +526,7 @@ impl Gateway {
             Route::NotFound => return Ok(Some(Pending::Reply(ApiError::NotFound.into_reply()))),
         };
         ctx.route = Some(index);
-        let auth = self.app.routes[index].auth;
+        let auth = routed.auth;
         let authorization = facts.authorization.map(http::HeaderValue::as_bytes);
         let host = facts.host.cloned();
         match self.identify(authorization, auth) {

@@ -10,6 +10,12 @@
 //! bytes both see the route the gateway matched. Spellings no client needs are refused:
 //! dot segments and backslashes (plain or escaped), malformed escapes, `%00`, and
 //! double-encoding (`%25` followed by two hex digits).
+//!
+//! Letter case: Express, ASP.NET and many others route without regard to ASCII case, so by
+//! default prefixes match that way too (`/API/admin` takes the `/api/` route). A spelling that
+//! a case-sensitive upstream would read as another route's path is decided by the stricter of
+//! the two routes' `auth` (see [`Router::classify`]). `[proxy] case_sensitive_paths = true`
+//! matches bytes as they are, for operators whose upstreams all tell case apart.
 
 use std::borrow::Cow;
 
@@ -136,6 +142,8 @@ pub enum Route {
 pub struct Router {
     /// (prefix, index into the config's routes, auth)
     prefixes: Vec<(String, usize, RouteAuth)>,
+    /// Whether prefixes match only in their own letter case (`proxy.case_sensitive_paths`).
+    case_sensitive: bool,
     /// Whether `/openapi.json` and `/docs` are served (`[docs] enabled`); if not, their paths
     /// are the routes' like any other.
     docs: bool,
@@ -158,9 +166,16 @@ impl Router {
         prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
         Router {
             prefixes,
+            case_sensitive: false,
             docs: true,
             jwks: true,
         }
+    }
+
+    /// Matches prefixes in their own letter case only (off by default).
+    pub fn with_case_sensitive_paths(mut self, case_sensitive: bool) -> Router {
+        self.case_sensitive = case_sensitive;
+        self
     }
 
     /// Serves the API documentation or not (on by default).
@@ -189,16 +204,37 @@ impl Router {
             Route::MethodNotAllowed(_) if !self.jwks && path.matched.as_ref() == JWKS_PATH => {}
             own => return Routed::to(own),
         }
-        let route = self
-            .prefixes
-            .iter()
-            .find(|(prefix, _, _)| path.matched.starts_with(prefix.as_bytes()))
-            .map_or(Route::NotFound, |(_, i, _)| Route::Proxy(*i));
+        let matched = path.matched.as_ref();
+        let exact = |prefix: &str| matched.starts_with(prefix.as_bytes());
+        let folded = |prefix: &str| {
+            matched
+                .get(..prefix.len())
+                .is_some_and(|start| start.eq_ignore_ascii_case(prefix.as_bytes()))
+        };
+        let found = if self.case_sensitive {
+            self.prefixes.iter().find(|(prefix, _, _)| exact(prefix))
+        } else {
+            self.prefixes.iter().find(|(prefix, _, _)| folded(prefix))
+        };
+        let Some((prefix, index, auth)) = found else {
+            return Routed::to(Route::NotFound);
+        };
+        // A letter-case variant that a case-sensitive upstream would read as a path of
+        // another route (`/API/x` beside `/api/` and `/`, or `/PUBLIC/x` beside `/public/`
+        // and `/`): it is refused unless both routes would let it through.
+        let mut auth = *auth;
+        if !self.case_sensitive && !exact(prefix) {
+            let other = self.prefixes.iter().find(|(prefix, _, _)| exact(prefix));
+            if let Some((_, _, RouteAuth::Required)) = other {
+                auth = RouteAuth::Required;
+            }
+        }
         Routed {
-            route,
-            forward_path: match (route, path.forward) {
-                (Route::Proxy(_), Cow::Owned(forward)) => Some(forward),
-                _ => None,
+            route: Route::Proxy(*index),
+            auth,
+            forward_path: match path.forward {
+                Cow::Owned(forward) => Some(forward),
+                Cow::Borrowed(_) => None,
             },
         }
     }
@@ -208,6 +244,9 @@ impl Router {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Routed {
     pub route: Route,
+    /// For a proxied request: whether it needs a signed-in user (the route's `auth`, or the
+    /// stricter of two routes a letter-case variant could mean).
+    pub auth: RouteAuth,
     /// For a proxied request whose path the upstream should get in another spelling (escapes
     /// of unreserved characters decoded): that path. `None`: the path as sent.
     pub forward_path: Option<String>,
@@ -217,6 +256,7 @@ impl Routed {
     fn to(route: Route) -> Routed {
         Routed {
             route,
+            auth: RouteAuth::Required,
             forward_path: None,
         }
     }
@@ -514,6 +554,50 @@ mod tests {
         assert_eq!(forward("/%61pi/ü").as_deref(), Some("/api/ü"));
         // Own endpoints read the same way (as the seed's Starlette decoded paths).
         assert_eq!(routed(&r, "/auth/users/%6De"), Route::Own(Endpoint::Me));
+    }
+
+    #[test]
+    fn letter_case_variants_of_a_protected_prefix_take_its_route() {
+        let r = Router::new(&[
+            route("/api/", RouteAuth::Required),
+            route("/", RouteAuth::Public),
+        ]);
+        for path in ["/API/admin/users", "/Api/Admin/users", "/%41pi/admin/users"] {
+            let routed = r.classify(&Method::GET, path);
+            assert_eq!(routed.route, Route::Proxy(0), "{path}");
+            assert_eq!(routed.auth, RouteAuth::Required, "{path}");
+        }
+        // The upstream gets the letters as sent.
+        assert_eq!(
+            r.classify(&Method::GET, "/%41pi/x").forward_path.as_deref(),
+            Some("/Api/x")
+        );
+        // Told that upstreams tell case apart, the gateway does too.
+        let exact = r.clone().with_case_sensitive_paths(true);
+        let routed = exact.classify(&Method::GET, "/API/admin/users");
+        assert_eq!(
+            (routed.route, routed.auth),
+            (Route::Proxy(1), RouteAuth::Public)
+        );
+    }
+
+    #[test]
+    fn a_case_variant_of_a_public_prefix_is_not_public_if_its_exact_reading_is_protected() {
+        // To a case-sensitive upstream `/PUBLIC/x` is not under `/public/`, so it is `/`'s.
+        let r = Router::new(&[
+            route("/", RouteAuth::Required),
+            route("/public/", RouteAuth::Public),
+        ]);
+        let routed = r.classify(&Method::GET, "/PUBLIC/x");
+        assert_eq!(
+            (routed.route, routed.auth),
+            (Route::Proxy(1), RouteAuth::Required)
+        );
+        let routed = r.classify(&Method::GET, "/public/x");
+        assert_eq!(
+            (routed.route, routed.auth),
+            (Route::Proxy(1), RouteAuth::Public)
+        );
     }
 
     #[test]

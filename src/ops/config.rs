@@ -218,6 +218,9 @@ pub struct ProxyConfig {
     /// PEM roots that verify upstreams' certificates on `tls = true` routes, instead of the
     /// system's.
     pub upstream_ca_file: Option<String>,
+    /// Whether route prefixes match only in their own letter case. Off by default: many
+    /// upstream frameworks route `/API/x` as `/api/x`, so the gateway does too.
+    pub case_sensitive_paths: bool,
 }
 
 impl Default for ProxyConfig {
@@ -228,6 +231,7 @@ impl Default for ProxyConfig {
             user_cache_ttl_seconds: 30,
             upstream_dns_refresh_seconds: 10,
             upstream_ca_file: None,
+            case_sensitive_paths: false,
         }
     }
 }
@@ -587,6 +591,10 @@ pub const ENV_OVERRIDES: &[(&[&str], &str)] = &[
         "auth.require_verified_email",
     ),
     (&["SENTINEL_REFRESH_COOKIE"], "auth.refresh_cookie"),
+    (
+        &["SENTINEL_CASE_SENSITIVE_PATHS"],
+        "proxy.case_sensitive_paths",
+    ),
     (&["SENTINEL_RATE_LIMIT_BACKEND"], "rate_limit.backend"),
     (&["REDIS_URL", "SENTINEL_REDIS_URL"], "rate_limit.redis_url"),
 ];
@@ -686,6 +694,9 @@ impl Config {
                 }
                 "auth.refresh_cookie" => {
                     self.auth.refresh_cookie = parse_bool(value).map_err(bad)?
+                }
+                "proxy.case_sensitive_paths" => {
+                    self.proxy.case_sensitive_paths = parse_bool(value).map_err(bad)?
                 }
                 "mail.transport" => {
                     self.mail.transport = parse_choice(
@@ -950,14 +961,23 @@ impl Config {
                     route.prefix
                 ));
             }
-            if self
-                .routes
-                .iter()
-                .filter(|r| r.prefix == route.prefix)
-                .count()
-                > 1
-            {
-                return invalid(format!("routes: prefix {:?} appears twice", route.prefix));
+            let same = |other: &RouteConfig| {
+                if self.proxy.case_sensitive_paths {
+                    other.prefix == route.prefix
+                } else {
+                    other.prefix.eq_ignore_ascii_case(&route.prefix)
+                }
+            };
+            if self.routes.iter().filter(|r| same(r)).count() > 1 {
+                return invalid(format!(
+                    "routes: prefix {:?} appears twice{}",
+                    route.prefix,
+                    if self.proxy.case_sensitive_paths {
+                        ""
+                    } else {
+                        " (in some letter case; proxy.case_sensitive_paths is false)"
+                    }
+                ));
             }
             if !crate::edge::routes::is_plain_prefix(&route.prefix) {
                 return invalid(format!(
@@ -1409,6 +1429,27 @@ mod tests {
             &[("SECRET_KEY", GOOD_SECRET)],
         );
         assert!(Config::load(&s).unwrap_err().to_string().contains("OWASP"));
+    }
+
+    #[test]
+    fn prefixes_that_differ_only_in_letter_case_are_one_route_unless_case_matters() {
+        let text = "[database]\nurl = \"postgres://a@h/x\"\n\
+            [[routes]]\nprefix = \"/api/\"\nupstreams = [\"127.0.0.1:1\"]\n\
+            [[routes]]\nprefix = \"/API/\"\nupstreams = [\"127.0.0.1:2\"]\n";
+        let (_d, s) = sources(text, &[("SECRET_KEY", GOOD_SECRET)]);
+        let err = Config::load(&s).unwrap_err().to_string();
+        assert!(
+            err.contains("\"/api/\" appears twice (in some letter case"),
+            "{err}"
+        );
+        let (_d, s) = sources(
+            text,
+            &[
+                ("SECRET_KEY", GOOD_SECRET),
+                ("SENTINEL_CASE_SENSITIVE_PATHS", "true"),
+            ],
+        );
+        assert!(Config::load(&s).unwrap().proxy.case_sensitive_paths);
     }
 
     #[test]

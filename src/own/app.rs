@@ -178,6 +178,7 @@ impl App {
             upgraded: Upgraded::new(users.pool().clone()),
             pool,
             router: Router::new(&config.routes)
+                .with_case_sensitive_paths(config.proxy.case_sensitive_paths)
                 .with_docs(config.docs.enabled)
                 .with_jwks(config.identity_assertion.enabled),
             routes,

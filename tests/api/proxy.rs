@@ -118,6 +118,47 @@ async fn unknown_paths_are_404_and_the_longest_prefix_wins() {
     }
 }
 
+#[tokio::test]
+async fn letter_case_decides_routes_only_when_upstreams_tell_case_apart() {
+    let up = Upstream::start().await;
+    let routes = format!(
+        "{}{}",
+        route("/", &[up.addr()], "required", ""),
+        route("/public/", &[up.addr()], "public", "")
+    );
+    let app = TestApp::spawn_with(Spawn {
+        config_extra: routes.clone(),
+        ..Spawn::default()
+    })
+    .await;
+    // To an upstream that tells case apart, /PUBLIC/x is not under /public/: it is refused
+    // like the rest of `/` unless signed in.
+    assert!(raw_get(app.port, "/public/x", None)
+        .await
+        .starts_with("HTTP/1.1 200"));
+    for path in ["/PUBLIC/x", "/Public/x", "/%50ublic/x"] {
+        let answer = raw_get(app.port, path, None).await;
+        assert!(answer.starts_with("HTTP/1.1 401"), "{path}: {answer}");
+    }
+    // Told that upstreams tell case apart, the gateway matches the configured case only.
+    let exact = TestApp::spawn_with(Spawn {
+        config_extra: format!(
+            "{}{}",
+            route("/api/", &[up.addr()], "required", ""),
+            route("/", &[up.addr()], "public", "")
+        ),
+        env: vec![("SENTINEL_CASE_SENSITIVE_PATHS".into(), "true".into())],
+        ..Spawn::default()
+    })
+    .await;
+    assert!(raw_get(exact.port, "/api/x", None)
+        .await
+        .starts_with("HTTP/1.1 401"));
+    assert!(raw_get(exact.port, "/API/x", None)
+        .await
+        .starts_with("HTTP/1.1 200"));
+}
+
 /// A raw `GET path` (HTTP clients would re-spell these paths), with a bearer token if given.
 async fn raw_get(port: u16, path: &str, token: Option<&str>) -> String {
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
@@ -152,6 +193,11 @@ async fn no_spelling_of_a_protected_prefix_reaches_the_upstream_as_public() {
         ("/api%2fadmin?q=1", "/api%2fadmin?q=1"),
         ("//api/admin", "//api/admin"),
         ("/%2F%61pi/admin", "/%2Fapi/admin"),
+        // Letter case: Express, ASP.NET and others route these as /api/admin/users.
+        ("/API/admin/users", "/API/admin/users"),
+        ("/Api/Admin/users", "/Api/Admin/users"),
+        ("/%41pi/admin/users", "/Api/admin/users"),
+        ("/%41%50%49/x", "/API/x"),
     ];
     for (path, _) in spellings {
         let answer = raw_get(app.port, path, None).await;
