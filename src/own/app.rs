@@ -466,6 +466,9 @@ impl App {
         if !self.allow_registration {
             return Err(ApiError::RegistrationDisabled);
         }
+        if self.refresh_cookie.is_some() {
+            self.check_browser_request(req)?;
+        }
         self.limiters
             .register(req.client_ip)
             .await
@@ -507,6 +510,13 @@ impl App {
     /// same answer.
     #[tracing::instrument(level = "debug", skip_all)]
     async fn login(&self, req: &OwnRequest) -> Result<Reply, ApiError> {
+        // Every answer here sets the refresh cookie in browser mode.
+        if self.refresh_cookie.is_some() {
+            if let Err(e) = self.check_browser_request(req) {
+                metrics().login(LoginOutcome::Invalid);
+                return Err(e);
+            }
+        }
         let form = forms::parse_token_form(req.content_type.as_deref(), &req.body).await;
         let form = match form {
             Ok(TokenForm::Password(form)) => form,

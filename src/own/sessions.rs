@@ -30,11 +30,12 @@ fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
 }
 
 impl App {
-    /// In browser mode, a request that uses the refresh cookie must come from one of the
-    /// configured origins' pages: `X-Requested-With` (a page on another site cannot add a
-    /// custom header without a CORS preflight, which the gateway refuses it) and an `Origin`
-    /// in `cors.origins`.
-    fn check_browser_request(&self, req: &OwnRequest) -> Result<(), ApiError> {
+    /// In browser mode, a request that uses or sets the refresh cookie (refresh, logout by
+    /// cookie, login, registration) must come from one of the configured origins' pages:
+    /// `X-Requested-With` (a page on another site cannot add a custom header without a CORS
+    /// preflight, which the gateway refuses it) and an `Origin` in `cors.origins`. Without it,
+    /// a form on another site could sign the victim's browser in to the attacker's account.
+    pub(crate) fn check_browser_request(&self, req: &OwnRequest) -> Result<(), ApiError> {
         let allowed = req
             .origin
             .as_deref()

@@ -33,6 +33,23 @@ async fn cookie_gateway(origin: &str, upstream: &str) -> TestApp {
     .await
 }
 
+/// A request as a page on `origin` sends it: `Origin` and `X-Requested-With` (browser mode
+/// asks both of every request that sets or uses the refresh cookie).
+fn from_page(req: reqwest::RequestBuilder, origin: &str) -> reqwest::RequestBuilder {
+    req.header("origin", origin)
+        .header("x-requested-with", "XMLHttpRequest")
+}
+
+/// Registers `email` from a page on `origin`.
+async fn register_from(app: &TestApp, origin: &str, email: &str) {
+    let r = from_page(app.client.post(app.url("/auth/register")), origin)
+        .json(&json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "register {email}");
+}
+
 /// The refresh cookie a response sets: (value, the whole `Set-Cookie`).
 fn set_cookie(a: &Answer) -> (String, String) {
     let header = a
@@ -55,9 +72,11 @@ async fn the_refresh_token_travels_only_in_a_strict_cookie_that_upstreams_never_
     let up = Upstream::start().await;
     let origin = "https://app.example";
     let app = cookie_gateway(origin, &up.addr()).await;
-    app.registered("cookie@example.com", PASSWORD).await;
+    register_from(&app, origin, "cookie@example.com").await;
 
-    let login = Answer::of(app.login("cookie@example.com", PASSWORD).await).await;
+    let login = from_page(app.client.post(app.url("/auth/token")), origin)
+        .form(&[("username", "cookie@example.com"), ("password", PASSWORD)]);
+    let login = Answer::of(login.send().await.unwrap()).await;
     assert_eq!(login.status, 200);
     let body = login.json();
     assert!(body.get("refresh_token").is_none(), "{body}");
@@ -160,6 +179,57 @@ async fn the_refresh_token_travels_only_in_a_strict_cookie_that_upstreams_never_
     assert_eq!(app.me(&access).await.status(), 401);
 }
 
+#[tokio::test]
+async fn a_cross_site_form_cannot_sign_a_browser_in_to_another_account() {
+    let up = Upstream::start().await;
+    let origin = "https://app.example";
+    let app = cookie_gateway(origin, &up.addr()).await;
+    register_from(&app, origin, "attacker@example.com").await;
+    // What a form or a no-cors fetch on another site can send: no custom header, a foreign
+    // Origin or none, a simple content type or none at all (a Blob body).
+    let login = || {
+        app.client
+            .post(app.url("/auth/token"))
+            .form(&[("username", "attacker@example.com"), ("password", PASSWORD)])
+    };
+    let register = |email: &str| {
+        app.client
+            .post(app.url("/auth/register"))
+            .body(json!({"email": email, "password": PASSWORD}).to_string())
+    };
+    let attempts = [
+        login().header("origin", "https://evil.example"),
+        login(),
+        login().header("origin", origin),
+        login()
+            .header("x-requested-with", "x")
+            .header("origin", "https://evil.example"),
+        register("planted1@example.com").header("origin", "https://evil.example"),
+        register("planted2@example.com"),
+        register("planted3@example.com").header("origin", origin),
+    ];
+    for attempt in attempts {
+        let answer = Answer::of(attempt.send().await.unwrap()).await;
+        assert_eq!(answer.status, 403, "{}", answer.text);
+        assert_eq!(
+            answer.json(),
+            json!({"detail": "Cross-site request refused: X-Requested-With and an allowed Origin are required"})
+        );
+        assert!(
+            answer.headers.get("set-cookie").is_none(),
+            "{:?}",
+            answer.headers
+        );
+    }
+    // Nothing was registered by the refused attempts.
+    let taken = from_page(app.client.post(app.url("/auth/register")), origin)
+        .json(&json!({"email": "planted2@example.com", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(taken.status(), 200);
+}
+
 /// Runs headless Chromium on `url` with the profile in `profile` until the page settles;
 /// the JSON the page wrote into `<pre id="result">`.
 pub(crate) fn run_page(profile: &Path, url: &str) -> Value {
@@ -219,7 +289,7 @@ async fn a_page_on_an_allowed_origin_refreshes_with_the_cookie_and_a_foreign_one
     let up = Upstream::start().await;
     let allowed = format!("http://127.0.0.1:{site_port}");
     let app = cookie_gateway(&allowed, &up.addr()).await;
-    app.registered("browser@example.com", PASSWORD).await;
+    register_from(&app, &allowed, "browser@example.com").await;
     let gw = app.base.clone();
 
     std::fs::write(
@@ -227,6 +297,7 @@ async fn a_page_on_an_allowed_origin_refreshes_with_the_cookie_and_a_foreign_one
         page(&format!(
             "const gw = '{gw}';
              let r = await fetch(gw + '/auth/token', {{method: 'POST', credentials: 'include',
+               headers: {{'X-Requested-With': 'XMLHttpRequest'}},
                body: new URLSearchParams({{username: 'browser@example.com', password: '{PASSWORD}'}})}});
              out.login = r.status; const b = await r.json();
              out.login_body_has_refresh_token = 'refresh_token' in b;
