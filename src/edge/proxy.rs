@@ -68,7 +68,7 @@ pub struct RequestCtx {
     /// The session of the token `user` came with (none for the seed's tokens).
     sid: Option<uuid::Uuid>,
     connect_retries: usize,
-    /// Whether the request came over TLS (known only when HSTS is configured).
+    /// Whether the request came over TLS (HSTS, `X-Forwarded-Proto`).
     over_tls: bool,
     /// A connection upgraded on behalf of `user`, closed if the user is shut out.
     upgraded: Option<crate::edge::upgraded::Registration>,
@@ -353,9 +353,14 @@ impl Gateway {
             }
             None => peer_header,
         };
-        let forwarded_proto = forwarded
-            .proto
-            .unwrap_or(http::HeaderValue::from_static("http"));
+        let forwarded_proto =
+            forwarded
+                .proto
+                .unwrap_or(http::HeaderValue::from_static(if ctx.over_tls {
+                    "https"
+                } else {
+                    "http"
+                }));
 
         // From here on nothing fails until the edited head is back in place.
         let req = session.req_header_mut();
@@ -528,7 +533,11 @@ impl Gateway {
         ctx.route = Some(index);
         let auth = routed.auth;
         let authorization = facts.authorization.map(http::HeaderValue::as_bytes);
-        let host = facts.host.cloned();
+        // HTTP/2 names the host in `:authority` (a `Host` header is optional there).
+        let host = facts.host.cloned().or_else(|| {
+            let authority = req.uri.authority()?;
+            http::HeaderValue::from_str(authority.as_str()).ok()
+        });
         match self.identify(authorization, auth) {
             Identity::Known(user, sid) => {
                 ctx.sid = sid.filter(|_| user.is_some());
@@ -683,9 +692,7 @@ impl ProxyHttp for Gateway {
         if crate::edge::front::draining() {
             session.set_keepalive(None);
         }
-        if self.app.hsts.is_some() {
-            ctx.over_tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        }
+        ctx.over_tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         match self.decide(session, ctx)? {
             // The upstream head is ready.
             None => Ok(false),

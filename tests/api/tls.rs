@@ -185,6 +185,39 @@ async fn curl_speaks_http2_and_http1_over_tls_and_hsts_comes_only_with_tls() {
             .any(|h| h[0] == "x-user-id" && h[1] == user_id.as_str()),
         "{echo}"
     );
+    // The upstream learns the scheme and host the client used: over HTTP/2 the host is the
+    // `:authority` (no Host header is sent).
+    let forwarded = |echo: &serde_json::Value, name: &str| {
+        echo["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|h| h[0] == name)
+            .map(|h| h[1].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let authority = format!("localhost:{tls_port}");
+    assert_eq!(forwarded(&echo, "x-forwarded-proto"), ["https"], "{echo}");
+    assert_eq!(
+        forwarded(&echo, "x-forwarded-host"),
+        [authority.as_str()],
+        "{echo}"
+    );
+    let (status, _, body, _) = curl(
+        &["--http1.1", "--cacert", &cacert, "-H", &auth],
+        &format!("{https}/api/hello"),
+    );
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(forwarded(&echo, "x-forwarded-proto"), ["https"], "{echo}");
+    assert_eq!(
+        forwarded(&echo, "x-forwarded-host"),
+        [authority.as_str()],
+        "{echo}"
+    );
+    let echo = app.get_as("/api/hello", &token).await.json();
+    assert_eq!(forwarded(&echo, "x-forwarded-proto"), ["http"], "{echo}");
+
     let (status, _, _, _) = curl(
         &["--http2", "--cacert", &cacert],
         &format!("{https}/api/hello"),
