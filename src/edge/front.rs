@@ -18,19 +18,34 @@
 //! The proxy learns about the connection through the connection user context that pingora hands
 //! to [`ProxyHttp::on_connection_reuse`](pingora::proxy::ProxyHttp::on_connection_reuse) right
 //! after parsing each head: an `Arc<`[`Connection`]`>`.
+//!
+//! Before any of that, two bounds on what one client can hold:
+//! - [`Admission`]: at most `server.max_connections_per_ip` connections per client address
+//!   (trusted proxies excepted) and `server.max_connections` in all; a connection past either
+//!   is closed at once, so a flood from one address cannot use up the descriptors that
+//!   everyone else (and the upstream health checks) need;
+//! - [`HandshakeDeadline`]: on the TLS listener, the TLS handshake must be done within
+//!   `server.header_timeout_ms` (pingora's own limit is 60 s); the sweeper shuts down the
+//!   socket of one that is not.
+//!
+//! HTTP/2 connections are served by [`crate::edge::h2`] with the same deadlines.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::listeners::PreTlsProcess;
 use pingora::protocols::http::ServerSession;
-use pingora::protocols::Stream;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::{GetSocketDigest, Stream};
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 
@@ -98,8 +113,13 @@ impl Connection {
         self.waker.wake_by_ref();
     }
 
+    /// Whether the connection was shut out (see [`Connection::shut_out`]).
+    pub(crate) fn is_shut(&self) -> bool {
+        self.shut.load(Ordering::Acquire)
+    }
+
     /// Starts the wait for the next head, which must be complete within `budget`.
-    fn await_head(&self, deadlines: &Deadlines, budget: Duration) {
+    pub(crate) fn await_head(&self, deadlines: &Deadlines, budget: Duration) {
         self.expired.store(false, Ordering::Relaxed);
         // `now_ms` lags the real time by up to a tick: one tick more, so that a head is never
         // cut off before its time.
@@ -109,7 +129,7 @@ impl Connection {
     }
 
     /// Whether the sweeper found the deadline passed while the head was still not in.
-    fn cut_off(&self) -> bool {
+    pub(crate) fn cut_off(&self) -> bool {
         if !self.expired.load(Ordering::Acquire) {
             return false;
         }
@@ -128,6 +148,25 @@ pub struct Deadlines {
     /// Milliseconds since `epoch`, as of the last tick.
     now_ms: AtomicU64,
     connections: Mutex<Slots>,
+    /// TLS handshakes in progress (see [`HandshakeDeadline`]).
+    handshakes: Mutex<Vec<Handshake>>,
+}
+
+/// A TLS handshake in progress: a descriptor of its own for the socket (so that shutting it
+/// down can never reach another socket that reused the listener's descriptor number), the
+/// socket's inode (which names it), when it must be done, and its admission.
+struct Handshake {
+    socket: OwnedFd,
+    inode: u64,
+    deadline_ms: u64,
+    ticket: Option<Ticket>,
+}
+
+/// The inode of the socket behind `fd` (unique among open sockets).
+fn socket_inode(fd: BorrowedFd<'_>) -> Option<u64> {
+    // SAFETY: an all-zero stat is a valid value for fstat to fill; the descriptor is open.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    (unsafe { libc::fstat(fd.as_raw_fd(), &mut stat) } == 0).then_some(stat.st_ino)
 }
 
 #[derive(Default)]
@@ -145,6 +184,7 @@ impl Deadlines {
             epoch: Instant::now(),
             now_ms: AtomicU64::new(0),
             connections: Mutex::new(Slots::default()),
+            handshakes: Mutex::new(Vec::new()),
         }));
         std::thread::Builder::new()
             .name("head-deadlines".into())
@@ -162,6 +202,18 @@ impl Deadlines {
     fn sweep(&self) {
         let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.now_ms.store(now, Ordering::Relaxed);
+        if let Ok(mut handshakes) = self.handshakes.lock() {
+            handshakes.retain(|h| {
+                if h.deadline_ms > now {
+                    return true;
+                }
+                // The handshake's read fails, and pingora drops the connection.
+                // SAFETY: shutdown(2) on a descriptor this struct owns.
+                unsafe { libc::shutdown(h.socket.as_raw_fd(), libc::SHUT_RDWR) };
+                tracing::debug!("TLS handshake not done in time; closing");
+                false
+            });
+        }
         let Ok(slots) = self.connections.lock() else {
             return;
         };
@@ -172,6 +224,37 @@ impl Deadlines {
                 conn.waker.wake_by_ref();
             }
         }
+    }
+
+    /// Watches the TLS handshake on `socket` (see [`HandshakeDeadline`]).
+    fn handshake_started(&self, socket: BorrowedFd<'_>, budget: Duration, ticket: Option<Ticket>) {
+        let (Ok(own), Some(inode)) = (socket.try_clone_to_owned(), socket_inode(socket)) else {
+            return;
+        };
+        let budget = u64::try_from((budget + TICK).as_millis()).unwrap_or(u64::MAX);
+        let handshake = Handshake {
+            socket: own,
+            inode,
+            deadline_ms: self.now_ms().saturating_add(budget),
+            ticket,
+        };
+        self.handshakes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(handshake);
+    }
+
+    /// The TLS handshake on socket `fd` is done: it is no longer watched; its admission
+    /// ticket, if it got one, passes to the connection.
+    fn handshake_done(&self, fd: RawFd) -> Option<Ticket> {
+        // SAFETY: `fd` is the open descriptor of the stream being served.
+        let inode = socket_inode(unsafe { BorrowedFd::borrow_raw(fd) })?;
+        let mut handshakes = self
+            .handshakes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let i = handshakes.iter().position(|h| h.inode == inode)?;
+        handshakes.swap_remove(i).ticket
     }
 
     fn register(&'static self, conn: Arc<Connection>) -> Registration {
@@ -256,6 +339,7 @@ pub struct Front {
     proxy: Arc<HttpProxy<Gateway>>,
     deadlines: &'static Deadlines,
     timeouts: ClientTimeouts,
+    admission: Arc<Admission>,
 }
 
 impl Front {
@@ -263,12 +347,146 @@ impl Front {
         proxy: HttpProxy<Gateway>,
         deadlines: &'static Deadlines,
         timeouts: ClientTimeouts,
+        admission: Arc<Admission>,
     ) -> Front {
         Front {
             proxy: Arc::new(proxy),
             deadlines,
             timeouts,
+            admission,
         }
+    }
+
+    pub(crate) fn proxy(&self) -> &Arc<HttpProxy<Gateway>> {
+        &self.proxy
+    }
+
+    /// The TLS listener's watch on handshakes, to be set on its endpoint.
+    pub fn handshake_deadline(&self) -> Arc<HandshakeDeadline> {
+        Arc::new(HandshakeDeadline {
+            deadlines: self.deadlines,
+            budget: self.timeouts.head,
+            admission: Arc::clone(&self.admission),
+        })
+    }
+}
+
+/// How many connections the clients may hold: per address, and in all.
+pub struct Admission {
+    /// 0: no limit per address.
+    per_ip: usize,
+    total: usize,
+    /// Addresses without a limit of their own: the trusted proxies, behind which many
+    /// clients share one address.
+    exempt: identity::TrustedProxies,
+    open: AtomicUsize,
+    by_ip: Mutex<HashMap<IpAddr, usize, foldhash::fast::RandomState>>,
+    /// When the last refusal was logged (seconds since start): one line a second at most.
+    warned_at: AtomicU64,
+    epoch: Instant,
+}
+
+impl Admission {
+    pub fn new(per_ip: usize, total: usize, exempt: identity::TrustedProxies) -> Admission {
+        Admission {
+            per_ip,
+            total,
+            exempt,
+            open: AtomicUsize::new(0),
+            by_ip: Mutex::new(HashMap::default()),
+            warned_at: AtomicU64::new(u64::MAX),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// A place for a new connection from `ip`, or `None` (close it) when that address or the
+    /// gateway holds as many as it may.
+    pub fn admit(self: &Arc<Self>, ip: Option<IpAddr>) -> Option<Ticket> {
+        if self.open.fetch_add(1, Ordering::Relaxed) >= self.total {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            self.refused(ip, "server.max_connections");
+            return None;
+        }
+        let counted = ip.filter(|ip| self.per_ip > 0 && !self.exempt.contains(*ip));
+        if let Some(ip) = counted {
+            let mut by_ip = self
+                .by_ip
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let held = by_ip.entry(ip).or_insert(0);
+            if *held >= self.per_ip {
+                drop(by_ip);
+                self.open.fetch_sub(1, Ordering::Relaxed);
+                self.refused(Some(ip), "server.max_connections_per_ip");
+                return None;
+            }
+            *held += 1;
+        }
+        crate::ops::metrics::metrics().connections_open(self.open.load(Ordering::Relaxed));
+        Some(Ticket {
+            admission: Arc::clone(self),
+            ip: counted,
+        })
+    }
+
+    fn refused(&self, ip: Option<IpAddr>, limit: &'static str) {
+        crate::ops::metrics::metrics().connection_refused(limit);
+        let now = self.epoch.elapsed().as_secs();
+        let last = self.warned_at.swap(now, Ordering::Relaxed);
+        if last != now {
+            tracing::warn!(client = ?ip, limit, "connection refused: too many connections");
+        }
+    }
+}
+
+/// A connection's place in [`Admission`], given back when the connection ends.
+pub struct Ticket {
+    admission: Arc<Admission>,
+    ip: Option<IpAddr>,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let admission = &self.admission;
+        if let Some(ip) = self.ip {
+            let mut by_ip = admission
+                .by_ip
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(held) = by_ip.get_mut(&ip) {
+                *held -= 1;
+                if *held == 0 {
+                    by_ip.remove(&ip);
+                }
+            }
+        }
+        let open = admission.open.fetch_sub(1, Ordering::Relaxed) - 1;
+        crate::ops::metrics::metrics().connections_open(open);
+    }
+}
+
+/// On the TLS listener, before the handshake: the connection is admitted (or closed at once)
+/// and its handshake must be done within the head deadline.
+pub struct HandshakeDeadline {
+    deadlines: &'static Deadlines,
+    budget: Duration,
+    admission: Arc<Admission>,
+}
+
+#[async_trait]
+impl PreTlsProcess for HandshakeDeadline {
+    async fn process(&self, stream: &mut L4Stream) -> pingora::Result<()> {
+        let ip = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let Some(ticket) = self.admission.admit(ip) else {
+            return Err(pingora::Error::new(pingora::ErrorType::ConnectRefused));
+        };
+        // SAFETY: the stream's descriptor is open for the duration of this call.
+        let socket = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+        self.deadlines
+            .handshake_started(socket, self.budget, Some(ticket));
+        Ok(())
     }
 }
 
@@ -293,17 +511,18 @@ impl ServerApp for Front {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        // HTTP/2 (chosen by ALPN on the TLS listener): pingora's own loop, which multiplexes
-        // streams; each stream is a request through the same proxy hooks.
-        if matches!(
-            stream.selected_alpn_proto(),
-            Some(pingora::protocols::ALPN::H2)
-        ) {
-            return pingora::apps::ServerApp::process_new(&self.proxy, stream, shutdown).await;
-        }
         let client = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
+        // A TLS connection was admitted before its handshake (the ticket comes with it).
+        let handshaken = match stream.get_ssl_digest() {
+            Some(_) => self.deadlines.handshake_done(stream.id()),
+            None => None,
+        };
+        let _ticket = match handshaken {
+            Some(ticket) => ticket,
+            None => self.admission.admit(client.map(|a| a.ip()))?,
+        };
         let waker = std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
         let conn = Arc::new(Connection {
             client: Client::of(client),
@@ -314,7 +533,15 @@ impl ServerApp for Front {
         });
         let deadlines = self.deadlines;
         let _registration = deadlines.register(Arc::clone(&conn));
-
+        // HTTP/2 (chosen by ALPN on the TLS listener): streams multiplexed on the connection,
+        // each a request through the same proxy hooks.
+        if matches!(
+            stream.selected_alpn_proto(),
+            Some(pingora::protocols::ALPN::H2)
+        ) {
+            crate::edge::h2::serve(self, stream, shutdown, conn, deadlines, self.timeouts).await;
+            return None;
+        }
         let mut session = ServerSession::new_http1(stream);
         // `Some(0)`: keep-alive without pingora's timer (the deadline here bounds idle time).
         session.set_keepalive((!*shutdown.borrow()).then_some(0));
@@ -366,11 +593,36 @@ mod tests {
     }
 
     #[test]
+    fn admission_holds_each_address_and_the_total_to_their_limits() {
+        let trusted = identity::TrustedProxies::parse(&["10.0.0.1".to_string()]).unwrap();
+        let admission = Arc::new(Admission::new(2, 5, trusted));
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        let first = admission.admit(Some(a)).unwrap();
+        let _second = admission.admit(Some(a)).unwrap();
+        assert!(
+            admission.admit(Some(a)).is_none(),
+            "a third from one address"
+        );
+        let _other = admission.admit(Some(b)).unwrap();
+        // A trusted proxy speaks for many clients: only the total holds it.
+        let _p1 = admission.admit(Some(proxy)).unwrap();
+        let _p2 = admission.admit(Some(proxy)).unwrap();
+        assert!(admission.admit(Some(proxy)).is_none(), "past the total");
+        assert!(admission.admit(Some(b)).is_none(), "past the total");
+        drop(first);
+        let _again = admission.admit(Some(a)).unwrap();
+        assert_eq!(admission.open.load(Ordering::Relaxed), 5);
+    }
+
+    #[test]
     fn a_head_that_came_in_as_the_sweeper_looked_is_not_cut_off() {
         let deadlines = Deadlines {
             epoch: Instant::now(),
             now_ms: AtomicU64::new(1_000),
             connections: Mutex::new(Slots::default()),
+            handshakes: Mutex::new(Vec::new()),
         };
         let conn = connection();
         conn.await_head(&deadlines, Duration::from_millis(500));
@@ -392,6 +644,7 @@ mod tests {
             epoch: Instant::now() - Duration::from_secs(10),
             now_ms: AtomicU64::new(0),
             connections: Mutex::new(Slots::default()),
+            handshakes: Mutex::new(Vec::new()),
         }));
         let late = Arc::new(connection());
         late.deadline_ms.store(5_000, Ordering::Relaxed);

@@ -1,4 +1,5 @@
-//! The request path: the connection front with its deadlines (`front`), pingora's hooks
+//! The request path: the connection front with its deadlines and connection limits (`front`),
+//! HTTP/2 connections (`h2`), pingora's hooks
 //! (`proxy`), where a request goes (`routes`), the headers only the gateway sets (`identity`),
 //! CORS (`cors`), upstream balancing and health (`upstreams`), upgraded connections by user
 //! (`upgraded`) and the access log line (`access_log`).
@@ -6,6 +7,7 @@
 pub mod access_log;
 pub mod cors;
 pub mod front;
+pub mod h2;
 pub mod identity;
 pub mod proxy;
 pub mod routes;

@@ -881,6 +881,12 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        // On HTTP/2: a stream the client gave up before its answer was complete counts
+        // against the connection's budget (see `edge::h2`).
+        if session.is_http2() {
+            let cancelled = e.is_some_and(|e| e.esource() == &ErrorSource::Downstream);
+            crate::edge::h2::stream_ended(cancelled);
+        }
         let Some(started) = ctx.started else {
             return;
         };

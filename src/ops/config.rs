@@ -270,6 +270,13 @@ pub struct ServerConfig {
     pub shutdown_timeout_seconds: u64,
     /// Directory for pingora's pid file and upgrade socket (default: a per-process temp path).
     pub runtime_dir: Option<PathBuf>,
+    /// Client connections one address may hold at once (trusted proxies excepted); more are
+    /// closed at once. 0: no limit per address.
+    pub max_connections_per_ip: usize,
+    /// Client connections the gateway holds at once; more are closed at once. 0: half the
+    /// open-file limit (each proxied request may also hold an upstream connection), less a
+    /// reserve for PostgreSQL, health checks and logs.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -462,6 +469,8 @@ impl Default for ServerConfig {
             shutdown_grace_seconds: 2,
             shutdown_timeout_seconds: 3,
             runtime_dir: None,
+            max_connections_per_ip: 256,
+            max_connections: 0,
         }
     }
 }

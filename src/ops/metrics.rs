@@ -60,6 +60,8 @@ pub struct Metrics {
     pub mail_failed_attempts: IntCounter,
     pub mail_abandoned: IntCounter,
     ready: IntGauge,
+    client_connections: IntGauge,
+    connections_refused: IntCounterVec,
 }
 
 /// One request kind's count and duration, per status class.
@@ -309,6 +311,18 @@ impl Metrics {
                 "sentinel_ready",
                 "1 once PostgreSQL was reached and migrated, else 0",
             ),
+            client_connections: gauge(
+                &registry,
+                "sentinel_client_connections",
+                "Client connections open (HTTP/1 and HTTP/2, plain and TLS)",
+            ),
+            connections_refused: counter_vec(
+                &registry,
+                "sentinel_client_connections_refused_total",
+                "Client connections closed at once, by the limit they were past \
+                 (server.max_connections_per_ip, server.max_connections)",
+                &["limit"],
+            ),
             requests,
             durations,
             registry,
@@ -323,6 +337,17 @@ impl Metrics {
             prometheus::process_collector::ProcessCollector::for_self(),
         )));
         metrics
+    }
+
+    /// The client connections open now.
+    pub fn connections_open(&self, open: usize) {
+        self.client_connections
+            .set(i64::try_from(open).unwrap_or(i64::MAX));
+    }
+
+    /// A client connection closed at once, past `limit`.
+    pub fn connection_refused(&self, limit: &'static str) {
+        self.connections_refused.with_label_values(&[limit]).inc();
     }
 
     /// A proxied route's handles (resolved once, when the route is built).

@@ -15,7 +15,7 @@ use pingora::services::listening::Service;
 
 use crate::credentials::assertion::Assertions;
 use crate::credentials::rate_limit::{LimiterJanitor, RateLimits};
-use crate::edge::front::{ClientTimeouts, Deadlines, Front};
+use crate::edge::front::{Admission, ClientTimeouts, Deadlines, Front};
 use crate::edge::proxy::Gateway;
 use crate::edge::upstreams;
 use crate::ops::config::Config;
@@ -242,6 +242,11 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     }
     let _pid_file = PidFile::write(&runtime_dir.path)?;
     let deadlines = Deadlines::start().context("cannot start the request head deadline thread")?;
+    let admission = Arc::new(Admission::new(
+        config.server.max_connections_per_ip,
+        max_connections(config.server.max_connections),
+        app.trusted_proxies.clone(),
+    ));
     let front = Front::new(
         http_proxy(&server.configuration, Gateway::new(Arc::clone(&app))),
         deadlines,
@@ -251,7 +256,9 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
             send: (config.server.send_timeout_ms > 0)
                 .then(|| Duration::from_millis(config.server.send_timeout_ms)),
         },
+        admission,
     );
+    let handshake_deadline = front.handshake_deadline();
     if !admin_addrs.is_empty() {
         let mut admin = Service::new(
             "admin".to_string(),
@@ -270,6 +277,7 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
         service.add_tcp(&addr.to_string());
     }
     if let Some(certificate) = &certificate {
+        service.endpoints().set_pre_tls_callback(handshake_deadline);
         for addr in &tls_addrs {
             let settings = crate::edge::tls::settings(Arc::clone(certificate))?;
             service.add_tls_with_settings(&addr.to_string(), None, settings);
@@ -307,6 +315,33 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
         Some(reason) => Err(anyhow::anyhow!(reason)),
         None => Ok(()),
     }
+}
+
+/// The open-file limit raised to its hard limit (as nginx's `worker_rlimit_nofile` would be
+/// set), and the client connections the gateway may hold: `configured`, or with 0 half of
+/// what the limit allows (a proxied request may hold an upstream connection too) less a
+/// reserve for PostgreSQL, Redis, health checks and logs.
+fn max_connections(configured: usize) -> usize {
+    // SAFETY: an all-zero rlimit is a valid value for getrlimit to fill.
+    let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: get/setrlimit with a valid resource and struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    if configured > 0 {
+        return configured;
+    }
+    let files = usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX);
+    (files.saturating_sub(256) / 2).max(64)
 }
 
 /// How long `serve --upgrade` waits for the running gateway's sockets.

@@ -15,6 +15,7 @@ mod db_outage;
 mod docs;
 mod flood;
 mod goldens;
+mod h2_limits;
 mod hostile_input;
 mod login;
 mod me;

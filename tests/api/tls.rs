@@ -90,7 +90,7 @@ pub(crate) fn leaf(dir: &Path, cn: &str) -> (PathBuf, PathBuf) {
     (dir.join(cert), dir.join(key))
 }
 
-fn tls_table(port: u16, cert: &Path, key: &Path, hsts: u64) -> String {
+pub(crate) fn tls_table(port: u16, cert: &Path, key: &Path, hsts: u64) -> String {
     format!(
         "[tls]\nlisten = \"127.0.0.1:{port}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n\
          hsts_max_age_seconds = {hsts}\n\n",
