@@ -12,6 +12,7 @@ command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v openssl >/dev/null || need+=(openssl)   # the TLS tests make their certificates
 command -v curl >/dev/null || need+=(curl)         # and speak HTTP/2 with curl
 command -v redis-server >/dev/null || need+=(redis-server)  # shared limits: tests run their own
+command -v npm >/dev/null || need+=(nodejs npm)    # a real Express upstream (path spellings)
 if [ ${#need[@]} -gt 0 ]; then
   echo "test: installing ${need[*]} for the browser, packaging, TLS and Redis tests"
   as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -24,6 +25,11 @@ if ! python3 -c "import prometheus_client, openapi_spec_validator" 2>/dev/null \
   || ! command -v hadolint >/dev/null; then
   echo "test: installing tests/support/requirements.txt"
   python3 -m pip install -q --root-user-action=ignore -r tests/support/requirements.txt
+fi
+# Express 4, as the path-spelling tests' upstream (tests/support/express, locked versions).
+if [ ! -d tests/support/express/node_modules/express ]; then
+  echo "test: installing tests/support/express (npm ci)"
+  npm ci --prefix tests/support/express --no-audit --no-fund --loglevel=error
 fi
 if ! command -v cargo >/dev/null; then
   echo "test: cargo not found: install a Rust toolchain (https://rustup.rs) and try again" >&2

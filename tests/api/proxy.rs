@@ -118,6 +118,81 @@ async fn unknown_paths_are_404_and_the_longest_prefix_wins() {
     }
 }
 
+/// A real Express 4 upstream (`tests/support/express/upstream.js`), stopped on drop.
+struct Express {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl Express {
+    async fn start() -> Express {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/express");
+        assert!(
+            dir.join("node_modules/express").exists(),
+            "Express is not installed: scripts/test.sh runs npm ci in {}",
+            dir.display()
+        );
+        let port = free_port();
+        let child = std::process::Command::new("node")
+            .arg(dir.join("upstream.js"))
+            .arg(port.to_string())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("node");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "Express did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Express { port, child }
+    }
+}
+
+impl Drop for Express {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn no_letter_case_of_a_protected_path_reaches_express_without_a_user() {
+    let express = Express::start().await;
+    let upstream = format!("127.0.0.1:{}", express.port);
+    let app = TestApp::spawn_with(Spawn {
+        config_extra: format!(
+            "{}{}",
+            route("/api/", &[upstream.clone()], "required", ""),
+            route("/", &[upstream], "public", "")
+        ),
+        ..Spawn::default()
+    })
+    .await;
+    let (token, id) = app
+        .registered("express@example.com", "ExpressPassword1!")
+        .await;
+    for path in [
+        "/api/admin/users",
+        "/API/admin/users",
+        "/Api/Admin/users",
+        "/%41pi/admin/users",
+        "/api/ADMIN/USERS",
+    ] {
+        let anonymous = raw_get(app.port, path, None).await;
+        assert!(anonymous.starts_with("HTTP/1.1 401"), "{path}: {anonymous}");
+        // Signed in, Express serves it as its /api/admin/users, with the user.
+        let answer = raw_get(app.port, path, Some(&token)).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{path}: {answer}");
+        let body: serde_json::Value =
+            serde_json::from_str(&answer[answer.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+        assert_eq!(body["route"], "/api/admin/users", "{path}");
+        assert_eq!(body["user"], id.as_str(), "{path}");
+    }
+}
+
 #[tokio::test]
 async fn letter_case_decides_routes_only_when_upstreams_tell_case_apart() {
     let up = Upstream::start().await;
