@@ -338,3 +338,64 @@ async fn one_address_holds_at_most_its_connections_and_others_are_still_served()
         .log_line("connection refused: too many connections")
         .await;
 }
+
+#[tokio::test]
+async fn a_stream_the_client_resets_ends_its_upstream_request() {
+    // An upstream that reads a request and never answers: it sees its connection close when
+    // the gateway gives the request up.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap().to_string();
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 4096];
+        // Health checks connect and close; the request comes on a connection that sends.
+        let mut conn = loop {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            if head.windows(4).any(|w| w == b"\r\n\r\n") {
+                break conn;
+            }
+        };
+        let arrived = Instant::now();
+        let _ = conn.read(&mut buf).await;
+        let _ = closed_tx.send(arrived.elapsed());
+    });
+    let certs = TempDir::new();
+    let (cert, key) = leaf(&certs.0, "localhost");
+    let tls_port = free_port();
+    let app = TestApp::spawn_with(Spawn {
+        config_extra: format!(
+            "{}{}",
+            tls_table(tls_port, &cert, &key, 0),
+            route("/public/", &[upstream], "public", "read_timeout_ms = 30000")
+        ),
+        ..Spawn::default()
+    })
+    .await;
+    let tcp = TcpStream::connect(("127.0.0.1", tls_port)).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector(&ca(&certs.0), &[b"h2"])
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (mut send, connection) = h2::client::handshake(tls).await.unwrap();
+    let _connection = tokio::spawn(connection);
+    let request = http::Request::get(format!("https://localhost:{tls_port}/public/wait"))
+        .body(())
+        .unwrap();
+    let (_answer, mut stream) = send.send_request(request, true).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stream.send_reset(h2::Reason::CANCEL);
+    let closed = tokio::time::timeout(Duration::from_secs(10), closed_rx).await;
+    let closed = closed
+        .expect("the upstream request outlived its reset stream")
+        .unwrap();
+    assert!(closed < Duration::from_secs(3), "{closed:?}");
+    drop(app);
+}
