@@ -165,7 +165,7 @@ async fn no_letter_case_of_a_protected_path_reaches_express_without_a_user() {
     let app = TestApp::spawn_with(Spawn {
         config_extra: format!(
             "{}{}",
-            route("/api/", &[upstream.clone()], "required", ""),
+            route("/api/", std::slice::from_ref(&upstream), "required", ""),
             route("/", &[upstream], "public", "")
         ),
         ..Spawn::default()
