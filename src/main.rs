@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use sentinel_gateway::ops::admin::{KeysCommand, UsersCommand};
 use sentinel_gateway::ops::config::{Config, ConfigError, Sources};
 use sentinel_gateway::ops::{admin, process, server, telemetry};
+use sentinel_gateway::store::db::DbError;
 
 /// mimalloc rather than glibc's malloc: a proxied request makes dozens of small allocations
 /// (pingora's header maps and futures among them), and `bench/proxy-instructions.sh` showed
@@ -68,6 +69,22 @@ enum Command {
     },
 }
 
+/// 2 for a configuration error wherever it is found (the file, the environment, a
+/// certificate, a listener, a `database.url` PostgreSQL refuses); 1 for anything else.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    let configuration = e.chain().any(|cause| {
+        cause.is::<ConfigError>()
+            || cause
+                .downcast_ref::<DbError>()
+                .is_some_and(DbError::is_configuration)
+    });
+    if configuration {
+        2
+    } else {
+        1
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let sources = Sources {
@@ -96,13 +113,13 @@ fn main() -> ExitCode {
     }
     let result = match command {
         Command::Health => process::check_health(&config, std::time::Duration::from_secs(3)),
-        Command::CheckConfig => {
+        // The checks start-up makes, then the configuration as it would serve.
+        Command::CheckConfig => server::check(&config).map(|_| {
             print!("{}", config.redacted_toml());
             if let Err(e) = config.require_secret() {
                 eprintln!("sentinel-gateway: warning: {e}; serving would refuse to start");
             }
-            Ok(())
-        }
+        }),
         Command::Migrate => {
             let _log = telemetry::init(&config.log);
             server::migrate(&config).map(|report| {
@@ -140,12 +157,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sentinel-gateway: {}", format!("{e:#}").replace('\n', " "));
-            // A configuration error is 2 wherever it is found; anything else 1.
-            if e.downcast_ref::<ConfigError>().is_some() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::FAILURE
-            }
+            ExitCode::from(exit_code(&e))
         }
     }
 }

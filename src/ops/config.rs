@@ -625,6 +625,14 @@ fn parse_choice<T: Copy>(value: &str, choices: &[(&str, T)]) -> Result<T, String
         })
 }
 
+/// The addresses each listener serves on (see [`Config::listeners`]).
+#[derive(Debug, Clone, Default)]
+pub struct Listeners {
+    pub public: Vec<SocketAddr>,
+    pub tls: Vec<SocketAddr>,
+    pub admin: Vec<SocketAddr>,
+}
+
 /// Every address `text` (the value of `key`, `host:port`) names, sorted, at least one.
 fn resolve_listen(key: &str, text: &str) -> Result<Vec<SocketAddr>, String> {
     let mut addrs: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(text)
@@ -1015,41 +1023,54 @@ impl Config {
 
     /// The addresses `server.listen` names (a name may resolve to several, `localhost` to
     /// 127.0.0.1 and ::1: the gateway listens on each).
-    pub fn listen_addrs(&self) -> Result<Vec<SocketAddr>, String> {
-        resolve_listen("server.listen", &self.server.listen)
+    pub fn listen_addrs(&self) -> Result<Vec<SocketAddr>, ConfigError> {
+        resolve_listen("server.listen", &self.server.listen).map_err(ConfigError::Invalid)
     }
 
-    /// The TLS listener's addresses (none when `tls.listen` is empty).
-    pub fn tls_addrs(&self) -> Result<Vec<SocketAddr>, String> {
-        if self.tls.listen.is_empty() {
-            return Ok(Vec::new());
-        }
-        resolve_listen("tls.listen", &self.tls.listen)
-    }
-
-    /// The admin listener's addresses (none when `admin.listen` is empty). An address the
-    /// public listener also has is refused: metrics are never served to the public.
-    pub fn admin_addrs(&self) -> Result<Vec<SocketAddr>, String> {
-        if self.admin.listen.is_empty() {
-            return Ok(Vec::new());
-        }
-        let addrs = resolve_listen("admin.listen", &self.admin.listen)?;
-        let public = self.listen_addrs()?;
+    /// Every listener's addresses, each set resolved, and no two listeners on one port (the
+    /// admin listener in particular never shares the public one's: metrics are never served
+    /// to the public).
+    pub fn listeners(&self) -> Result<Listeners, ConfigError> {
+        let optional = |key: &str, text: &str| {
+            if text.is_empty() {
+                Ok(Vec::new())
+            } else {
+                resolve_listen(key, text).map_err(ConfigError::Invalid)
+            }
+        };
+        let listeners = Listeners {
+            public: self.listen_addrs()?,
+            tls: optional("tls.listen", &self.tls.listen)?,
+            admin: optional("admin.listen", &self.admin.listen)?,
+        };
         let shares_port = |a: &SocketAddr, p: &SocketAddr| {
             a.port() != 0
                 && a.port() == p.port()
                 && (a.ip() == p.ip() || a.ip().is_unspecified() || p.ip().is_unspecified())
         };
-        if let Some(clash) = addrs
-            .iter()
-            .find(|a| public.iter().any(|p| shares_port(a, p)))
-        {
-            return Err(format!(
-                "admin.listen {clash} is also the public listener (server.listen); the admin \
-                 listener must have a port of its own"
-            ));
+        let named = [
+            ("server.listen", &listeners.public),
+            ("tls.listen", &listeners.tls),
+            ("admin.listen", &listeners.admin),
+        ];
+        for (i, (key, addrs)) in named.iter().enumerate() {
+            for (other_key, others) in &named[i + 1..] {
+                if let Some(clash) = addrs
+                    .iter()
+                    .find(|a| others.iter().any(|o| shares_port(a, o)))
+                {
+                    let why = if *other_key == "admin.listen" {
+                        "the admin listener must have a port of its own"
+                    } else {
+                        "each listener needs a port of its own"
+                    };
+                    return Err(ConfigError::Invalid(format!(
+                        "{other_key} shares {clash} with {key}: {why}"
+                    )));
+                }
+            }
         }
-        Ok(addrs)
+        Ok(listeners)
     }
 
     /// The effective configuration as TOML, secrets redacted (for `check-config`): every

@@ -116,7 +116,7 @@ impl Drop for RuntimeDir {
 
 /// Refuses a runtime directory another user could write into or swap: it must be a directory
 /// (not a symlink to one), owned by this process's user, and not writable by group or others.
-fn check_private(path: &Path) -> Result<(), ConfigError> {
+pub fn check_private(path: &Path) -> Result<(), ConfigError> {
     let refuse = |why: String| {
         ConfigError::Invalid(format!(
             "server.runtime_dir {} {why}: another user could take over the upgrade hand-over",

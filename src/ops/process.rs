@@ -65,7 +65,7 @@ pub fn check_health(
     config: &crate::ops::config::Config,
     within: std::time::Duration,
 ) -> anyhow::Result<()> {
-    let addrs = config.listen_addrs().map_err(|e| anyhow::anyhow!(e))?;
+    let addrs = config.listen_addrs()?;
     let target = reachable(*addrs.first().context("server.listen has no address")?);
     let mut stream = std::net::TcpStream::connect_timeout(&target, within)
         .with_context(|| format!("cannot connect to {target}"))?;

@@ -18,12 +18,52 @@ use crate::credentials::rate_limit::{LimiterJanitor, RateLimits};
 use crate::edge::front::{Admission, ClientTimeouts, Deadlines, Front};
 use crate::edge::proxy::Gateway;
 use crate::edge::upstreams;
-use crate::ops::config::Config;
+use crate::ops::config::{Config, ConfigError, Listeners};
 use crate::ops::handover::{self, Handover, PidFile, RuntimeDir};
 use crate::ops::process;
 use crate::own::app::App;
 use crate::store::db;
 use crate::store::user_cache::{UserCache, UserChangeListener};
+
+/// What start-up checks before it touches anything, and makes on the way.
+pub struct Checked {
+    pub listeners: Listeners,
+    /// The TLS listener's certificate (none without one).
+    pub certificate: Option<Arc<crate::edge::tls::Certificate>>,
+}
+
+/// Every check of the configuration that start-up makes without binding a port or reaching
+/// the database — `check-config` and `serve` both run exactly this, so each finds every
+/// configuration error the other would (each a [`ConfigError`], exit 2): the listeners and
+/// their ports, the certificate, the database URL, the rate-limit backend, the runtime
+/// directory (when it exists already).
+pub fn check(config: &Config) -> anyhow::Result<Checked> {
+    let listeners = config.listeners()?;
+    // A certificate that does not load is a start-up error, not a listener that fails later.
+    let certificate = if listeners.tls.is_empty() {
+        None
+    } else {
+        Some(
+            crate::edge::tls::Certificate::load(&config.tls)
+                .map_err(|e| ConfigError::Invalid(format!("{e:#}")))?,
+        )
+    };
+    db::pool(&config.database).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+    RateLimits::new(&config.rate_limit).map_err(rate_limit_error)?;
+    if let Some(dir) = &config.server.runtime_dir {
+        if dir.exists() {
+            handover::check_private(dir)?;
+        }
+    }
+    Ok(Checked {
+        listeners,
+        certificate,
+    })
+}
+
+fn rate_limit_error(e: String) -> ConfigError {
+    ConfigError::Invalid(format!("rate_limit: {e}"))
+}
 
 /// Migrates the database once on a short-lived runtime of its own (waiting for PostgreSQL up to
 /// `database.startup_wait_seconds`).
@@ -87,15 +127,15 @@ fn load_keys(config: &Config, app: &App) -> anyhow::Result<()> {
 /// finishes its requests and exits, while this process serves on the same sockets.
 pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     config.require_secret()?;
-    let addrs = config.listen_addrs().map_err(|e| anyhow::anyhow!(e))?;
-    let admin_addrs = config.admin_addrs().map_err(|e| anyhow::anyhow!(e))?;
-    let tls_addrs = config.tls_addrs().map_err(|e| anyhow::anyhow!(e))?;
-    // A certificate that does not load is a start-up error, not a listener that fails later.
-    let certificate = if tls_addrs.is_empty() {
-        None
-    } else {
-        Some(crate::edge::tls::Certificate::load(&config.tls)?)
-    };
+    let Checked {
+        listeners,
+        certificate,
+    } = check(&config)?;
+    let Listeners {
+        public: addrs,
+        tls: tls_addrs,
+        admin: admin_addrs,
+    } = listeners;
     let runtime_dir = RuntimeDir::open(config.server.runtime_dir.clone())?;
     // The gateway to take over from: its listening sockets come to this process, so they are
     // not bound here. The hand-over socket is listened on at once (before migrating), so that
@@ -150,10 +190,7 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
         db::proxy_pool(&config.database)?,
         Duration::from_millis(config.database.acquire_timeout_ms),
     ));
-    let limiters = Arc::new(
-        RateLimits::new(&config.rate_limit)
-            .map_err(|e| crate::ops::config::ConfigError::Invalid(format!("rate_limit: {e}")))?,
-    );
+    let limiters = Arc::new(RateLimits::new(&config.rate_limit).map_err(rate_limit_error)?);
     let janitor = LimiterJanitor {
         limiters: Arc::clone(&limiters.local),
         every: Duration::from_secs(30),
@@ -312,7 +349,7 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     });
     tracing::info!("sentinel-gateway stopped");
     match outcome.failure() {
-        Some(reason) => Err(anyhow::anyhow!(reason)),
+        Some(reason) => Err(reason.into()),
         None => Ok(()),
     }
 }
@@ -378,11 +415,11 @@ impl BackgroundService for ReadyNotice {
 #[derive(Default)]
 struct StartupOutcome {
     failed: tokio::sync::Notify,
-    reason: std::sync::Mutex<Option<String>>,
+    reason: std::sync::Mutex<Option<db::DbError>>,
 }
 
 impl StartupOutcome {
-    fn fail(&self, reason: String) {
+    fn fail(&self, reason: db::DbError) {
         *self
             .reason
             .lock()
@@ -391,7 +428,7 @@ impl StartupOutcome {
         self.failed.notify_one();
     }
 
-    fn failure(&self) -> Option<String> {
+    fn failure(&self) -> Option<db::DbError> {
         self.reason
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -426,7 +463,7 @@ impl BackgroundService for DatabaseStartup {
                 self.app.set_ready();
                 tracing::info!("database ready");
             }
-            Err(e) => self.outcome.fail(e.to_string()),
+            Err(e) => self.outcome.fail(e),
         }
     }
 }

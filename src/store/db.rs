@@ -15,7 +15,7 @@ const MIGRATION_TABLE: &str = "sentinel_schema_history";
 /// Serialises migrations of instances that start together against one database.
 const MIGRATION_LOCK_KEY: i64 = 0x5e47_1e1a_0000_0001;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum DbError {
     /// PostgreSQL cannot be reached (yet): no answer, refused, starting up, full.
     #[error("cannot connect to PostgreSQL: {0}")]
@@ -30,6 +30,14 @@ pub enum DbError {
     Migration(String),
     #[error("database error: {0}")]
     Query(String),
+}
+
+impl DbError {
+    /// Whether the configuration is at fault (`database.url`: a password, a database or a
+    /// certificate that PostgreSQL or the gateway refuses), not the database's state.
+    pub fn is_configuration(&self) -> bool {
+        matches!(self, DbError::Refused(_))
+    }
 }
 
 /// How long the proxy path waits for a connection of its own pool before it answers 503: a
@@ -166,7 +174,12 @@ fn is_transient(e: &tokio_postgres::Error) -> bool {
     }
     let mut source = e.source();
     while let Some(cause) = source {
-        if cause.is::<rustls::Error>() {
+        // A certificate that does not verify (rustls says so, often inside an `io::Error`,
+        // whose `source()` skips the error it wraps).
+        let wrapped = cause
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref);
+        if cause.is::<rustls::Error>() || wrapped.is_some_and(|inner| inner.is::<rustls::Error>()) {
             return false;
         }
         source = cause.source();

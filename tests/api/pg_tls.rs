@@ -77,7 +77,8 @@ fn migrate(url: &str) -> std::process::Output {
     let config = dir.0.join("gateway.toml");
     std::fs::write(
         &config,
-        format!("[database]\nurl = \"{url}\"\nstartup_wait_seconds = 1\n"),
+        // The default wait for PostgreSQL (60 s): a refusal must end start-up at once anyway.
+        format!("[database]\nurl = \"{url}\"\n"),
     )
     .unwrap();
     command(&dir.0, &config).arg("migrate").output().unwrap()
@@ -156,11 +157,20 @@ async fn postgres_over_tls_verifies_as_libpq_does() {
         ),
     ];
     for (host, query, connects, says) in cases {
+        let started = std::time::Instant::now();
         let out = migrate(&url(host, &query));
+        let took = started.elapsed();
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
         assert_eq!(out.status.success(), connects, "{host} {query}: {stderr}");
         assert!(stderr.contains(says), "{host} {query}: {stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
+        if !connects {
+            // A configuration error: one line, exit 2, at once (not after the wait for an
+            // unreachable database).
+            assert_eq!(out.status.code(), Some(2), "{host} {query}: {stderr}");
+            assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+            assert!(took < Duration::from_secs(5), "{host} {query}: {took:?}");
+        }
     }
     let missing = migrate(&url(
         "localhost",
@@ -168,6 +178,32 @@ async fn postgres_over_tls_verifies_as_libpq_does() {
     ));
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("sslrootcert /nonexistent.pem"));
+
+    // Serving ends the same way: the certificate is a configuration error, not an outage.
+    let dir = TempDir::new();
+    let config = dir.0.join("gateway.toml");
+    std::fs::write(
+        &config,
+        config_text(
+            free_port(),
+            &url("localhost", &ca_query("verify-full", &other)),
+            "",
+        ),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let out = output_within(
+        command(&dir.0, &config).arg("serve"),
+        Duration::from_secs(30),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("UnknownIssuer"), "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
 
     // Serving: the pools and the notification connection all go over TLS.
     let dir = TempDir::new();

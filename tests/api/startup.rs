@@ -247,3 +247,45 @@ async fn health_and_ready() {
     );
     assert_eq!(a.header("allow"), Some("POST"));
 }
+
+#[test]
+fn check_config_finds_what_start_up_would_refuse_and_both_exit_2() {
+    let dir = TempDir::new();
+    let config = dir.0.join("gateway.toml");
+    let port = free_port();
+    let db = "postgres://postgres@127.0.0.1/x";
+    let cases = [
+        (
+            format!("[admin]\nlisten = \"127.0.0.1:{port}\"\n"),
+            "admin.listen shares",
+        ),
+        (
+            format!("[admin]\nlisten = \"0.0.0.0:{port}\"\n"),
+            "admin.listen shares",
+        ),
+        (
+            format!(
+                "[tls]\nlisten = \"127.0.0.1:{port}\"\ncert_file = \"{0}/c.pem\"\nkey_file = \"{0}/k.pem\"\n",
+                dir.0.display()
+            ),
+            "tls.listen shares",
+        ),
+        (
+            format!(
+                "[tls]\nlisten = \"127.0.0.1:{tls}\"\ncert_file = \"{d}/missing.pem\"\nkey_file = \"{d}/missing.key\"\n",
+                d = dir.0.display(),
+                tls = free_port()
+            ),
+            "missing.pem",
+        ),
+    ];
+    for (extra, says) in cases {
+        std::fs::write(&config, config_text(port, db, &extra)).unwrap();
+        for args in [&["check-config"][..], &["serve"][..]] {
+            let out = output_within(command(&dir.0, &config).args(args), Duration::from_secs(20));
+            let stderr = one_line_failure(&out);
+            assert_eq!(out.status.code(), Some(2), "{args:?} {extra}: {stderr}");
+            assert!(stderr.contains(says), "{args:?} {extra}: {stderr}");
+        }
+    }
+}
