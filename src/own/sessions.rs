@@ -82,28 +82,42 @@ impl App {
             .await
             .map_err(refused("Too many refreshes, try again later"))?;
         let db = self.floodable_client().await?;
-        let (user_id, generation) = match sessions::rotate(
-            &*db,
-            &claim.session_id,
-            claim.generation,
-            self.lifetimes,
-        )
-        .await?
-        {
-            Refresh::Rotated {
-                user_id,
-                generation,
-            }
-            | Refresh::Current {
-                user_id,
-                generation,
-            } => (user_id, generation),
-            Refresh::Reused => {
-                tracing::warn!(session_id = %claim.session_id, "refresh token reused after its grace period; session revoked");
-                return Err(ApiError::InvalidGrant);
-            }
-            Refresh::Ended => return Err(ApiError::InvalidGrant),
-        };
+        let (user_id, generation) =
+            match sessions::rotate(&*db, &claim.session_id, claim.generation, self.lifetimes)
+                .await?
+            {
+                Refresh::Rotated {
+                    user_id,
+                    generation,
+                } => (user_id, generation),
+                Refresh::Current {
+                    user_id,
+                    generation,
+                } => {
+                    tracing::debug!(
+                        session_id = %claim.session_id,
+                        token_generation = claim.generation,
+                        current_generation = generation,
+                        "refresh token rotated away within the grace period: the current pair"
+                    );
+                    (user_id, generation)
+                }
+                Refresh::Reused {
+                    generations_behind,
+                    rotated_ago,
+                } => {
+                    tracing::warn!(
+                        session_id = %claim.session_id,
+                        generations_behind,
+                        rotated_seconds_ago = rotated_ago,
+                        grace_seconds = self.lifetimes.reuse_grace.as_secs_f64(),
+                        "refresh token reused: it was rotated away longer ago than the grace \
+                         period; session revoked"
+                    );
+                    return Err(ApiError::InvalidGrant);
+                }
+                Refresh::Ended => return Err(ApiError::InvalidGrant),
+            };
         let user = users::find_by_id(&*db, &user_id)
             .await?
             .filter(|u| u.is_active)

@@ -88,15 +88,20 @@ pub async fn create(
 }
 
 /// What a refresh of generation `generation` of a session came to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Refresh {
     /// Rotated: the session's new generation.
     Rotated { user_id: String, generation: u32 },
     /// The token was rotated away moments ago (within the grace period): the session's
     /// current generation, unchanged.
     Current { user_id: String, generation: u32 },
-    /// An older token after the grace period: presumed stolen, the session is now revoked.
-    Reused,
+    /// A token rotated away longer ago than the grace period: presumed stolen, the session
+    /// is now revoked. How many rotations ago it was current, and how long ago it was rotated
+    /// away (when that is still remembered: within the grace period of the last rotations).
+    Reused {
+        generations_behind: u32,
+        rotated_ago: Option<f64>,
+    },
     /// No such session, or ended (revoked, idle, past its absolute end).
     Ended,
 }
@@ -115,6 +120,9 @@ pub async fn rotate(
     let stmt = db
         .prepare_cached(
             "UPDATE sentinel_sessions SET generation = generation + 1, rotated_at = now(), \
+             recent_rotations = ARRAY(SELECT t FROM (SELECT t FROM unnest(recent_rotations) t \
+                 WHERE t > now() - make_interval(secs => $4) ORDER BY t DESC LIMIT 63) kept \
+                 ORDER BY t) || now(), \
              last_used_at = now(), \
              idle_expires_at = LEAST(now() + make_interval(secs => $3), absolute_expires_at) \
              WHERE id = $1 AND generation = $2 AND revoked_at IS NULL \
@@ -124,7 +132,15 @@ pub async fn rotate(
         .await
         .map_err(db_error)?;
     let rotated = db
-        .query_opt(&stmt, &[session_id, &generation, &seconds(lifetimes.idle)])
+        .query_opt(
+            &stmt,
+            &[
+                session_id,
+                &generation,
+                &seconds(lifetimes.idle),
+                &seconds(lifetimes.reuse_grace),
+            ],
+        )
         .await
         .map_err(db_error)?;
     if let Some(row) = rotated {
@@ -138,13 +154,14 @@ pub async fn rotate(
         .prepare_cached(
             "SELECT user_id, generation, \
              revoked_at IS NULL AND idle_expires_at > now() AND absolute_expires_at > now(), \
-             rotated_at > now() - make_interval(secs => $2) \
+             EXTRACT(EPOCH FROM now() - \
+                 recent_rotations[cardinality(recent_rotations) - (generation - 1 - $2)])::float8 \
              FROM sentinel_sessions WHERE id = $1",
         )
         .await
         .map_err(db_error)?;
     let Some(row) = db
-        .query_opt(&stmt, &[session_id, &seconds(lifetimes.reuse_grace)])
+        .query_opt(&stmt, &[session_id, &generation])
         .await
         .map_err(db_error)?
     else {
@@ -153,7 +170,8 @@ pub async fn rotate(
     let user_id: String = row.try_get(0).map_err(db_error)?;
     let current: i32 = row.try_get(1).map_err(db_error)?;
     let live: bool = row.try_get(2).map_err(db_error)?;
-    let recently_rotated: Option<bool> = row.try_get(3).map_err(db_error)?;
+    // How long ago this token was rotated away, if that was recent enough to be remembered.
+    let rotated_ago: Option<f64> = row.try_get(3).map_err(db_error)?;
     if !live {
         return Ok(Refresh::Ended);
     }
@@ -161,14 +179,17 @@ pub async fn rotate(
         // A generation this session has not reached: not a token it issued.
         return Ok(Refresh::Ended);
     }
-    if generation == current - 1 && recently_rotated == Some(true) {
+    if rotated_ago.is_some_and(|ago| ago < seconds(lifetimes.reuse_grace)) {
         return Ok(Refresh::Current {
             user_id,
             generation: current as u32,
         });
     }
     revoke(db, &user_id, session_id).await?;
-    Ok(Refresh::Reused)
+    Ok(Refresh::Reused {
+        generations_behind: (current - generation) as u32,
+        rotated_ago,
+    })
 }
 
 /// Moves a session to its next generation without a refresh token (its refresh tokens so far
@@ -178,7 +199,7 @@ pub async fn advance(db: &impl GenericClient, session_id: &Uuid) -> Result<u32, 
     let stmt = db
         .prepare_cached(
             "UPDATE sentinel_sessions SET generation = generation + 1, rotated_at = NULL, \
-             last_used_at = now() WHERE id = $1 RETURNING generation",
+             recent_rotations = '{}', last_used_at = now() WHERE id = $1 RETURNING generation",
         )
         .await
         .map_err(db_error)?;

@@ -146,9 +146,25 @@ async fn refresh_rotates_and_a_reused_token_ends_the_session_after_the_grace_per
     assert_eq!(again.json()["refresh_token"], r1.as_str());
     let access = again.json()["access_token"].as_str().unwrap().to_string();
     assert_eq!(app.me(&access).await.status(), 200);
+    // Every token rotated away within the grace period, not just the last one: a tab two
+    // rotations behind gets the current pair too.
+    let r2 = refresh(&app, &r1).await.json()["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for behind in [&r0, &r1] {
+        let again = refresh(&app, behind).await;
+        assert_eq!(again.status, 200, "{}", again.text);
+        assert_eq!(again.json()["refresh_token"], r2.as_str());
+    }
+    let r1 = r2;
     // After it, the old token is a stolen one: the whole session ends.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_invalid_grant(&refresh(&app, &r0).await);
+    let (line, _) = app
+        .log_line("rotated away longer ago than the grace period; session revoked")
+        .await;
+    assert!(line.contains("generations_behind=2"), "{line}");
     assert_invalid_grant(&refresh(&app, &r1).await);
     let started = Instant::now();
     assert_eq!(app.me(&access).await.status(), 401);
