@@ -27,6 +27,8 @@ struct Open {
 pub struct Upgraded {
     by_user: Mutex<HashMap<String, Vec<Open>>>,
     pool: Pool,
+    /// `auth.max_sessions_per_user`: how many of a user's sessions count.
+    max_sessions: u32,
 }
 
 /// One upgraded connection's place in [`Upgraded`], given up when the request ends.
@@ -49,10 +51,11 @@ impl Drop for Registration {
 }
 
 impl Upgraded {
-    pub fn new(pool: Pool) -> Arc<Upgraded> {
+    pub fn new(pool: Pool, max_sessions: u32) -> Arc<Upgraded> {
         Arc::new(Upgraded {
             by_user: Mutex::new(HashMap::new()),
             pool,
+            max_sessions,
         })
     }
 
@@ -125,7 +128,7 @@ impl Upgraded {
         tokio::spawn(async move {
             let read = async {
                 let db = users::client(&upgraded.pool).await?;
-                users::find_account(&db, &user_id).await
+                users::find_account(&db, &user_id, upgraded.max_sessions).await
             };
             let now = unix_seconds(std::time::SystemTime::now());
             let state = match tokio::time::timeout(std::time::Duration::from_secs(2), read).await {

@@ -213,7 +213,8 @@ async fn run_async(
         }
         UsersCommand::Show { user, json } => {
             let user = find(&db, &user).await?;
-            let live = sessions::list_live(&db, &user.id).await.map_err(api)?;
+            let max = config.auth.max_sessions_per_user;
+            let live = sessions::list_live(&db, &user.id, max).await.map_err(api)?;
             if json {
                 let sessions: Vec<_> = live
                     .iter()

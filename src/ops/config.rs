@@ -317,6 +317,8 @@ pub struct AuthConfig {
     pub session_idle_days: u64,
     /// A session ends this long after its login, refreshed or not.
     pub session_absolute_days: u64,
+    /// Live sessions one user may hold: a login past it ends the least recently used one.
+    pub max_sessions_per_user: u32,
     /// Whether users whose email is not verified are refused (403) on protected routes. They
     /// can still sign in and manage their account.
     pub require_verified_email: bool,
@@ -499,6 +501,7 @@ impl Default for AuthConfig {
             refresh_reuse_grace_seconds: 10,
             session_idle_days: 7,
             session_absolute_days: 30,
+            max_sessions_per_user: 100,
             require_verified_email: false,
             refresh_cookie: false,
             refresh_cookie_name: "sg_refresh".into(),
@@ -866,6 +869,9 @@ impl Config {
         }
         if self.auth.refresh_reuse_grace_seconds > 300 {
             return invalid("auth.refresh_reuse_grace_seconds must be at most 300".into());
+        }
+        if !(1..=10_000).contains(&self.auth.max_sessions_per_user) {
+            return invalid("auth.max_sessions_per_user must be between 1 and 10000".into());
         }
         if !(256..=65536).contains(&self.auth.max_token_bytes) {
             return invalid("auth.max_token_bytes must be between 256 and 65536".into());

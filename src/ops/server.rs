@@ -189,6 +189,7 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
         100_000,
         db::proxy_pool(&config.database)?,
         Duration::from_millis(config.database.acquire_timeout_ms),
+        config.auth.max_sessions_per_user,
     ));
     let limiters = Arc::new(RateLimits::new(&config.rate_limit).map_err(rate_limit_error)?);
     let janitor = LimiterJanitor {

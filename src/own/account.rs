@@ -75,6 +75,7 @@ impl App {
             }
         };
         tx.commit().await.map_err(crate::store::users::db_error)?;
+        self.changed(&user.id);
         self.mail_written();
         self.token_reply(&user, &session, generation)
     }

@@ -28,7 +28,7 @@ use crate::own::email;
 use crate::own::forms::{self, TokenForm};
 use crate::store::account_tokens::{self, Purpose};
 use crate::store::sessions;
-use crate::store::user_cache::{bounded_cache, BoundedCache, UserCache, UserState};
+use crate::store::user_cache::{bounded_cache, BoundedCache, Cached, UserCache, UserState};
 use crate::store::users::{self, Account, User, UserResponse};
 
 const TOKEN_CACHE_CAPACITY: usize = 20_000;
@@ -175,7 +175,7 @@ impl App {
             .map_err(|e| anyhow::anyhow!("token signing does not work: {e}"))?;
         let dummy = policy.hash(&uuid::Uuid::new_v4().to_string())?;
         Ok(App {
-            upgraded: Upgraded::new(users.pool().clone()),
+            upgraded: Upgraded::new(users.pool().clone(), users.max_sessions()),
             pool,
             router: Router::new(&config.routes)
                 .with_case_sensitive_paths(config.proxy.case_sensitive_paths)
@@ -199,6 +199,7 @@ impl App {
                 idle: Duration::from_secs(config.auth.session_idle_days * 86_400),
                 absolute: Duration::from_secs(config.auth.session_absolute_days * 86_400),
                 reuse_grace: Duration::from_secs(config.auth.refresh_reuse_grace_seconds),
+                max_per_user: config.auth.max_sessions_per_user,
             },
             seal_key: SealKey::derive(config.auth.secret_key.expose()),
             letters: Letters::new(&config.mail),
@@ -451,7 +452,7 @@ impl App {
             Err(TokenError::NotText) => return Err(ApiError::NotAuthenticated),
             Err(_) => return Err(ApiError::InvalidToken),
         };
-        let account = users::find_account(db, &verified.user_id)
+        let account = users::find_account(db, &verified.user_id, self.lifetimes.max_per_user)
             .await?
             .ok_or(ApiError::UserNotFound)?;
         let state = UserState::of(&account, unix_seconds(now)).ok_or(ApiError::InvalidToken)?;
@@ -601,10 +602,41 @@ impl App {
         self.signed_in(&*db, &user, req).await
     }
 
+    /// Answered from the user-state cache that proxied requests use (no database query while
+    /// it knows the user; a change reaches it within a second on every instance, at once on
+    /// the instance that made it), with the seed's answers.
     async fn me(&self, req: &OwnRequest) -> Result<Reply, ApiError> {
-        let db = users::client(&self.pool).await?;
-        let (account, _) = self.authenticate(&db, req).await?;
-        Ok(Reply::json(200, &account.user.response()))
+        let token = token::bearer_credentials(req.authorization.as_deref())
+            .ok_or(ApiError::NotAuthenticated)?;
+        let now = SystemTime::now();
+        let verified = match self.verify_token(token, now) {
+            Ok(verified) => verified,
+            Err(TokenError::NotText) => return Err(ApiError::NotAuthenticated),
+            Err(_) => return Err(ApiError::InvalidToken),
+        };
+        let state = match self.users.cached(&verified.user_id, now) {
+            Cached::Known(Some(state)) if !state.may_predate(&verified) => Some(state),
+            Cached::Known(None) => None,
+            cached => {
+                // Not before the database is migrated (as for proxied requests).
+                self.check_ready()?;
+                let reread = matches!(cached, Cached::Known(Some(_)));
+                self.users
+                    .get_patiently(&verified.user_id, now, reread)
+                    .await?
+            }
+        };
+        let state = state.ok_or(ApiError::UserNotFound)?;
+        if !state.active || !state.accepts(&verified, unix_seconds(now)) {
+            return Err(ApiError::InvalidToken);
+        }
+        Ok(Reply::json(200, &state.response()))
+    }
+
+    /// After a change to `user_id` made here: this instance's cached state of them goes at
+    /// once (every instance's goes when PostgreSQL's notification arrives).
+    pub(crate) fn changed(&self, user_id: &str) {
+        self.users.invalidate(user_id);
     }
 
     /// FastAPI's order: the body is decoded first (JSON errors), then the token is checked,
@@ -616,9 +648,13 @@ impl App {
         let update = forms::validate_user_update(body)?;
         let user = match update.full_name {
             None => account.user,
-            Some(full_name) => users::update_full_name(&db, &account.user.id, full_name.as_deref())
-                .await?
-                .ok_or(ApiError::UserNotFound)?,
+            Some(full_name) => {
+                let user = users::update_full_name(&db, &account.user.id, full_name.as_deref())
+                    .await?
+                    .ok_or(ApiError::UserNotFound)?;
+                self.changed(&user.id);
+                user
+            }
         };
         Ok(Reply::json(200, &user.response()))
     }

@@ -113,6 +113,7 @@ impl App {
         self.write_mail(&tx, &self.letters.password_changed(&user.email, true))
             .await?;
         tx.commit().await.map_err(users::db_error)?;
+        self.changed(&user.id);
         self.mail_written();
         Ok(Reply::json(
             200,

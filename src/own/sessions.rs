@@ -156,6 +156,7 @@ impl App {
             return Ok(Reply::no_content());
         };
         end_sessions(&db, &user_id, scope, Some(claim.session_id)).await?;
+        self.changed(&user_id);
         Ok(Reply::no_content())
     }
 
@@ -174,6 +175,7 @@ impl App {
             Err(e) => return Err(e),
         };
         end_sessions(&db, &account.user.id, scope, token.session_id).await?;
+        self.changed(&account.user.id);
         Ok(Reply::no_content())
     }
 
@@ -181,18 +183,19 @@ impl App {
     pub(crate) async fn list_sessions(&self, req: &OwnRequest) -> Result<Reply, ApiError> {
         let db = users::client(&self.pool).await?;
         let (account, token) = self.authenticate(&db, req).await?;
-        let list: Vec<SessionResponse> = sessions::list_live(&db, &account.user.id)
-            .await?
-            .into_iter()
-            .map(|s| SessionResponse {
-                current: token.session_id == Some(s.id),
-                id: s.id,
-                created_at: rfc3339(s.created_at),
-                last_used_at: rfc3339(s.last_used_at),
-                user_agent: s.user_agent,
-                ip_address: s.client_address,
-            })
-            .collect();
+        let list: Vec<SessionResponse> =
+            sessions::list_live(&db, &account.user.id, self.lifetimes.max_per_user)
+                .await?
+                .into_iter()
+                .map(|s| SessionResponse {
+                    current: token.session_id == Some(s.id),
+                    id: s.id,
+                    created_at: rfc3339(s.created_at),
+                    last_used_at: rfc3339(s.last_used_at),
+                    user_agent: s.user_agent,
+                    ip_address: s.client_address,
+                })
+                .collect();
         Ok(Reply::json(200, &list))
     }
 
@@ -207,6 +210,7 @@ impl App {
             .and_then(|id| Uuid::parse_str(id).ok())
             .ok_or(ApiError::SessionNotFound)?;
         if sessions::revoke(&db, &account.user.id, &id).await? {
+            self.changed(&account.user.id);
             Ok(Reply::no_content())
         } else {
             Err(ApiError::SessionNotFound)

@@ -29,6 +29,7 @@ impl App {
             .await?
             .ok_or(ApiError::InvalidOneTimeToken)?;
         tx.commit().await.map_err(users::db_error)?;
+        self.changed(&user.id);
         Ok(Reply::json(200, &user.response()))
     }
 

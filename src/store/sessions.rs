@@ -46,13 +46,16 @@ pub struct Lifetimes {
     pub absolute: Duration,
     /// How long a refresh token just rotated away still gets the session's current tokens.
     pub reuse_grace: Duration,
+    /// Live sessions one user may hold (`auth.max_sessions_per_user`).
+    pub max_per_user: u32,
 }
 
 fn seconds(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-/// Starts a session for `user_id`; its id.
+/// Starts a session for `user_id`; its id. The user's least recently used live sessions
+/// beyond `lifetimes.max_per_user` end (call it in the login's transaction).
 #[tracing::instrument(level = "debug", skip(db, user_agent))]
 pub async fn create(
     db: &impl GenericClient,
@@ -84,6 +87,27 @@ pub async fn create(
     )
     .await
     .map_err(db_error)?;
+    let stmt = db
+        .prepare_cached(
+            "UPDATE sentinel_sessions SET revoked_at = now() WHERE id IN (\
+                 SELECT id FROM sentinel_sessions WHERE user_id = $1 AND revoked_at IS NULL \
+                 AND idle_expires_at > now() AND absolute_expires_at > now() \
+                 ORDER BY id = $3 DESC, last_used_at DESC, created_at DESC OFFSET $2)",
+        )
+        .await
+        .map_err(db_error)?;
+    let ended = db
+        .execute(&stmt, &[&user_id, &i64::from(lifetimes.max_per_user), &id])
+        .await
+        .map_err(db_error)?;
+    if ended > 0 {
+        tracing::info!(
+            user_id,
+            ended,
+            max = lifetimes.max_per_user,
+            "a login past auth.max_sessions_per_user ended the least recently used sessions"
+        );
+    }
     Ok(id)
 }
 
@@ -269,19 +293,24 @@ pub async fn end_everything(db: &impl GenericClient, user_id: &str) -> Result<u6
     Ok(ended)
 }
 
-/// `user_id`'s live sessions, newest first.
+/// `user_id`'s live sessions (the `max` most recently used: those that count), newest first.
 #[tracing::instrument(level = "debug", skip(db))]
-pub async fn list_live(db: &impl GenericClient, user_id: &str) -> Result<Vec<Session>, ApiError> {
+pub async fn list_live(
+    db: &impl GenericClient,
+    user_id: &str,
+    max: u32,
+) -> Result<Vec<Session>, ApiError> {
     let stmt = db
         .prepare_cached(
-            "SELECT id, created_at, last_used_at, user_agent, client_address \
-             FROM sentinel_sessions WHERE user_id = $1 AND revoked_at IS NULL \
-             AND idle_expires_at > now() AND absolute_expires_at > now() \
+            "SELECT id, created_at, last_used_at, user_agent, client_address FROM (\
+                 SELECT * FROM sentinel_sessions WHERE user_id = $1 AND revoked_at IS NULL \
+                 AND idle_expires_at > now() AND absolute_expires_at > now() \
+                 ORDER BY last_used_at DESC, id LIMIT $2) counted \
              ORDER BY created_at DESC, id",
         )
         .await
         .map_err(db_error)?;
-    db.query(&stmt, &[&user_id])
+    db.query(&stmt, &[&user_id, &i64::from(max)])
         .await
         .map_err(db_error)?
         .into_iter()

@@ -56,6 +56,9 @@ pub struct UserState {
     /// `id` and `email` as header values, made once per cache fill rather than per request.
     pub id_header: http::HeaderValue,
     pub email_header: http::HeaderValue,
+    /// The rest of `UserResponse` (`GET /auth/users/me` answers from here).
+    pub full_name: Option<String>,
+    pub created_at: chrono::NaiveDateTime,
 }
 
 impl UserState {
@@ -76,7 +79,21 @@ impl UserState {
             tokens_valid_after: account.tokens_valid_after,
             sessions: sessions.into_boxed_slice(),
             read_at,
+            full_name: user.full_name.clone(),
+            created_at: user.created_at,
         })
+    }
+
+    /// The user as `UserResponse` shows them.
+    pub fn response(&self) -> users::UserResponse<'_> {
+        users::UserResponse {
+            email: &self.email,
+            full_name: self.full_name.as_deref(),
+            id: &self.id,
+            is_active: self.active,
+            created_at: users::timestamp(&self.created_at),
+            email_verified: self.email_verified,
+        }
     }
 
     /// Whether `token` may belong to a session started after this state was read: its session
@@ -160,6 +177,8 @@ pub struct UserCache {
     /// start, or just after a change of theirs) share one read instead of each taking a
     /// connection of the small pool, which a burst would exhaust.
     flights: Mutex<HashMap<String, Arc<Flight>>>,
+    /// `auth.max_sessions_per_user`: how many of a user's sessions are read (and count).
+    max_sessions: u32,
 }
 
 /// One read of a user, shared by every request that wants it while it runs: its outcome, or
@@ -185,8 +204,15 @@ impl Entry {
 }
 
 impl UserCache {
-    pub fn new(ttl: Duration, capacity: usize, pool: Pool, refresh_wait: Duration) -> UserCache {
+    pub fn new(
+        ttl: Duration,
+        capacity: usize,
+        pool: Pool,
+        refresh_wait: Duration,
+        max_sessions: u32,
+    ) -> UserCache {
         UserCache {
+            max_sessions,
             entries: bounded_cache(capacity),
             ttl,
             listening: AtomicBool::new(false),
@@ -208,17 +234,19 @@ impl UserCache {
     /// [`UserCache::fetch`] for a request, joining the read of `id` in flight if there is one.
     /// A read that an invalidation overtakes is left to those already waiting for it: requests
     /// that come after the invalidation start a read of their own.
-    async fn fetch_shared(&self, id: &str) -> Result<Option<Arc<UserState>>, ApiError> {
+    async fn fetch_shared(
+        &self,
+        id: &str,
+        wait: Duration,
+    ) -> Result<Option<Arc<UserState>>, ApiError> {
         let flight = Arc::clone(self.flights().entry(id.to_string()).or_default());
         let outcome = flight
             .get_or_init(|| async {
-                self.fetch(id, crate::store::db::PROXY_POOL_WAIT)
-                    .await
-                    .map_err(|e| match e {
-                        ApiError::Unavailable(cause) => (true, cause),
-                        ApiError::Internal(cause) => (false, cause),
-                        other => (false, other.to_string()),
-                    })
+                self.fetch(id, wait).await.map_err(|e| match e {
+                    ApiError::Unavailable(cause) => (true, cause),
+                    ApiError::Internal(cause) => (false, cause),
+                    other => (false, other.to_string()),
+                })
             })
             .await
             .clone();
@@ -235,6 +263,11 @@ impl UserCache {
                 ApiError::Internal(cause)
             }
         })
+    }
+
+    /// How many of a user's sessions count (`auth.max_sessions_per_user`).
+    pub fn max_sessions(&self) -> u32 {
+        self.max_sessions
     }
 
     /// The pool the cache reads users through (also for re-checks of open WebSockets).
@@ -316,7 +349,7 @@ impl UserCache {
         let epoch = self.epoch(id).load(Ordering::Acquire);
         let db = users::client_waiting(&self.pool, wait).await?;
         let read_at = crate::credentials::token::unix_seconds(SystemTime::now());
-        let account = users::find_account(&db, id).await?;
+        let account = users::find_account(&db, id, self.max_sessions).await?;
         drop(db);
         let state = account
             .as_ref()
@@ -352,6 +385,28 @@ impl UserCache {
         now: SystemTime,
         reread: bool,
     ) -> Result<Option<Arc<UserState>>, ApiError> {
+        self.get_within(id, now, reread, crate::store::db::PROXY_POOL_WAIT)
+            .await
+    }
+
+    /// [`UserCache::get`] for the gateway's own endpoints, which may wait for a connection as
+    /// long as a background refresh does (`database.acquire_timeout_ms`).
+    pub async fn get_patiently(
+        &self,
+        id: &str,
+        now: SystemTime,
+        reread: bool,
+    ) -> Result<Option<Arc<UserState>>, ApiError> {
+        self.get_within(id, now, reread, self.refresh_wait).await
+    }
+
+    async fn get_within(
+        &self,
+        id: &str,
+        now: SystemTime,
+        reread: bool,
+        wait: Duration,
+    ) -> Result<Option<Arc<UserState>>, ApiError> {
         let at_hand = self
             .entries
             .get(id)
@@ -363,7 +418,7 @@ impl UserCache {
             }
         }
         crate::ops::metrics::metrics().user_cache_miss.inc();
-        let read = self.fetch_shared(id);
+        let read = self.fetch_shared(id, wait);
         match at_hand {
             Some((_, stale)) => match tokio::time::timeout(STALE_REFRESH_WAIT, read).await {
                 Ok(Ok(state)) => Ok(state),
@@ -514,7 +569,13 @@ mod tests {
             ..DatabaseConfig::default()
         };
         let pool = crate::store::db::proxy_pool(&config).unwrap();
-        Arc::new(UserCache::new(ttl, 100, pool, Duration::from_millis(10)))
+        Arc::new(UserCache::new(
+            ttl,
+            100,
+            pool,
+            Duration::from_millis(10),
+            100,
+        ))
     }
 
     fn account(id: &str, sessions: Vec<(uuid::Uuid, i64)>) -> users::Account {

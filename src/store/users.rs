@@ -61,11 +61,15 @@ impl User {
             full_name: self.full_name.as_deref(),
             id: &self.id,
             is_active: self.is_active,
-            // RFC 3339 in UTC with microseconds, e.g. 2026-11-25T15:56:59.033749Z.
-            created_at: self.created_at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+            created_at: timestamp(&self.created_at),
             email_verified: self.email_verified,
         }
     }
+}
+
+/// RFC 3339 in UTC with microseconds, e.g. 2026-11-25T15:56:59.033749Z.
+pub fn timestamp(t: &NaiveDateTime) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
 }
 
 /// Errors of storage calls, already in the form the API answers with: 503 (and `Retry-After`)
@@ -148,25 +152,39 @@ pub struct Account {
     pub sessions: Vec<(uuid::Uuid, i64)>,
 }
 
-/// The user with id `id` and their live sessions, in one statement.
+/// The user with id `id` and their live sessions, in one statement: at most
+/// `max_sessions` of them, the most recently used (`auth.max_sessions_per_user`: a session
+/// past it is refused like an ended one, and no read grows with how many a user once had).
 #[tracing::instrument(level = "debug", skip(db))]
-pub async fn find_account(db: &impl GenericClient, id: &str) -> Result<Option<Account>, ApiError> {
+pub async fn find_account(
+    db: &impl GenericClient,
+    id: &str,
+    max_sessions: u32,
+) -> Result<Option<Account>, ApiError> {
     if !storable(id) {
         return Ok(None);
     }
+    // Both arrays list the same sessions in the same order.
     let sql = format!(
         "SELECT {COLUMNS}, ceil(extract(epoch FROM tokens_valid_after))::bigint, \
          ARRAY(SELECT s.id FROM sentinel_sessions s WHERE s.user_id = users.id \
                AND s.revoked_at IS NULL AND s.idle_expires_at > now() \
-               AND s.absolute_expires_at > now() ORDER BY s.id), \
+               AND s.absolute_expires_at > now() \
+               ORDER BY s.last_used_at DESC, s.id LIMIT $2), \
          ARRAY(SELECT floor(extract(epoch FROM LEAST(s.idle_expires_at, s.absolute_expires_at)))::bigint \
                FROM sentinel_sessions s WHERE s.user_id = users.id \
                AND s.revoked_at IS NULL AND s.idle_expires_at > now() \
-               AND s.absolute_expires_at > now() ORDER BY s.id) \
+               AND s.absolute_expires_at > now() \
+               ORDER BY s.last_used_at DESC, s.id LIMIT $2) \
          FROM users WHERE id = $1"
     );
     let stmt = db.prepare_cached(&sql).await.map_err(db_error)?;
-    let Some(row) = db.query_opt(&stmt, &[&id]).await.map_err(db_error)? else {
+    let limit = i64::from(max_sessions);
+    let Some(row) = db
+        .query_opt(&stmt, &[&id, &limit])
+        .await
+        .map_err(db_error)?
+    else {
         return Ok(None);
     };
     let internal = |e: tokio_postgres::Error| ApiError::Internal(describe(&e));

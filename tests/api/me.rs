@@ -98,6 +98,25 @@ async fn missing_other_scheme_and_garbage_tokens_are_refused() {
     assert_eq!(a.status, 401);
 }
 
+/// What `GET /auth/users/me` answers once a change made elsewhere has arrived: within a
+/// second (it answers from the user-state cache that PostgreSQL's notifications keep).
+async fn me_within_a_second(app: &TestApp, token: &str, expected: (u16, Value)) {
+    let started = std::time::Instant::now();
+    loop {
+        let a = Answer::of(app.me(token).await).await;
+        if (a.status, a.json()) == expected {
+            return;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "still {} {}",
+            a.status,
+            a.text
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
 async fn deactivated_and_deleted_users_cannot_use_their_tokens() {
     let app = TestApp::spawn().await;
@@ -107,19 +126,11 @@ async fn deactivated_and_deleted_users_cannot_use_their_tokens() {
     db.execute("UPDATE users SET is_active = false WHERE id = $1", &[&id])
         .await
         .unwrap();
-    let a = Answer::of(app.me(&token).await).await;
-    assert_eq!(
-        (a.status, a.json()),
-        (401, json!({"detail": "Invalid token"}))
-    );
+    me_within_a_second(&app, &token, (401, json!({"detail": "Invalid token"}))).await;
     db.execute("DELETE FROM users WHERE id = $1", &[&id])
         .await
         .unwrap();
-    let a = Answer::of(app.me(&token).await).await;
-    assert_eq!(
-        (a.status, a.json()),
-        (401, json!({"detail": "User not found"}))
-    );
+    me_within_a_second(&app, &token, (401, json!({"detail": "User not found"}))).await;
 }
 
 #[tokio::test]
@@ -170,4 +181,94 @@ async fn patch_me_changes_only_what_is_sent() {
     assert_eq!(a.json()["detail"][0]["type"], "json_invalid");
     let me: Value = app.me(&token).await.json().await.unwrap();
     assert_eq!(me["full_name"], Value::Null);
+}
+
+/// `sentinel_cache_lookups_total{cache="user",result}` on the admin listener.
+async fn user_cache(admin: &str, result: &str) -> u64 {
+    let text = reqwest::get(format!("{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = format!("sentinel_cache_lookups_total{{cache=\"user\",result=\"{result}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(line.as_str()))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn me_answers_from_the_user_cache_and_sees_every_change_in_time() {
+    let admin_port = free_port();
+    let app = TestApp::spawn_with(Spawn {
+        config_extra: format!("[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n"),
+        ..Spawn::default()
+    })
+    .await;
+    let admin = format!("http://127.0.0.1:{admin_port}");
+    let (token, _) = app
+        .registered("cached@example.com", "CachedPassword1!")
+        .await;
+    assert_eq!(app.me(&token).await.status(), 200);
+    // Known now: fifty more answers read nothing from PostgreSQL.
+    let (hits, misses) = (
+        user_cache(&admin, "hit").await,
+        user_cache(&admin, "miss").await,
+    );
+    for _ in 0..50 {
+        assert_eq!(app.me(&token).await.status(), 200);
+    }
+    assert_eq!(user_cache(&admin, "miss").await, misses);
+    assert!(user_cache(&admin, "hit").await >= hits + 50);
+
+    // A change made here is seen here at once.
+    let patched = app
+        .client
+        .patch(app.url("/auth/users/me"))
+        .bearer_auth(&token)
+        .json(&json!({"full_name": "Here"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patched.status(), 200);
+    let me: Value = app.me(&token).await.json().await.unwrap();
+    assert_eq!(me["full_name"], "Here");
+    let logout = app
+        .client
+        .post(app.url("/auth/logout?scope=local"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logout.status(), 204);
+    assert_eq!(app.me(&token).await.status(), 401);
+
+    // A change made on another instance is seen here within a second.
+    let (token, _) = app
+        .registered("elsewhere@example.com", "CachedPassword1!")
+        .await;
+    let me: Value = app.me(&token).await.json().await.unwrap();
+    assert_eq!(me["full_name"], "");
+    let other = Instance::start(&app.db.url, "").await;
+    let patched = app
+        .client
+        .patch(format!("{}/auth/users/me", other.base))
+        .bearer_auth(&token)
+        .json(&json!({"full_name": "There"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patched.status(), 200);
+    let started = std::time::Instant::now();
+    loop {
+        let me: Value = app.me(&token).await.json().await.unwrap();
+        if me["full_name"] == "There" {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "{me}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }

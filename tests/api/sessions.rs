@@ -687,3 +687,108 @@ fn signed_token(claims: &Value) -> String {
     let signature = hmac_sha256(SEED_SECRET.as_bytes(), signing_input.as_bytes());
     format!("{signing_input}.{}", encode(&signature))
 }
+
+#[tokio::test]
+async fn a_login_past_max_sessions_ends_the_least_recently_used_session() {
+    let up = Upstream::start().await;
+    let app = TestApp::spawn_with(Spawn {
+        auth_extra: "max_sessions_per_user = 3\n".into(),
+        config_extra: route("/api/", &[up.addr()], "required", ""),
+        ..Spawn::default()
+    })
+    .await;
+    // The registration is session 0; then two logins: three sessions, all live.
+    let (registered, _) = app.registered("many@example.com", PASSWORD).await;
+    let one = login_tokens(&app, "many@example.com").await;
+    let two = login_tokens(&app, "many@example.com").await;
+    let access = |t: &Value| t["access_token"].as_str().unwrap().to_string();
+    for token in [registered.clone(), access(&one), access(&two)] {
+        assert_eq!(app.me(&token).await.status(), 200);
+    }
+    // The registration's session is used now (a request through the proxy does not count as
+    // use; a refresh does): session one becomes the least recently used.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let refreshed = refresh(&app, one["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(refreshed.status, 200);
+    let one = refreshed.json();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let _ = refresh(&app, two["refresh_token"].as_str().unwrap()).await;
+    // A fourth login ends the registration's session (used least recently), and only it.
+    let three = login_tokens(&app, "many@example.com").await;
+    let ended = |token: String| {
+        let app = &app;
+        async move {
+            let started = Instant::now();
+            loop {
+                let me = app.me(&token).await.status();
+                let proxied = get_status(&app.client, &app.url("/api/x"), Some(&token)).await;
+                if me == 401 && proxied == 401 {
+                    return;
+                }
+                assert!(started.elapsed() < Duration::from_secs(1), "{me} {proxied}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    ended(registered).await;
+    for token in [access(&one), access(&three)] {
+        assert_eq!(app.me(&token).await.status(), 200);
+    }
+    let list: Vec<Value> = app
+        .client
+        .get(app.url("/auth/sessions"))
+        .bearer_auth(access(&three))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list.len(), 3, "{list:?}");
+}
+
+#[tokio::test]
+async fn every_read_of_a_users_sessions_is_bounded_by_max_sessions() {
+    let app = TestApp::spawn().await;
+    let (token, id) = app.registered("hoard@example.com", PASSWORD).await;
+    // Sessions from before the bound existed: 20,000 live ones, used earlier than this one.
+    app.db
+        .client()
+        .await
+        .execute(
+            "INSERT INTO sentinel_sessions (id, user_id, idle_expires_at, absolute_expires_at, \
+             last_used_at) SELECT gen_random_uuid(), $1, now() + interval '1 day', \
+             now() + interval '1 day', now() - interval '1 hour' FROM generate_series(1, 20000)",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let list: Vec<Value> = app
+        .client
+        .get(app.url("/auth/sessions"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list.len(), 100);
+    assert!(list.iter().any(|s| s["current"] == true));
+    assert_eq!(app.me(&token).await.status(), 200);
+    // The next login ends all but the 100 most recently used.
+    login_tokens(&app, "hoard@example.com").await;
+    let live: i64 = app
+        .db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM sentinel_sessions WHERE user_id = $1 AND revoked_at IS NULL",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(live, 100);
+    assert_eq!(app.me(&token).await.status(), 200);
+}

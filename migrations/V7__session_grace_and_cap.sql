@@ -5,3 +5,9 @@
 -- 64), so the array stays small.
 ALTER TABLE sentinel_sessions
     ADD COLUMN IF NOT EXISTS recent_rotations timestamp with time zone[] NOT NULL DEFAULT '{}';
+
+-- A user holds at most `auth.max_sessions_per_user` live sessions: a login past it ends the
+-- least recently used, and every read of a user's sessions takes the most recently used ones
+-- only. This index serves both without touching ended sessions, however many a user had.
+CREATE INDEX IF NOT EXISTS sentinel_sessions_live_by_use
+    ON sentinel_sessions (user_id, last_used_at DESC) WHERE revoked_at IS NULL;
