@@ -459,6 +459,8 @@ mod tests {
             read_at: 0,
             id_header: HeaderValue::from_static("2f0e5c5e-0000-4000-8000-000000000001"),
             email_header: HeaderValue::from_str(email).unwrap(),
+            full_name: None,
+            created_at: chrono::NaiveDateTime::default(),
         }
     }
 
