@@ -114,8 +114,11 @@ for rnd in sorted(by):
         ratios[k].append(r[k][0] / r["off"][0])
     print(f"{rnd:5} {r['off'][0]:10.0f} {r['reuse'][0]:8.0f} {r['sign'][0]:8.0f} "
           f"{ratios['reuse'][-1]:10.3f} {ratios['sign'][-1]:9.3f} "
-          f"{sum(v[2] for v in r.values())}")
+          f"{sum(v[2] for v in r.values())}"
+          + ("  <- FAILED: not a result" if sum(v[2] for v in r.values()) else ""))
 for k, v in ratios.items():
     v.sort()
     print(f"median {k}/off: {v[len(v) // 2]:.3f}" + ("   (target: at least 0.95)" if k == "reuse" else ""))
 PY
+check_rows "${rows[@]}"
+verdict

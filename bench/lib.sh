@@ -76,3 +76,37 @@ wait_up() {
   echo "no answer from $1" >&2
   exit 1
 }
+
+# A measured row with any error (a non-2xx answer, a socket error, a timeout) is no result: a
+# broken bench must never print a rate. Each row's errors are recorded with `checked`, the
+# table marks such rows, and `verdict` (called at the end) names them and exits 1.
+failed_rows=()
+
+# wrk_errors FILE — the errors in wrk's output FILE.
+wrk_errors() {
+  awk '/Non-2xx/ {err+=$5} /Socket errors/ {gsub(",","");err+=$4+$6+$8+$10} END {print err+0}' "$1"
+}
+
+# checked LABEL ERRORS — records LABEL as failed when ERRORS is not 0.
+checked() {
+  if [ "${2:-0}" != 0 ]; then failed_rows+=("$1: $2 errors"); fi
+  return 0
+}
+
+# check_rows ROW... — `checked` for rows whose last word is their error count.
+check_rows() {
+  local r
+  for r in "$@"; do checked "$r" "${r##* }"; done
+}
+
+# mark ERRORS — the marker a table row with errors gets.
+mark() { if [ "${1:-0}" != 0 ]; then printf '  <- FAILED (%s errors): not a result' "$1"; fi; }
+
+# verdict — exits 1, naming every row that had errors, if any did.
+verdict() {
+  if [ ${#failed_rows[@]} -gt 0 ]; then
+    echo "bench: FAILED: rows with errors (their rates are not results):" >&2
+    printf '  %s\n' "${failed_rows[@]}" >&2
+    exit 1
+  fi
+}

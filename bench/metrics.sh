@@ -110,7 +110,10 @@ print(f"{'round':>5} {'on req/s':>10} {'p99':>8} {'off req/s':>10} {'p99':>8} {'
 for rnd in sorted(by):
     on, off = by[rnd]["on"], by[rnd]["off"]
     ratios.append(on[0] / off[0])
-    print(f"{rnd:5} {on[0]:10.0f} {on[1]:>8} {off[0]:10.0f} {off[1]:>8} {ratios[-1]:7.3f} {on[2] + off[2]}")
+    print(f"{rnd:5} {on[0]:10.0f} {on[1]:>8} {off[0]:10.0f} {off[1]:>8} {ratios[-1]:7.3f} {on[2] + off[2]}"
+          + ("  <- FAILED: not a result" if on[2] + off[2] else ""))
 ratios.sort()
 print(f"median on/off ratio: {ratios[len(ratios) // 2]:.3f}   (target: at least 0.95)")
 PY
+check_rows "${rows[@]}"
+verdict

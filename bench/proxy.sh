@@ -192,7 +192,8 @@ for name, results in runs.items():
     data[name] = median[:3]
     errors = sum(r[3] for r in results)
     each = " ".join(f"{r[0]:.0f}" for r in results)
-    print(f"{name:24} {median[0]:10.0f} {median[4]:>9} {median[5]:>9} {errors:>7}   {each}")
+    print(f"{name:24} {median[0]:10.0f} {median[4]:>9} {median[5]:>9} {errors:>7}   {each}"
+          + ("  <- FAILED: not a result" if errors else ""))
 e, d, b, c, a = data["e-gateway"], data["d-pingora-bare"], data["b-nginx"], data["c-haproxy"], data["a-upstream"]
 f, d2 = data["f-gateway-access-log"], data["d2-pingora-bare-tuned"]
 print(f"(e)/(d) throughput {e[0]/d[0]:.2f}x   (e)/(b) {e[0]/b[0]:.2f}x   (e)/(c) {e[0]/c[0]:.2f}x   (f)/(d) {f[0]/d[0]:.2f}x")
@@ -210,3 +211,5 @@ pairs3 = sorted(ge[0] / gg[0] for ge, gg in zip(runs["e-gateway"], runs["g-hapro
 print(f"(e)/(g) against HAProxy's jwt_verify: {e[0]/g[0]:.2f}x   median of the rounds' ratios {pairs3[len(pairs3) // 2]:.2f}")
 print(f"p99 added by the gateway over the bare proxy: {e[2]-d[2]:+.2f} ms; over the upstream: {e[2]-a[2]:+.2f} ms")
 PY
+check_rows "${rows[@]}"
+verdict

