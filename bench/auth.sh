@@ -53,6 +53,10 @@ url = "postgres://postgres@127.0.0.1/sg_bench"
 login_per_ip_per_minute = 1000000
 login_per_account_per_minute = 1000000
 register_per_ip_per_minute = 1000000
+# The login runs start a session per request for the one account; the measured token's
+# session must not be the least recently used one they end.
+[auth]
+max_sessions_per_user = 10000
 [admin]
 listen = "127.0.0.1:$(port)"
 [log]

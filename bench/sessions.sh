@@ -86,8 +86,6 @@ for _ in $(seq 1 96); do
   curl -sf -X POST "http://127.0.0.1:$GW/auth/token" -d username=bench@example.com \
     -d "password=$PASSWORD" | json_field refresh_token >>"$OUT/tokens"
 done
-TOKEN=$(curl -sf -X POST "http://127.0.0.1:$GW/auth/token" -d username=bench@example.com \
-  -d "password=$PASSWORD" | json_field access_token)
 
 summarize() {
   awk '/Requests\/sec/ {rps=$2} / 99%/ {p99=$2} /Non-2xx/ {err+=$5} /Socket errors/ {gsub(",","");err+=$4+$6+$8+$10}
@@ -129,6 +127,9 @@ if [ -n "${BASELINE_BIN:-}" ]; then
   BASE_TOKEN=$(curl -sf -X POST "http://127.0.0.1:$BASE/auth/register" -H 'content-type: application/json' \
     -d "{\"email\":\"bench@example.com\",\"password\":\"$PASSWORD\"}" | json_field access_token)
 fi
+# A session of its own, started after the logins above (which end the least recently used).
+TOKEN=$(curl -sf -X POST "http://127.0.0.1:$GW/auth/token" -d username=bench@example.com \
+  -d "password=$PASSWORD" | json_field access_token)
 for r in $(seq 1 "$ROUNDS"); do
   wrk -t1 -c64 -d"${DURATION}s" --latency -H "Authorization: Bearer $TOKEN" \
     "http://127.0.0.1:$GW/api/x" >"$OUT/proxied-sessions-$r.txt"

@@ -191,18 +191,15 @@ async fn counters_move_as_requests_are_made() {
         ),
         1.0
     );
-    // The histogram counts the same requests, and its buckets are cumulative.
+    // The route's histogram counts the same requests (all four: the 200s and the 401), and
+    // its buckets are cumulative.
     let histogram = "sentinel_http_request_duration_seconds";
-    let proxied_ok = [
-        ("kind", "proxied"),
-        ("route", "/api/"),
-        ("status_class", "2xx"),
-    ];
-    assert_eq!(delta(&format!("{histogram}_count"), &proxied_ok), 3.0);
-    assert!(delta(&format!("{histogram}_sum"), &proxied_ok) > 0.0);
-    let mut inf = proxied_ok.to_vec();
+    let proxied = [("kind", "proxied"), ("route", "/api/")];
+    assert_eq!(delta(&format!("{histogram}_count"), &proxied), 4.0);
+    assert!(delta(&format!("{histogram}_sum"), &proxied) > 0.0);
+    let mut inf = proxied.to_vec();
     inf.push(("le", "+Inf"));
-    assert_eq!(delta(&format!("{histogram}_bucket"), &inf), 3.0);
+    assert_eq!(delta(&format!("{histogram}_bucket"), &inf), 4.0);
 
     let logins = "sentinel_logins_total";
     assert_eq!(delta(logins, &[("outcome", "success")]), 1.0);
@@ -318,10 +315,14 @@ fn an_admin_listener_on_the_public_port_is_refused_at_start_up() {
         ),
     )
     .unwrap();
+    // A configuration error: exit 2, as check-config also says.
     let out = command(&dir.0, &config).output().unwrap();
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("is also the public listener"), "{stderr}");
+    assert!(
+        stderr.contains("admin.listen shares") && stderr.contains("with server.listen"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -346,4 +347,39 @@ fn an_admin_port_in_use_stops_start_up_with_one_line() {
         stderr.contains(&format!("cannot listen on {admin} (admin.listen)")),
         "{stderr}"
     );
+}
+
+/// The `sentinel_` series a scrape of `admin` holds, and its size in bytes.
+async fn series(admin: &str) -> (usize, usize) {
+    let text = reqwest::get(format!("{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let count = parse(&text)
+        .0
+        .keys()
+        .filter(|(name, _)| name.starts_with("sentinel_"))
+        .count();
+    (count, text.len())
+}
+
+#[tokio::test]
+async fn two_routes_cost_at_most_600_series_and_each_route_17_plus_its_upstreams() {
+    let up = Upstream::start().await;
+    let routes = |n: usize| -> String {
+        (0..n)
+            .map(|i| route(&format!("/r{i}/"), &[up.addr()], "required", ""))
+            .collect()
+    };
+    let (_two, admin) = gateway_with_admin(routes(2)).await;
+    let (two, bytes) = series(&admin).await;
+    assert!(two <= 600, "{two} series for two routes");
+    assert!(bytes < 64 * 1024, "{bytes} bytes a scrape");
+    // Each more route: six status classes, a histogram of eight buckets (eleven series), and
+    // one health series per upstream address (the README gives this formula).
+    let (_six, admin) = gateway_with_admin(routes(6)).await;
+    let (six, _) = series(&admin).await;
+    assert_eq!(six - two, 4 * (6 + 11 + 1), "{two} then {six}");
 }
