@@ -378,7 +378,7 @@ async fn two_routes_cost_at_most_600_series_and_each_route_17_plus_its_upstreams
     assert!(two <= 600, "{two} series for two routes");
     assert!(bytes < 64 * 1024, "{bytes} bytes a scrape");
     // Each more route: six status classes, a histogram of eight buckets (eleven series), and
-    // one health series per upstream address (the README gives this formula).
+    // one health series per upstream address (docs/operations.md gives this formula).
     let (_six, admin) = gateway_with_admin(routes(6)).await;
     let (six, _) = series(&admin).await;
     assert_eq!(six - two, 4 * (6 + 11 + 1), "{two} then {six}");
