@@ -316,11 +316,14 @@ fn a_missing_or_mismatched_certificate_stops_start_up_with_one_line() {
             ),
         )
         .unwrap();
-        let out = command(&dir.0, &config).output().unwrap();
-        assert_eq!(out.status.code(), Some(1), "{out:?}");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-        assert!(stderr.contains(expect), "{stderr}");
+        // A configuration error (exit 2), found by check-config as by start-up.
+        for args in [&[][..], &["check-config"][..]] {
+            let out = command(&dir.0, &config).args(args).output().unwrap();
+            assert_eq!(out.status.code(), Some(2), "{out:?}");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+            assert!(stderr.contains(expect), "{stderr}");
+        }
     }
 }
 
