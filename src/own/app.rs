@@ -434,6 +434,18 @@ impl App {
         self.token_reply(user, &session, 0)
     }
 
+    /// The request's bearer token, verified at `now` (through the cache of verified tokens):
+    /// "Not authenticated" without one (or one that is not text), "Invalid token" otherwise.
+    fn bearer(&self, req: &OwnRequest, now: SystemTime) -> Result<Arc<Verified>, ApiError> {
+        let token = token::bearer_credentials(req.authorization.as_deref())
+            .ok_or(ApiError::NotAuthenticated)?;
+        match self.verify_token(token, now) {
+            Ok(verified) => Ok(verified),
+            Err(TokenError::NotText) => Err(ApiError::NotAuthenticated),
+            Err(_) => Err(ApiError::InvalidToken),
+        }
+    }
+
     /// The caller of an own endpoint, by their bearer token: verified (through the same cache
     /// of verified tokens as the proxy), the user read from PostgreSQL with their sessions, and
     /// the token still counting for them (see [`UserState::accepts`]). The seed's answers:
@@ -444,14 +456,8 @@ impl App {
         db: &deadpool_postgres::Client,
         req: &OwnRequest,
     ) -> Result<(Account, Arc<Verified>), ApiError> {
-        let token = token::bearer_credentials(req.authorization.as_deref())
-            .ok_or(ApiError::NotAuthenticated)?;
         let now = SystemTime::now();
-        let verified = match self.verify_token(token, now) {
-            Ok(verified) => verified,
-            Err(TokenError::NotText) => return Err(ApiError::NotAuthenticated),
-            Err(_) => return Err(ApiError::InvalidToken),
-        };
+        let verified = self.bearer(req, now)?;
         let account = users::find_account(db, &verified.user_id, self.lifetimes.max_per_user)
             .await?
             .ok_or(ApiError::UserNotFound)?;
@@ -606,14 +612,8 @@ impl App {
     /// it knows the user; a change reaches it within a second on every instance, at once on
     /// the instance that made it), with the seed's answers.
     async fn me(&self, req: &OwnRequest) -> Result<Reply, ApiError> {
-        let token = token::bearer_credentials(req.authorization.as_deref())
-            .ok_or(ApiError::NotAuthenticated)?;
         let now = SystemTime::now();
-        let verified = match self.verify_token(token, now) {
-            Ok(verified) => verified,
-            Err(TokenError::NotText) => return Err(ApiError::NotAuthenticated),
-            Err(_) => return Err(ApiError::InvalidToken),
-        };
+        let verified = self.bearer(req, now)?;
         let state = match self.users.cached(&verified.user_id, now) {
             Cached::Known(Some(state)) if !state.may_predate(&verified) => Some(state),
             Cached::Known(None) => None,

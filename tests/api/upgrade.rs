@@ -402,6 +402,14 @@ async fn health_within(setup: &Setup, within: Duration) -> Option<u16> {
     r.ok().map(|r| r.status().as_u16())
 }
 
+/// SIGTERM, and the gateway gone within 10 s.
+fn terminate(gateway: &mut Child) {
+    unsafe {
+        libc::kill(gateway.id() as i32, libc::SIGTERM);
+    }
+    tokio::task::block_in_place(|| wait_exit(gateway, Duration::from_secs(10)));
+}
+
 fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
@@ -458,10 +466,7 @@ async fn a_local_user_cannot_take_over_the_upgrade_hand_over() {
         log.contains("refused a socket hand-over from a process that is not the gateway"),
         "{log}"
     );
-    unsafe {
-        libc::kill(new.id() as i32, libc::SIGTERM);
-    }
-    tokio::task::block_in_place(|| wait_exit(&mut new, Duration::from_secs(10)));
+    terminate(&mut new);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -500,10 +505,7 @@ async fn a_runtime_directory_another_user_could_write_to_is_refused() {
     .await;
     let mode = std::fs::metadata(&run).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o700);
-    unsafe {
-        libc::kill(gateway.id() as i32, libc::SIGTERM);
-    }
-    tokio::task::block_in_place(|| wait_exit(&mut gateway, Duration::from_secs(10)));
+    terminate(&mut gateway);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -559,8 +561,5 @@ async fn an_upgrade_signals_only_the_gateway_never_the_pid_a_file_names() {
     );
     bystander.kill().unwrap();
     bystander.wait().unwrap();
-    unsafe {
-        libc::kill(old.id() as i32, libc::SIGTERM);
-    }
-    tokio::task::block_in_place(|| wait_exit(&mut old, Duration::from_secs(10)));
+    terminate(&mut old);
 }
