@@ -144,9 +144,9 @@ pub async fn rotate(
     let stmt = db
         .prepare_cached(
             "UPDATE sentinel_sessions SET generation = generation + 1, rotated_at = now(), \
-             recent_rotations = ARRAY(SELECT t FROM (SELECT t FROM unnest(recent_rotations) t \
-                 WHERE t > now() - make_interval(secs => $4) ORDER BY t DESC LIMIT 63) kept \
-                 ORDER BY t) || now(), \
+             recent_rotations = recent_rotations[\
+                 GREATEST(cardinality(recent_rotations) - 62, 1):cardinality(recent_rotations)] \
+                 || now(), \
              last_used_at = now(), \
              idle_expires_at = LEAST(now() + make_interval(secs => $3), absolute_expires_at) \
              WHERE id = $1 AND generation = $2 AND revoked_at IS NULL \
@@ -156,15 +156,7 @@ pub async fn rotate(
         .await
         .map_err(db_error)?;
     let rotated = db
-        .query_opt(
-            &stmt,
-            &[
-                session_id,
-                &generation,
-                &seconds(lifetimes.idle),
-                &seconds(lifetimes.reuse_grace),
-            ],
-        )
+        .query_opt(&stmt, &[session_id, &generation, &seconds(lifetimes.idle)])
         .await
         .map_err(db_error)?;
     if let Some(row) = rotated {
