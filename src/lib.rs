@@ -21,6 +21,7 @@
 pub mod credentials;
 pub mod edge;
 pub mod mail;
+pub mod metrics;
 pub mod ops;
 pub mod own;
 pub mod store;

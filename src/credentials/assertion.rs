@@ -254,7 +254,7 @@ impl Assertions {
         jwt.push('.');
         URL_SAFE_NO_PAD.encode_string(&payload, &mut jwt);
         let signature = key.signing.sign(jwt.as_bytes());
-        crate::ops::metrics::metrics().assertions_signed.inc();
+        crate::metrics::metrics().assertions_signed.inc();
         jwt.push('.');
         URL_SAFE_NO_PAD.encode_string(signature.to_bytes(), &mut jwt);
         HeaderValue::try_from(jwt).ok()
@@ -431,7 +431,7 @@ impl Assertions {
                 .zip(&ring)
                 .all(|(a, b)| a.kid == b.kid && a.activates_at == b.activates_at);
         let generation = previous.generation + u64::from(!same);
-        crate::ops::metrics::metrics()
+        crate::metrics::metrics()
             .assertion_keys
             .set(i64::try_from(keys.len()).unwrap_or(i64::MAX));
         self.ring.store(Arc::new(KeyRing {

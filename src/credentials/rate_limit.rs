@@ -25,8 +25,8 @@ use pingora::services::background::BackgroundService;
 use sha2::Digest;
 
 use crate::credentials::shared_limits::{Bucket, SharedLimits, SharedRefusal};
+use crate::metrics::Limit;
 use crate::ops::config::{RateLimitBackend, RateLimitConfig};
-use crate::ops::metrics::Limit;
 use crate::own::email;
 
 /// Which limit was hit, and when to come back.
@@ -226,7 +226,7 @@ impl Limiters {
     {
         let refused = self.check_quietly(limiter, key);
         if refused.is_err() {
-            crate::ops::metrics::metrics().rate_limited(limit);
+            crate::metrics::metrics().rate_limited(limit);
         }
         refused
     }

@@ -422,7 +422,7 @@ impl Admission {
             }
             *held += 1;
         }
-        crate::ops::metrics::metrics().connections_open(self.open.load(Ordering::Relaxed));
+        crate::metrics::metrics().connections_open(self.open.load(Ordering::Relaxed));
         Some(Ticket {
             admission: Arc::clone(self),
             ip: counted,
@@ -430,7 +430,7 @@ impl Admission {
     }
 
     fn refused(&self, ip: Option<IpAddr>, limit: &'static str) {
-        crate::ops::metrics::metrics().connection_refused(limit);
+        crate::metrics::metrics().connection_refused(limit);
         let now = self.epoch.elapsed().as_secs();
         let last = self.warned_at.swap(now, Ordering::Relaxed);
         if last != now {
@@ -461,7 +461,7 @@ impl Drop for Ticket {
             }
         }
         let open = admission.open.fetch_sub(1, Ordering::Relaxed) - 1;
-        crate::ops::metrics::metrics().connections_open(open);
+        crate::metrics::metrics().connections_open(open);
     }
 }
 

@@ -42,11 +42,20 @@ thread_local! {
 
 pub struct Gateway {
     app: Arc<App>,
+    /// Each own endpoint's request metrics, in [`Endpoint::ALL`] order (resolved once).
+    endpoint_metrics: Vec<crate::metrics::RequestMetrics>,
 }
 
 impl Gateway {
     pub fn new(app: Arc<App>) -> Gateway {
-        Gateway { app }
+        let metrics = crate::metrics::metrics();
+        Gateway {
+            app,
+            endpoint_metrics: Endpoint::ALL
+                .iter()
+                .map(|e| metrics.endpoint(e.name()))
+                .collect(),
+        }
     }
 }
 
@@ -727,7 +736,7 @@ impl ProxyHttp for Gateway {
         // The route's read timeout holds for upgrade requests too: until a 101 arrives (504
         // beyond), and then as the upgraded connection's limit on upstream silence.
         let Some(peer) = route.upstreams.select() else {
-            crate::ops::metrics::metrics().upstream_failed(&route.prefix, "no_healthy_upstream");
+            crate::metrics::metrics().upstream_failed(&route.prefix, "no_healthy_upstream");
             return Err(Error::explain(HTTPStatus(502), "no healthy upstream"));
         };
         Ok(Box::new(peer))
@@ -749,7 +758,7 @@ impl ProxyHttp for Gateway {
         if ctx.connect_retries < others {
             ctx.connect_retries += 1;
             if let Some(route) = ctx.route.and_then(|i| self.app.routes.get(i)) {
-                crate::ops::metrics::metrics().upstream_retried(&route.prefix);
+                crate::metrics::metrics().upstream_retried(&route.prefix);
             }
             e.set_retry(true);
             log_failure(
@@ -835,7 +844,7 @@ impl ProxyHttp for Gateway {
             upstream_kind,
             ctx.route.and_then(|i| self.app.routes.get(i)),
         ) {
-            crate::ops::metrics::metrics().upstream_failed(&route.prefix, kind);
+            crate::metrics::metrics().upstream_failed(&route.prefix, kind);
         }
         // Pingora closes the connection after a failed proxy attempt: say so in the answer,
         // so that clients do not send their next request into a closing socket.
@@ -893,9 +902,13 @@ impl ProxyHttp for Gateway {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let elapsed = started.elapsed();
         if self.app.count_requests {
-            let metrics = crate::ops::metrics::metrics();
+            let metrics = crate::metrics::metrics();
             let counted = match (ctx.endpoint, ctx.route.and_then(|i| self.app.routes.get(i))) {
-                (Some(endpoint), _) => metrics.endpoint(endpoint),
+                // `Endpoint::ALL` is in declaration order (a unit test of routes.rs holds it).
+                (Some(endpoint), _) => self
+                    .endpoint_metrics
+                    .get(endpoint as usize)
+                    .unwrap_or(metrics.unmatched()),
                 (None, Some(route)) => &route.metrics,
                 (None, None) => metrics.unmatched(),
             };

@@ -99,7 +99,7 @@ pub struct ProxyRoute {
     /// The route's upstreams; each one's peer carries the route's connect and read timeouts.
     pub upstreams: Arc<Members>,
     /// The route's request counts and durations.
-    pub metrics: crate::ops::metrics::RequestMetrics,
+    pub metrics: crate::metrics::RequestMetrics,
 }
 
 /// A route's upstream addresses (in the order their targets were configured), each with its
@@ -345,7 +345,7 @@ pub fn build(
         audience: route.name.clone().unwrap_or_else(|| route.prefix.clone()),
         auth: route.auth,
         upstreams: members,
-        metrics: crate::ops::metrics::metrics().route(&route.prefix),
+        metrics: crate::metrics::metrics().route(&route.prefix),
     };
     Ok((proxy_route, service))
 }

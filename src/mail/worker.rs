@@ -18,8 +18,8 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use crate::mail::{outbox, TOKEN_MARK};
+use crate::metrics::metrics;
 use crate::ops::config::{MailConfig, MailTransport};
-use crate::ops::metrics::metrics;
 use crate::own::api::ApiError;
 use crate::own::app::App;
 use crate::store::{account_tokens, users};

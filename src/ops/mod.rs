@@ -6,7 +6,7 @@
 pub mod admin;
 pub mod config;
 pub mod handover;
-pub mod metrics;
 pub mod process;
+pub mod scrape;
 pub mod server;
 pub mod telemetry;

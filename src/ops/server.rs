@@ -173,7 +173,7 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     }
 
     // Defined now, not at a first request.
-    let _ = crate::ops::metrics::metrics();
+    let _ = crate::metrics::metrics();
     let pool = db::pool(&config.database)?;
     let interval = Duration::from_millis(config.proxy.health_check_interval_ms);
     let mut routes = Vec::with_capacity(config.routes.len());
@@ -300,7 +300,7 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     if !admin_addrs.is_empty() {
         let mut admin = Service::new(
             "admin".to_string(),
-            pingora::apps::http_app::HttpServer::new_app(crate::ops::metrics::MetricsApp {
+            pingora::apps::http_app::HttpServer::new_app(crate::ops::scrape::MetricsApp {
                 app: Arc::clone(&app),
             }),
         );

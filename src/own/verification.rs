@@ -54,8 +54,7 @@ impl App {
         let (last_minute, last_hour) =
             account_tokens::recent(&tx, &user.id, Purpose::VerifyEmail).await?;
         if last_minute >= LINKS_PER_MINUTE || last_hour >= LINKS_PER_HOUR {
-            crate::ops::metrics::metrics()
-                .rate_limited(crate::ops::metrics::Limit::VerificationResend);
+            crate::metrics::metrics().rate_limited(crate::metrics::Limit::VerificationResend);
             return Err(ApiError::TooManyRequests {
                 retry_after_secs: if last_hour >= LINKS_PER_HOUR {
                     3600

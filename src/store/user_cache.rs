@@ -315,7 +315,7 @@ impl UserCache {
         if !entry.is_fresh(now, self.ttl) {
             self.refresh_in_background(id, &entry);
         }
-        crate::ops::metrics::metrics().user_cache_hit.inc();
+        crate::metrics::metrics().user_cache_hit.inc();
         Cached::Known(entry.state)
     }
 
@@ -413,11 +413,11 @@ impl UserCache {
             .map(|e| (e.is_fresh(now, self.ttl), e.state));
         if let Some((true, state)) = &at_hand {
             if self.is_listening() && !reread {
-                crate::ops::metrics::metrics().user_cache_hit.inc();
+                crate::metrics::metrics().user_cache_hit.inc();
                 return Ok(state.clone());
             }
         }
-        crate::ops::metrics::metrics().user_cache_miss.inc();
+        crate::metrics::metrics().user_cache_miss.inc();
         let read = self.fetch_shared(id, wait);
         match at_hand {
             Some((_, stale)) => match tokio::time::timeout(STALE_REFRESH_WAIT, read).await {
@@ -536,7 +536,7 @@ impl BackgroundService for UserChangeListener {
             tokio::select! {
                 result = self.listen_once() => {
                     self.cache.listening.store(false, Ordering::Release);
-                    crate::ops::metrics::metrics().listen_reconnects.inc();
+                    crate::metrics::metrics().listen_reconnects.inc();
                     if let Err(e) = result {
                         tracing::warn!(error = %e, "user change listener down; retrying");
                     }

@@ -1,22 +1,19 @@
-//! Prometheus metrics, served as text at `GET /metrics` on the admin listener (`[admin]
-//! listen`), never on the public port.
+//! The metrics registry: every counter, gauge and histogram the gateway keeps, in one
+//! process-wide registry (one gateway per process, as pingora's model is). A foundation: it
+//! imports nothing of the gateway's; the wings count into it, and `ops` serves it as text at
+//! `GET /metrics` on the admin listener, setting the state gauges (pools, upstream health,
+//! queue depths, the outbox) as Prometheus scrapes.
 //!
-//! Counters and histograms live in one process-wide registry (one gateway per process, as
-//! pingora's model is). The request path touches only handles resolved when the gateway starts
-//! (per route, per own endpoint, per status class): no label lookup, no lock, a few atomic
-//! additions. Gauges that describe state (pools, upstream health, queue depths, the outbox) are
-//! read when Prometheus scrapes.
+//! The request path touches only handles resolved when the gateway starts (per route, per own
+//! endpoint, per status class): no label lookup, no lock, a few atomic additions.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
-
-use crate::edge::routes::Endpoint;
-use crate::own::app::App;
 
 /// Request durations, seconds: from a cached own answer (well under a millisecond) to a slow
 /// upstream. Eight buckets (eleven series with `+Inf`, sum and count) per route or endpoint:
@@ -31,13 +28,11 @@ pub struct Metrics {
     pub registry: Registry,
     requests: IntCounterVec,
     durations: HistogramVec,
-    /// Own endpoints' handles, in [`Endpoint::ALL`] order, and the unmatched requests' (404s,
-    /// 405s, preflights of no route).
-    endpoints: Vec<RequestMetrics>,
+    /// The unmatched requests' handles (404s, 405s, preflights of no route).
     unmatched: RequestMetrics,
     upstream_failures: IntCounterVec,
     upstream_retries: IntCounterVec,
-    upstream_healthy: IntGaugeVec,
+    pub upstream_healthy: IntGaugeVec,
     logins: IntCounterVec,
     rate_limited: IntCounterVec,
     redis_failures: IntCounterVec,
@@ -48,17 +43,17 @@ pub struct Metrics {
     pub token_cache_miss: IntCounter,
     pub user_cache_hit: IntCounter,
     pub user_cache_miss: IntCounter,
-    hash_queue: IntGauge,
-    hash_queue_capacity: IntGauge,
-    pool_connections: IntGaugeVec,
-    pool_waiting: IntGaugeVec,
-    listen_connected: IntGauge,
+    pub hash_queue: IntGauge,
+    pub hash_queue_capacity: IntGauge,
+    pub pool_connections: IntGaugeVec,
+    pub pool_waiting: IntGaugeVec,
+    pub listen_connected: IntGauge,
     pub listen_reconnects: IntCounter,
-    outbox_depth: IntGauge,
+    pub outbox_depth: IntGauge,
     pub mail_sent: IntCounter,
     pub mail_failed_attempts: IntCounter,
     pub mail_abandoned: IntCounter,
-    ready: IntGauge,
+    pub ready: IntGauge,
     client_connections: IntGauge,
     connections_refused: IntCounterVec,
 }
@@ -190,8 +185,7 @@ impl Metrics {
              is a read from PostgreSQL)",
             &["cache", "result"],
         );
-        let mut metrics = Metrics {
-            endpoints: Vec::new(),
+        let metrics = Metrics {
             unmatched: request_metrics(&requests, &durations, "unmatched", ""),
             upstream_failures: counter_vec(
                 &registry,
@@ -326,10 +320,6 @@ impl Metrics {
             durations,
             registry,
         };
-        metrics.endpoints = Endpoint::ALL
-            .iter()
-            .map(|e| request_metrics(&metrics.requests, &metrics.durations, "own", e.name()))
-            .collect();
         metrics.redis_up.set(1);
         #[cfg(target_os = "linux")]
         must(metrics.registry.register(Box::new(
@@ -354,11 +344,9 @@ impl Metrics {
         request_metrics(&self.requests, &self.durations, "proxied", prefix)
     }
 
-    pub fn endpoint(&self, endpoint: Endpoint) -> &RequestMetrics {
-        // `Endpoint::ALL` is in declaration order (a unit test of routes.rs holds it there).
-        self.endpoints
-            .get(endpoint as usize)
-            .unwrap_or(&self.unmatched)
+    /// An own endpoint's handles (resolved once per endpoint, at start-up).
+    pub fn endpoint(&self, name: &str) -> RequestMetrics {
+        request_metrics(&self.requests, &self.durations, "own", name)
     }
 
     pub fn unmatched(&self) -> &RequestMetrics {
@@ -389,44 +377,8 @@ impl Metrics {
         self.upstream_retries.with_label_values(&[route]).inc();
     }
 
-    /// Reads the state gauges from `app` (and the outbox depth from PostgreSQL, waiting at most
-    /// a second), then renders every metric as Prometheus text.
-    pub async fn render(&self, app: &App) -> Vec<u8> {
-        self.hash_queue
-            .set(i64::try_from(app.hasher.in_flight()).unwrap_or(i64::MAX));
-        self.hash_queue_capacity
-            .set(i64::try_from(app.hasher.capacity()).unwrap_or(i64::MAX));
-        for (name, pool) in [("api", &app.pool), ("proxy", app.users.pool())] {
-            let status = pool.status();
-            let set = |state: &str, n: usize| {
-                self.pool_connections
-                    .with_label_values(&[name, state])
-                    .set(i64::try_from(n).unwrap_or(i64::MAX));
-            };
-            set("open", status.size);
-            set("idle", status.available);
-            set("max", status.max_size);
-            self.pool_waiting
-                .with_label_values(&[name])
-                .set(i64::try_from(status.waiting).unwrap_or(i64::MAX));
-        }
-        self.listen_connected
-            .set(i64::from(app.users.is_listening()));
-        self.ready.set(i64::from(app.is_ready()));
-        for route in &app.routes {
-            for (addr, healthy) in route.upstreams.health() {
-                self.upstream_healthy
-                    .with_label_values(&[route.prefix.as_str(), &addr.to_string()])
-                    .set(i64::from(healthy));
-            }
-        }
-        if app.is_ready() {
-            match tokio::time::timeout(Duration::from_secs(1), outbox_depth(app)).await {
-                Ok(Ok(depth)) => self.outbox_depth.set(depth),
-                Ok(Err(e)) => tracing::debug!(error = %e, "metrics: outbox depth not read"),
-                Err(_) => tracing::debug!("metrics: outbox depth not read within 1 s"),
-            }
-        }
+    /// Every metric as Prometheus text.
+    pub fn render(&self) -> Vec<u8> {
         let mut text = Vec::with_capacity(16 * 1024);
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut text) {
             tracing::warn!(error = %e, "metrics could not be rendered");
@@ -447,56 +399,10 @@ fn request_metrics(
     }
 }
 
-async fn outbox_depth(app: &App) -> Result<i64, crate::own::api::ApiError> {
-    let db = crate::store::users::client(&app.pool).await?;
-    crate::mail::outbox::depth(&db).await
-}
-
 /// The process's metrics.
 pub fn metrics() -> &'static Metrics {
     static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
     &METRICS
-}
-
-/// `GET /metrics` on the admin listener (anything else: 404).
-pub struct MetricsApp {
-    pub app: Arc<App>,
-}
-
-#[async_trait::async_trait]
-impl pingora::apps::http_app::ServeHttp for MetricsApp {
-    async fn response(
-        &self,
-        session: &mut pingora::protocols::http::ServerSession,
-    ) -> http::Response<Vec<u8>> {
-        let head = session.req_header();
-        let (status, content_type, body) = if head.uri.path() != "/metrics" {
-            (404, "text/plain; charset=utf-8", b"not found\n".to_vec())
-        } else if head.method != http::Method::GET && head.method != http::Method::HEAD {
-            (
-                405,
-                "text/plain; charset=utf-8",
-                b"method not allowed\n".to_vec(),
-            )
-        } else {
-            (
-                200,
-                "text/plain; version=0.0.4; charset=utf-8",
-                metrics().render(&self.app).await,
-            )
-        };
-        let mut response = http::Response::new(body);
-        *response.status_mut() = http::StatusCode::from_u16(status).unwrap_or_default();
-        response.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static(content_type),
-        );
-        let length = http::HeaderValue::from(response.body().len());
-        response
-            .headers_mut()
-            .insert(http::header::CONTENT_LENGTH, length);
-        response
-    }
 }
 
 #[cfg(test)]
@@ -507,8 +413,7 @@ mod tests {
     fn every_metric_is_defined_and_rendered() {
         let m = Metrics::new();
         m.route("/api/").observe(200, Duration::from_millis(3));
-        m.endpoint(Endpoint::Token)
-            .observe(401, Duration::from_micros(800));
+        m.endpoint("token").observe(401, Duration::from_micros(800));
         m.unmatched().observe(0, Duration::ZERO);
         m.login(LoginOutcome::Success);
         m.rate_limited(Limit::LoginIp);
