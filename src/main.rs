@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use sentinel_gateway::config::{Config, ConfigError, Sources};
 use sentinel_gateway::ops::admin::{KeysCommand, UsersCommand};
-use sentinel_gateway::ops::config::{Config, ConfigError, Sources};
-use sentinel_gateway::ops::{admin, process, server, telemetry};
+use sentinel_gateway::ops::{admin, check, process, server, telemetry};
 use sentinel_gateway::store::db::DbError;
 
 /// mimalloc rather than glibc's malloc: a proxied request makes dozens of small allocations
@@ -114,7 +114,7 @@ fn main() -> ExitCode {
     let result = match command {
         Command::Health => process::check_health(&config, std::time::Duration::from_secs(3)),
         // The checks start-up makes, then the configuration as it would serve.
-        Command::CheckConfig => server::check(&config).map(|_| {
+        Command::CheckConfig => check::check(&config).map(|_| {
             print!("{}", config.redacted_toml());
             if let Err(e) = config.require_secret() {
                 eprintln!("sentinel-gateway: warning: {e}; serving would refuse to start");

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use sentinel_gateway::ops::config::Config;
+use sentinel_gateway::config::Config;
 use serde::de::{
     self, DeserializeSeed, Deserializer, IntoDeserializer, MapAccess, SeqAccess, Visitor,
 };

@@ -2,9 +2,9 @@
 
 use http::Method;
 use proptest::prelude::*;
+use sentinel_gateway::config::{RouteAuth, RouteConfig};
 use sentinel_gateway::edge::identity;
 use sentinel_gateway::edge::routes::{self, Route, Router};
-use sentinel_gateway::ops::config::{RouteAuth, RouteConfig};
 use sentinel_gateway::own::{email, pyjson};
 
 /// Every escape in `path` decoded (what a decoding upstream routes on).

@@ -35,9 +35,9 @@ use http::HeaderValue;
 use serde::Serialize;
 use sha2::Digest;
 
+use crate::config::AssertionConfig;
 use crate::credentials::one_time::SealKey;
 use crate::credentials::token::unix_seconds;
-use crate::ops::config::AssertionConfig;
 use crate::own::api::ApiError;
 use crate::store::signing_keys::{self, NewKey, StoredKey};
 use crate::store::user_cache::{bounded_cache, BoundedCache, UserState};

@@ -34,3 +34,21 @@ pub(crate) fn keyed_mac(key: &[u8; 32]) -> HmacSha256 {
     block[..32].copy_from_slice(key);
     <HmacSha256 as KeyInit>::new(&block.into())
 }
+
+/// The credentials' checks of the configuration: the password policy's argon2 parameters (the
+/// library's own limits; OWASP's minimum is the configuration's), and the Redis URL of shared
+/// rate limits.
+pub fn check(config: &crate::config::Config) -> Result<(), crate::config::ConfigError> {
+    let invalid = crate::config::ConfigError::Invalid;
+    config
+        .password
+        .policy()
+        .check()
+        .map_err(|e| invalid(format!("password: {e}")))?;
+    let limits = &config.rate_limit;
+    if limits.backend == crate::config::RateLimitBackend::Redis {
+        shared_limits::check_url(limits.redis_url.expose())
+            .map_err(|e| invalid(format!("rate_limit.redis_url: {e}")))?;
+    }
+    Ok(())
+}

@@ -15,6 +15,8 @@ use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use tokio::sync::oneshot;
 
+use crate::config::PasswordConfig;
+
 /// Argon2id cost parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HashPolicy {
@@ -26,9 +28,9 @@ pub struct HashPolicy {
 impl HashPolicy {
     /// OWASP's minimum for argon2id (m=19 MiB, t=2, p=1); also argon2's default.
     pub const OWASP_MINIMUM: HashPolicy = HashPolicy {
-        memory_kib: 19_456,
-        iterations: 2,
-        parallelism: 1,
+        memory_kib: crate::config::ARGON2_OWASP_MINIMUM.0,
+        iterations: crate::config::ARGON2_OWASP_MINIMUM.1,
+        parallelism: crate::config::ARGON2_OWASP_MINIMUM.2,
     };
 
     /// For unit tests only: fast, and far too weak for anything else.
@@ -305,6 +307,27 @@ impl HashPool {
             });
         }
         rx.await.map_err(|_| PasswordError::WorkerGone)?
+    }
+}
+
+/// The `[password]` section of the configuration, as hashing reads it.
+impl PasswordConfig {
+    pub fn policy(&self) -> HashPolicy {
+        HashPolicy {
+            memory_kib: self.argon2_memory_kib,
+            iterations: self.argon2_iterations,
+            parallelism: self.argon2_parallelism,
+        }
+    }
+
+    pub fn workers(&self) -> usize {
+        if self.hash_workers > 0 {
+            self.hash_workers
+        } else {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        }
     }
 }
 

@@ -24,9 +24,9 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use sha2::Digest;
 
+use crate::config::{RateLimitBackend, RateLimitConfig};
 use crate::credentials::shared_limits::{Bucket, SharedLimits, SharedRefusal};
 use crate::metrics::Limit;
-use crate::ops::config::{RateLimitBackend, RateLimitConfig};
 use crate::own::email;
 
 /// Which limit was hit, and when to come back.

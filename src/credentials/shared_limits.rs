@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+use crate::config::{RateLimitConfig, RedisFailure};
 use crate::metrics::{metrics, Limit};
-use crate::ops::config::{RateLimitConfig, RedisFailure};
 
 /// KEYS: the buckets. ARGV: per bucket, its emission interval and its burst (cells).
 /// Returns `{0, 0}` when the attempt is allowed (and charged to every bucket), else

@@ -14,3 +14,23 @@ pub mod routes;
 pub mod tls;
 pub mod upgraded;
 pub mod upstreams;
+
+/// The edge's checks of the configuration: every route prefix reads as itself the way requests
+/// are read (no escapes, repeated slashes or dot segments), and `proxy.trusted_proxies` are
+/// addresses or networks.
+pub fn check(config: &crate::config::Config) -> Result<(), crate::config::ConfigError> {
+    let invalid = crate::config::ConfigError::Invalid;
+    for route in &config.routes {
+        if !routes::is_plain_prefix(&route.prefix) {
+            return Err(invalid(format!(
+                "routes: a prefix starts with '/' and has no percent-escapes, '?', '#', \
+                 backslashes, repeated slashes or dot segments (requests are matched \
+                 decoded), got {:?}",
+                route.prefix
+            )));
+        }
+    }
+    identity::TrustedProxies::parse(&config.proxy.trusted_proxies)
+        .map_err(|e| invalid(format!("proxy.trusted_proxies: {e}")))?;
+    Ok(())
+}

@@ -23,13 +23,13 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 
+use crate::config::RouteAuth;
 use crate::credentials::token;
 use crate::edge::access_log;
 use crate::edge::cors::Cors;
 use crate::edge::front::{Client, Connection};
 use crate::edge::identity;
 use crate::edge::routes::{Endpoint, Route};
-use crate::ops::config::RouteAuth;
 use crate::ops::telemetry;
 use crate::own::api::{ApiError, Reply};
 use crate::own::app::{App, OwnRequest};

@@ -21,7 +21,7 @@ use std::borrow::Cow;
 
 use http::Method;
 
-use crate::ops::config::{RouteAuth, RouteConfig};
+use crate::config::{RouteAuth, RouteConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {

@@ -16,7 +16,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-use crate::ops::config::TlsConfig;
+use crate::config::TlsConfig;
 
 /// The certificate every handshake gets, swapped whole on reload.
 pub struct Certificate {

@@ -30,43 +30,12 @@ use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::prelude::HttpPeer;
 use pingora::services::background::{background_service, GenBackgroundService};
 
-use crate::ops::config::{RouteAuth, RouteConfig};
+use crate::config::{RouteAuth, RouteConfig};
 
 /// A configured upstream: `host:port`, the host an IP address or a name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    pub host: String,
-    pub port: u16,
-}
+pub use crate::config::HostPort as Target;
 
 impl Target {
-    /// Parses `host:port` (`[v6]:port` for IPv6 addresses).
-    pub fn parse(text: &str) -> Result<Target, String> {
-        if let Ok(addr) = text.parse::<SocketAddr>() {
-            return Ok(Target {
-                host: addr.ip().to_string(),
-                port: addr.port(),
-            });
-        }
-        let bad = || format!("{text:?} is not host:port");
-        let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
-        let port: u16 = port.parse().ok().filter(|p| *p > 0).ok_or_else(bad)?;
-        let is_name = !host.is_empty()
-            && host.len() <= 253
-            && host.split('.').all(|l| {
-                !l.is_empty()
-                    && l.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            });
-        if !is_name {
-            return Err(bad());
-        }
-        Ok(Target {
-            host: host.to_string(),
-            port,
-        })
-    }
-
     /// The addresses the name resolves to now (an address resolves to itself).
     async fn resolve(&self) -> std::io::Result<Vec<SocketAddr>> {
         Ok(tokio::net::lookup_host((self.host.as_str(), self.port))
@@ -78,16 +47,6 @@ impl Target {
     fn resolve_now(&self) -> std::io::Result<Vec<SocketAddr>> {
         std::net::ToSocketAddrs::to_socket_addrs(&(self.host.as_str(), self.port))
             .map(Iterator::collect)
-    }
-}
-
-impl std::fmt::Display for Target {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
-        }
     }
 }
 

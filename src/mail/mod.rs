@@ -12,8 +12,8 @@ pub mod worker;
 
 use std::time::Duration;
 
+use crate::config::{MailConfig, MailTransport};
 use crate::credentials::one_time::OneTimeToken;
-use crate::ops::config::{MailConfig, MailTransport};
 
 /// Where the unsealed token goes in a mail's text.
 pub const TOKEN_MARK: &str = "{token}";
@@ -109,6 +109,11 @@ impl Letters {
 }
 
 /// The `[mail]` checks of configuration validation: `Err` names the key.
+/// Mail's check of `[mail]` (see [`check_config`]), as a configuration error.
+pub fn check(config: &MailConfig) -> Result<(), crate::config::ConfigError> {
+    check_config(config).map_err(|e| crate::config::ConfigError::Invalid(format!("mail.{e}")))
+}
+
 pub fn check_config(config: &MailConfig) -> Result<(), String> {
     if config.from.parse::<lettre::message::Mailbox>().is_err() {
         return Err(format!(
@@ -131,4 +136,43 @@ pub fn check_config(config: &MailConfig) -> Result<(), String> {
         return Err("retry_max_seconds must be between 1 and 86400".into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod check_tests {
+    use super::*;
+
+    #[test]
+    fn addresses_and_urls_are_checked_with_their_keys_named() {
+        let good = MailConfig {
+            transport: MailTransport::Smtp,
+            smtp_url: crate::config::Secret::new("smtps://user:p%40ss@mail.example:465"),
+            from: "Ops <ops@example.com>".into(),
+            app_base_url: "https://app.example".into(),
+            ..MailConfig::default()
+        };
+        check(&good).unwrap();
+        type Spoil = fn(&mut MailConfig);
+        let cases: [(Spoil, &str); 4] = [
+            (
+                |c| c.app_base_url = "https://app.example/#x".into(),
+                "mail.app_base_url",
+            ),
+            (
+                |c| c.app_base_url = "app.example".into(),
+                "mail.app_base_url",
+            ),
+            (|c| c.from = "not an address".into(), "mail.from"),
+            (
+                |c| c.smtp_url = crate::config::Secret::new("imap://mail.example"),
+                "mail.smtp_url",
+            ),
+        ];
+        for (spoil, says) in cases {
+            let mut config = good.clone();
+            spoil(&mut config);
+            let e = check(&config).unwrap_err().to_string();
+            assert!(e.contains(says), "{e}");
+        }
+    }
 }

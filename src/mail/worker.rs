@@ -17,9 +17,9 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
+use crate::config::{MailConfig, MailTransport};
 use crate::mail::{outbox, TOKEN_MARK};
 use crate::metrics::metrics;
-use crate::ops::config::{MailConfig, MailTransport};
 use crate::own::api::ApiError;
 use crate::own::app::App;
 use crate::store::{account_tokens, users};

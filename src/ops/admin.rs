@@ -14,7 +14,7 @@ use anyhow::{anyhow, bail, Context};
 use clap::Subcommand;
 use deadpool_postgres::GenericClient;
 
-use crate::ops::config::Config;
+use crate::config::Config;
 use crate::own::email;
 use crate::own::forms::{PASSWORD_MAX_CHARS, PASSWORD_MIN_CHARS};
 use crate::store::account_tokens::{self, Purpose};

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use nix::sys::socket::{self, ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr};
 
-use crate::ops::config::ConfigError;
+use crate::config::ConfigError;
 
 /// The pid file's name in `server.runtime_dir`.
 pub const PID_FILE: &str = "sentinel-gateway.pid";

@@ -4,7 +4,7 @@
 //! `users` commands (`admin`).
 
 pub mod admin;
-pub mod config;
+pub mod check;
 pub mod handover;
 pub mod process;
 pub mod scrape;

@@ -62,7 +62,7 @@ pub fn notify_ready() {
 /// listens on every address), for a container's `HEALTHCHECK`, where no HTTP client is
 /// installed. Ok when it answers 200 within `within`.
 pub fn check_health(
-    config: &crate::ops::config::Config,
+    config: &crate::config::Config,
     within: std::time::Duration,
 ) -> anyhow::Result<()> {
     let addrs = config.listen_addrs()?;

@@ -13,57 +13,18 @@ use pingora::server::{
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 
+use crate::config::{Config, ConfigError, Listeners};
 use crate::credentials::assertion::Assertions;
 use crate::credentials::rate_limit::{LimiterJanitor, RateLimits};
 use crate::edge::front::{Admission, ClientTimeouts, Deadlines, Front};
 use crate::edge::proxy::Gateway;
 use crate::edge::upstreams;
-use crate::ops::config::{Config, ConfigError, Listeners};
+use crate::ops::check::{check, Checked};
 use crate::ops::handover::{self, Handover, PidFile, RuntimeDir};
 use crate::ops::process;
 use crate::own::app::App;
 use crate::store::db;
 use crate::store::user_cache::{UserCache, UserChangeListener};
-
-/// What start-up checks before it touches anything, and makes on the way.
-pub struct Checked {
-    pub listeners: Listeners,
-    /// The TLS listener's certificate (none without one).
-    pub certificate: Option<Arc<crate::edge::tls::Certificate>>,
-}
-
-/// Every check of the configuration that start-up makes without binding a port or reaching
-/// the database — `check-config` and `serve` both run exactly this, so each finds every
-/// configuration error the other would (each a [`ConfigError`], exit 2): the listeners and
-/// their ports, the certificate, the database URL, the rate-limit backend, the runtime
-/// directory (when it exists already).
-pub fn check(config: &Config) -> anyhow::Result<Checked> {
-    let listeners = config.listeners()?;
-    // A certificate that does not load is a start-up error, not a listener that fails later.
-    let certificate = if listeners.tls.is_empty() {
-        None
-    } else {
-        Some(
-            crate::edge::tls::Certificate::load(&config.tls)
-                .map_err(|e| ConfigError::Invalid(format!("{e:#}")))?,
-        )
-    };
-    db::pool(&config.database).map_err(|e| ConfigError::Invalid(e.to_string()))?;
-    RateLimits::new(&config.rate_limit).map_err(rate_limit_error)?;
-    if let Some(dir) = &config.server.runtime_dir {
-        if dir.exists() {
-            handover::check_private(dir)?;
-        }
-    }
-    Ok(Checked {
-        listeners,
-        certificate,
-    })
-}
-
-fn rate_limit_error(e: String) -> ConfigError {
-    ConfigError::Invalid(format!("rate_limit: {e}"))
-}
 
 /// Migrates the database once on a short-lived runtime of its own (waiting for PostgreSQL up to
 /// `database.startup_wait_seconds`).
@@ -79,7 +40,7 @@ pub fn migrate(config: &Config) -> anyhow::Result<db::MigrationReport> {
 /// Reaches PostgreSQL, migrates it, and publishes this instance's identity assertion key (so
 /// that no assertion is signed before every instance's JWKS can list its key).
 async fn connect_and_migrate(
-    database: &crate::ops::config::DatabaseConfig,
+    database: &crate::config::DatabaseConfig,
     assertions: Option<&Assertions>,
 ) -> Result<db::MigrationReport, db::DbError> {
     let bound = Duration::from_secs(database.startup_wait_seconds);
@@ -191,7 +152,10 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
         Duration::from_millis(config.database.acquire_timeout_ms),
         config.auth.max_sessions_per_user,
     ));
-    let limiters = Arc::new(RateLimits::new(&config.rate_limit).map_err(rate_limit_error)?);
+    let limiters = Arc::new(
+        RateLimits::new(&config.rate_limit)
+            .map_err(|e| ConfigError::Invalid(format!("rate_limit: {e}")))?,
+    );
     let janitor = LimiterJanitor {
         limiters: Arc::clone(&limiters.local),
         every: Duration::from_secs(30),
@@ -210,8 +174,8 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
         outcome: Arc::clone(&outcome),
     };
     let mail_worker = crate::mail::worker::MailWorker::new(Arc::clone(&app), config.mail.clone());
-    if config.mail.transport == crate::ops::config::MailTransport::Log
-        && config.server.environment == crate::ops::config::Environment::Production
+    if config.mail.transport == crate::config::MailTransport::Log
+        && config.server.environment == crate::config::Environment::Production
     {
         tracing::warn!(
             "mail.transport is \"log\": reset and verification links are written to the log \
@@ -441,7 +405,7 @@ impl StartupOutcome {
 /// lets the gateway answer what needs the database.
 struct DatabaseStartup {
     app: Arc<App>,
-    database: crate::ops::config::DatabaseConfig,
+    database: crate::config::DatabaseConfig,
     outcome: Arc<StartupOutcome>,
 }
 

@@ -12,7 +12,7 @@ use tracing::level_filters::LevelFilter;
 use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
-use crate::ops::config::{LogConfig, LogFormat};
+use crate::config::{LogConfig, LogFormat};
 
 /// The log writer, for access lines formatted by [`crate::edge::access_log`] (JSON format only).
 static ACCESS_WRITER: OnceLock<NonBlocking> = OnceLock::new();

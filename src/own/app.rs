@@ -9,6 +9,7 @@ use deadpool_postgres::Pool;
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::config::Config;
 use crate::credentials::assertion::Assertions;
 use crate::credentials::one_time::{OneTimeToken, SealKey};
 use crate::credentials::password::{self, HashPolicy, HashPool, PasswordError};
@@ -22,7 +23,6 @@ use crate::edge::upgraded::Upgraded;
 use crate::edge::upstreams::ProxyRoute;
 use crate::mail::{outbox, Letters, Mail};
 use crate::metrics::{metrics, LoginOutcome};
-use crate::ops::config::Config;
 use crate::own::api::{ApiError, Reply};
 use crate::own::email;
 use crate::own::forms::{self, TokenForm};

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 
-use crate::ops::config::DatabaseConfig;
+use crate::config::DatabaseConfig;
+use crate::store::pg_tls::PgTls;
 
 mod embedded {
     refinery::embed_migrations!("migrations");
@@ -63,10 +64,10 @@ pub fn proxy_pool(config: &DatabaseConfig) -> Result<Pool, DbError> {
 }
 
 fn build_pool(config: &DatabaseConfig, size: usize, wait: Duration) -> Result<Pool, DbError> {
-    let pg = config.pg_config().map_err(DbError::Connect)?;
+    let pg = config.pg_config().map_err(DbError::Refused)?;
     let manager = Manager::from_config(
         pg,
-        config.connector().map_err(DbError::Connect)?,
+        config.connector().map_err(DbError::Refused)?,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -326,4 +327,49 @@ async fn check_adoptable(client: &tokio_postgres::Client) -> Result<(), DbError>
         )));
     }
     Ok(())
+}
+
+/// The store's check of `[database]`: a URL tokio-postgres reads, and the TLS it asks for
+/// (its root certificates readable).
+pub fn check(config: &DatabaseConfig) -> Result<(), crate::config::ConfigError> {
+    let invalid = crate::config::ConfigError::Invalid;
+    config
+        .pg_config()
+        .map_err(|e| invalid(format!("database.url is not a PostgreSQL URL: {e}")))?;
+    config
+        .connector()
+        .map_err(|e| invalid(format!("database.url: {e}")))?;
+    Ok(())
+}
+
+// The database section of the configuration, as the store reads it.
+impl DatabaseConfig {
+    /// The URL as tokio-postgres understands it: SQLAlchemy's `postgresql+driver://` prefix is
+    /// accepted and dropped.
+    pub fn pg_config(&self) -> Result<tokio_postgres::Config, String> {
+        let url = crate::config::normalize_database_url(self.url.expose());
+        let (url, tls) = PgTls::split(&url)?;
+        let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
+            // tokio-postgres errors do not echo the URL, so they are safe to show.
+            format!("{e}")
+        })?;
+        config.ssl_mode(tls.wire_mode());
+        if config.get_application_name().is_none() {
+            config.application_name("sentinel-gateway");
+        }
+        config.connect_timeout(std::time::Duration::from_millis(self.connect_timeout_ms));
+        Ok(config)
+    }
+}
+
+impl DatabaseConfig {
+    /// The TLS the URL asks for (`sslmode`, `sslrootcert`; see [`crate::store::pg_tls`]).
+    pub fn tls(&self) -> Result<PgTls, String> {
+        PgTls::split(&crate::config::normalize_database_url(self.url.expose())).map(|(_, tls)| tls)
+    }
+
+    /// The TLS connector every connection to PostgreSQL is made with.
+    pub fn connector(&self) -> Result<tokio_postgres_rustls::MakeRustlsConnect, String> {
+        self.tls()?.connector()
+    }
 }

@@ -22,9 +22,9 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio_postgres::AsyncMessage;
 
+use crate::config::DatabaseConfig;
 use crate::credentials::token::Verified;
 use crate::edge::upgraded::Upgraded;
-use crate::ops::config::DatabaseConfig;
 use crate::own::api::ApiError;
 use crate::store::users;
 
@@ -560,7 +560,7 @@ impl BackgroundService for UserChangeListener {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::config::{DatabaseConfig, Secret};
+    use crate::config::{DatabaseConfig, Secret};
 
     /// A cache whose pool points nowhere (making it opens no connection; reads fail).
     fn cache(ttl: Duration) -> Arc<UserCache> {
