@@ -38,10 +38,10 @@ use sha2::Digest;
 use crate::config::AssertionConfig;
 use crate::credentials::one_time::SealKey;
 use crate::credentials::token::unix_seconds;
-use crate::own::api::ApiError;
 use crate::store::signing_keys::{self, NewKey, StoredKey};
 use crate::store::user_cache::{bounded_cache, BoundedCache, UserState};
 use crate::store::users::db_error;
+use crate::store::StoreError;
 
 /// The header upstreams get.
 pub const HEADER: http::HeaderName = http::HeaderName::from_static("x-identity-assertion");
@@ -83,17 +83,17 @@ impl Key {
 }
 
 /// A fresh key pair, its private half sealed for the table.
-fn generate(seal: &SealKey) -> Result<NewKey, ApiError> {
+fn generate(seal: &SealKey) -> Result<NewKey, StoreError> {
     let mut secret = [0u8; 32];
     getrandom::fill(&mut secret)
-        .map_err(|e| ApiError::Internal(format!("no randomness for a key: {e}")))?;
+        .map_err(|e| StoreError::Internal(format!("no randomness for a key: {e}")))?;
     let key = Key::from_secret(&secret, 0);
     let sealed = seal.seal_bytes(&secret);
     secret.fill(0);
     Ok(NewKey {
         kid: key.kid,
         public_key: key.public,
-        sealed_private_key: sealed.map_err(|e| ApiError::Internal(e.to_string()))?,
+        sealed_private_key: sealed.map_err(|e| StoreError::Internal(e.to_string()))?,
     })
 }
 
@@ -283,7 +283,7 @@ impl Assertions {
 
     /// Makes sure there is a current and a next key (adding what is missing, one instance at a
     /// time), and loads them all.
-    pub async fn maintain(&self, db: &mut tokio_postgres::Client) -> Result<(), ApiError> {
+    pub async fn maintain(&self, db: &mut tokio_postgres::Client) -> Result<(), StoreError> {
         let (keys, now) = signing_keys::live(&*db).await?;
         if self.complete(&keys, now) {
             return self.load(&keys);
@@ -309,7 +309,7 @@ impl Assertions {
         &self,
         db: &mut tokio_postgres::Client,
         revoke: bool,
-    ) -> Result<(Option<String>, String), ApiError> {
+    ) -> Result<(Option<String>, String), StoreError> {
         let tx = db.transaction().await.map_err(db_error)?;
         signing_keys::lock(&tx).await?;
         let (keys, now) = signing_keys::live(&tx).await?;
@@ -368,7 +368,7 @@ impl Assertions {
         tx: &tokio_postgres::Transaction<'_>,
         keys: &[StoredKey],
         now: i64,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), StoreError> {
         let tail = self.tail();
         let usable = self.usable(keys);
         let current = match usable.iter().rev().find(|k| k.activates_at <= now) {
@@ -397,7 +397,7 @@ impl Assertions {
     }
 
     /// Serves `keys` (every one in the JWKS; those it can open for signing).
-    fn load(&self, keys: &[StoredKey]) -> Result<(), ApiError> {
+    fn load(&self, keys: &[StoredKey]) -> Result<(), StoreError> {
         let mut ring = Vec::with_capacity(keys.len());
         for stored in keys {
             // A key sealed under another auth.secret_key is published, never used here.

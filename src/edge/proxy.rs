@@ -595,7 +595,12 @@ impl Gateway {
                 cleanup,
             } => {
                 let fetched = match self.app.check_ready() {
-                    Ok(()) => self.app.users.get(&verified.user_id, now, reread).await,
+                    Ok(()) => self
+                        .app
+                        .users
+                        .get(&verified.user_id, now, reread)
+                        .await
+                        .map_err(ApiError::from),
                     Err(e) => Err(e),
                 };
                 let verified_only = self.app.require_verified_email;

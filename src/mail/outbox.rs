@@ -7,18 +7,22 @@ use deadpool_postgres::GenericClient;
 
 use crate::credentials::one_time::SealKey;
 use crate::mail::Mail;
-use crate::own::api::ApiError;
 use crate::store::users::db_error;
+use crate::store::StoreError;
 
 /// Writes `mail` to the outbox, its token sealed with `seal`. Call it inside the transaction
 /// of the change the mail is about.
 #[tracing::instrument(level = "debug", skip_all, fields(kind = mail.kind))]
-pub async fn enqueue(db: &impl GenericClient, mail: &Mail, seal: &SealKey) -> Result<(), ApiError> {
+pub async fn enqueue(
+    db: &impl GenericClient,
+    mail: &Mail,
+    seal: &SealKey,
+) -> Result<(), StoreError> {
     let (sealed, lifetime) = match &mail.token {
         Some((token, lifetime)) => (
             Some(
                 seal.seal(token)
-                    .map_err(|e| ApiError::Internal(e.to_string()))?,
+                    .map_err(|e| StoreError::Internal(e.to_string()))?,
             ),
             Some(lifetime.as_secs_f64()),
         ),
@@ -74,7 +78,7 @@ pub async fn claim(
     db: &impl GenericClient,
     limit: i64,
     lease: Duration,
-) -> Result<Vec<Claimed>, ApiError> {
+) -> Result<Vec<Claimed>, StoreError> {
     let stmt = db
         .prepare_cached(
             "UPDATE sentinel_outbox o SET attempts = o.attempts + 1, \
@@ -116,7 +120,7 @@ pub async fn claim(
 }
 
 /// Delivered: done, and its sealed token erased.
-pub async fn delivered(db: &impl GenericClient, id: i64) -> Result<(), ApiError> {
+pub async fn delivered(db: &impl GenericClient, id: i64) -> Result<(), StoreError> {
     let stmt = db
         .prepare_cached(
             "UPDATE sentinel_outbox SET sent_at = now(), sealed_token = NULL, last_error = NULL \
@@ -134,7 +138,7 @@ pub async fn retry_later(
     id: i64,
     delay: Duration,
     error: &str,
-) -> Result<(), ApiError> {
+) -> Result<(), StoreError> {
     let stmt = db
         .prepare_cached(
             "UPDATE sentinel_outbox SET next_attempt_at = now() + make_interval(secs => $2), \
@@ -149,7 +153,7 @@ pub async fn retry_later(
 }
 
 /// Never to be delivered (see [`Claimed::stale`], or refused for good by the server).
-pub async fn abandon(db: &impl GenericClient, id: i64, reason: &str) -> Result<(), ApiError> {
+pub async fn abandon(db: &impl GenericClient, id: i64, reason: &str) -> Result<(), StoreError> {
     let stmt = db
         .prepare_cached(
             "UPDATE sentinel_outbox SET abandoned_at = now(), sealed_token = NULL, \
@@ -162,7 +166,7 @@ pub async fn abandon(db: &impl GenericClient, id: i64, reason: &str) -> Result<(
 }
 
 /// Mails waiting: neither sent nor abandoned (counted through the due-mail index).
-pub async fn depth(db: &impl GenericClient) -> Result<i64, ApiError> {
+pub async fn depth(db: &impl GenericClient) -> Result<i64, StoreError> {
     let stmt = db
         .prepare_cached(
             "SELECT count(*) FROM sentinel_outbox WHERE sent_at IS NULL AND abandoned_at IS NULL",
@@ -174,7 +178,7 @@ pub async fn depth(db: &impl GenericClient) -> Result<i64, ApiError> {
 }
 
 /// Deletes mails sent or abandoned more than a week ago; how many.
-pub async fn prune(db: &impl GenericClient) -> Result<u64, ApiError> {
+pub async fn prune(db: &impl GenericClient) -> Result<u64, StoreError> {
     let stmt = db
         .prepare_cached(
             "DELETE FROM sentinel_outbox \

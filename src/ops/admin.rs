@@ -350,7 +350,7 @@ fn yes_no(b: bool) -> &'static str {
 }
 
 /// An API error as the CLI says it (its text, with the cause for "unavailable").
-fn api(e: crate::own::api::ApiError) -> anyhow::Error {
+fn api(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow!("{e}")
 }
 

@@ -49,7 +49,7 @@ pub async fn render(app: &App) -> Vec<u8> {
     m.render()
 }
 
-async fn outbox_depth(app: &App) -> Result<i64, crate::own::api::ApiError> {
+async fn outbox_depth(app: &App) -> Result<i64, crate::store::StoreError> {
     let db = crate::store::users::client(&app.pool).await?;
     crate::mail::outbox::depth(&db).await
 }

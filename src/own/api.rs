@@ -202,6 +202,15 @@ pub enum ApiError {
     Internal(String),
 }
 
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> ApiError {
+        match e {
+            crate::store::StoreError::Unavailable(cause) => ApiError::Unavailable(cause),
+            crate::store::StoreError::Internal(cause) => ApiError::Internal(cause),
+        }
+    }
+}
+
 impl ApiError {
     pub fn into_reply(self) -> Reply {
         let bearer = |r: Reply| r.with_header("www-authenticate", "Bearer");

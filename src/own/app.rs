@@ -30,6 +30,7 @@ use crate::store::account_tokens::{self, Purpose};
 use crate::store::sessions;
 use crate::store::user_cache::{bounded_cache, BoundedCache, Cached, UserCache, UserState};
 use crate::store::users::{self, Account, User, UserResponse};
+use crate::store::StoreError;
 
 const TOKEN_CACHE_CAPACITY: usize = 20_000;
 /// Password-reset requests being worked on after their answers (a small future each, waiting
@@ -322,10 +323,9 @@ impl App {
         };
         match tokio::time::timeout(Duration::from_secs(2), check).await {
             Ok(Ok(())) => Ok(Reply::json(200, &serde_json::json!({ "status": "ready" }))),
-            Ok(Err(e)) => Err(match e {
-                ApiError::Unavailable(c) | ApiError::Internal(c) => ApiError::Unavailable(c),
-                other => other,
-            }),
+            Ok(Err(StoreError::Unavailable(c) | StoreError::Internal(c))) => {
+                Err(ApiError::Unavailable(c))
+            }
             Err(_) => Err(ApiError::Unavailable("readiness check timed out".into())),
         }
     }
@@ -384,7 +384,7 @@ impl App {
         db: &impl deadpool_postgres::GenericClient,
         mail: &Mail,
     ) -> Result<(), ApiError> {
-        outbox::enqueue(db, mail, &self.seal_key).await
+        Ok(outbox::enqueue(db, mail, &self.seal_key).await?)
     }
 
     /// Mail was committed to the outbox: deliver it now rather than at the next poll.
@@ -593,7 +593,9 @@ impl App {
                 if let Some(new_hash) = rehash {
                     let upgraded = async {
                         let db = self.floodable_client().await?;
-                        users::replace_password_hash(&*db, &user.id, &stored, &new_hash).await
+                        users::replace_password_hash(&*db, &user.id, &stored, &new_hash)
+                            .await
+                            .map_err(ApiError::from)
                     };
                     if let Err(e) = upgraded.await {
                         // The login itself succeeded; the upgrade is retried next time.

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use deadpool_postgres::GenericClient;
 
-use crate::own::api::ApiError;
 use crate::store::users::db_error;
+use crate::store::StoreError;
 
 /// What a token is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,7 +31,7 @@ pub async fn recent(
     db: &impl GenericClient,
     user_id: &str,
     purpose: Purpose,
-) -> Result<(i64, i64), ApiError> {
+) -> Result<(i64, i64), StoreError> {
     let stmt = db
         .prepare_cached(
             "SELECT count(*) FILTER (WHERE created_at > now() - interval '1 minute'), count(*) \
@@ -60,7 +60,7 @@ pub async fn issue(
     email: &str,
     purpose: Purpose,
     lifetime: Duration,
-) -> Result<(), ApiError> {
+) -> Result<(), StoreError> {
     end_all(db, user_id, purpose).await?;
     let stmt = db
         .prepare_cached(
@@ -90,7 +90,7 @@ pub async fn end_all(
     db: &impl GenericClient,
     user_id: &str,
     purpose: Purpose,
-) -> Result<(), ApiError> {
+) -> Result<(), StoreError> {
     let stmt = db
         .prepare_cached(
             "UPDATE sentinel_account_tokens SET ended_at = now() \
@@ -111,7 +111,7 @@ pub async fn holder(
     db: &impl GenericClient,
     token_hash: &[u8],
     purpose: Purpose,
-) -> Result<Option<(String, String)>, ApiError> {
+) -> Result<Option<(String, String)>, StoreError> {
     let stmt = db
         .prepare_cached(
             "SELECT user_id, email FROM sentinel_account_tokens \
@@ -133,7 +133,7 @@ pub async fn consume(
     db: &impl GenericClient,
     token_hash: &[u8],
     purpose: Purpose,
-) -> Result<Option<(String, String)>, ApiError> {
+) -> Result<Option<(String, String)>, StoreError> {
     let stmt = db
         .prepare_cached(
             "UPDATE sentinel_account_tokens SET ended_at = now() \
@@ -150,14 +150,14 @@ pub async fn consume(
 }
 
 /// (user id, address) of a row that starts with them.
-fn holder_of(row: Option<tokio_postgres::Row>) -> Result<Option<(String, String)>, ApiError> {
+fn holder_of(row: Option<tokio_postgres::Row>) -> Result<Option<(String, String)>, StoreError> {
     row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
         .transpose()
         .map_err(db_error)
 }
 
 /// Deletes tokens that ended or expired more than a day ago; how many.
-pub async fn prune(db: &impl GenericClient) -> Result<u64, ApiError> {
+pub async fn prune(db: &impl GenericClient) -> Result<u64, StoreError> {
     let stmt = db
         .prepare_cached(
             "DELETE FROM sentinel_account_tokens \

@@ -10,3 +10,17 @@ pub mod sessions;
 pub mod signing_keys;
 pub mod user_cache;
 pub mod users;
+
+/// What a storage call can fail with. The store knows nothing of HTTP: `own::api` turns these
+/// into answers, in the one place that maps errors (503 with `Retry-After` for `Unavailable`,
+/// 500 for `Internal`).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The database (or this connection to it) is unreachable, too slow or shutting down: not
+    /// now, maybe later.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// A statement the database could not run, or a row that does not read.
+    #[error("internal: {0}")]
+    Internal(String),
+}

@@ -10,8 +10,8 @@ use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use crate::own::api::ApiError;
 use crate::store::users::db_error;
+use crate::store::StoreError;
 
 /// A session as the user sees it in `GET /auth/sessions`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,7 +63,7 @@ pub async fn create(
     lifetimes: Lifetimes,
     user_agent: Option<&str>,
     client_address: Option<&str>,
-) -> Result<Uuid, ApiError> {
+) -> Result<Uuid, StoreError> {
     let stmt = db
         .prepare_cached(
             "INSERT INTO sentinel_sessions \
@@ -139,7 +139,7 @@ pub async fn rotate(
     session_id: &Uuid,
     generation: u32,
     lifetimes: Lifetimes,
-) -> Result<Refresh, ApiError> {
+) -> Result<Refresh, StoreError> {
     let generation = i32::try_from(generation).unwrap_or(i32::MAX);
     let stmt = db
         .prepare_cached(
@@ -211,7 +211,7 @@ pub async fn rotate(
 /// Moves a session to its next generation without a refresh token (its refresh tokens so far
 /// end, as after a password change); the new generation.
 #[tracing::instrument(level = "debug", skip(db))]
-pub async fn advance(db: &impl GenericClient, session_id: &Uuid) -> Result<u32, ApiError> {
+pub async fn advance(db: &impl GenericClient, session_id: &Uuid) -> Result<u32, StoreError> {
     let stmt = db
         .prepare_cached(
             "UPDATE sentinel_sessions SET generation = generation + 1, rotated_at = NULL, \
@@ -225,7 +225,10 @@ pub async fn advance(db: &impl GenericClient, session_id: &Uuid) -> Result<u32, 
 
 /// The user of a live session.
 #[tracing::instrument(level = "debug", skip(db))]
-pub async fn owner(db: &impl GenericClient, session_id: &Uuid) -> Result<Option<String>, ApiError> {
+pub async fn owner(
+    db: &impl GenericClient,
+    session_id: &Uuid,
+) -> Result<Option<String>, StoreError> {
     let stmt = db
         .prepare_cached(
             "SELECT user_id FROM sentinel_sessions WHERE id = $1 AND revoked_at IS NULL \
@@ -243,7 +246,7 @@ pub async fn revoke(
     db: &impl GenericClient,
     user_id: &str,
     session_id: &Uuid,
-) -> Result<bool, ApiError> {
+) -> Result<bool, StoreError> {
     let stmt = db
         .prepare_cached(
             "UPDATE sentinel_sessions SET revoked_at = now() \
@@ -264,7 +267,7 @@ pub async fn revoke_all_but(
     db: &impl GenericClient,
     user_id: &str,
     keep: Option<&Uuid>,
-) -> Result<u64, ApiError> {
+) -> Result<u64, StoreError> {
     let stmt = db
         .prepare_cached(
             "UPDATE sentinel_sessions SET revoked_at = now() \
@@ -279,7 +282,7 @@ pub async fn revoke_all_but(
 
 /// Ends every session of `user_id` and refuses their tokens without one from now on (a global
 /// logout, an operator's revocation); how many sessions were live.
-pub async fn end_everything(db: &impl GenericClient, user_id: &str) -> Result<u64, ApiError> {
+pub async fn end_everything(db: &impl GenericClient, user_id: &str) -> Result<u64, StoreError> {
     let ended = revoke_all_but(db, user_id, None).await?;
     crate::store::users::refuse_sessionless_tokens(db, user_id).await?;
     Ok(ended)
@@ -291,7 +294,7 @@ pub async fn list_live(
     db: &impl GenericClient,
     user_id: &str,
     max: u32,
-) -> Result<Vec<Session>, ApiError> {
+) -> Result<Vec<Session>, StoreError> {
     let stmt = db
         .prepare_cached(
             "SELECT id, created_at, last_used_at, user_agent, client_address FROM (\

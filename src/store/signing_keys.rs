@@ -4,8 +4,8 @@
 
 use tokio_postgres::{GenericClient, Transaction};
 
-use crate::own::api::ApiError;
 use crate::store::users::db_error;
+use crate::store::StoreError;
 
 /// One key as stored (its private half sealed).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,7 +26,7 @@ pub struct NewKey {
 }
 
 /// Every key still published, by activation, and PostgreSQL's clock (unix seconds).
-pub async fn live(db: &impl GenericClient) -> Result<(Vec<StoredKey>, i64), ApiError> {
+pub async fn live(db: &impl GenericClient) -> Result<(Vec<StoredKey>, i64), StoreError> {
     let rows = db
         .query(
             "SELECT kid, public_key, sealed_private_key, \
@@ -63,7 +63,7 @@ pub async fn live(db: &impl GenericClient) -> Result<(Vec<StoredKey>, i64), ApiE
 }
 
 /// Takes the table's lock for this transaction: one instance at a time adds keys.
-pub async fn lock(tx: &Transaction<'_>) -> Result<(), ApiError> {
+pub async fn lock(tx: &Transaction<'_>) -> Result<(), StoreError> {
     // An arbitrary constant of this table's own ("sg keys").
     tx.execute("SELECT pg_advisory_xact_lock(7367107101121115)", &[])
         .await
@@ -77,7 +77,7 @@ pub async fn insert(
     key: &NewKey,
     activates_at: i64,
     expires_at: i64,
-) -> Result<(), ApiError> {
+) -> Result<(), StoreError> {
     db.execute(
         "INSERT INTO sentinel_signing_keys \
              (kid, public_key, sealed_private_key, activates_at, expires_at) \
@@ -96,7 +96,7 @@ pub async fn insert(
 }
 
 /// Keeps `kid` published until at least `expires_at` (unix seconds).
-pub async fn extend(db: &impl GenericClient, kid: &str, expires_at: i64) -> Result<(), ApiError> {
+pub async fn extend(db: &impl GenericClient, kid: &str, expires_at: i64) -> Result<(), StoreError> {
     db.execute(
         "UPDATE sentinel_signing_keys SET expires_at = to_timestamp($2::bigint) \
          WHERE kid = $1 AND expires_at < to_timestamp($2::bigint)",
@@ -108,7 +108,7 @@ pub async fn extend(db: &impl GenericClient, kid: &str, expires_at: i64) -> Resu
 }
 
 /// Deletes keys that left the JWKS a day ago or more.
-pub async fn delete_expired(db: &impl GenericClient) -> Result<u64, ApiError> {
+pub async fn delete_expired(db: &impl GenericClient) -> Result<u64, StoreError> {
     db.execute(
         "DELETE FROM sentinel_signing_keys WHERE expires_at < now() - interval '1 day'",
         &[],
@@ -118,7 +118,7 @@ pub async fn delete_expired(db: &impl GenericClient) -> Result<u64, ApiError> {
 }
 
 /// Makes `kid` sign from now on (an operator's rotation).
-pub async fn activate_now(db: &impl GenericClient, kid: &str) -> Result<(), ApiError> {
+pub async fn activate_now(db: &impl GenericClient, kid: &str) -> Result<(), StoreError> {
     db.execute(
         "UPDATE sentinel_signing_keys SET activates_at = now() WHERE kid = $1",
         &[&kid],
@@ -129,7 +129,7 @@ pub async fn activate_now(db: &impl GenericClient, kid: &str) -> Result<(), ApiE
 }
 
 /// Publishes `kid` for `seconds` from now only (0: it leaves the JWKS at once).
-pub async fn expire_in(db: &impl GenericClient, kid: &str, seconds: i64) -> Result<(), ApiError> {
+pub async fn expire_in(db: &impl GenericClient, kid: &str, seconds: i64) -> Result<(), StoreError> {
     db.execute(
         "UPDATE sentinel_signing_keys SET expires_at = now() + make_interval(secs => $2::bigint) \
          WHERE kid = $1",
@@ -151,7 +151,7 @@ pub async fn all(
         chrono::DateTime<chrono::Utc>,
         bool,
     )>,
-    ApiError,
+    StoreError,
 > {
     let rows = db
         .query(

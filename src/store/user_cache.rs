@@ -25,8 +25,8 @@ use tokio_postgres::AsyncMessage;
 use crate::config::DatabaseConfig;
 use crate::credentials::token::Verified;
 use crate::edge::upgraded::Upgraded;
-use crate::own::api::ApiError;
 use crate::store::users;
+use crate::store::StoreError;
 
 pub const CHANNEL: &str = "sentinel_user_changed";
 
@@ -181,9 +181,8 @@ pub struct UserCache {
     max_sessions: u32,
 }
 
-/// One read of a user, shared by every request that wants it while it runs: its outcome, or
-/// why it failed (and whether that is "unavailable" rather than a statement error).
-type Flight = tokio::sync::OnceCell<Result<Option<Arc<UserState>>, (bool, String)>>;
+/// One read of a user, shared by every request that wants it while it runs: its outcome.
+type Flight = tokio::sync::OnceCell<Result<Option<Arc<UserState>>, StoreError>>;
 
 #[derive(Clone)]
 struct Entry {
@@ -238,31 +237,16 @@ impl UserCache {
         &self,
         id: &str,
         wait: Duration,
-    ) -> Result<Option<Arc<UserState>>, ApiError> {
+    ) -> Result<Option<Arc<UserState>>, StoreError> {
         let flight = Arc::clone(self.flights().entry(id.to_string()).or_default());
-        let outcome = flight
-            .get_or_init(|| async {
-                self.fetch(id, wait).await.map_err(|e| match e {
-                    ApiError::Unavailable(cause) => (true, cause),
-                    ApiError::Internal(cause) => (false, cause),
-                    other => (false, other.to_string()),
-                })
-            })
-            .await
-            .clone();
+        let outcome = flight.get_or_init(|| self.fetch(id, wait)).await.clone();
         {
             let mut flights = self.flights();
             if flights.get(id).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
                 flights.remove(id);
             }
         }
-        outcome.map_err(|(unavailable, cause)| {
-            if unavailable {
-                ApiError::Unavailable(cause)
-            } else {
-                ApiError::Internal(cause)
-            }
-        })
+        outcome
     }
 
     /// How many of a user's sessions count (`auth.max_sessions_per_user`).
@@ -345,7 +329,7 @@ impl UserCache {
 
     /// Reads the user from PostgreSQL (waiting up to `wait` for a connection) and remembers
     /// the answer, unless the user was invalidated meanwhile.
-    async fn fetch(&self, id: &str, wait: Duration) -> Result<Option<Arc<UserState>>, ApiError> {
+    async fn fetch(&self, id: &str, wait: Duration) -> Result<Option<Arc<UserState>>, StoreError> {
         let epoch = self.epoch(id).load(Ordering::Acquire);
         let db = users::client_waiting(&self.pool, wait).await?;
         let read_at = crate::credentials::token::unix_seconds(SystemTime::now());
@@ -384,7 +368,7 @@ impl UserCache {
         id: &str,
         now: SystemTime,
         reread: bool,
-    ) -> Result<Option<Arc<UserState>>, ApiError> {
+    ) -> Result<Option<Arc<UserState>>, StoreError> {
         self.get_within(id, now, reread, crate::store::db::PROXY_POOL_WAIT)
             .await
     }
@@ -396,7 +380,7 @@ impl UserCache {
         id: &str,
         now: SystemTime,
         reread: bool,
-    ) -> Result<Option<Arc<UserState>>, ApiError> {
+    ) -> Result<Option<Arc<UserState>>, StoreError> {
         self.get_within(id, now, reread, self.refresh_wait).await
     }
 
@@ -406,7 +390,7 @@ impl UserCache {
         now: SystemTime,
         reread: bool,
         wait: Duration,
-    ) -> Result<Option<Arc<UserState>>, ApiError> {
+    ) -> Result<Option<Arc<UserState>>, StoreError> {
         let at_hand = self
             .entries
             .get(id)

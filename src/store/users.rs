@@ -7,8 +7,8 @@ use serde::Serialize;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Row;
 
-use crate::own::api::ApiError;
 use crate::store::db::describe;
+use crate::store::StoreError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
@@ -75,11 +75,11 @@ pub fn timestamp(t: &NaiveDateTime) -> String {
 /// Errors of storage calls, already in the form the API answers with: 503 (and `Retry-After`)
 /// when the database or this connection to it is unavailable, 500 only for a statement the
 /// database could not run.
-pub(crate) fn db_error(e: tokio_postgres::Error) -> ApiError {
+pub(crate) fn db_error(e: tokio_postgres::Error) -> StoreError {
     if is_unavailable(&e) {
-        ApiError::Unavailable(describe(&e))
+        StoreError::Unavailable(describe(&e))
     } else {
-        ApiError::Internal(describe(&e))
+        StoreError::Internal(describe(&e))
     }
 }
 
@@ -103,21 +103,21 @@ pub fn is_unavailable(e: &tokio_postgres::Error) -> bool {
         || matches!(code, "57P01" | "57P02" | "57P03" | "57014" | "55P03")
 }
 
-pub async fn client(pool: &Pool) -> Result<Client, ApiError> {
+pub async fn client(pool: &Pool) -> Result<Client, StoreError> {
     pool.get().await.map_err(pool_error)
 }
 
 /// [`client`], waiting up to `wait` for a free connection (instead of the pool's own limit).
-pub async fn client_waiting(pool: &Pool, wait: std::time::Duration) -> Result<Client, ApiError> {
+pub async fn client_waiting(pool: &Pool, wait: std::time::Duration) -> Result<Client, StoreError> {
     let mut timeouts = pool.timeouts();
     timeouts.wait = Some(wait);
     pool.timeout_get(&timeouts).await.map_err(pool_error)
 }
 
-fn pool_error(e: PoolError) -> ApiError {
+fn pool_error(e: PoolError) -> StoreError {
     match e {
         PoolError::Backend(e) => db_error(e),
-        other => ApiError::Unavailable(other.to_string()),
+        other => StoreError::Unavailable(other.to_string()),
     }
 }
 
@@ -126,14 +126,14 @@ fn storable(key: &str) -> bool {
     !key.contains('\0')
 }
 
-fn rows_to_user(row: Option<Row>) -> Result<Option<User>, ApiError> {
+fn rows_to_user(row: Option<Row>) -> Result<Option<User>, StoreError> {
     row.map(User::try_from)
         .transpose()
-        .map_err(|e| ApiError::Internal(describe(&e)))
+        .map_err(|e| StoreError::Internal(describe(&e)))
 }
 
 #[tracing::instrument(level = "debug", skip(db))]
-pub async fn find_by_id(db: &impl GenericClient, id: &str) -> Result<Option<User>, ApiError> {
+pub async fn find_by_id(db: &impl GenericClient, id: &str) -> Result<Option<User>, StoreError> {
     if !storable(id) {
         return Ok(None);
     }
@@ -160,7 +160,7 @@ pub async fn find_account(
     db: &impl GenericClient,
     id: &str,
     max_sessions: u32,
-) -> Result<Option<Account>, ApiError> {
+) -> Result<Option<Account>, StoreError> {
     if !storable(id) {
         return Ok(None);
     }
@@ -187,7 +187,7 @@ pub async fn find_account(
     else {
         return Ok(None);
     };
-    let internal = |e: tokio_postgres::Error| ApiError::Internal(describe(&e));
+    let internal = |e: tokio_postgres::Error| StoreError::Internal(describe(&e));
     let tokens_valid_after: Option<i64> = row.try_get(7).map_err(internal)?;
     let ids: Vec<uuid::Uuid> = row.try_get(8).map_err(internal)?;
     let ends: Vec<i64> = row.try_get(9).map_err(internal)?;
@@ -201,7 +201,10 @@ pub async fn find_account(
 
 /// Refuses, from now on, the user's tokens that belong to no session (the seed's).
 #[tracing::instrument(level = "debug", skip(db))]
-pub async fn refuse_sessionless_tokens(db: &impl GenericClient, id: &str) -> Result<(), ApiError> {
+pub async fn refuse_sessionless_tokens(
+    db: &impl GenericClient,
+    id: &str,
+) -> Result<(), StoreError> {
     let stmt = db
         .prepare_cached("UPDATE users SET tokens_valid_after = now() WHERE id = $1")
         .await
@@ -211,7 +214,10 @@ pub async fn refuse_sessionless_tokens(db: &impl GenericClient, id: &str) -> Res
 }
 
 #[tracing::instrument(level = "debug", skip(db, email))]
-pub async fn find_by_email(db: &impl GenericClient, email: &str) -> Result<Option<User>, ApiError> {
+pub async fn find_by_email(
+    db: &impl GenericClient,
+    email: &str,
+) -> Result<Option<User>, StoreError> {
     if !storable(email) {
         return Ok(None);
     }
@@ -227,7 +233,7 @@ pub async fn insert(
     email: &str,
     full_name: &str,
     hashed_password: &str,
-) -> Result<Option<User>, ApiError> {
+) -> Result<Option<User>, StoreError> {
     let sql = format!(
         "INSERT INTO users (id, email, full_name, hashed_password, is_active, created_at, updated_at) \
          VALUES ($1, $2, $3, $4, true, now() AT TIME ZONE 'utc', now() AT TIME ZONE 'utc') \
@@ -251,7 +257,7 @@ pub async fn update_full_name(
     db: &impl GenericClient,
     id: &str,
     full_name: Option<&str>,
-) -> Result<Option<User>, ApiError> {
+) -> Result<Option<User>, StoreError> {
     let sql = format!(
         "UPDATE users SET full_name = $2, updated_at = now() AT TIME ZONE 'utc' \
          WHERE id = $1 RETURNING {COLUMNS}"
@@ -271,7 +277,7 @@ pub async fn replace_password_hash(
     id: &str,
     old: &str,
     new: &str,
-) -> Result<bool, ApiError> {
+) -> Result<bool, StoreError> {
     let stmt = db
         .prepare_cached(
             "UPDATE users SET hashed_password = $3, updated_at = now() AT TIME ZONE 'utc' \
@@ -294,7 +300,7 @@ pub async fn reset_password(
     db: &impl GenericClient,
     id: &str,
     hash: &str,
-) -> Result<Option<User>, ApiError> {
+) -> Result<Option<User>, StoreError> {
     let sql = format!(
         "UPDATE users SET hashed_password = $2, email_verified = true, tokens_valid_after = now(), \
          updated_at = now() AT TIME ZONE 'utc' WHERE id = $1 AND is_active RETURNING {COLUMNS}"
@@ -310,7 +316,7 @@ pub async fn mark_email_verified(
     db: &impl GenericClient,
     id: &str,
     email: &str,
-) -> Result<Option<User>, ApiError> {
+) -> Result<Option<User>, StoreError> {
     let sql = format!(
         "UPDATE users SET email_verified = true, updated_at = now() AT TIME ZONE 'utc' \
          WHERE id = $1 AND lower(email) = lower($2) RETURNING {COLUMNS}"
@@ -329,7 +335,7 @@ pub async fn list(
     db: &impl GenericClient,
     search: Option<&str>,
     limit: i64,
-) -> Result<Vec<User>, ApiError> {
+) -> Result<Vec<User>, StoreError> {
     let sql = format!(
         "SELECT {COLUMNS} FROM users \
          WHERE $1::text IS NULL OR strpos(lower(email), lower($1)) > 0 \
@@ -341,13 +347,13 @@ pub async fn list(
         .await
         .map_err(db_error)?
         .into_iter()
-        .map(|row| User::try_from(row).map_err(|e| ApiError::Internal(describe(&e))))
+        .map(|row| User::try_from(row).map_err(|e| StoreError::Internal(describe(&e))))
         .collect()
 }
 
 /// Activates or deactivates a user (running gateways hear of it through the trigger).
 #[tracing::instrument(level = "debug", skip(db))]
-pub async fn set_active(db: &impl GenericClient, id: &str, active: bool) -> Result<(), ApiError> {
+pub async fn set_active(db: &impl GenericClient, id: &str, active: bool) -> Result<(), StoreError> {
     let stmt = db
         .prepare_cached(
             "UPDATE users SET is_active = $2, updated_at = now() AT TIME ZONE 'utc' WHERE id = $1",
@@ -364,7 +370,7 @@ pub async fn set_password_hash(
     db: &impl GenericClient,
     id: &str,
     hash: &str,
-) -> Result<(), ApiError> {
+) -> Result<(), StoreError> {
     let stmt = db
         .prepare_cached(
             "UPDATE users SET hashed_password = $2, updated_at = now() AT TIME ZONE 'utc' \
@@ -377,7 +383,7 @@ pub async fn set_password_hash(
 }
 
 /// Locks the user's row until the transaction ends (changes nothing, announces nothing).
-pub async fn lock(db: &impl GenericClient, id: &str) -> Result<(), ApiError> {
+pub async fn lock(db: &impl GenericClient, id: &str) -> Result<(), StoreError> {
     let stmt = db
         .prepare_cached("SELECT 1 FROM users WHERE id = $1 FOR UPDATE")
         .await
@@ -387,7 +393,7 @@ pub async fn lock(db: &impl GenericClient, id: &str) -> Result<(), ApiError> {
 }
 
 /// `SELECT 1`, for readiness.
-pub async fn ping(db: &Client) -> Result<(), ApiError> {
+pub async fn ping(db: &Client) -> Result<(), StoreError> {
     db.simple_query("SELECT 1")
         .await
         .map_err(db_error)
