@@ -160,6 +160,16 @@ pub fn bearer_credentials(authorization: Option<&[u8]>) -> Option<&[u8]> {
     scheme.eq_ignore_ascii_case(b"bearer").then_some(param)
 }
 
+impl crate::store::user_cache::TokenClaims for Verified {
+    fn session_id(&self) -> Option<uuid::Uuid> {
+        self.session_id
+    }
+
+    fn issued_at(&self) -> Option<i64> {
+        self.issued_at
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

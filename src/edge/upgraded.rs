@@ -14,7 +14,7 @@ use deadpool_postgres::Pool;
 
 use crate::credentials::token::{unix_seconds, Verified};
 use crate::edge::front::Connection;
-use crate::store::user_cache::UserState;
+use crate::store::user_cache::{UserChange, UserState};
 use crate::store::users;
 
 /// An upgraded connection, and the token it was opened with.
@@ -150,6 +150,42 @@ impl Upgraded {
     pub fn recheck_all(self: &Arc<Self>) {
         for user_id in self.users() {
             self.recheck(&user_id);
+        }
+    }
+}
+
+/// Follows the user cache's announced changes (`UserCache::subscribe`) and closes the upgraded
+/// connections of users who are shut out: every change of a user is a re-check of theirs,
+/// "everyone" (a reconnection of the listener, the periodic sweep, or changes missed) of all.
+pub struct UpgradedWatcher {
+    pub upgraded: Arc<Upgraded>,
+    pub changes: std::sync::Mutex<Option<tokio::sync::broadcast::Receiver<UserChange>>>,
+}
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for UpgradedWatcher {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        let taken = self
+            .changes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let Some(mut changes) = taken else {
+            return;
+        };
+        loop {
+            let change = tokio::select! {
+                change = changes.recv() => change,
+                _ = shutdown.changed() => return,
+            };
+            match change {
+                Ok(UserChange::User(id)) => self.upgraded.recheck(&id),
+                Ok(UserChange::Everyone) => self.upgraded.recheck_all(),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    self.upgraded.recheck_all()
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
         }
     }
 }

@@ -182,9 +182,12 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
              and no mail is sent; set mail.transport = \"smtp\" in production"
         );
     }
+    let upgraded_watcher = crate::edge::upgraded::UpgradedWatcher {
+        upgraded: Arc::clone(&app.upgraded),
+        changes: std::sync::Mutex::new(Some(users.subscribe())),
+    };
     let listener = UserChangeListener {
         cache: users,
-        upgraded: Arc::clone(&app.upgraded),
         database: config.database.clone(),
         keys_changed: app.assertions.as_ref().map(|a| Arc::clone(&a.keys_changed)),
     };
@@ -292,6 +295,7 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     server.add_service(service);
     server.add_service(background_service("database start-up", database_startup));
     server.add_service(background_service("user change listener", listener));
+    server.add_service(background_service("upgraded connections", upgraded_watcher));
     if app.assertions.is_some() {
         server.add_service(background_service(
             "assertion keys",

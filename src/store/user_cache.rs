@@ -23,8 +23,6 @@ use pingora::services::background::BackgroundService;
 use tokio_postgres::AsyncMessage;
 
 use crate::config::DatabaseConfig;
-use crate::credentials::token::Verified;
-use crate::edge::upgraded::Upgraded;
 use crate::store::users;
 use crate::store::StoreError;
 
@@ -36,6 +34,35 @@ const STALE_REFRESH_WAIT: Duration = Duration::from_millis(250);
 
 /// After a background refresh fails, the next one starts no sooner than this.
 const REFRESH_RETRY: Duration = Duration::from_secs(1);
+
+/// What the store needs to know of a verified access token to tell whether it still counts.
+/// (The token's verification is the credentials' business; they implement this.)
+pub trait TokenClaims {
+    /// The token's session (`sid`), if it has one.
+    fn session_id(&self) -> Option<uuid::Uuid>;
+    /// When it was issued (`iat`, unix seconds), if it says.
+    fn issued_at(&self) -> Option<i64>;
+}
+
+impl<T: TokenClaims> TokenClaims for Arc<T> {
+    fn session_id(&self) -> Option<uuid::Uuid> {
+        (**self).session_id()
+    }
+
+    fn issued_at(&self) -> Option<i64> {
+        (**self).issued_at()
+    }
+}
+
+/// A change of users' state, announced to whoever follows them ([`UserCache::subscribe`]):
+/// the edge closes the upgraded connections of users who are shut out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserChange {
+    /// This user changed.
+    User(String),
+    /// Anyone may have changed (notifications may have been lost, or it is time to look).
+    Everyone,
+}
 
 /// What a request needs to know about its user: whether they are active, and which of their
 /// tokens still count (the live sessions, and the time before which tokens without a session
@@ -100,10 +127,10 @@ impl UserState {
     /// is not among those known here, and it was issued no earlier than the read. Such a state
     /// cannot refuse the token; it is read again instead (another instance's login is
     /// announced a moment after its answer has gone out).
-    pub fn may_predate(&self, token: &Verified) -> bool {
-        token.issued_at.is_some_and(|iat| iat >= self.read_at)
+    pub fn may_predate(&self, token: &impl TokenClaims) -> bool {
+        token.issued_at().is_some_and(|iat| iat >= self.read_at)
             && token
-                .session_id
+                .session_id()
                 .is_some_and(|sid| self.session_end(&sid).is_none())
     }
 
@@ -119,12 +146,12 @@ impl UserState {
     /// Whether `token` (verified, of this user) still counts at `now` (unix seconds): its
     /// session is live, or — for a token without one — it was issued after the last global
     /// logout, password change or reset. (Whether the user is active is asked separately.)
-    pub fn accepts(&self, token: &Verified, now: i64) -> bool {
-        match token.session_id {
+    pub fn accepts(&self, token: &impl TokenClaims, now: i64) -> bool {
+        match token.session_id() {
             Some(sid) => self.session_end(&sid).is_some_and(|ends| ends > now),
             None => match self.tokens_valid_after {
                 None => true,
-                Some(after) => token.issued_at.is_some_and(|iat| iat >= after),
+                Some(after) => token.issued_at().is_some_and(|iat| iat >= after),
             },
         }
     }
@@ -179,6 +206,8 @@ pub struct UserCache {
     flights: Mutex<HashMap<String, Arc<Flight>>>,
     /// `auth.max_sessions_per_user`: how many of a user's sessions are read (and count).
     max_sessions: u32,
+    /// Announces changes to followers (see [`UserChange`]).
+    changes: tokio::sync::broadcast::Sender<UserChange>,
 }
 
 /// One read of a user, shared by every request that wants it while it runs: its outcome.
@@ -212,6 +241,7 @@ impl UserCache {
     ) -> UserCache {
         UserCache {
             max_sessions,
+            changes: tokio::sync::broadcast::channel(1024).0,
             entries: bounded_cache(capacity),
             ttl,
             listening: AtomicBool::new(false),
@@ -247,6 +277,16 @@ impl UserCache {
             }
         }
         outcome
+    }
+
+    /// Follows the changes of users' state as this instance learns them.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<UserChange> {
+        self.changes.subscribe()
+    }
+
+    fn announce(&self, change: UserChange) {
+        // Nobody following is fine.
+        let _ = self.changes.send(change);
     }
 
     /// How many of a user's sessions count (`auth.max_sessions_per_user`).
@@ -419,13 +459,11 @@ const FIRST_RETRY: Duration = Duration::from_millis(200);
 const LAST_RETRY: Duration = Duration::from_secs(5);
 const HEALTHY_SESSION: Duration = Duration::from_secs(3);
 
-/// Keeps one connection LISTENing and evicts changed users; reconnects with back-off. Users
-/// with upgraded connections open are read again on every change of theirs, on every
-/// reconnection and once per cache TTL (a notification may have been lost), and lose those
-/// connections if they are shut out.
+/// Keeps one connection LISTENing and evicts changed users; reconnects with back-off. Every
+/// change is announced to the cache's followers, and so is "everyone" on every reconnection
+/// and once per cache TTL (a notification may have been lost).
 pub struct UserChangeListener {
     pub cache: Arc<UserCache>,
-    pub upgraded: Arc<Upgraded>,
     pub database: DatabaseConfig,
     /// Woken when `sentinel_signing_keys` changes (with identity assertions on).
     pub keys_changed: Option<Arc<tokio::sync::Notify>>,
@@ -486,7 +524,7 @@ impl UserChangeListener {
         // Anything may have changed while nobody listened.
         self.cache.invalidate_all();
         self.cache.listening.store(true, Ordering::Release);
-        self.upgraded.recheck_all();
+        self.cache.announce(UserChange::Everyone);
         self.keys_changed();
         tracing::info!("listening for user changes");
         let mut sweep = tokio::time::interval(self.cache.ttl.max(Duration::from_secs(1)));
@@ -497,12 +535,12 @@ impl UserChangeListener {
                 change = rx.recv() => match change {
                     Some(Change::User(id)) => {
                         self.cache.invalidate(&id);
-                        self.upgraded.recheck(&id);
+                        self.cache.announce(UserChange::User(id));
                     }
                     Some(Change::Keys) => self.keys_changed(),
                     None => break,
                 },
-                _ = sweep.tick() => self.upgraded.recheck_all(),
+                _ = sweep.tick() => self.cache.announce(UserChange::Everyone),
             }
         }
         self.cache.listening.store(false, Ordering::Release);
@@ -544,6 +582,22 @@ impl BackgroundService for UserChangeListener {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A verified token's claims, as the store sees them.
+    struct Claims {
+        issued_at: Option<i64>,
+        session_id: Option<uuid::Uuid>,
+    }
+
+    impl TokenClaims for Claims {
+        fn session_id(&self) -> Option<uuid::Uuid> {
+            self.session_id
+        }
+
+        fn issued_at(&self) -> Option<i64> {
+            self.issued_at
+        }
+    }
     use crate::config::{DatabaseConfig, Secret};
 
     /// A cache whose pool points nowhere (making it opens no connection; reads fail).
@@ -643,9 +697,7 @@ mod tests {
         account.sessions.reverse();
         let state = UserState::of(&account, 0).unwrap();
         for (sid, ends) in &sessions {
-            let token = Verified {
-                user_id: "u1".into(),
-                expires_at: 5_000,
+            let token = Claims {
                 issued_at: Some(1),
                 session_id: Some(*sid),
             };
@@ -660,9 +712,7 @@ mod tests {
         let live = uuid::Uuid::new_v4();
         let mut state = (*state("u1").unwrap()).clone();
         state.sessions = vec![(live, 2_000)].into_boxed_slice();
-        let token = |session_id, issued_at| Verified {
-            user_id: "u1".into(),
-            expires_at: 5_000,
+        let token = |session_id, issued_at| Claims {
             issued_at,
             session_id,
         };
