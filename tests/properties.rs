@@ -3,9 +3,10 @@
 use http::Method;
 use proptest::prelude::*;
 use sentinel_gateway::config::{RouteAuth, RouteConfig};
+use sentinel_gateway::credentials::email;
 use sentinel_gateway::edge::identity;
 use sentinel_gateway::edge::routes::{self, Route, Router};
-use sentinel_gateway::own::{email, pyjson};
+use sentinel_gateway::own::pyjson;
 
 /// Every escape in `path` decoded (what a decoding upstream routes on).
 fn fully_decoded(path: &[u8]) -> Vec<u8> {

@@ -5,6 +5,7 @@
 //! stage in Redis).
 
 pub mod assertion;
+pub mod email;
 pub mod one_time;
 pub mod password;
 pub mod rate_limit;

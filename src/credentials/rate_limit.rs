@@ -25,9 +25,9 @@ use pingora::services::background::BackgroundService;
 use sha2::Digest;
 
 use crate::config::{RateLimitBackend, RateLimitConfig};
+use crate::credentials::email;
 use crate::credentials::shared_limits::{Bucket, SharedLimits, SharedRefusal};
 use crate::metrics::Limit;
-use crate::own::email;
 
 /// Which limit was hit, and when to come back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

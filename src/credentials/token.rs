@@ -133,14 +133,7 @@ impl TokenKeys {
     }
 }
 
-/// `t` in whole seconds since the Unix epoch, as JWT times count.
-pub fn unix_seconds(t: SystemTime) -> i64 {
-    match t.duration_since(SystemTime::UNIX_EPOCH) {
-        Ok(since) => i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
-        // Before 1970 (a clock gone very wrong): every token has expired.
-        Err(_) => i64::MIN,
-    }
-}
+pub use crate::store::unix_seconds;
 
 /// The token in an `Authorization` header, as FastAPI's `OAuth2PasswordBearer` finds it: the
 /// scheme is compared case-insensitively and the token is everything after the first space.

@@ -5,7 +5,6 @@
 //! (`upgraded`) and the access log line (`access_log`).
 
 pub mod access_log;
-pub mod cors;
 pub mod front;
 pub mod h2;
 pub mod identity;

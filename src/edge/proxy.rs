@@ -26,13 +26,13 @@ use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use crate::config::RouteAuth;
 use crate::credentials::token;
 use crate::edge::access_log;
-use crate::edge::cors::Cors;
 use crate::edge::front::{Client, Connection};
 use crate::edge::identity;
 use crate::edge::routes::{Endpoint, Route};
 use crate::ops::telemetry;
 use crate::own::api::{ApiError, Reply};
 use crate::own::app::{App, OwnRequest};
+use crate::own::cors::Cors;
 use crate::store::user_cache::{Cached, UserState};
 
 thread_local! {

@@ -22,107 +22,7 @@ use std::borrow::Cow;
 use http::Method;
 
 use crate::config::{RouteAuth, RouteConfig};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    Health,
-    Ready,
-    Register,
-    Token,
-    Me,
-    UpdateMe,
-    ChangePassword,
-    Refresh,
-    Logout,
-    Sessions,
-    /// `DELETE /auth/sessions/{id}` (the id is read from the path).
-    EndSession,
-    PasswordReset,
-    PasswordResetConfirm,
-    VerifyEmail,
-    ResendVerification,
-    /// `GET /.well-known/jwks.json`: the keys of identity assertions (with
-    /// `[identity_assertion] enabled`).
-    Jwks,
-    /// `GET /openapi.json` (with `[docs] enabled`).
-    OpenApi,
-    /// `GET /docs`, the Swagger UI page.
-    Docs,
-    /// `GET /docs/{asset}`: the page's scripts, styles and icon.
-    DocsAsset,
-}
-
-impl Endpoint {
-    /// Every endpoint, once.
-    pub const ALL: [Endpoint; 19] = [
-        Endpoint::Health,
-        Endpoint::Ready,
-        Endpoint::Register,
-        Endpoint::Token,
-        Endpoint::Me,
-        Endpoint::UpdateMe,
-        Endpoint::ChangePassword,
-        Endpoint::Refresh,
-        Endpoint::Logout,
-        Endpoint::Sessions,
-        Endpoint::EndSession,
-        Endpoint::PasswordReset,
-        Endpoint::PasswordResetConfirm,
-        Endpoint::VerifyEmail,
-        Endpoint::ResendVerification,
-        Endpoint::Jwks,
-        Endpoint::OpenApi,
-        Endpoint::Docs,
-        Endpoint::DocsAsset,
-    ];
-
-    /// The API documentation's endpoints (served only with `[docs] enabled`).
-    pub fn is_docs(self) -> bool {
-        matches!(
-            self,
-            Endpoint::OpenApi | Endpoint::Docs | Endpoint::DocsAsset
-        )
-    }
-
-    /// Whether the handler reads a request body.
-    pub fn reads_body(self) -> bool {
-        matches!(
-            self,
-            Endpoint::Register
-                | Endpoint::Token
-                | Endpoint::UpdateMe
-                | Endpoint::Refresh
-                | Endpoint::ChangePassword
-                | Endpoint::PasswordReset
-                | Endpoint::PasswordResetConfirm
-                | Endpoint::VerifyEmail
-        )
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Endpoint::Health => "health",
-            Endpoint::Ready => "ready",
-            Endpoint::Register => "register",
-            Endpoint::Token => "token",
-            Endpoint::Me => "users_me",
-            Endpoint::UpdateMe => "update_users_me",
-            Endpoint::ChangePassword => "change_password",
-            Endpoint::Refresh => "refresh",
-            Endpoint::Logout => "logout",
-            Endpoint::Sessions => "sessions",
-            Endpoint::EndSession => "end_session",
-            Endpoint::PasswordReset => "password_reset",
-            Endpoint::PasswordResetConfirm => "password_reset_confirm",
-            Endpoint::VerifyEmail => "verify_email",
-            Endpoint::ResendVerification => "resend_verification",
-            Endpoint::Jwks => "jwks",
-            Endpoint::OpenApi => "openapi",
-            Endpoint::Docs => "docs",
-            Endpoint::DocsAsset => "docs_asset",
-        }
-    }
-}
+pub use crate::own::endpoints::{classify as own_route, Endpoint, OwnRoute, JWKS_PATH};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
@@ -363,70 +263,12 @@ pub fn is_plain_prefix(prefix: &str) -> bool {
         && read_path(prefix).is_some_and(|p| matches!(p.matched, Cow::Borrowed(_)))
 }
 
-/// Where every instance publishes the public keys of identity assertions.
-pub const JWKS_PATH: &[u8] = b"/.well-known/jwks.json";
-
+/// The gateway's own paths, as a [`Route`] (see [`own_route`]).
 pub fn classify(method: &Method, path: &[u8]) -> Route {
-    // HEAD is answered like GET, without the body (as Starlette does).
-    let get = method == Method::GET || method == Method::HEAD;
-    match path {
-        b"/health" if get => Route::Own(Endpoint::Health),
-        b"/health" => Route::MethodNotAllowed("GET"),
-        b"/ready" if get => Route::Own(Endpoint::Ready),
-        b"/ready" => Route::MethodNotAllowed("GET"),
-        JWKS_PATH if get => Route::Own(Endpoint::Jwks),
-        JWKS_PATH => Route::MethodNotAllowed("GET"),
-        b"/openapi.json" if get => Route::Own(Endpoint::OpenApi),
-        b"/openapi.json" => Route::MethodNotAllowed("GET"),
-        b"/docs" if get => Route::Own(Endpoint::Docs),
-        b"/docs" => Route::MethodNotAllowed("GET"),
-        [b'/', b'd', b'o', b'c', b's', b'/', name @ ..] if crate::own::docs::is_asset(name) => {
-            if get {
-                Route::Own(Endpoint::DocsAsset)
-            } else {
-                Route::MethodNotAllowed("GET")
-            }
-        }
-        b"/auth/register" if method == Method::POST => Route::Own(Endpoint::Register),
-        b"/auth/register" => Route::MethodNotAllowed("POST"),
-        b"/auth/token" if method == Method::POST => Route::Own(Endpoint::Token),
-        b"/auth/token" => Route::MethodNotAllowed("POST"),
-        b"/auth/users/me" if get => Route::Own(Endpoint::Me),
-        b"/auth/users/me" if method == Method::PATCH => Route::Own(Endpoint::UpdateMe),
-        b"/auth/users/me" => Route::MethodNotAllowed("GET, PATCH"),
-        b"/auth/users/me/password" if method == Method::POST => {
-            Route::Own(Endpoint::ChangePassword)
-        }
-        b"/auth/users/me/password" => Route::MethodNotAllowed("POST"),
-        b"/auth/refresh" if method == Method::POST => Route::Own(Endpoint::Refresh),
-        b"/auth/refresh" => Route::MethodNotAllowed("POST"),
-        b"/auth/logout" if method == Method::POST => Route::Own(Endpoint::Logout),
-        b"/auth/logout" => Route::MethodNotAllowed("POST"),
-        b"/auth/sessions" if get => Route::Own(Endpoint::Sessions),
-        b"/auth/sessions" => Route::MethodNotAllowed("GET"),
-        b"/auth/password-reset" if method == Method::POST => Route::Own(Endpoint::PasswordReset),
-        b"/auth/password-reset/confirm" if method == Method::POST => {
-            Route::Own(Endpoint::PasswordResetConfirm)
-        }
-        b"/auth/verify-email" if method == Method::POST => Route::Own(Endpoint::VerifyEmail),
-        b"/auth/verify-email/resend" if method == Method::POST => {
-            Route::Own(Endpoint::ResendVerification)
-        }
-        b"/auth/password-reset"
-        | b"/auth/password-reset/confirm"
-        | b"/auth/verify-email"
-        | b"/auth/verify-email/resend" => Route::MethodNotAllowed("POST"),
-        // One segment after it: a session id (checked by the handler).
-        [b'/', b'a', b'u', b't', b'h', b'/', b's', b'e', b's', b's', b'i', b'o', b'n', b's', b'/', id @ ..]
-            if !id.is_empty() && !id.contains(&b'/') =>
-        {
-            if method == Method::DELETE {
-                Route::Own(Endpoint::EndSession)
-            } else {
-                Route::MethodNotAllowed("DELETE")
-            }
-        }
-        _ => Route::NotFound,
+    match own_route(method, path) {
+        OwnRoute::Endpoint(endpoint) => Route::Own(endpoint),
+        OwnRoute::MethodNotAllowed(allow) => Route::MethodNotAllowed(allow),
+        OwnRoute::None => Route::NotFound,
     }
 }
 

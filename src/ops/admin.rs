@@ -15,7 +15,7 @@ use clap::Subcommand;
 use deadpool_postgres::GenericClient;
 
 use crate::config::Config;
-use crate::own::email;
+use crate::credentials::email;
 use crate::own::forms::{PASSWORD_MAX_CHARS, PASSWORD_MIN_CHARS};
 use crate::store::account_tokens::{self, Purpose};
 use crate::store::{db, sessions, users};

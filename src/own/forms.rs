@@ -4,8 +4,8 @@
 
 use serde_json::{Map, Value};
 
+use crate::credentials::email;
 use crate::own::api::{ApiError, Issue};
-use crate::own::email;
 use crate::own::pyjson::{self, JsonError};
 
 pub const PASSWORD_MIN_CHARS: usize = 8;

@@ -24,3 +24,12 @@ pub enum StoreError {
     #[error("internal: {0}")]
     Internal(String),
 }
+
+/// `t` in whole seconds since the Unix epoch, as JWT times and the stored user state count.
+pub fn unix_seconds(t: std::time::SystemTime) -> i64 {
+    match t.duration_since(std::time::SystemTime::UNIX_EPOCH) {
+        Ok(since) => i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
+        // Before 1970 (a clock gone very wrong): every token has expired.
+        Err(_) => i64::MIN,
+    }
+}

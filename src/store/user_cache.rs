@@ -372,7 +372,7 @@ impl UserCache {
     async fn fetch(&self, id: &str, wait: Duration) -> Result<Option<Arc<UserState>>, StoreError> {
         let epoch = self.epoch(id).load(Ordering::Acquire);
         let db = users::client_waiting(&self.pool, wait).await?;
-        let read_at = crate::credentials::token::unix_seconds(SystemTime::now());
+        let read_at = crate::store::unix_seconds(SystemTime::now());
         let account = users::find_account(&db, id, self.max_sessions).await?;
         drop(db);
         let state = account

@@ -146,7 +146,7 @@ mod tests {
     use http::Method;
     use serde_json::Value;
 
-    use crate::edge::routes::{classify, Endpoint, Route};
+    use crate::own::endpoints::{classify, Endpoint, OwnRoute};
 
     const METHODS: [&str; 7] = ["get", "post", "put", "patch", "delete", "head", "options"];
 
@@ -164,7 +164,7 @@ mod tests {
         for (path, item) in doc()["paths"].as_object().unwrap() {
             for (method, op) in item.as_object().unwrap() {
                 let m: Method = method.to_uppercase().parse().unwrap();
-                let Route::Own(endpoint) = classify(&m, concrete(path).as_bytes()) else {
+                let OwnRoute::Endpoint(endpoint) = classify(&m, concrete(path).as_bytes()) else {
                     panic!("{method} {path} is documented but not an endpoint");
                 };
                 assert_eq!(op["operationId"], endpoint.name(), "{method} {path}");
@@ -182,8 +182,10 @@ mod tests {
                 let m: Method = method.to_uppercase().parse().unwrap();
                 match classify(&m, concrete(path).as_bytes()) {
                     // HEAD is GET without the body (not listed separately, as in FastAPI).
-                    Route::Own(e) if method == "head" => assert!(item.contains_key("get"), "{e:?}"),
-                    Route::Own(e) => {
+                    OwnRoute::Endpoint(e) if method == "head" => {
+                        assert!(item.contains_key("get"), "{e:?}")
+                    }
+                    OwnRoute::Endpoint(e) => {
                         assert!(item.contains_key(method), "{method} {path} is undocumented");
                         documented.insert(e.name());
                     }

@@ -1,0 +1,187 @@
+//! The gateway's own endpoints: which they are, and which method and path names each (the
+//! seed's API, and what the gateway adds). Pure: method and path in, endpoint out; the edge
+//! reads the path and asks here before it tries the routes.
+
+use http::Method;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Health,
+    Ready,
+    Register,
+    Token,
+    Me,
+    UpdateMe,
+    ChangePassword,
+    Refresh,
+    Logout,
+    Sessions,
+    /// `DELETE /auth/sessions/{id}` (the id is read from the path).
+    EndSession,
+    PasswordReset,
+    PasswordResetConfirm,
+    VerifyEmail,
+    ResendVerification,
+    /// `GET /.well-known/jwks.json`: the keys of identity assertions (with
+    /// `[identity_assertion] enabled`).
+    Jwks,
+    /// `GET /openapi.json` (with `[docs] enabled`).
+    OpenApi,
+    /// `GET /docs`, the Swagger UI page.
+    Docs,
+    /// `GET /docs/{asset}`: the page's scripts, styles and icon.
+    DocsAsset,
+}
+
+impl Endpoint {
+    /// Every endpoint, once.
+    pub const ALL: [Endpoint; 19] = [
+        Endpoint::Health,
+        Endpoint::Ready,
+        Endpoint::Register,
+        Endpoint::Token,
+        Endpoint::Me,
+        Endpoint::UpdateMe,
+        Endpoint::ChangePassword,
+        Endpoint::Refresh,
+        Endpoint::Logout,
+        Endpoint::Sessions,
+        Endpoint::EndSession,
+        Endpoint::PasswordReset,
+        Endpoint::PasswordResetConfirm,
+        Endpoint::VerifyEmail,
+        Endpoint::ResendVerification,
+        Endpoint::Jwks,
+        Endpoint::OpenApi,
+        Endpoint::Docs,
+        Endpoint::DocsAsset,
+    ];
+
+    /// The API documentation's endpoints (served only with `[docs] enabled`).
+    pub fn is_docs(self) -> bool {
+        matches!(
+            self,
+            Endpoint::OpenApi | Endpoint::Docs | Endpoint::DocsAsset
+        )
+    }
+
+    /// Whether the handler reads a request body.
+    pub fn reads_body(self) -> bool {
+        matches!(
+            self,
+            Endpoint::Register
+                | Endpoint::Token
+                | Endpoint::UpdateMe
+                | Endpoint::Refresh
+                | Endpoint::ChangePassword
+                | Endpoint::PasswordReset
+                | Endpoint::PasswordResetConfirm
+                | Endpoint::VerifyEmail
+        )
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Endpoint::Health => "health",
+            Endpoint::Ready => "ready",
+            Endpoint::Register => "register",
+            Endpoint::Token => "token",
+            Endpoint::Me => "users_me",
+            Endpoint::UpdateMe => "update_users_me",
+            Endpoint::ChangePassword => "change_password",
+            Endpoint::Refresh => "refresh",
+            Endpoint::Logout => "logout",
+            Endpoint::Sessions => "sessions",
+            Endpoint::EndSession => "end_session",
+            Endpoint::PasswordReset => "password_reset",
+            Endpoint::PasswordResetConfirm => "password_reset_confirm",
+            Endpoint::VerifyEmail => "verify_email",
+            Endpoint::ResendVerification => "resend_verification",
+            Endpoint::Jwks => "jwks",
+            Endpoint::OpenApi => "openapi",
+            Endpoint::Docs => "docs",
+            Endpoint::DocsAsset => "docs_asset",
+        }
+    }
+}
+
+/// What a method and path are among the gateway's own endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnRoute {
+    Endpoint(Endpoint),
+    /// One of our paths with another method: 405 with this `Allow`.
+    MethodNotAllowed(&'static str),
+    /// Not one of our paths.
+    None,
+}
+
+/// Where every instance publishes the public keys of identity assertions.
+pub const JWKS_PATH: &[u8] = b"/.well-known/jwks.json";
+
+pub fn classify(method: &Method, path: &[u8]) -> OwnRoute {
+    // HEAD is answered like GET, without the body (as Starlette does).
+    let get = method == Method::GET || method == Method::HEAD;
+    match path {
+        b"/health" if get => OwnRoute::Endpoint(Endpoint::Health),
+        b"/health" => OwnRoute::MethodNotAllowed("GET"),
+        b"/ready" if get => OwnRoute::Endpoint(Endpoint::Ready),
+        b"/ready" => OwnRoute::MethodNotAllowed("GET"),
+        JWKS_PATH if get => OwnRoute::Endpoint(Endpoint::Jwks),
+        JWKS_PATH => OwnRoute::MethodNotAllowed("GET"),
+        b"/openapi.json" if get => OwnRoute::Endpoint(Endpoint::OpenApi),
+        b"/openapi.json" => OwnRoute::MethodNotAllowed("GET"),
+        b"/docs" if get => OwnRoute::Endpoint(Endpoint::Docs),
+        b"/docs" => OwnRoute::MethodNotAllowed("GET"),
+        [b'/', b'd', b'o', b'c', b's', b'/', name @ ..] if crate::own::docs::is_asset(name) => {
+            if get {
+                OwnRoute::Endpoint(Endpoint::DocsAsset)
+            } else {
+                OwnRoute::MethodNotAllowed("GET")
+            }
+        }
+        b"/auth/register" if method == Method::POST => OwnRoute::Endpoint(Endpoint::Register),
+        b"/auth/register" => OwnRoute::MethodNotAllowed("POST"),
+        b"/auth/token" if method == Method::POST => OwnRoute::Endpoint(Endpoint::Token),
+        b"/auth/token" => OwnRoute::MethodNotAllowed("POST"),
+        b"/auth/users/me" if get => OwnRoute::Endpoint(Endpoint::Me),
+        b"/auth/users/me" if method == Method::PATCH => OwnRoute::Endpoint(Endpoint::UpdateMe),
+        b"/auth/users/me" => OwnRoute::MethodNotAllowed("GET, PATCH"),
+        b"/auth/users/me/password" if method == Method::POST => {
+            OwnRoute::Endpoint(Endpoint::ChangePassword)
+        }
+        b"/auth/users/me/password" => OwnRoute::MethodNotAllowed("POST"),
+        b"/auth/refresh" if method == Method::POST => OwnRoute::Endpoint(Endpoint::Refresh),
+        b"/auth/refresh" => OwnRoute::MethodNotAllowed("POST"),
+        b"/auth/logout" if method == Method::POST => OwnRoute::Endpoint(Endpoint::Logout),
+        b"/auth/logout" => OwnRoute::MethodNotAllowed("POST"),
+        b"/auth/sessions" if get => OwnRoute::Endpoint(Endpoint::Sessions),
+        b"/auth/sessions" => OwnRoute::MethodNotAllowed("GET"),
+        b"/auth/password-reset" if method == Method::POST => {
+            OwnRoute::Endpoint(Endpoint::PasswordReset)
+        }
+        b"/auth/password-reset/confirm" if method == Method::POST => {
+            OwnRoute::Endpoint(Endpoint::PasswordResetConfirm)
+        }
+        b"/auth/verify-email" if method == Method::POST => {
+            OwnRoute::Endpoint(Endpoint::VerifyEmail)
+        }
+        b"/auth/verify-email/resend" if method == Method::POST => {
+            OwnRoute::Endpoint(Endpoint::ResendVerification)
+        }
+        b"/auth/password-reset"
+        | b"/auth/password-reset/confirm"
+        | b"/auth/verify-email"
+        | b"/auth/verify-email/resend" => OwnRoute::MethodNotAllowed("POST"),
+        // One segment after it: a session id (checked by the handler).
+        [b'/', b'a', b'u', b't', b'h', b'/', b's', b'e', b's', b's', b'i', b'o', b'n', b's', b'/', id @ ..]
+            if !id.is_empty() && !id.contains(&b'/') =>
+        {
+            if method == Method::DELETE {
+                OwnRoute::Endpoint(Endpoint::EndSession)
+            } else {
+                OwnRoute::MethodNotAllowed("DELETE")
+            }
+        }
+        _ => OwnRoute::None,
+    }
+}
