@@ -33,3 +33,55 @@ pub fn check(config: &crate::config::Config) -> Result<(), crate::config::Config
         .map_err(|e| invalid(format!("proxy.trusted_proxies: {e}")))?;
     Ok(())
 }
+
+/// What the request path keeps beyond the gateway's own API: where requests go and how the
+/// edge treats connections and upstreams. Built from the configuration by `ops` at start-up.
+pub struct Edge {
+    pub router: routes::Router,
+    /// The configured routes, in config order (the router's indexes point here).
+    pub routes: Vec<upstreams::ProxyRoute>,
+    /// Upgraded connections by user, closed when the user is shut out.
+    pub upgraded: std::sync::Arc<upgraded::Upgraded>,
+    pub trusted_proxies: identity::TrustedProxies,
+    pub request_ids: identity::RequestIds,
+    /// `Strict-Transport-Security` for answers over TLS (`tls.hsts_max_age_seconds` > 0).
+    pub hsts: Option<String>,
+    pub access_log: bool,
+    /// Whether requests are counted for `/metrics` (off when there is no admin listener).
+    pub count_requests: bool,
+    pub max_header_bytes: usize,
+    pub keepalive_seconds: u64,
+    /// The gateway's own endpoints' bodies: their size limit and how long they may take.
+    pub max_body_bytes: usize,
+    pub body_timeout: std::time::Duration,
+}
+
+impl Edge {
+    pub fn new(
+        config: &crate::config::Config,
+        routes: Vec<upstreams::ProxyRoute>,
+        users: &crate::store::user_cache::UserCache,
+    ) -> Result<Edge, crate::config::ConfigError> {
+        Ok(Edge {
+            router: routes::Router::new(&config.routes)
+                .with_case_sensitive_paths(config.proxy.case_sensitive_paths)
+                .with_docs(config.docs.enabled)
+                .with_jwks(config.identity_assertion.enabled),
+            routes,
+            upgraded: upgraded::Upgraded::new(users.pool().clone(), users.max_sessions()),
+            trusted_proxies: identity::TrustedProxies::parse(&config.proxy.trusted_proxies)
+                .map_err(|e| {
+                    crate::config::ConfigError::Invalid(format!("proxy.trusted_proxies: {e}"))
+                })?,
+            request_ids: identity::RequestIds::new(),
+            hsts: (!config.tls.listen.is_empty() && config.tls.hsts_max_age_seconds > 0)
+                .then(|| format!("max-age={}", config.tls.hsts_max_age_seconds)),
+            access_log: config.log.access_log,
+            count_requests: !config.admin.listen.is_empty(),
+            max_header_bytes: config.server.max_header_bytes,
+            keepalive_seconds: config.server.keepalive_seconds,
+            max_body_bytes: config.server.max_body_bytes,
+            body_timeout: std::time::Duration::from_millis(config.server.body_timeout_ms),
+        })
+    }
+}

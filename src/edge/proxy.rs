@@ -41,16 +41,20 @@ thread_local! {
 }
 
 pub struct Gateway {
+    /// The gateway's own API (which answers the own endpoints, and whose caches of tokens and
+    /// users the proxy path shares).
     app: Arc<App>,
+    edge: Arc<crate::edge::Edge>,
     /// Each own endpoint's request metrics, in [`Endpoint::ALL`] order (resolved once).
     endpoint_metrics: Vec<crate::metrics::RequestMetrics>,
 }
 
 impl Gateway {
-    pub fn new(app: Arc<App>) -> Gateway {
+    pub fn new(app: Arc<App>, edge: Arc<crate::edge::Edge>) -> Gateway {
         let metrics = crate::metrics::metrics();
         Gateway {
             app,
+            edge,
             endpoint_metrics: Endpoint::ALL
                 .iter()
                 .map(|e| metrics.endpoint(e.name()))
@@ -263,7 +267,7 @@ impl Gateway {
     fn response_extras(&self, ctx: &RequestCtx) -> Vec<(&'static str, String)> {
         let mut headers = self.app.cors.simple_headers(ctx.origin_bytes());
         headers.push((identity::REQUEST_ID_NAME, request_id_text(ctx)));
-        if let (true, Some(hsts)) = (ctx.over_tls, &self.app.hsts) {
+        if let (true, Some(hsts)) = (ctx.over_tls, &self.edge.hsts) {
             headers.push(("strict-transport-security", hsts.clone()));
         }
         headers
@@ -271,7 +275,7 @@ impl Gateway {
 
     async fn answer_own(&self, session: &mut Session, endpoint: Endpoint) -> Result<Reply> {
         let body = if endpoint.reads_body() {
-            match read_body(session, self.app.max_body_bytes, self.app.body_timeout).await {
+            match read_body(session, self.edge.max_body_bytes, self.edge.body_timeout).await {
                 Ok(body) => body,
                 Err(BodyError::TooLarge) => {
                     // Read (and drop) a bounded rest of the body so the client finishes sending
@@ -296,7 +300,7 @@ impl Gateway {
         };
         let req = session.req_header();
         let request = OwnRequest {
-            client_ip: client_ip_for_limits(session, &self.app.trusted_proxies),
+            client_ip: client_ip_for_limits(session, &self.edge.trusted_proxies),
             // As routing read it (escapes decoded), for the path parameters.
             path: crate::edge::routes::read_path(req.uri.path())
                 .map(|p| String::from_utf8_lossy(&p.matched).into_owned())
@@ -337,7 +341,7 @@ impl Gateway {
         let mut fallback = None;
         let client = client(session, ctx, &mut fallback);
         let (peer, peer_header) = (client.ip, client.ip_header.clone());
-        let forwarded = if peer.is_some_and(|ip| self.app.trusted_proxies.contains(ip)) {
+        let forwarded = if peer.is_some_and(|ip| self.edge.trusted_proxies.contains(ip)) {
             // Text lines only (others are ignored, as if absent). The chain is every line of
             // it; proto and host are the nearest proxy's (the last line).
             let headers = &session.req_header().headers;
@@ -424,7 +428,7 @@ impl Gateway {
     ) -> Option<http::HeaderValue> {
         let assertions = self.app.assertions.as_ref()?;
         let route = route?;
-        let audience = &self.app.routes.get(route)?.audience;
+        let audience = &self.edge.routes.get(route)?.audience;
         assertions.header(user, sid, route, audience)
     }
 
@@ -443,10 +447,10 @@ impl Gateway {
         else {
             return;
         };
-        ctx.upgraded = Some(self.app.upgraded.register(&user.id, token, conn));
+        ctx.upgraded = Some(self.edge.upgraded.register(&user.id, token, conn));
         let now = std::time::SystemTime::now();
         if self.app.users.cached(&user.id, now) == Cached::Unknown {
-            self.app.upgraded.recheck(&user.id);
+            self.edge.upgraded.recheck(&user.id);
         }
     }
 
@@ -494,17 +498,17 @@ impl Gateway {
     fn decide(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Option<Pending>> {
         // Pingora keeps the connection if the client asked to, with no time limit of its own:
         // the front closes one whose next head is not in within the keep-alive time.
-        if self.app.keepalive_seconds == 0 {
+        if self.edge.keepalive_seconds == 0 {
             session.set_keepalive(None);
         }
         let req = session.req_header();
         let facts = identity::scan_head(&req.headers);
         ctx.request_id = match facts.request_id {
             Some(id) if identity::valid_request_id(id.as_bytes()) => id.clone(),
-            _ => self.app.request_ids.next_header(),
+            _ => self.edge.request_ids.next_header(),
         };
         ctx.origin = facts.origin.cloned();
-        if head_size(req, &facts) > self.app.max_header_bytes {
+        if head_size(req, &facts) > self.edge.max_header_bytes {
             // Whatever body follows is not read: close after answering.
             session.set_keepalive(None);
             return Ok(Some(Pending::Reply(ApiError::HeadersTooLarge.into_reply())));
@@ -523,7 +527,7 @@ impl Gateway {
             );
             return Ok(Some(Pending::Preflight(reply)));
         }
-        let routed = self.app.router.classify(method, req.uri.path());
+        let routed = self.edge.router.classify(method, req.uri.path());
         ctx.forward_path = routed.forward_path;
         let index = match routed.route {
             Route::Proxy(index) => index,
@@ -687,7 +691,7 @@ impl ProxyHttp for Gateway {
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
-            started: (self.app.count_requests || self.app.access_log).then(Instant::now),
+            started: (self.edge.count_requests || self.edge.access_log).then(Instant::now),
             connection: None,
             request_id: http::HeaderValue::from_static(""),
             origin: None,
@@ -735,7 +739,7 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let Some(route) = ctx.route.and_then(|i| self.app.routes.get(i)) else {
+        let Some(route) = ctx.route.and_then(|i| self.edge.routes.get(i)) else {
             return Err(Error::explain(HTTPStatus(404), "no route"));
         };
         // The route's read timeout holds for upgrade requests too: until a 101 arrives (504
@@ -758,11 +762,11 @@ impl ProxyHttp for Gateway {
     ) -> Box<Error> {
         let others = ctx
             .route
-            .and_then(|i| self.app.routes.get(i))
+            .and_then(|i| self.edge.routes.get(i))
             .map_or(0, |r| r.upstreams.len().saturating_sub(1));
         if ctx.connect_retries < others {
             ctx.connect_retries += 1;
-            if let Some(route) = ctx.route.and_then(|i| self.app.routes.get(i)) {
+            if let Some(route) = ctx.route.and_then(|i| self.edge.routes.get(i)) {
                 crate::metrics::metrics().upstream_retried(&route.prefix);
             }
             e.set_retry(true);
@@ -801,7 +805,7 @@ impl ProxyHttp for Gateway {
         parts
             .headers
             .insert(identity::REQUEST_ID, ctx.request_id.clone());
-        if let (true, Some(hsts)) = (ctx.over_tls, &self.app.hsts) {
+        if let (true, Some(hsts)) = (ctx.over_tls, &self.edge.hsts) {
             if let Ok(value) = http::HeaderValue::from_str(hsts) {
                 parts
                     .headers
@@ -847,7 +851,7 @@ impl ProxyHttp for Gateway {
         };
         if let (Some(kind), Some(route)) = (
             upstream_kind,
-            ctx.route.and_then(|i| self.app.routes.get(i)),
+            ctx.route.and_then(|i| self.edge.routes.get(i)),
         ) {
             crate::metrics::metrics().upstream_failed(&route.prefix, kind);
         }
@@ -906,9 +910,12 @@ impl ProxyHttp for Gateway {
         };
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let elapsed = started.elapsed();
-        if self.app.count_requests {
+        if self.edge.count_requests {
             let metrics = crate::metrics::metrics();
-            let counted = match (ctx.endpoint, ctx.route.and_then(|i| self.app.routes.get(i))) {
+            let counted = match (
+                ctx.endpoint,
+                ctx.route.and_then(|i| self.edge.routes.get(i)),
+            ) {
                 // `Endpoint::ALL` is in declaration order (a unit test of routes.rs holds it).
                 (Some(endpoint), _) => self
                     .endpoint_metrics
@@ -919,7 +926,7 @@ impl ProxyHttp for Gateway {
             };
             counted.observe(status, elapsed);
         }
-        if !self.app.access_log {
+        if !self.edge.access_log {
             return;
         }
         if !tracing::enabled!(target: "access", tracing::Level::INFO) {
@@ -939,7 +946,7 @@ impl ProxyHttp for Gateway {
             endpoint: ctx.endpoint.map(Endpoint::name),
             route: ctx
                 .route
-                .and_then(|i| self.app.routes.get(i))
+                .and_then(|i| self.edge.routes.get(i))
                 .map(|r| r.prefix.as_str()),
             user_id: ctx.user.as_ref().map(|u| u.id.as_str()),
             error: e.map(|e| e.etype().as_str()),

@@ -18,11 +18,11 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use crate::config::{MailConfig, MailTransport};
+use crate::credentials::one_time::SealKey;
 use crate::mail::{outbox, TOKEN_MARK};
 use crate::metrics::metrics;
-use crate::own::api::ApiError;
-use crate::own::app::App;
-use crate::store::{account_tokens, users};
+use crate::store::db::Readiness;
+use crate::store::{account_tokens, users, StoreError};
 
 /// How often the outbox is looked at when nothing woke the worker.
 pub const POLL: Duration = Duration::from_secs(2);
@@ -55,13 +55,30 @@ enum Outcome {
 }
 
 pub struct MailWorker {
-    app: Arc<App>,
+    pool: deadpool_postgres::Pool,
+    /// Opens the sealed secrets of the links in mails.
+    seal_key: SealKey,
+    ready: Arc<Readiness>,
+    /// Woken when this gateway has written mail.
+    wake: Arc<tokio::sync::Notify>,
     config: MailConfig,
 }
 
 impl MailWorker {
-    pub fn new(app: Arc<App>, config: MailConfig) -> MailWorker {
-        MailWorker { app, config }
+    pub fn new(
+        pool: deadpool_postgres::Pool,
+        seal_key: SealKey,
+        ready: Arc<Readiness>,
+        wake: Arc<tokio::sync::Notify>,
+        config: MailConfig,
+    ) -> MailWorker {
+        MailWorker {
+            pool,
+            seal_key,
+            ready,
+            wake,
+            config,
+        }
     }
 
     fn delivery(&self) -> Result<Delivery, String> {
@@ -79,9 +96,9 @@ impl MailWorker {
     }
 
     /// Delivers what is due; how many mails it took.
-    async fn run_once(&self, delivery: &Delivery, from: &Mailbox) -> Result<usize, ApiError> {
+    async fn run_once(&self, delivery: &Delivery, from: &Mailbox) -> Result<usize, StoreError> {
         let claimed = {
-            let db = users::client(&self.app.pool).await?;
+            let db = users::client(&self.pool).await?;
             outbox::claim(&db, BATCH, LEASE).await?
         };
         let taken = claimed.len();
@@ -91,7 +108,7 @@ impl MailWorker {
             } else {
                 self.send(delivery, from, &mail).await
             };
-            let db = users::client(&self.app.pool).await?;
+            let db = users::client(&self.pool).await?;
             match outcome {
                 Outcome::Sent => {
                     outbox::delivered(&db, mail.id).await?;
@@ -118,7 +135,7 @@ impl MailWorker {
     async fn send(&self, delivery: &Delivery, from: &Mailbox, mail: &outbox::Claimed) -> Outcome {
         let mut text = mail.body.clone();
         if let Some(sealed) = &mail.sealed_token {
-            match self.app.seal_key.open(sealed) {
+            match self.seal_key.open(sealed) {
                 Some(token) => text = text.replace(TOKEN_MARK, &token.encode()),
                 None => return Outcome::GiveUp("its sealed token does not open".into()),
             }
@@ -163,8 +180,8 @@ impl MailWorker {
         }
     }
 
-    async fn prune(&self) -> Result<(), ApiError> {
-        let db = users::client(&self.app.pool).await?;
+    async fn prune(&self) -> Result<(), StoreError> {
+        let db = users::client(&self.pool).await?;
         let mails = outbox::prune(&db).await?;
         let tokens = account_tokens::prune(&db).await?;
         tracing::debug!(mails, tokens, "pruned the outbox and ended account tokens");
@@ -195,7 +212,7 @@ impl BackgroundService for MailWorker {
         let mut last_prune: Option<Instant> = None;
         let mut failing = false;
         loop {
-            if self.app.check_ready().is_ok() {
+            if self.ready.is_ready() {
                 match self.run_once(&delivery, &from).await {
                     Ok(taken) => {
                         if failing {
@@ -220,7 +237,7 @@ impl BackgroundService for MailWorker {
                 }
             }
             tokio::select! {
-                _ = self.app.mail_wake.notified() => {}
+                _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(POLL) => {}
                 _ = shutdown.changed() => return,
             }

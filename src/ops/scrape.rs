@@ -5,12 +5,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::edge::Edge;
 use crate::metrics::metrics;
 use crate::own::app::App;
 
 /// Reads the state gauges from `app` (and the outbox depth from PostgreSQL, waiting at most a
 /// second), then renders every metric.
-pub async fn render(app: &App) -> Vec<u8> {
+pub async fn render(app: &App, edge: &Edge) -> Vec<u8> {
     let m = metrics();
     m.hash_queue
         .set(i64::try_from(app.hasher.in_flight()).unwrap_or(i64::MAX));
@@ -32,7 +33,7 @@ pub async fn render(app: &App) -> Vec<u8> {
     }
     m.listen_connected.set(i64::from(app.users.is_listening()));
     m.ready.set(i64::from(app.is_ready()));
-    for route in &app.routes {
+    for route in &edge.routes {
         for (addr, healthy) in route.upstreams.health() {
             m.upstream_healthy
                 .with_label_values(&[route.prefix.as_str(), &addr.to_string()])
@@ -57,6 +58,7 @@ async fn outbox_depth(app: &App) -> Result<i64, crate::store::StoreError> {
 /// `GET /metrics` on the admin listener (anything else: 404).
 pub struct MetricsApp {
     pub app: Arc<App>,
+    pub edge: Arc<Edge>,
 }
 
 #[async_trait::async_trait]
@@ -78,7 +80,7 @@ impl pingora::apps::http_app::ServeHttp for MetricsApp {
             (
                 200,
                 "text/plain; version=0.0.4; charset=utf-8",
-                render(&self.app).await,
+                render(&self.app, &self.edge).await,
             )
         };
         let mut response = http::Response::new(body);

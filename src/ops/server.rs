@@ -19,6 +19,7 @@ use crate::credentials::rate_limit::{LimiterJanitor, RateLimits};
 use crate::edge::front::{Admission, ClientTimeouts, Deadlines, Front};
 use crate::edge::proxy::Gateway;
 use crate::edge::upstreams;
+use crate::edge::Edge;
 use crate::ops::check::{check, Checked};
 use crate::ops::handover::{self, Handover, PidFile, RuntimeDir};
 use crate::ops::process;
@@ -160,20 +161,21 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
         limiters: Arc::clone(&limiters.local),
         every: Duration::from_secs(30),
     };
-    let app = Arc::new(App::new(
-        &config,
-        pool,
-        routes,
-        Arc::clone(&users),
-        limiters,
-    )?);
+    let edge = Arc::new(Edge::new(&config, routes, &users)?);
+    let app = Arc::new(App::new(&config, pool, Arc::clone(&users), limiters)?);
     let outcome = Arc::new(StartupOutcome::default());
     let database_startup = DatabaseStartup {
         app: Arc::clone(&app),
         database: config.database.clone(),
         outcome: Arc::clone(&outcome),
     };
-    let mail_worker = crate::mail::worker::MailWorker::new(Arc::clone(&app), config.mail.clone());
+    let mail_worker = crate::mail::worker::MailWorker::new(
+        app.pool.clone(),
+        crate::credentials::one_time::SealKey::derive(config.auth.secret_key.expose()),
+        Arc::clone(&app.ready),
+        Arc::clone(&app.mail_wake),
+        config.mail.clone(),
+    );
     if config.mail.transport == crate::config::MailTransport::Log
         && config.server.environment == crate::config::Environment::Production
     {
@@ -183,7 +185,7 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
         );
     }
     let upgraded_watcher = crate::edge::upgraded::UpgradedWatcher {
-        upgraded: Arc::clone(&app.upgraded),
+        upgraded: Arc::clone(&edge.upgraded),
         changes: std::sync::Mutex::new(Some(users.subscribe())),
     };
     let listener = UserChangeListener {
@@ -250,10 +252,13 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     let admission = Arc::new(Admission::new(
         config.server.max_connections_per_ip,
         max_connections(config.server.max_connections),
-        app.trusted_proxies.clone(),
+        edge.trusted_proxies.clone(),
     ));
     let front = Front::new(
-        http_proxy(&server.configuration, Gateway::new(Arc::clone(&app))),
+        http_proxy(
+            &server.configuration,
+            Gateway::new(Arc::clone(&app), Arc::clone(&edge)),
+        ),
         deadlines,
         ClientTimeouts {
             head: Duration::from_millis(config.server.header_timeout_ms),
@@ -269,6 +274,7 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
             "admin".to_string(),
             pingora::apps::http_app::HttpServer::new_app(crate::ops::scrape::MetricsApp {
                 app: Arc::clone(&app),
+                edge: Arc::clone(&edge),
             }),
         );
         for addr in &admin_addrs {

@@ -17,16 +17,14 @@ use crate::credentials::password::{self, HashPolicy, HashPool, PasswordError};
 use crate::credentials::rate_limit::{RateLimits, Refused};
 use crate::credentials::refresh::RefreshKey;
 use crate::credentials::token::{self, unix_seconds, TokenError, TokenKeys, Verified};
-use crate::edge::identity::{RequestIds, TrustedProxies};
-use crate::edge::routes::{Endpoint, Router};
-use crate::edge::upgraded::Upgraded;
-use crate::edge::upstreams::ProxyRoute;
 use crate::mail::{outbox, Letters, Mail};
 use crate::metrics::{metrics, LoginOutcome};
 use crate::own::api::{ApiError, Reply};
 use crate::own::cors::Cors;
+use crate::own::endpoints::Endpoint;
 use crate::own::forms::{self, TokenForm};
 use crate::store::account_tokens::{self, Purpose};
+use crate::store::db::Readiness;
 use crate::store::sessions;
 use crate::store::user_cache::{bounded_cache, BoundedCache, Cached, UserCache, UserState};
 use crate::store::users::{self, Account, User, UserResponse};
@@ -39,16 +37,10 @@ const RESET_JOBS: usize = 1024;
 
 pub struct App {
     pub pool: Pool,
-    pub router: Router,
-    /// The configured routes, in config order (the router's indexes point here).
-    pub routes: Vec<ProxyRoute>,
     pub users: Arc<UserCache>,
-    /// Upgraded connections by user, closed when the user is shut out.
-    pub upgraded: Arc<Upgraded>,
     pub limiters: Arc<RateLimits>,
     /// `X-Identity-Assertion` for upstreams, and the JWKS (`[identity_assertion] enabled`).
     pub assertions: Option<Arc<Assertions>>,
-    pub trusted_proxies: TrustedProxies,
     pub keys: TokenKeys,
     /// Makes and opens refresh tokens.
     pub(crate) refresh_key: RefreshKey,
@@ -57,7 +49,7 @@ pub struct App {
     pub(crate) seal_key: SealKey,
     pub(crate) letters: Letters,
     /// Wakes the mail worker when this gateway has written mail.
-    pub mail_wake: tokio::sync::Notify,
+    pub mail_wake: Arc<tokio::sync::Notify>,
     /// `auth.require_verified_email`.
     pub require_verified_email: bool,
     /// Browser mode (`auth.refresh_cookie`): the refresh token's cookie.
@@ -71,16 +63,7 @@ pub struct App {
     acquire_timeout: Duration,
     pub policy: HashPolicy,
     pub cors: Cors,
-    pub max_body_bytes: usize,
     allow_registration: bool,
-    pub body_timeout: Duration,
-    pub max_header_bytes: usize,
-    pub keepalive_seconds: u64,
-    pub access_log: bool,
-    /// `Strict-Transport-Security` for answers over TLS (`tls.hsts_max_age_seconds` > 0).
-    pub hsts: Option<String>,
-    /// Whether requests are counted for `/metrics` (off when there is no admin listener).
-    pub count_requests: bool,
     /// Verified against when the email is unknown, so that costs the same as a wrong password.
     dummy_hash: Arc<str>,
     /// Tokens already verified (only verified ones get in), so that a client's every request
@@ -88,10 +71,8 @@ pub struct App {
     /// Tokens that passed verification, until they expire (bounded; the least useful go first).
     /// Keyed by the token's bytes: a lookup needs no text check of the header first.
     verified_tokens: BoundedCache<Box<[u8]>, Arc<Verified>>,
-    pub request_ids: RequestIds,
-    /// Whether PostgreSQL was reached and migrated since start-up: until then, everything that
-    /// needs the database answers 503 (the schema may not be there yet).
-    ready: std::sync::atomic::AtomicBool,
+    /// Whether PostgreSQL was reached and migrated since start-up (shared with the other wings).
+    pub ready: Arc<Readiness>,
 }
 
 /// What a handler needs from a request.
@@ -162,7 +143,6 @@ impl App {
     pub fn new(
         config: &Config,
         pool: Pool,
-        routes: Vec<ProxyRoute>,
         users: Arc<UserCache>,
         limiters: Arc<RateLimits>,
     ) -> anyhow::Result<App> {
@@ -176,13 +156,7 @@ impl App {
             .map_err(|e| anyhow::anyhow!("token signing does not work: {e}"))?;
         let dummy = policy.hash(&uuid::Uuid::new_v4().to_string())?;
         Ok(App {
-            upgraded: Upgraded::new(users.pool().clone(), users.max_sessions()),
             pool,
-            router: Router::new(&config.routes)
-                .with_case_sensitive_paths(config.proxy.case_sensitive_paths)
-                .with_docs(config.docs.enabled)
-                .with_jwks(config.identity_assertion.enabled),
-            routes,
             users,
             limiters,
             assertions: config.identity_assertion.enabled.then(|| {
@@ -192,8 +166,6 @@ impl App {
                     Arc::default(),
                 ))
             }),
-            trusted_proxies: TrustedProxies::parse(&config.proxy.trusted_proxies)
-                .map_err(|e| anyhow::anyhow!("proxy.trusted_proxies: {e}"))?,
             keys,
             refresh_key: RefreshKey::derive(config.auth.secret_key.expose()),
             lifetimes: sessions::Lifetimes {
@@ -204,7 +176,7 @@ impl App {
             },
             seal_key: SealKey::derive(config.auth.secret_key.expose()),
             letters: Letters::new(&config.mail),
-            mail_wake: tokio::sync::Notify::new(),
+            mail_wake: Arc::new(tokio::sync::Notify::new()),
             require_verified_email: config.auth.require_verified_email,
             refresh_cookie: config.auth.refresh_cookie.then(|| RefreshCookie {
                 name: config.auth.refresh_cookie_name.clone(),
@@ -216,19 +188,10 @@ impl App {
             acquire_timeout: Duration::from_millis(config.database.acquire_timeout_ms),
             policy,
             cors: Cors::new(&config.cors.origins),
-            max_body_bytes: config.server.max_body_bytes,
             allow_registration: config.auth.allow_registration,
-            body_timeout: Duration::from_millis(config.server.body_timeout_ms),
-            max_header_bytes: config.server.max_header_bytes,
-            keepalive_seconds: config.server.keepalive_seconds,
-            access_log: config.log.access_log,
-            hsts: (!config.tls.listen.is_empty() && config.tls.hsts_max_age_seconds > 0)
-                .then(|| format!("max-age={}", config.tls.hsts_max_age_seconds)),
-            count_requests: !config.admin.listen.is_empty(),
             dummy_hash: Arc::from(dummy.as_str()),
             verified_tokens: bounded_cache(TOKEN_CACHE_CAPACITY),
-            request_ids: RequestIds::new(),
-            ready: std::sync::atomic::AtomicBool::new(false),
+            ready: Arc::new(Readiness::default()),
         })
     }
 
@@ -253,22 +216,16 @@ impl App {
 
     /// The database was reached and migrated: what needs it may use it.
     pub fn set_ready(&self) {
-        self.ready.store(true, std::sync::atomic::Ordering::Release);
+        self.ready.set_ready();
     }
 
     pub fn is_ready(&self) -> bool {
-        self.ready.load(std::sync::atomic::Ordering::Acquire)
+        self.ready.is_ready()
     }
 
     /// `Err(Unavailable)` (503) until [`App::set_ready`].
     pub fn check_ready(&self) -> Result<(), ApiError> {
-        if self.ready.load(std::sync::atomic::Ordering::Acquire) {
-            Ok(())
-        } else {
-            Err(ApiError::Unavailable(
-                "waiting for the database at start-up".into(),
-            ))
-        }
+        Ok(self.ready.check()?)
     }
 
     pub async fn handle(self: &Arc<Self>, endpoint: Endpoint, req: &OwnRequest) -> Reply {

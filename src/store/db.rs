@@ -329,6 +329,33 @@ async fn check_adoptable(client: &tokio_postgres::Client) -> Result<(), DbError>
     Ok(())
 }
 
+/// Whether PostgreSQL was reached and migrated since start-up: until then everything that
+/// needs the database answers 503 (the schema may not be there yet). Shared by the wings.
+#[derive(Debug, Default)]
+pub struct Readiness(std::sync::atomic::AtomicBool);
+
+impl Readiness {
+    /// The database was reached and migrated: what needs it may use it.
+    pub fn set_ready(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// `Err(Unavailable)` until [`Readiness::set_ready`].
+    pub fn check(&self) -> Result<(), crate::store::StoreError> {
+        if self.is_ready() {
+            Ok(())
+        } else {
+            Err(crate::store::StoreError::Unavailable(
+                "waiting for the database at start-up".into(),
+            ))
+        }
+    }
+}
+
 /// The store's check of `[database]`: a URL tokio-postgres reads, and the TLS it asks for
 /// (its root certificates readable).
 pub fn check(config: &DatabaseConfig) -> Result<(), crate::config::ConfigError> {
