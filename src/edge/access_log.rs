@@ -14,6 +14,29 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::edge::identity;
 
+/// The log writer access lines go to when the log is JSON (set by `ops::telemetry`): the
+/// proxy formats each line itself and hands it over whole, instead of going through `tracing`.
+static WRITER: std::sync::OnceLock<tracing_appender::non_blocking::NonBlocking> =
+    std::sync::OnceLock::new();
+
+/// Sends access lines to `writer` from now on.
+pub fn write_to(writer: tracing_appender::non_blocking::NonBlocking) {
+    let _ = WRITER.set(writer);
+}
+
+/// Whether access lines go through [`write_access_line`] (the JSON format) rather than `tracing`.
+pub fn access_lines_direct() -> bool {
+    WRITER.get().is_some()
+}
+
+/// Hands one finished access line to the log writer thread, behind the lines already queued.
+pub fn write_access_line(line: &[u8]) {
+    if let Some(writer) = WRITER.get() {
+        // Fails only once the writer thread is gone (shutting down): nothing left to do then.
+        let _ = std::io::Write::write_all(&mut writer.clone(), line);
+    }
+}
+
 /// What one access line says about a request.
 #[derive(Debug, Clone, Copy)]
 pub struct Entry<'a> {

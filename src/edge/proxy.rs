@@ -29,7 +29,6 @@ use crate::edge::access_log;
 use crate::edge::front::{Client, Connection};
 use crate::edge::identity;
 use crate::edge::routes::{Endpoint, Route};
-use crate::ops::telemetry;
 use crate::own::api::{ApiError, Reply};
 use crate::own::app::{App, OwnRequest};
 use crate::own::cors::Cors;
@@ -951,11 +950,11 @@ impl ProxyHttp for Gateway {
             user_id: ctx.user.as_ref().map(|u| u.id.as_str()),
             error: e.map(|e| e.etype().as_str()),
         };
-        if telemetry::access_lines_direct() {
+        if access_log::access_lines_direct() {
             ACCESS_LINE.with_borrow_mut(|line| {
                 line.clear();
                 entry.write_json(std::time::SystemTime::now(), line);
-                telemetry::write_access_line(line);
+                access_log::write_access_line(line);
             });
             return;
         }

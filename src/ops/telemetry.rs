@@ -5,30 +5,13 @@
 //! request, and a synchronous write on the proxy thread cost about 15% of proxied throughput.
 //! When the writer falls 64k lines behind, logging threads wait (no line is dropped).
 
-use std::io::{BufWriter, Stdout, Write};
-use std::sync::OnceLock;
+use std::io::{BufWriter, Stdout};
 
 use tracing::level_filters::LevelFilter;
-use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
-
-/// The log writer, for access lines formatted by [`crate::edge::access_log`] (JSON format only).
-static ACCESS_WRITER: OnceLock<NonBlocking> = OnceLock::new();
-
-/// Whether access lines go through [`write_access_line`] (the JSON format) rather than `tracing`.
-pub fn access_lines_direct() -> bool {
-    ACCESS_WRITER.get().is_some()
-}
-
-/// Hands one finished access line to the log writer thread, behind the lines already queued.
-pub fn write_access_line(line: &[u8]) {
-    if let Some(writer) = ACCESS_WRITER.get() {
-        // Fails only once the writer thread is gone (shutting down): nothing left to do then.
-        let _ = writer.clone().write_all(line);
-    }
-}
 
 /// Dependencies whose `debug` and `trace` records quote request bytes or query parameters.
 const QUOTING_TARGETS: &[&str] = &["pingora", "pingora_core", "pingora_proxy", "tokio_postgres"];
@@ -149,7 +132,7 @@ pub fn init(config: &LogConfig) -> LogGuard {
         .with_writer(writer);
     let installed = match config.format {
         LogFormat::Json => {
-            let _ = ACCESS_WRITER.set(access);
+            crate::edge::access_log::write_to(access);
             let subscriber = builder
                 .json()
                 .flatten_event(true)
