@@ -1,8 +1,8 @@
 //! What proves who a caller is and keeps guessing expensive, and what proves it to upstreams
 //! (`assertion`): passwords (`password`),
 //! tokens (`token`), refresh tokens (`refresh`), the one-time secrets of reset and
-//! verification links (`one_time`) and the rate limits (`rate_limit`, with `shared_limits` their
-//! stage in Redis).
+//! verification links (`one_time`), email addresses as account names (`email`) and the rate
+//! limits (`rate_limit`, with `shared_limits` their stage in Redis).
 
 pub mod assertion;
 pub mod email;

@@ -1,7 +1,7 @@
-//! Running the gateway: configuration (`config`), start-up and the pingora server
-//! (`server`), the process around it (`process`: daemon, health; `handover`: the runtime
-//! directory and the upgrade's socket hand-over), logging (`telemetry`) and the operator's
-//! `users` commands (`admin`).
+//! Running the gateway, the top floor: every start-up check of the configuration (`check`),
+//! start-up and the pingora server (`server`), the process around it (`process`: daemon,
+//! health; `handover`: the runtime directory and the upgrade's socket hand-over), logging
+//! (`telemetry`), `GET /metrics` (`scrape`) and the operator's commands (`admin`).
 
 pub mod admin;
 pub mod check;

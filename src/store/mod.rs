@@ -1,7 +1,8 @@
-//! PostgreSQL: pools, migrations and start-up checks (`db`), the `users` table (`users`),
-//! the hashes of reset and verification tokens (`account_tokens`),
-//! sessions and their refresh generations (`sessions`), TLS to the database (`pg_tls`) and the in-memory user state kept fresh by LISTEN/NOTIFY
-//! (`user_cache`).
+//! PostgreSQL: pools, migrations, start-up checks and readiness (`db`), the `users` table
+//! (`users`), the hashes of reset and verification tokens (`account_tokens`), sessions and
+//! their refresh generations (`sessions`), the identity assertion keys (`signing_keys`), TLS to
+//! the database (`pg_tls`) and the in-memory user state kept fresh by LISTEN/NOTIFY, whose
+//! changes it announces (`user_cache`). Storage errors are [`StoreError`]s.
 
 pub mod account_tokens;
 pub mod db;
