@@ -571,58 +571,95 @@ pub struct Sources {
 
 /// Environment variables read on top of the file: (names, what they set). The first names are
 /// the seed's own; names are matched case-insensitively.
-pub const ENV_OVERRIDES: &[(&[&str], &str)] = &[
-    (&["DATABASE_URL", "SENTINEL_DATABASE_URL"], "database.url"),
-    (&["SECRET_KEY", "SENTINEL_SECRET_KEY"], "auth.secret_key"),
+/// Environment names for keys besides the generic `SENTINEL_<SECTION>__<KEY>` that every key
+/// has: the seed's (`DATABASE_URL`, `SECRET_KEY`, `ACCESS_TOKEN_EXPIRE_MINUTES`,
+/// `CORS_ORIGINS`; matched in any letter case, as pydantic-settings did) and the short
+/// `SENTINEL_…` names documented before the generic ones existed. Where several name one key,
+/// the later kind wins: the seed's, then the short, then the generic name.
+pub const ENV_ALIASES: &[(&str, &str)] = &[
+    ("DATABASE_URL", "database.url"),
+    ("SECRET_KEY", "auth.secret_key"),
     (
-        &[
-            "ACCESS_TOKEN_EXPIRE_MINUTES",
-            "SENTINEL_ACCESS_TOKEN_EXPIRE_MINUTES",
-        ],
+        "ACCESS_TOKEN_EXPIRE_MINUTES",
         "auth.access_token_expire_minutes",
     ),
-    (&["CORS_ORIGINS", "SENTINEL_CORS_ORIGINS"], "cors.origins"),
-    (&["SENTINEL_ALLOW_REGISTRATION"], "auth.allow_registration"),
-    (&["SENTINEL_LISTEN"], "server.listen"),
-    (&["SENTINEL_ADMIN_LISTEN"], "admin.listen"),
-    (&["SENTINEL_DOCS_ENABLED"], "docs.enabled"),
-    (&["SENTINEL_THREADS"], "server.threads"),
-    (&["SENTINEL_ENVIRONMENT"], "server.environment"),
-    (&["SENTINEL_RUNTIME_DIR"], "server.runtime_dir"),
-    (&["SENTINEL_LOG_LEVEL"], "log.level"),
-    (&["SENTINEL_LOG_FORMAT"], "log.format"),
-    (&["SENTINEL_MAIL_TRANSPORT"], "mail.transport"),
-    (&["SENTINEL_SMTP_URL"], "mail.smtp_url"),
-    (&["SENTINEL_MAIL_FROM"], "mail.from"),
-    (&["SENTINEL_APP_BASE_URL"], "mail.app_base_url"),
+    ("CORS_ORIGINS", "cors.origins"),
+    ("REDIS_URL", "rate_limit.redis_url"),
+    ("SENTINEL_DATABASE_URL", "database.url"),
+    ("SENTINEL_SECRET_KEY", "auth.secret_key"),
     (
-        &["SENTINEL_REQUIRE_VERIFIED_EMAIL"],
+        "SENTINEL_ACCESS_TOKEN_EXPIRE_MINUTES",
+        "auth.access_token_expire_minutes",
+    ),
+    ("SENTINEL_CORS_ORIGINS", "cors.origins"),
+    ("SENTINEL_ALLOW_REGISTRATION", "auth.allow_registration"),
+    ("SENTINEL_LISTEN", "server.listen"),
+    ("SENTINEL_ADMIN_LISTEN", "admin.listen"),
+    ("SENTINEL_DOCS_ENABLED", "docs.enabled"),
+    ("SENTINEL_THREADS", "server.threads"),
+    ("SENTINEL_ENVIRONMENT", "server.environment"),
+    ("SENTINEL_RUNTIME_DIR", "server.runtime_dir"),
+    ("SENTINEL_LOG_LEVEL", "log.level"),
+    ("SENTINEL_LOG_FORMAT", "log.format"),
+    ("SENTINEL_MAIL_TRANSPORT", "mail.transport"),
+    ("SENTINEL_SMTP_URL", "mail.smtp_url"),
+    ("SENTINEL_MAIL_FROM", "mail.from"),
+    ("SENTINEL_APP_BASE_URL", "mail.app_base_url"),
+    (
+        "SENTINEL_REQUIRE_VERIFIED_EMAIL",
         "auth.require_verified_email",
     ),
-    (&["SENTINEL_REFRESH_COOKIE"], "auth.refresh_cookie"),
+    ("SENTINEL_REFRESH_COOKIE", "auth.refresh_cookie"),
     (
-        &["SENTINEL_CASE_SENSITIVE_PATHS"],
+        "SENTINEL_CASE_SENSITIVE_PATHS",
         "proxy.case_sensitive_paths",
     ),
-    (&["SENTINEL_RATE_LIMIT_BACKEND"], "rate_limit.backend"),
-    (&["REDIS_URL", "SENTINEL_REDIS_URL"], "rate_limit.redis_url"),
+    ("SENTINEL_RATE_LIMIT_BACKEND", "rate_limit.backend"),
+    ("SENTINEL_REDIS_URL", "rate_limit.redis_url"),
 ];
 
-/// One of `choices` by name (any letter case, surrounding spaces ignored), or the error an
-/// environment override gets: `expected "a" or "b", got "c"`.
-fn parse_choice<T: Copy>(value: &str, choices: &[(&str, T)]) -> Result<T, String> {
-    let value = value.trim().to_ascii_lowercase();
-    choices
-        .iter()
-        .find(|(name, _)| *name == value)
-        .map(|(_, choice)| *choice)
-        .ok_or_else(|| {
-            let names: Vec<String> = choices
-                .iter()
-                .map(|(name, _)| format!("{name:?}"))
-                .collect();
-            format!("expected {}, got {value:?}", names.join(" or "))
-        })
+/// The key `name` sets, and how strongly (see [`ENV_ALIASES`]): `None` for a variable that is
+/// not the gateway's.
+fn env_key(name: &str) -> Option<(u8, String)> {
+    if let Some((alias, key)) = ENV_ALIASES.iter().find(|(alias, _)| *alias == name) {
+        let rank = if alias.starts_with("SENTINEL_") { 1 } else { 0 };
+        return Some((rank, key.to_string()));
+    }
+    let (section, key) = name.strip_prefix("SENTINEL_")?.split_once("__")?;
+    Some((
+        2,
+        format!(
+            "{}.{}",
+            section.to_ascii_lowercase(),
+            key.to_ascii_lowercase()
+        ),
+    ))
+}
+
+/// An environment value as the TOML value of the key it sets: typed as the key's default is
+/// (a boolean takes `true`/`false`/`1`/`0`/`yes`/`no`, a list a JSON array or commas), a
+/// string otherwise.
+fn env_value(default: Option<&toml::Value>, text: &str) -> Result<toml::Value, String> {
+    Ok(match default {
+        Some(toml::Value::Boolean(_)) => toml::Value::Boolean(parse_bool(text)?),
+        Some(toml::Value::Integer(_)) => toml::Value::Integer(
+            text.trim()
+                .parse()
+                .map_err(|_| format!("expected a whole number, got {text:?}"))?,
+        ),
+        Some(toml::Value::Float(_)) => toml::Value::Float(
+            text.trim()
+                .parse()
+                .map_err(|_| format!("expected a number, got {text:?}"))?,
+        ),
+        Some(toml::Value::Array(_)) => toml::Value::Array(
+            parse_origin_list(text)?
+                .into_iter()
+                .map(toml::Value::String)
+                .collect(),
+        ),
+        _ => toml::Value::String(text.to_string()),
+    })
 }
 
 /// `host:port` (`[v6]:port` for IPv6 addresses), as a listener or an upstream is named: an
@@ -697,21 +734,19 @@ fn resolve_listen(key: &str, text: &str) -> Result<Vec<SocketAddr>, String> {
 }
 
 impl Config {
-    /// Loads file → `.env` → environment, then validates.
+    /// Loads file → `.env` → environment, then validates. The environment sets keys by name
+    /// (see [`ENV_ALIASES`]; every key is also `SENTINEL_<SECTION>__<KEY>`), each value typed
+    /// as its key's default and checked as it is set, so an error names its variable.
     pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
-        let mut config = match std::fs::read_to_string(&sources.file) {
-            Ok(text) => toml::from_str::<Config>(&text).map_err(|e| ConfigError::Parse {
-                path: sources.file.clone(),
-                message: match e.span() {
-                    Some(span) => {
-                        let (line, column) = line_and_column(&text, span.start);
-                        format!("line {line}, column {column}: {}", one_line(e.message()))
-                    }
-                    None => one_line(e.message()),
-                },
-            })?,
+        let (mut table, text) = match std::fs::read_to_string(&sources.file) {
+            Ok(text) => {
+                let table = text
+                    .parse::<toml::Table>()
+                    .map_err(|e| parse_error(&sources.file, &text, e.span(), e.message()))?;
+                (table, text)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !sources.file_required => {
-                Config::default()
+                (toml::Table::new(), String::new())
             }
             Err(source) => {
                 return Err(ConfigError::Read {
@@ -720,104 +755,51 @@ impl Config {
                 })
             }
         };
+        // The file alone first: its errors say where in it.
+        toml::from_str::<Config>(&text)
+            .map_err(|e| parse_error(&sources.file, &text, e.span(), e.message()))?;
         let mut vars = read_dotenv(&sources.dotenv)?;
         // The real environment wins over `.env`, as with pydantic-settings.
         for (k, v) in &sources.env {
             vars.insert(k.to_ascii_uppercase(), v.clone());
         }
-        config.apply_env(&vars)?;
-        config.validate()?;
-        Ok(config)
-    }
-
-    fn apply_env(&mut self, vars: &HashMap<String, String>) -> Result<(), ConfigError> {
-        for (names, key) in ENV_OVERRIDES {
-            let Some((name, value)) = names
-                .iter()
-                .rev()
-                .find_map(|n| vars.get(*n).map(|v| (*n, v.as_str())))
-            else {
-                continue;
-            };
-            let bad = |message: String| ConfigError::Env {
+        let mut settings: Vec<(u8, String, &str, &str)> = vars
+            .iter()
+            .filter_map(|(name, value)| {
+                env_key(name).map(|(rank, key)| (rank, key, name.as_str(), value.as_str()))
+            })
+            .collect();
+        // Weaker names first, so that stronger ones overwrite them.
+        settings.sort_by(|a, b| (a.0, &a.1, a.2).cmp(&(b.0, &b.1, b.2)));
+        let defaults = toml::Table::try_from(Config::default()).unwrap_or_default();
+        for (_, key, name, value) in settings {
+            let env_error = |message: String| ConfigError::Env {
                 name: name.to_string(),
                 message,
             };
-            match *key {
-                "database.url" => self.database.url = Secret::new(value),
-                "auth.secret_key" => self.auth.secret_key = Secret::new(value),
-                "auth.access_token_expire_minutes" => {
-                    self.auth.access_token_expire_minutes = value
-                        .trim()
-                        .parse()
-                        .map_err(|_| bad(format!("expected a whole number, got {value:?}")))?
+            let (section, field) = key.split_once('.').unwrap_or((key.as_str(), ""));
+            let default = defaults
+                .get(section)
+                .and_then(|s| s.as_table())
+                .and_then(|s| s.get(field));
+            let typed = env_value(default, value).map_err(env_error)?;
+            let before = table.clone();
+            set(&mut table, section, field, typed);
+            if let Err(e) = Config::deserialize(table.clone()) {
+                // A choice (`SMTP` for `smtp`) may be given in any letter case.
+                let lowered = toml::Value::String(value.trim().to_ascii_lowercase());
+                let mut retry = before;
+                set(&mut retry, section, field, lowered);
+                match Config::deserialize(retry.clone()) {
+                    Ok(_) if default.is_some_and(toml::Value::is_str) => table = retry,
+                    _ => return Err(env_error(one_line(e.message()))),
                 }
-                "cors.origins" => self.cors.origins = parse_origin_list(value).map_err(bad)?,
-                "auth.allow_registration" => {
-                    self.auth.allow_registration = parse_bool(value).map_err(bad)?
-                }
-                "auth.require_verified_email" => {
-                    self.auth.require_verified_email = parse_bool(value).map_err(bad)?
-                }
-                "auth.refresh_cookie" => {
-                    self.auth.refresh_cookie = parse_bool(value).map_err(bad)?
-                }
-                "proxy.case_sensitive_paths" => {
-                    self.proxy.case_sensitive_paths = parse_bool(value).map_err(bad)?
-                }
-                "mail.transport" => {
-                    self.mail.transport = parse_choice(
-                        value,
-                        &[("smtp", MailTransport::Smtp), ("log", MailTransport::Log)],
-                    )
-                    .map_err(bad)?
-                }
-                "mail.smtp_url" => self.mail.smtp_url = Secret::new(value),
-                "mail.from" => self.mail.from = value.to_string(),
-                "mail.app_base_url" => self.mail.app_base_url = value.to_string(),
-                "server.listen" => self.server.listen = value.to_string(),
-                "admin.listen" => self.admin.listen = value.trim().to_string(),
-                "docs.enabled" => self.docs.enabled = parse_bool(value).map_err(bad)?,
-                "server.threads" => {
-                    self.server.threads = value
-                        .trim()
-                        .parse()
-                        .map_err(|_| bad(format!("expected a whole number, got {value:?}")))?
-                }
-                "server.environment" => {
-                    self.server.environment = parse_choice(
-                        value,
-                        &[
-                            ("production", Environment::Production),
-                            ("development", Environment::Development),
-                        ],
-                    )
-                    .map_err(bad)?
-                }
-                "server.runtime_dir" => self.server.runtime_dir = Some(PathBuf::from(value)),
-                "rate_limit.backend" => {
-                    self.rate_limit.backend = parse_choice(
-                        value,
-                        &[
-                            ("local", RateLimitBackend::Local),
-                            ("redis", RateLimitBackend::Redis),
-                        ],
-                    )
-                    .map_err(bad)?
-                }
-                "rate_limit.redis_url" => self.rate_limit.redis_url = Secret::new(value),
-                "log.level" => self.log.level = value.to_string(),
-                "log.format" => {
-                    self.log.format = parse_choice(
-                        value,
-                        &[("json", LogFormat::Json), ("text", LogFormat::Text)],
-                    )
-                    .map_err(bad)?
-                }
-                _ => unreachable!("every override key is handled"),
             }
         }
-        Ok(())
+        let config =
+            Config::deserialize(table).map_err(|e| ConfigError::Invalid(one_line(e.message())))?;
+        config.validate()?;
+        Ok(config)
     }
 
     /// Rejects what would fail later or weaken security; `development` relaxes the secret and
@@ -1214,6 +1196,42 @@ fn read_dotenv(path: &Path) -> Result<HashMap<String, String>, ConfigError> {
     Ok(vars)
 }
 
+/// `value` as `[section] field` of `table` (`field` empty: the whole key is `section`).
+fn set(table: &mut toml::Table, section: &str, field: &str, value: toml::Value) {
+    if field.is_empty() {
+        table.insert(section.to_string(), value);
+        return;
+    }
+    let entry = table
+        .entry(section.to_string())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    if !entry.is_table() {
+        *entry = toml::Value::Table(toml::Table::new());
+    }
+    if let Some(section) = entry.as_table_mut() {
+        section.insert(field.to_string(), value);
+    }
+}
+
+/// A TOML error in the file at `path`: where, and what, on one line.
+fn parse_error(
+    path: &Path,
+    text: &str,
+    span: Option<std::ops::Range<usize>>,
+    message: &str,
+) -> ConfigError {
+    ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: match span {
+            Some(span) => {
+                let (line, column) = line_and_column(text, span.start);
+                format!("line {line}, column {column}: {}", one_line(message))
+            }
+            None => one_line(message),
+        },
+    }
+}
+
 /// 1-based line and column (in characters) of byte `offset` in `text`.
 fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
     let end = (0..=offset.min(text.len()))
@@ -1266,18 +1284,54 @@ mod tests {
 
     #[test]
     fn choices_from_the_environment_ignore_case_and_name_the_alternatives() {
-        let backends = [
-            ("local", RateLimitBackend::Local),
-            ("redis", RateLimitBackend::Redis),
-        ];
+        let db = "[database]\nurl = \"postgres://a@h/x\"\n";
+        let (_d, s) = sources(db, &[("SENTINEL_RATE_LIMIT_BACKEND", " Redis ")]);
+        // (Redis without a URL is refused later, by the credentials' check.)
         assert_eq!(
-            parse_choice(" Redis ", &backends),
-            Ok(RateLimitBackend::Redis)
+            Config::load(&s).unwrap().rate_limit.backend,
+            RateLimitBackend::Redis
         );
-        assert_eq!(
-            parse_choice("memcached", &backends),
-            Err("expected \"local\" or \"redis\", got \"memcached\"".to_string())
+        let (_d, s) = sources(db, &[("SENTINEL_RATE_LIMIT_BACKEND", "memcached")]);
+        let e = Config::load(&s).unwrap_err().to_string();
+        assert!(
+            e.contains("SENTINEL_RATE_LIMIT_BACKEND") && e.contains("expected `local` or `redis`"),
+            "{e}"
         );
+    }
+
+    #[test]
+    fn every_key_has_a_generic_environment_name_typed_as_its_default() {
+        let (_d, s) = sources(
+            "[server]\nthreads = 4\n[database]\nurl = \"postgres://a@h/x\"\n",
+            &[
+                ("SENTINEL_SERVER__MAX_CONNECTIONS_PER_IP", "12"),
+                ("SENTINEL_PROXY__TRUSTED_PROXIES", "10.0.0.1, 10.0.0.0/8"),
+                ("SENTINEL_DOCS__ENABLED", "no"),
+                ("SENTINEL_MAIL__TRANSPORT", "SMTP"),
+                // The generic name wins over the short one, whatever the order.
+                ("SENTINEL_THREADS", "3"),
+                ("SENTINEL_SERVER__THREADS", "5"),
+            ],
+        );
+        let c = Config::load(&s).unwrap();
+        assert_eq!(c.server.max_connections_per_ip, 12);
+        assert_eq!(c.proxy.trusted_proxies, ["10.0.0.1", "10.0.0.0/8"]);
+        assert!(!c.docs.enabled);
+        assert_eq!(c.mail.transport, MailTransport::Smtp);
+        assert_eq!(c.server.threads, 5);
+        for (name, value, says) in [
+            (
+                "SENTINEL_SERVER__THREADS",
+                "many",
+                "expected a whole number",
+            ),
+            ("SENTINEL_SERVER__NO_SUCH_KEY", "1", "unknown field"),
+            ("SENTINEL_DOCS__ENABLED", "maybe", "expected true or false"),
+        ] {
+            let (_d, s) = sources("", &[(name, value)]);
+            let e = Config::load(&s).unwrap_err().to_string();
+            assert!(e.contains(name) && e.contains(says), "{name}: {e}");
+        }
     }
 
     const GOOD_SECRET: &str = "0123456789abcdef0123456789abcdef-test";

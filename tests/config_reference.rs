@@ -236,3 +236,20 @@ fn the_configuration_reference_names_every_key() {
         "docs/configuration.md does not name: {missing:?}"
     );
 }
+
+#[test]
+fn every_environment_alias_names_a_key_and_is_in_the_reference() {
+    let reference = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/configuration.md"
+    ))
+    .expect("docs/configuration.md");
+    let keys = accepted_keys();
+    for (name, key) in sentinel_gateway::config::ENV_ALIASES {
+        assert!(keys.contains(*key), "{name} names {key}, which is no key");
+        assert!(
+            reference.contains(&format!("`{name}`")),
+            "docs/configuration.md does not name {name}"
+        );
+    }
+}
