@@ -3,8 +3,8 @@
 //! who the gateway says is calling without trusting the network it came over.
 //!
 //! Claims: `iss`, `sub` (the user id), `aud` (the route's `name`, or its prefix), `iat`, `exp`
-//! (`iat` + `lifetime_seconds`), `jti`, `email`, `email_verified`, and `sid` (the session, for
-//! tokens that have one). An upstream checks the signature against
+//! (`iat` + `lifetime_seconds`), `jti`, `email`, `email_verified`, `roles` (sorted), and `sid`
+//! (the session, for tokens that have one). An upstream checks the signature against
 //! `GET /.well-known/jwks.json`, the audience against its own route, and the expiry.
 //!
 //! **Keys.** Every instance signs with the same key at any moment, kept in PostgreSQL
@@ -20,7 +20,9 @@
 //!
 //! **Cost.** Signing is one Ed25519 signature (tens of microseconds). An assertion is kept
 //! for `reuse_seconds` per user, session and route and sent again meanwhile, as long as the
-//! user's email and its verification are unchanged, so a busy user costs one signature per
+//! user's email, its verification and their roles are unchanged (a change reaches the user
+//! cache within a second, and the next request is signed anew), so a busy user costs one
+//! signature per
 //! route every few seconds.
 
 use std::hash::BuildHasher;
@@ -131,6 +133,7 @@ struct Claims<'a> {
     jti: String,
     email: &'a str,
     email_verified: bool,
+    roles: &'a [String],
     #[serde(skip_serializing_if = "Option::is_none")]
     sid: Option<uuid::Uuid>,
 }
@@ -142,6 +145,8 @@ struct Minted {
     route: usize,
     email: String,
     email_verified: bool,
+    /// The roles it names, as `X-User-Roles` sends them.
+    roles: HeaderValue,
     /// Unix seconds until which it is sent again.
     reuse_until: u64,
     /// The key ring's generation it was signed under.
@@ -207,6 +212,7 @@ impl Assertions {
                 && m.email_verified == user.email_verified
                 && m.user_id == user.id
                 && m.email == user.email
+                && m.roles == user.roles_header
             {
                 return Some(m.value.clone());
             }
@@ -220,6 +226,7 @@ impl Assertions {
                 route,
                 email: user.email.clone(),
                 email_verified: user.email_verified,
+                roles: user.roles_header.clone(),
                 reuse_until: now + self.reuse,
                 generation,
                 value: value.clone(),
@@ -246,6 +253,7 @@ impl Assertions {
             jti: uuid::Uuid::new_v4().simple().to_string(),
             email: &user.email,
             email_verified: user.email_verified,
+            roles: &user.roles,
             sid,
         };
         let payload = serde_json::to_vec(&claims).ok()?;
@@ -461,6 +469,8 @@ mod tests {
             email_header: HeaderValue::from_str(email).unwrap(),
             full_name: None,
             created_at: chrono::NaiveDateTime::default(),
+            roles: Box::new([]),
+            roles_header: HeaderValue::from_static(""),
         }
     }
 
@@ -557,6 +567,16 @@ mod tests {
                 .unwrap(),
             first
         );
+        // A role granted: signed anew, and it says so.
+        let mut admin = user("ada@example.com", false);
+        admin.roles = vec!["admin".to_string()].into_boxed_slice();
+        admin.roles_header = HeaderValue::from_static("admin");
+        let signed = a.header(&admin, None, 0, "/api/").unwrap();
+        assert_ne!(signed, first);
+        let payload = signed.to_str().unwrap().split('.').nth(1).unwrap();
+        let claims: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+        assert_eq!(claims["roles"], serde_json::json!(["admin"]));
         // Without reuse every request gets its own.
         let b = assertions(0);
         assert_ne!(

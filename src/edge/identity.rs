@@ -11,6 +11,7 @@ use http::header::{
 pub const USER_ID: HeaderName = HeaderName::from_static("x-user-id");
 pub const USER_EMAIL: HeaderName = HeaderName::from_static("x-user-email");
 pub const USER_EMAIL_VERIFIED: HeaderName = HeaderName::from_static("x-user-email-verified");
+pub const USER_ROLES: HeaderName = HeaderName::from_static("x-user-roles");
 /// `x-request-id`, as text for the gateway's own answers (which spell headers as uvicorn does).
 pub const REQUEST_ID_NAME: &str = "x-request-id";
 pub const REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_NAME);
@@ -245,6 +246,8 @@ pub struct UserHeaders {
     pub id: HeaderValue,
     pub email: HeaderValue,
     pub email_verified: bool,
+    /// `X-User-Roles`: sorted, comma-separated, empty when none.
+    pub roles: HeaderValue,
     /// `X-Identity-Assertion` (with `[identity_assertion] enabled`).
     pub assertion: Option<HeaderValue>,
 }
@@ -305,6 +308,7 @@ pub fn prepare_upstream_headers(
             USER_EMAIL_VERIFIED,
             HeaderValue::from_static(if user.email_verified { "true" } else { "false" }),
         );
+        headers.append(USER_ROLES, user.roles);
         if let Some(assertion) = user.assertion {
             headers.append(crate::credentials::assertion::HEADER, assertion);
         }
@@ -591,6 +595,7 @@ mod tests {
             ("x_user_id", "1"),
             ("x-user-email", "evil@example.com"),
             ("x-user-email-verified", "true"),
+            ("x_user_roles", "admin"),
             ("x.forwarded.for", "6.6.6.6"),
             ("forwarded", "for=6.6.6.6"),
             ("x-real-ip", "6.6.6.6"),
@@ -621,6 +626,7 @@ mod tests {
                     id: HeaderValue::from_static("42"),
                     email: HeaderValue::from_static("a@b.c"),
                     email_verified: false,
+                    roles: HeaderValue::from_static("admin,ops"),
                     assertion: Some(HeaderValue::from_static("signed")),
                 }),
                 request_id: HeaderValue::from_static("rid"),
@@ -647,6 +653,7 @@ mod tests {
             ("x-user-email", "a@b.c"),
             ("x-user-email-verified", "false"),
             ("x-user-id", "42"),
+            ("x-user-roles", "admin,ops"),
         ];
         let expected: Vec<(String, String)> = expected
             .iter()

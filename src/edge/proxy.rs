@@ -400,6 +400,7 @@ impl Gateway {
                     id: u.id_header.clone(),
                     email: u.email_header.clone(),
                     email_verified: u.email_verified,
+                    roles: u.roles_header.clone(),
                     assertion: self.assertion(u, ctx.sid, ctx.route),
                 }),
                 request_id: ctx.request_id.clone(),

@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::credentials::email;
 use crate::own::forms::{PASSWORD_MAX_CHARS, PASSWORD_MIN_CHARS};
 use crate::store::account_tokens::{self, Purpose};
-use crate::store::{db, sessions, users};
+use crate::store::{db, roles, sessions, users};
 
 #[derive(Debug, Subcommand)]
 pub enum UsersCommand {
@@ -27,6 +27,9 @@ pub enum UsersCommand {
         /// Only emails containing this text (any letter case).
         #[arg(long)]
         search: Option<String>,
+        /// Only users holding this role.
+        #[arg(long)]
+        role: Option<String>,
         #[arg(long, default_value_t = 100)]
         limit: i64,
         /// One JSON object per line instead of a table.
@@ -47,6 +50,21 @@ pub enum UsersCommand {
         /// Mark the address verified at once.
         #[arg(long)]
         verified: bool,
+        /// A role to grant at once (again for more).
+        #[arg(long = "role")]
+        roles: Vec<String>,
+    },
+    /// Grant roles (names like `admin` or `billing.read`); in effect everywhere within a second.
+    Grant {
+        user: String,
+        #[arg(required = true)]
+        roles: Vec<String>,
+    },
+    /// Take roles away; in effect everywhere within a second.
+    RevokeRole {
+        user: String,
+        #[arg(required = true)]
+        roles: Vec<String>,
     },
     /// Refuse the user everywhere (their tokens stop working within a second).
     Deactivate { user: String },
@@ -181,17 +199,26 @@ async fn run_async(
     match command {
         UsersCommand::List {
             search,
+            role,
             limit,
             json,
         } => {
-            let rows = users::list(&db, search.as_deref(), limit.clamp(1, 100_000))
-                .await
-                .map_err(api)?;
+            if let Some(role) = &role {
+                check_roles(std::slice::from_ref(role))?;
+            }
+            let rows = users::list(
+                &db,
+                search.as_deref(),
+                role.as_deref(),
+                limit.clamp(1, 100_000),
+            )
+            .await
+            .map_err(api)?;
             if !json {
                 writeln!(
                     out,
-                    "{:<36}  {:<6}  {:<8}  {:<27}  EMAIL",
-                    "ID", "ACTIVE", "VERIFIED", "CREATED"
+                    "{:<36}  {:<6}  {:<8}  {:<27}  {:<30}  ROLES",
+                    "ID", "ACTIVE", "VERIFIED", "CREATED", "EMAIL"
                 )?;
             }
             for user in rows {
@@ -201,12 +228,13 @@ async fn run_async(
                     let r = user.response();
                     writeln!(
                         out,
-                        "{:<36}  {:<6}  {:<8}  {:<27}  {}",
+                        "{:<36}  {:<6}  {:<8}  {:<27}  {:<30}  {}",
                         r.id,
                         yes_no(r.is_active),
                         yes_no(r.email_verified),
                         r.created_at,
-                        r.email
+                        r.email,
+                        r.roles.join(",")
                     )?;
                 }
             }
@@ -238,6 +266,7 @@ async fn run_async(
                 writeln!(out, "full name:      {}", r.full_name.unwrap_or(""))?;
                 writeln!(out, "active:         {}", yes_no(r.is_active))?;
                 writeln!(out, "email verified: {}", yes_no(r.email_verified))?;
+                writeln!(out, "roles:          {}", r.roles.join(", "))?;
                 writeln!(out, "created:        {}", r.created_at)?;
                 writeln!(out, "live sessions:  {}", live.len())?;
                 for s in live {
@@ -257,9 +286,14 @@ async fn run_async(
             email: address,
             full_name,
             verified,
+            roles,
         } => {
             let address = email::normalize(&address)
                 .map_err(|e| anyhow!("not a valid email address: {}", e.0))?;
+            check_roles(&roles)?;
+            if roles.len() > users::MAX_ROLES_PER_USER {
+                bail!("a user holds at most {} roles", users::MAX_ROLES_PER_USER);
+            }
             let password = read_password("Password for the new user: ")?;
             let hash = config.password.policy().hash(&password)?;
             let tx = db
@@ -279,8 +313,40 @@ async fn run_async(
             } else {
                 user
             };
+            roles::grant(&tx, &user.id, &roles, None)
+                .await
+                .map_err(api)?;
             tx.commit().await.map_err(users::db_error).map_err(api)?;
             writeln!(out, "created {} {}", user.id, user.email)?;
+        }
+        UsersCommand::Grant { user, roles: names } => {
+            check_roles(&names)?;
+            let user = find(&db, &user).await?;
+            if user.roles.len() + names.len() > users::MAX_ROLES_PER_USER {
+                bail!("a user holds at most {} roles", users::MAX_ROLES_PER_USER);
+            }
+            let granted = roles::grant(&db, &user.id, &names, None)
+                .await
+                .map_err(api)?;
+            writeln!(
+                out,
+                "granted {} to {} {}",
+                list_or_nothing(&granted),
+                user.id,
+                user.email
+            )?;
+        }
+        UsersCommand::RevokeRole { user, roles: names } => {
+            check_roles(&names)?;
+            let user = find(&db, &user).await?;
+            let revoked = roles::revoke(&db, &user.id, &names).await.map_err(api)?;
+            writeln!(
+                out,
+                "revoked {} from {} {}",
+                list_or_nothing(&revoked),
+                user.id,
+                user.email
+            )?;
         }
         UsersCommand::Deactivate { user } => {
             let user = find(&db, &user).await?;
@@ -339,6 +405,25 @@ async fn run_async(
         }
     }
     Ok(())
+}
+
+/// Refuses a role name the table would refuse, with the rule.
+fn check_roles(names: &[String]) -> anyhow::Result<()> {
+    if let Some(bad) = names.iter().find(|n| !users::is_role_name(n)) {
+        bail!(
+            "{bad:?} is not a role name: a lower-case letter, then up to 63 lower-case \
+             letters, digits and _ . : -"
+        );
+    }
+    Ok(())
+}
+
+fn list_or_nothing(names: &[String]) -> String {
+    if names.is_empty() {
+        "nothing new".to_string()
+    } else {
+        names.join(", ")
+    }
 }
 
 fn yes_no(b: bool) -> &'static str {

@@ -86,6 +86,10 @@ pub struct UserState {
     /// The rest of `UserResponse` (`GET /auth/users/me` answers from here).
     pub full_name: Option<String>,
     pub created_at: chrono::NaiveDateTime,
+    /// The roles the user holds, sorted, and as `X-User-Roles` sends them (comma-separated,
+    /// empty when none).
+    pub roles: Box<[String]>,
+    pub roles_header: http::HeaderValue,
 }
 
 impl UserState {
@@ -108,7 +112,16 @@ impl UserState {
             read_at,
             full_name: user.full_name.clone(),
             created_at: user.created_at,
+            roles_header: http::HeaderValue::from_str(&user.roles.join(",")).ok()?,
+            roles: user.roles.clone().into_boxed_slice(),
         })
+    }
+
+    /// Whether the user holds `role`.
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles
+            .binary_search_by(|r| r.as_str().cmp(role))
+            .is_ok()
     }
 
     /// The user as `UserResponse` shows them.
@@ -120,6 +133,7 @@ impl UserState {
             is_active: self.active,
             created_at: users::timestamp(&self.created_at),
             email_verified: self.email_verified,
+            roles: &self.roles,
         }
     }
 
@@ -626,6 +640,7 @@ mod tests {
                 is_active: true,
                 created_at: chrono::NaiveDateTime::default(),
                 email_verified: false,
+                roles: Vec::new(),
             },
             tokens_valid_after: None,
             sessions,

@@ -22,10 +22,28 @@ pub struct User {
     pub created_at: NaiveDateTime,
     /// Whether the user proved the address is theirs (a verification link or a reset).
     pub email_verified: bool,
+    /// The roles the user holds, sorted.
+    pub roles: Vec<String>,
 }
 
+/// What a role may be called: a lower-case letter, then up to 63 of lower-case letters,
+/// digits and `_ . : -` (the table checks the same).
+pub fn is_role_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    (1..=64).contains(&b.len())
+        && b[0].is_ascii_lowercase()
+        && b[1..].iter().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'.' | b':' | b'-')
+        })
+}
+
+/// The most roles one user may hold.
+pub const MAX_ROLES_PER_USER: usize = 64;
+
 const COLUMNS: &str = "id, email, full_name, hashed_password, COALESCE(is_active, false), \
-                       COALESCE(created_at, updated_at, timestamp 'epoch'), email_verified";
+                       COALESCE(created_at, updated_at, timestamp 'epoch'), email_verified, \
+                       ARRAY(SELECT r.role FROM sentinel_user_roles r \
+                             WHERE r.user_id = users.id ORDER BY r.role)";
 
 impl TryFrom<Row> for User {
     type Error = tokio_postgres::Error;
@@ -39,6 +57,7 @@ impl TryFrom<Row> for User {
             is_active: row.try_get(4)?,
             created_at: row.try_get(5)?,
             email_verified: row.try_get(6)?,
+            roles: row.try_get(7)?,
         })
     }
 }
@@ -52,6 +71,8 @@ pub struct UserResponse<'a> {
     pub is_active: bool,
     pub created_at: String,
     pub email_verified: bool,
+    /// Sorted.
+    pub roles: &'a [String],
 }
 
 impl User {
@@ -63,6 +84,7 @@ impl User {
             is_active: self.is_active,
             created_at: timestamp(&self.created_at),
             email_verified: self.email_verified,
+            roles: &self.roles,
         }
     }
 }
@@ -188,9 +210,9 @@ pub async fn find_account(
         return Ok(None);
     };
     let internal = |e: tokio_postgres::Error| StoreError::Internal(describe(&e));
-    let tokens_valid_after: Option<i64> = row.try_get(7).map_err(internal)?;
-    let ids: Vec<uuid::Uuid> = row.try_get(8).map_err(internal)?;
-    let ends: Vec<i64> = row.try_get(9).map_err(internal)?;
+    let tokens_valid_after: Option<i64> = row.try_get(8).map_err(internal)?;
+    let ids: Vec<uuid::Uuid> = row.try_get(9).map_err(internal)?;
+    let ends: Vec<i64> = row.try_get(10).map_err(internal)?;
     let user = User::try_from(row).map_err(internal)?;
     Ok(Some(Account {
         user,
@@ -334,16 +356,20 @@ pub async fn mark_email_verified(
 pub async fn list(
     db: &impl GenericClient,
     search: Option<&str>,
+    role: Option<&str>,
     limit: i64,
 ) -> Result<Vec<User>, StoreError> {
     let sql = format!(
         "SELECT {COLUMNS} FROM users \
-         WHERE $1::text IS NULL OR strpos(lower(email), lower($1)) > 0 \
+         WHERE ($1::text IS NULL OR strpos(lower(email), lower($1)) > 0) \
+         AND ($3::text IS NULL OR EXISTS (SELECT 1 FROM sentinel_user_roles r \
+                                          WHERE r.user_id = users.id AND r.role = $3)) \
          ORDER BY created_at DESC NULLS LAST, id LIMIT $2"
     );
     let stmt = db.prepare_cached(&sql).await.map_err(db_error)?;
     let search = search.filter(|s| storable(s));
-    db.query(&stmt, &[&search, &limit])
+    let role = role.filter(|r| storable(r));
+    db.query(&stmt, &[&search, &limit, &role])
         .await
         .map_err(db_error)?
         .into_iter()

@@ -12,7 +12,7 @@ use crate::helpers::*;
 const PASSWORD: &str = "CliPassword1!";
 
 /// Runs `sentinel-gateway --config <app's config> users ARGS`, `stdin` as its input.
-fn cli(app: &TestApp, args: &[&str], stdin: &str) -> Output {
+pub(crate) fn cli(app: &TestApp, args: &[&str], stdin: &str) -> Output {
     cli_with(&app.dir.0.join("gateway.toml"), args, stdin)
 }
 
@@ -37,7 +37,7 @@ fn cli_with(config: &std::path::Path, args: &[&str], stdin: &str) -> Output {
     child.wait_with_output().unwrap()
 }
 
-fn stdout(o: &Output) -> String {
+pub(crate) fn stdout(o: &Output) -> String {
     assert!(
         o.status.success(),
         "failed: {}",

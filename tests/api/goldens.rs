@@ -9,9 +9,9 @@ use crate::helpers::*;
 const ADA: &str = "cf33c6d8-c568-40da-85d6-bad6a194617e";
 
 /// What the gateway adds after the seed's keys of an object (sessions' fields in a
-/// `TokenResponse`, `email_verified` in a `UserResponse`); everything the seed answered stays
-/// as it was.
-const ADDED_KEYS: &[&str] = &["refresh_token", "expires_in", "email_verified"];
+/// `TokenResponse`, `email_verified` and `roles` in a `UserResponse`); everything the seed
+/// answered stays as it was.
+const ADDED_KEYS: &[&str] = &["refresh_token", "expires_in", "email_verified", "roles"];
 
 /// Compares a body with the golden one: exact, except tokens (shape), timestamps (the seed
 /// wrote naive UTC, we write the same instant with a `Z`) and keys added after the seed's.

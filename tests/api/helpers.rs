@@ -711,7 +711,8 @@ pub async fn raw_within(port: u16, request: &[u8], quiet: Duration) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Asserts the shape the seed's `UserResponse` has, and `email_verified` after its fields.
+/// Asserts the shape the seed's `UserResponse` has, and `email_verified` and `roles` after its
+/// fields.
 pub fn assert_user_shape(user: &Value) {
     let keys: Vec<&str> = user
         .as_object()
@@ -727,7 +728,8 @@ pub fn assert_user_shape(user: &Value) {
             "id",
             "is_active",
             "created_at",
-            "email_verified"
+            "email_verified",
+            "roles"
         ],
         "{user}"
     );

@@ -26,6 +26,7 @@ mod proxy;
 mod proxy_streams;
 mod rate_limits;
 mod register;
+mod roles;
 mod sessions;
 mod shared_limits;
 mod slow_clients;
