@@ -382,7 +382,12 @@ async fn assertions_from_any_instance_verify_across_a_key_rotation() {
     let (_, left, _) = row(&next_kid);
     assert!((74.0..=85.0).contains(&left), "{table:?}");
     let upcoming = table.iter().find(|r| r.2 > 0.0).expect("a next key");
-    assert!(published_kids(&a).await.contains(&upcoming.0));
+    // Made by whichever instance got there first; the other hears of it (NOTIFY) at once.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !published_kids(&a).await.contains(&upcoming.0) {
+        assert!(Instant::now() < deadline, "{} not published", upcoming.0);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]

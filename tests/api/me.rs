@@ -209,8 +209,19 @@ async fn me_answers_from_the_user_cache_and_sees_every_change_in_time() {
     let (token, _) = app
         .registered("cached@example.com", "CachedPassword1!")
         .await;
-    assert_eq!(app.me(&token).await.status(), 200);
-    // Known now: fifty more answers read nothing from PostgreSQL.
+    // Known once read: the login's own notifications (its session, last_login_at) may still
+    // be on their way and drop the entry once, so read until an answer reads nothing.
+    let started = std::time::Instant::now();
+    loop {
+        let misses = user_cache(&admin, "miss").await;
+        assert_eq!(app.me(&token).await.status(), 200);
+        if user_cache(&admin, "miss").await == misses {
+            break;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Fifty more answers read nothing from PostgreSQL.
     let (hits, misses) = (
         user_cache(&admin, "hit").await,
         user_cache(&admin, "miss").await,

@@ -391,6 +391,7 @@ async fn client_identity_headers_never_reach_the_upstream_in_any_spelling() {
                         "x-user-id",
                         "x-user-email",
                         "x-user-email-verified",
+                        "x-user-roles",
                         "x-forwarded-for",
                         "x-forwarded-proto",
                         "x-forwarded-host"
@@ -412,8 +413,11 @@ async fn client_identity_headers_never_reach_the_upstream_in_any_spelling() {
                 Some("false".into()),
                 "{path}"
             );
+            // The gateway's own, empty: this user holds no role, whatever the client claimed.
+            assert_eq!(e.one("x-user-roles"), Some(String::new()), "{path}");
         } else {
             assert_eq!(e.one("x-user-email-verified"), None, "{path}");
+            assert_eq!(e.one("x-user-roles"), None, "{path}");
             assert_eq!(e.one("x-user-id"), None, "{path}");
             assert_eq!(e.one("x-user-email"), None, "{path}");
         }
