@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -438,7 +438,117 @@ pub struct RouteConfig {
     /// of the first upstream).
     #[serde(default)]
     pub sni: Option<String>,
+    /// Rules in order; the first whose matchers all match decides, else `auth` does.
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
 }
+
+/// What a rule lets through once it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleAllow {
+    /// A valid token of an active user, and the rule's requirements.
+    #[default]
+    Authenticated,
+    /// No token needed (the identity is forwarded if a valid one comes).
+    Public,
+    /// Nobody: 403.
+    Deny,
+}
+
+/// One `[[routes.rules]]`: matchers (`paths`, `methods`, `networks`; each left out matches
+/// everything) choose it, and its requirements (`roles`, `verified_email`, `mfa`) are then
+/// asked of the caller.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Prefixes inside the route's, matched on the same decoded, normalised path.
+    #[serde(default)]
+    pub paths: Vec<String>,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// The client's address (after trusted proxies): addresses or CIDR blocks.
+    #[serde(default)]
+    pub networks: Vec<String>,
+    #[serde(default)]
+    pub allow: RuleAllow,
+    /// Any one of these roles.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    #[serde(default)]
+    pub verified_email: bool,
+    /// An `aal2` session (a second factor in this session).
+    #[serde(default)]
+    pub mfa: bool,
+}
+
+impl RuleConfig {
+    /// Refuses what no request could match or what says two things: paths outside the
+    /// route's prefix, unknown methods, addresses that are not addresses, role names the
+    /// roles table would refuse, and requirements on a rule that needs no token or lets
+    /// nobody in.
+    pub fn check(&self, prefix: &str, case_sensitive: bool) -> Result<(), String> {
+        for path in &self.paths {
+            let inside = if case_sensitive {
+                path.starts_with(prefix)
+            } else {
+                path.len() >= prefix.len()
+                    && path.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+            };
+            if !inside {
+                return Err(format!(
+                    "path {path:?} is outside the route's prefix {prefix:?}"
+                ));
+            }
+        }
+        if let Some(bad) = self
+            .methods
+            .iter()
+            .find(|m| !RULE_METHODS.contains(&m.to_ascii_uppercase().as_str()))
+        {
+            return Err(format!(
+                "method {bad:?} is not one of {}",
+                RULE_METHODS.join(", ")
+            ));
+        }
+        Networks::parse(&self.networks).map_err(|e| format!("networks: {e}"))?;
+        if let Some(bad) = self.roles.iter().find(|r| !is_role_name(r)) {
+            return Err(format!(
+                "role {bad:?} is not a role name (a lower-case letter, then up to 63 lower-case \
+                 letters, digits and _ . : -)"
+            ));
+        }
+        let requires = !self.roles.is_empty() || self.verified_email || self.mfa;
+        match self.allow {
+            RuleAllow::Public if requires => Err(
+                "allow = \"public\" asks nothing of the caller: it cannot take roles, \
+                 verified_email or mfa"
+                    .into(),
+            ),
+            RuleAllow::Deny if requires => Err(
+                "allow = \"deny\" lets nobody in: it cannot take roles, verified_email or mfa"
+                    .into(),
+            ),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// What a role may be called: a lower-case letter, then up to 63 of lower-case letters,
+/// digits and `_ . : -` (the roles table checks the same).
+pub fn is_role_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    (1..=64).contains(&b.len())
+        && b[0].is_ascii_lowercase()
+        && b[1..].iter().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'.' | b':' | b'-')
+        })
+}
+
+/// The methods a rule may name.
+pub const RULE_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE",
+];
 
 impl RouteConfig {
     fn default_auth() -> RouteAuth {
@@ -706,6 +816,67 @@ impl std::fmt::Display for HostPort {
             write!(f, "{}:{}", self.host, self.port)
         }
     }
+}
+
+/// Addresses and networks (`10.0.0.5`, `10.0.0.0/8`, `::1`, `fd00::/8`), as trusted proxies
+/// and route rules' `networks` name them; an IPv4 address mapped into IPv6 counts as itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Networks {
+    nets: Vec<(IpAddr, u8)>,
+}
+
+impl Networks {
+    /// Parses entries like `10.0.0.5`, `10.0.0.0/8`, `::1`, `fd00::/8`.
+    pub fn parse(entries: &[String]) -> Result<Networks, String> {
+        let mut nets = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let (addr, len) = match entry.split_once('/') {
+                Some((a, l)) => (a, Some(l)),
+                None => (entry.as_str(), None),
+            };
+            let ip: IpAddr = addr
+                .trim()
+                .parse()
+                .map_err(|_| format!("not an IP address: {entry:?}"))?;
+            let max = if ip.is_ipv4() { 32 } else { 128 };
+            let len = match len {
+                Some(l) => l
+                    .trim()
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|l| *l <= max)
+                    .ok_or_else(|| format!("bad prefix length in {entry:?}"))?,
+                None => max,
+            };
+            nets.push((ip, len));
+        }
+        Ok(Networks { nets })
+    }
+
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        let addr = match addr {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(addr),
+            v4 => v4,
+        };
+        self.nets.iter().any(|(net, len)| match (net, addr) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => prefix_eq(&n.octets(), &a.octets(), *len),
+            (IpAddr::V6(n), IpAddr::V6(a)) => prefix_eq(&n.octets(), &a.octets(), *len),
+            _ => false,
+        })
+    }
+}
+
+fn prefix_eq(a: &[u8], b: &[u8], bits: u8) -> bool {
+    let full = (bits / 8) as usize;
+    let rest = bits % 8;
+    if a[..full] != b[..full] {
+        return false;
+    }
+    if rest == 0 {
+        return true;
+    }
+    let mask = 0xffu8 << (8 - rest);
+    (a[full] & mask) == (b[full] & mask)
 }
 
 /// argon2id's parameters at OWASP's minimum (m=19456 KiB, t=2, p=1): the defaults, and the
@@ -1020,6 +1191,16 @@ impl Config {
             }
             if route.upstreams.is_empty() {
                 return invalid(format!("routes: {:?} has no upstreams", route.prefix));
+            }
+            for (i, rule) in route.rules.iter().enumerate() {
+                rule.check(&route.prefix, self.proxy.case_sensitive_paths)
+                    .map_err(|e| {
+                        ConfigError::Invalid(format!(
+                            "routes: {:?} rule {}: {e}",
+                            route.prefix,
+                            i + 1
+                        ))
+                    })?;
             }
         }
         Ok(())

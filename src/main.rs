@@ -1,11 +1,12 @@
 //! `sentinel-gateway [--config FILE] [serve [--upgrade] [--daemon] | migrate | check-config |
-//! users …]`
+//! check-access … | users … | keys …]`
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use sentinel_gateway::config::{Config, ConfigError, Sources};
+use sentinel_gateway::edge::access;
 use sentinel_gateway::ops::admin::{KeysCommand, UsersCommand};
 use sentinel_gateway::ops::{admin, check, process, server, telemetry};
 use sentinel_gateway::store::db::DbError;
@@ -57,6 +58,31 @@ enum Command {
     Health,
     /// Validate the configuration and print it, secrets redacted.
     CheckConfig,
+    /// What the configured routes and rules answer a caller: which route and rule decide, and
+    /// the outcome. Exit 0 allowed, 1 refused (a path no route matches is refused, as the
+    /// gateway answers it 404), 2 for a configuration error.
+    CheckAccess {
+        /// A caller without a token (by default: signed in, email verified, aal1, no roles).
+        #[arg(long, conflicts_with_all = ["roles", "unverified", "mfa"])]
+        anonymous: bool,
+        /// The caller's roles, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
+        /// The caller's address is not verified.
+        #[arg(long)]
+        unverified: bool,
+        /// The caller's session passed a second factor (aal2).
+        #[arg(long)]
+        mfa: bool,
+        /// The client's address (as rules with `networks` see it, after trusted proxies).
+        #[arg(long)]
+        ip: Option<std::net::IpAddr>,
+        /// GET, POST, … (any letter case).
+        #[arg(value_parser = parse_method)]
+        method: http::Method,
+        /// The request path, as a client would send it (escapes and all).
+        path: String,
+    },
     /// Manage users in the configured database (passwords from a prompt or stdin).
     Users {
         #[command(subcommand)]
@@ -67,6 +93,18 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+}
+
+fn parse_method(text: &str) -> Result<http::Method, String> {
+    let upper = text.to_ascii_uppercase();
+    if sentinel_gateway::config::RULE_METHODS.contains(&upper.as_str()) {
+        http::Method::from_bytes(upper.as_bytes()).map_err(|e| e.to_string())
+    } else {
+        Err(format!(
+            "not one of {}",
+            sentinel_gateway::config::RULE_METHODS.join(", ")
+        ))
+    }
 }
 
 /// 2 for a configuration error wherever it is found (the file, the environment, a
@@ -148,6 +186,45 @@ fn main() -> ExitCode {
             }
             let _log = telemetry::init(&config.log);
             server::serve(config, server::ServeOptions { upgrade })
+        }
+        Command::CheckAccess {
+            anonymous,
+            mut roles,
+            unverified,
+            mfa,
+            ip,
+            method,
+            path,
+        } => {
+            if let Err(e) = sentinel_gateway::edge::check(&config) {
+                eprintln!("sentinel-gateway: {e}");
+                return ExitCode::from(2);
+            }
+            if let Some(bad) = roles
+                .iter()
+                .find(|r| !sentinel_gateway::config::is_role_name(r))
+            {
+                eprintln!("sentinel-gateway: --roles: {bad:?} is not a role name");
+                return ExitCode::from(2);
+            }
+            roles.sort();
+            roles.dedup();
+            let asker = if anonymous {
+                access::Asker::Anonymous
+            } else {
+                access::Asker::SignedIn {
+                    roles,
+                    email_verified: !unverified,
+                    aal2: mfa,
+                }
+            };
+            let verdict = access::explain(&config, &method, &path, &asker, ip);
+            print!("{}", verdict.report);
+            return if verdict.allowed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            };
         }
         // No log set-up: what the command does is its output, and errors its one line.
         Command::Users { command } => admin::run(&config, command, &mut std::io::stdout()),

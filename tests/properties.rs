@@ -2,10 +2,10 @@
 
 use http::Method;
 use proptest::prelude::*;
-use sentinel_gateway::config::{RouteAuth, RouteConfig};
+use sentinel_gateway::config::{RouteAuth, RouteConfig, RuleAllow, RuleConfig};
 use sentinel_gateway::credentials::email;
 use sentinel_gateway::edge::identity;
-use sentinel_gateway::edge::routes::{self, Route, Router};
+use sentinel_gateway::edge::routes::{self, Access, Requirements, Route, Router};
 use sentinel_gateway::own::pyjson;
 
 /// Every escape in `path` decoded (what a decoding upstream routes on).
@@ -83,14 +83,7 @@ fn merged(path: Vec<u8>) -> Vec<u8> {
 fn longest(routes: &[RouteConfig], path: &[u8], case_sensitive: bool) -> Option<RouteAuth> {
     routes
         .iter()
-        .filter(|r| {
-            path.len() >= r.prefix.len()
-                && if case_sensitive {
-                    path.starts_with(r.prefix.as_bytes())
-                } else {
-                    path[..r.prefix.len()].eq_ignore_ascii_case(r.prefix.as_bytes())
-                }
-        })
+        .filter(|r| under(path, &r.prefix, case_sensitive))
         .max_by_key(|r| r.prefix.len())
         .map(|r| r.auth)
 }
@@ -105,7 +98,26 @@ fn config_route(prefix: &str, auth: RouteAuth) -> RouteConfig {
         read_timeout_ms: 1000,
         tls: false,
         sni: None,
+        rules: Vec::new(),
     }
+}
+
+/// What a route's `auth` lets through when no rule decides.
+fn access_of(auth: RouteAuth) -> Access {
+    match auth {
+        RouteAuth::Required => Access::Authenticated(Requirements::default()),
+        RouteAuth::Public => Access::Public,
+    }
+}
+
+/// Whether `path` (as an upstream reads it) is under `prefix`, in its own letter case or in any.
+fn under(path: &[u8], prefix: &str, case_sensitive: bool) -> bool {
+    path.len() >= prefix.len()
+        && if case_sensitive {
+            path.starts_with(prefix.as_bytes())
+        } else {
+            path[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+        }
 }
 
 proptest! {
@@ -195,22 +207,23 @@ proptest! {
         ];
         let router = Router::new(&configured);
         let path = format!("{prefix}{tail}");
-        let plain = router.classify(&Method::GET, &path);
+        let plain = router.classify(&Method::GET, &path, None);
         let cased = flip_case(&path, &flip);
         let spelt = respell(&cased, &encode, &upper, &double);
-        let respelt = router.classify(&Method::GET, &spelt);
+        let respelt = router.classify(&Method::GET, &spelt, None);
         prop_assert_eq!(respelt.route, plain.route, "{} vs {}", spelt, path);
         let Route::Proxy(_) = respelt.route else {
             return Ok(());
         };
-        if plain.auth == RouteAuth::Required {
-            prop_assert_eq!(respelt.auth, RouteAuth::Required, "{}", spelt);
+        let required = access_of(RouteAuth::Required);
+        if *plain.access == required {
+            prop_assert_eq!(&*respelt.access, &required, "{}", spelt);
         }
         // What an upstream routes on: the decoded path, slashes merged, in either reading.
         let read = merged(fully_decoded(spelt.as_bytes()));
         for case_sensitive in [true, false] {
             if longest(&configured, &read, case_sensitive) == Some(RouteAuth::Required) {
-                prop_assert_eq!(respelt.auth, RouteAuth::Required, "{} ({})", spelt, case_sensitive);
+                prop_assert_eq!(&*respelt.access, &required, "{} ({})", spelt, case_sensitive);
             }
         }
         let forward = respelt.forward_path.unwrap_or_else(|| spelt.clone());
@@ -218,14 +231,80 @@ proptest! {
 
         // Told to, the gateway matches in the configured case only, as such an upstream does.
         let exact = Router::new(&configured).with_case_sensitive_paths(true);
-        let decided = exact.classify(&Method::GET, &spelt);
-        let expected = longest(&configured, &read, true);
+        let decided = exact.classify(&Method::GET, &spelt, None);
+        let expected = longest(&configured, &read, true).map(access_of);
         prop_assert_eq!(
-            matches!(decided.route, Route::Proxy(_)).then_some(decided.auth),
+            matches!(decided.route, Route::Proxy(_)).then(|| decided.access.into_owned()),
             expected,
             "{}",
             spelt
         );
+    }
+
+    /// No spelling of a path under a `deny` rule — letter case, escapes, doubled slashes —
+    /// is let through: if an upstream could read it (decoded, slashes merged, telling case
+    /// apart or not) as under the denied paths, the gateway refuses it (or refuses the
+    /// spelling itself), whatever public route or earlier-ending rule it might otherwise meet.
+    #[test]
+    fn no_spelling_of_a_denied_path_is_let_through(
+        word in "[a-zA-Z]{1,4}",
+        rest in "(/[a-zA-Z0-9_~.-]{1,6}){0,2}/?",
+        tail in "[a-zA-Z0-9_~/:@!$&'()*+,;= -]{0,12}",
+        other in "[a-zA-Z]{1,4}",
+        public_shares in any::<bool>(),
+        public_flip in proptest::collection::vec(any::<bool>(), 1..4),
+        flip in proptest::collection::vec(any::<bool>(), 1..24),
+        encode in proptest::collection::vec(any::<bool>(), 1..24),
+        upper in proptest::collection::vec(any::<bool>(), 1..24),
+        double in proptest::collection::vec(any::<bool>(), 1..8),
+        root_public in any::<bool>(),
+        case_sensitive in any::<bool>(),
+    ) {
+        let denied = format!("/{word}{rest}");
+        prop_assume!(routes::is_plain_prefix(&denied));
+        // The public rule before the deny rule is often the same word in another letter case:
+        // the two readings of a spelling then disagree.
+        let public_extra = if public_shares { flip_case(&word, &public_flip) } else { other };
+        let mut root = config_route("/", if root_public { RouteAuth::Public } else { RouteAuth::Required });
+        // A public rule for a longer path inside the denied one comes after the deny rule
+        // (first match wins), and a public one beside it comes before.
+        root.rules = vec![
+            RuleConfig {
+                paths: vec![format!("/{public_extra}")],
+                allow: RuleAllow::Public,
+                ..RuleConfig::default()
+            },
+            RuleConfig {
+                paths: vec![denied.clone()],
+                allow: RuleAllow::Deny,
+                ..RuleConfig::default()
+            },
+            RuleConfig {
+                paths: vec![format!("{denied}{public_extra}")],
+                allow: RuleAllow::Public,
+                ..RuleConfig::default()
+            },
+        ];
+        let configured = [root];
+        let router = Router::new(&configured).with_case_sensitive_paths(case_sensitive);
+        let path = format!("{denied}{tail}");
+        let spelt = respell(&flip_case(&path, &flip), &encode, &upper, &double);
+        let decided = router.classify(&Method::GET, &spelt, None);
+        let Route::Proxy(_) = decided.route else {
+            return Ok(());
+        };
+        let read = merged(fully_decoded(spelt.as_bytes()));
+        // What the rules say to an upstream's reading: the first rule whose path it is under.
+        let denied_by = |cs: bool| {
+            let public_first = under(&read, &format!("/{public_extra}"), cs);
+            !public_first && under(&read, &denied, cs)
+        };
+        let readings: &[bool] = if case_sensitive { &[true] } else { &[true, false] };
+        for cs in readings {
+            if denied_by(*cs) {
+                prop_assert_eq!(&*decided.access, &Access::Deny, "{} (case-sensitive {})", spelt, cs);
+            }
+        }
     }
 
     #[test]

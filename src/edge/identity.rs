@@ -422,65 +422,8 @@ pub fn nearest_untrusted(chain: &str, trusted: &TrustedProxies) -> Option<IpAddr
         .find(|ip| !trusted.contains(*ip))
 }
 
-/// Whether `addr` is one of the configured trusted proxies (exact addresses or CIDR blocks).
-#[derive(Debug, Clone, Default)]
-pub struct TrustedProxies {
-    nets: Vec<(IpAddr, u8)>,
-}
-
-impl TrustedProxies {
-    /// Parses entries like `10.0.0.5`, `10.0.0.0/8`, `::1`, `fd00::/8`.
-    pub fn parse(entries: &[String]) -> Result<TrustedProxies, String> {
-        let mut nets = Vec::with_capacity(entries.len());
-        for entry in entries {
-            let (addr, len) = match entry.split_once('/') {
-                Some((a, l)) => (a, Some(l)),
-                None => (entry.as_str(), None),
-            };
-            let ip: IpAddr = addr
-                .trim()
-                .parse()
-                .map_err(|_| format!("not an IP address: {entry:?}"))?;
-            let max = if ip.is_ipv4() { 32 } else { 128 };
-            let len = match len {
-                Some(l) => l
-                    .trim()
-                    .parse::<u8>()
-                    .ok()
-                    .filter(|l| *l <= max)
-                    .ok_or_else(|| format!("bad prefix length in {entry:?}"))?,
-                None => max,
-            };
-            nets.push((ip, len));
-        }
-        Ok(TrustedProxies { nets })
-    }
-
-    pub fn contains(&self, addr: IpAddr) -> bool {
-        let addr = match addr {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(addr),
-            v4 => v4,
-        };
-        self.nets.iter().any(|(net, len)| match (net, addr) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => prefix_eq(&n.octets(), &a.octets(), *len),
-            (IpAddr::V6(n), IpAddr::V6(a)) => prefix_eq(&n.octets(), &a.octets(), *len),
-            _ => false,
-        })
-    }
-}
-
-fn prefix_eq(a: &[u8], b: &[u8], bits: u8) -> bool {
-    let full = (bits / 8) as usize;
-    let rest = bits % 8;
-    if a[..full] != b[..full] {
-        return false;
-    }
-    if rest == 0 {
-        return true;
-    }
-    let mask = 0xffu8 << (8 - rest);
-    (a[full] & mask) == (b[full] & mask)
-}
+/// The configured trusted proxies (exact addresses or CIDR blocks).
+pub use crate::config::Networks as TrustedProxies;
 
 #[cfg(test)]
 mod tests {

@@ -4,6 +4,7 @@
 //! CORS (`cors`), upstream balancing and health (`upstreams`), upgraded connections by user
 //! (`upgraded`) and the access log line (`access_log`).
 
+pub mod access;
 pub mod access_log;
 pub mod front;
 pub mod h2;
@@ -27,6 +28,17 @@ pub fn check(config: &crate::config::Config) -> Result<(), crate::config::Config
                  decoded), got {:?}",
                 route.prefix
             )));
+        }
+        for (i, rule) in route.rules.iter().enumerate() {
+            if let Some(path) = rule.paths.iter().find(|p| !routes::is_plain_prefix(p)) {
+                return Err(invalid(format!(
+                    "routes: {:?} rule {}: path {path:?} is not plain (a rule's paths are \
+                     matched decoded, like prefixes: no percent-escapes, '?', '#', \
+                     backslashes, repeated slashes or dot segments)",
+                    route.prefix,
+                    i + 1
+                )));
+            }
         }
     }
     identity::TrustedProxies::parse(&config.proxy.trusted_proxies)
@@ -63,10 +75,7 @@ impl Edge {
         users: &crate::store::user_cache::UserCache,
     ) -> Result<Edge, crate::config::ConfigError> {
         Ok(Edge {
-            router: routes::Router::new(&config.routes)
-                .with_case_sensitive_paths(config.proxy.case_sensitive_paths)
-                .with_docs(config.docs.enabled)
-                .with_jwks(config.identity_assertion.enabled),
+            router: routes::Router::from_config(config),
             routes,
             upgraded: upgraded::Upgraded::new(users.pool().clone(), users.max_sessions()),
             trusted_proxies: identity::TrustedProxies::parse(&config.proxy.trusted_proxies)

@@ -23,12 +23,11 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 
-use crate::config::RouteAuth;
 use crate::credentials::token;
 use crate::edge::access_log;
 use crate::edge::front::{Client, Connection};
 use crate::edge::identity;
-use crate::edge::routes::{Endpoint, Route};
+use crate::edge::routes::{Access, Caller, Endpoint, Route};
 use crate::own::api::{ApiError, Reply};
 use crate::own::app::{App, OwnRequest};
 use crate::own::cors::Cors;
@@ -455,11 +454,16 @@ impl Gateway {
     }
 
     /// Bearer verification for a route, as far as memory answers (see [`Identity`]).
-    fn identify(&self, authorization: Option<&[u8]>, auth: RouteAuth) -> Identity {
-        let anonymous = match auth {
-            RouteAuth::Required => Identity::Refused(ApiError::NotAuthenticated),
-            RouteAuth::Public => Identity::Known(None, None),
+    fn identify(&self, authorization: Option<&[u8]>, access: &Access) -> Identity {
+        let anonymous = match access.verdict(None) {
+            Ok(()) => Identity::Known(None, None),
+            Err(refusal) => Identity::Refused(refusal),
         };
+        // Nobody passes: the token does not matter.
+        if *access == Access::Deny {
+            return anonymous;
+        }
+        let public = *access == Access::Public;
         let Some(token) = token::bearer_credentials(authorization) else {
             return anonymous;
         };
@@ -469,7 +473,7 @@ impl Gateway {
             Ok(v) => v,
             // Bytes that are not text are no token at all (as for the own endpoints).
             Err(token::TokenError::NotText) => return anonymous,
-            Err(_) if auth == RouteAuth::Public => return Identity::Known(None, None),
+            Err(_) if public => return Identity::Known(None, None),
             Err(_) => return Identity::Refused(ApiError::RejectedToken),
         };
         match self.app.users.cached(&verified.user_id, now) {
@@ -478,12 +482,10 @@ impl Gateway {
                 now,
                 reread: true,
             },
-            Cached::Known(state) => {
-                match admit(state, &verified, now, auth, self.app.require_verified_email) {
-                    Ok(user) => Identity::Known(user, verified.session_id),
-                    Err(e) => Identity::Refused(e),
-                }
-            }
+            Cached::Known(state) => match admit(state, &verified, now, access) {
+                Ok(user) => Identity::Known(user, verified.session_id),
+                Err(e) => Identity::Refused(e),
+            },
             Cached::Unknown => Identity::Unknown {
                 verified,
                 now,
@@ -527,7 +529,17 @@ impl Gateway {
             );
             return Ok(Some(Pending::Preflight(reply)));
         }
-        let routed = self.edge.router.classify(method, req.uri.path());
+        // Only rules with `networks` ask who the client is.
+        let client = if self.edge.router.needs_client() {
+            client_ip_for_limits(session, &self.edge.trusted_proxies)
+        } else {
+            None
+        };
+        let req = session.req_header();
+        let routed = self
+            .edge
+            .router
+            .classify(&req.method, req.uri.path(), client);
         ctx.forward_path = routed.forward_path;
         let index = match routed.route {
             Route::Proxy(index) => index,
@@ -544,14 +556,14 @@ impl Gateway {
             Route::NotFound => return Ok(Some(Pending::Reply(ApiError::NotFound.into_reply()))),
         };
         ctx.route = Some(index);
-        let auth = routed.auth;
+        let access = routed.access;
         let authorization = facts.authorization.map(http::HeaderValue::as_bytes);
         // HTTP/2 names the host in `:authority` (a `Host` header is optional there).
         let host = facts.host.cloned().or_else(|| {
             let authority = req.uri.authority()?;
             http::HeaderValue::from_str(authority.as_str()).ok()
         });
-        match self.identify(authorization, auth) {
+        match self.identify(authorization, &access) {
             Identity::Known(user, sid) => {
                 ctx.sid = sid.filter(|_| user.is_some());
                 ctx.user = user;
@@ -567,7 +579,7 @@ impl Gateway {
                 verified,
                 now,
                 reread,
-                auth,
+                access: access.into_owned(),
                 host,
                 cleanup: facts.cleanup,
             })),
@@ -594,7 +606,7 @@ impl Gateway {
                 verified,
                 now,
                 reread,
-                auth,
+                access,
                 host,
                 cleanup,
             } => {
@@ -607,8 +619,7 @@ impl Gateway {
                         .map_err(ApiError::from),
                     Err(e) => Err(e),
                 };
-                let verified_only = self.app.require_verified_email;
-                match fetched.and_then(|state| admit(state, &verified, now, auth, verified_only)) {
+                match fetched.and_then(|state| admit(state, &verified, now, &access)) {
                     Ok(user) => {
                         ctx.sid = verified.session_id.filter(|_| user.is_some());
                         ctx.user = user;
@@ -627,24 +638,26 @@ impl Gateway {
 
 /// A route's verdict on a verified token and its user's state at `now` (unix seconds): the
 /// user is active and the token still counts (its session is live, or it is sessionless and
-/// not refused). `Ok(None)` is anonymous, for public routes only. With `verified_only`
-/// (`auth.require_verified_email`), a protected route refuses a user whose address is not
-/// verified (403); a public one lets them through as themselves.
+/// not refused), and the user meets what `access` requires. `Ok(None)` is anonymous, for
+/// public routes only.
 fn admit(
     state: Option<Arc<UserState>>,
     token: &token::Verified,
     now: std::time::SystemTime,
-    auth: RouteAuth,
-    verified_only: bool,
+    access: &Access,
 ) -> Result<Option<Arc<UserState>>, ApiError> {
     match state {
         Some(user) if user.active && user.accepts(token, token::unix_seconds(now)) => {
-            if verified_only && !user.email_verified && auth == RouteAuth::Required {
-                return Err(ApiError::EmailNotVerified);
-            }
+            let caller = Caller {
+                roles: &user.roles,
+                email_verified: user.email_verified,
+                // No session has a second factor until two-factor sign-in exists.
+                aal2: false,
+            };
+            access.verdict(Some(caller))?;
             Ok(Some(user))
         }
-        _ if auth == RouteAuth::Public => Ok(None),
+        _ if *access == Access::Public => Ok(None),
         _ => Err(ApiError::RejectedToken),
     }
 }
@@ -674,7 +687,7 @@ enum Pending {
         verified: Arc<token::Verified>,
         now: std::time::SystemTime,
         reread: bool,
-        auth: RouteAuth,
+        access: Access,
         host: Option<http::HeaderValue>,
         cleanup: identity::Cleanup,
     },

@@ -21,7 +21,11 @@ use std::borrow::Cow;
 
 use http::Method;
 
-use crate::config::{RouteAuth, RouteConfig};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::config::{Networks, RouteAuth, RouteConfig, RuleAllow, RuleConfig};
+use crate::own::api::ApiError;
 pub use crate::own::endpoints::{classify as own_route, Endpoint, OwnRoute, JWKS_PATH};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,13 +41,174 @@ pub enum Route {
     NotFound,
 }
 
+/// Who may pass, once a route (and perhaps one of its rules) has been chosen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone; a valid token's identity is forwarded.
+    Public,
+    /// A valid token of an active user who meets these requirements.
+    Authenticated(Requirements),
+    /// Nobody (403 `Forbidden`).
+    Deny,
+}
+
+/// What a caller must have beyond a valid token: every set of `roles` (any one role of each),
+/// a verified address, an `aal2` session.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Requirements {
+    pub roles: Arc<[Arc<[String]>]>,
+    pub verified_email: bool,
+    pub mfa: bool,
+}
+
+impl Requirements {
+    /// The first requirement a signed-in caller fails, if any, in the order that tells the
+    /// caller most: roles (nothing they can do), then the address (they can verify it), then
+    /// a second factor (they can step up).
+    pub fn unmet(&self, caller: Caller<'_>) -> Option<ApiError> {
+        let holds = |role: &String| caller.roles.binary_search(role).is_ok();
+        if !self.roles.iter().all(|any| any.iter().any(holds)) {
+            Some(ApiError::NotEnoughPermissions)
+        } else if self.verified_email && !caller.email_verified {
+            Some(ApiError::EmailNotVerified)
+        } else if self.mfa && !caller.aal2 {
+            Some(ApiError::MfaRequired)
+        } else {
+            None
+        }
+    }
+
+    /// Both sets of requirements at once.
+    fn and(&self, other: &Requirements) -> Requirements {
+        Requirements {
+            roles: self
+                .roles
+                .iter()
+                .chain(other.roles.iter())
+                .cloned()
+                .collect(),
+            verified_email: self.verified_email || other.verified_email,
+            mfa: self.mfa || other.mfa,
+        }
+    }
+}
+
+/// A signed-in caller (a valid token of an active user), as far as rules ask.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller<'a> {
+    /// Sorted.
+    pub roles: &'a [String],
+    pub email_verified: bool,
+    /// Whether the session passed a second factor.
+    pub aal2: bool,
+}
+
+impl Access {
+    /// The verdict on a caller (`None`: no valid token): pass, or the answer the caller gets.
+    /// The proxy and `check-access` both decide here.
+    pub fn verdict(&self, caller: Option<Caller<'_>>) -> Result<(), ApiError> {
+        match (self, caller) {
+            (Access::Deny, _) => Err(ApiError::Forbidden),
+            (Access::Public, _) => Ok(()),
+            (Access::Authenticated(_), None) => Err(ApiError::NotAuthenticated),
+            (Access::Authenticated(needs), Some(caller)) => needs.unmet(caller).map_or(Ok(()), Err),
+        }
+    }
+
+    /// What both of two decisions let through (for a path two readings could mean).
+    fn and(&self, other: &Access) -> Access {
+        match (self, other) {
+            (Access::Deny, _) | (_, Access::Deny) => Access::Deny,
+            (Access::Public, other) | (other, Access::Public) => other.clone(),
+            (Access::Authenticated(a), Access::Authenticated(b)) => Access::Authenticated(a.and(b)),
+        }
+    }
+}
+
+/// A route's rule, ready to match.
+#[derive(Debug, Clone)]
+struct Rule {
+    paths: Vec<String>,
+    methods: Vec<Method>,
+    networks: Option<Networks>,
+    access: Access,
+}
+
+impl Rule {
+    fn compile(rule: &RuleConfig) -> Rule {
+        Rule {
+            paths: rule.paths.clone(),
+            methods: rule
+                .methods
+                .iter()
+                .filter_map(|m| Method::from_bytes(m.to_ascii_uppercase().as_bytes()).ok())
+                .collect(),
+            networks: (!rule.networks.is_empty())
+                .then(|| Networks::parse(&rule.networks).unwrap_or_default()),
+            access: match rule.allow {
+                RuleAllow::Public => Access::Public,
+                RuleAllow::Deny => Access::Deny,
+                RuleAllow::Authenticated => Access::Authenticated(Requirements {
+                    roles: if rule.roles.is_empty() {
+                        Arc::new([])
+                    } else {
+                        Arc::new([Arc::from(rule.roles.clone())])
+                    },
+                    verified_email: rule.verified_email,
+                    mfa: rule.mfa,
+                }),
+            },
+        }
+    }
+
+    /// Whether every matcher matches (`HEAD` is `GET` without the body: a rule for `GET`
+    /// holds for it too).
+    fn matches(&self, method: &Method, path: &[u8], client: Option<IpAddr>, cs: bool) -> bool {
+        (self.paths.is_empty() || self.paths.iter().any(|p| starts_with(path, p, cs)))
+            && (self.methods.is_empty()
+                || self
+                    .methods
+                    .iter()
+                    .any(|m| m == method || (method == Method::HEAD && m == Method::GET)))
+            && self
+                .networks
+                .as_ref()
+                .is_none_or(|n| client.is_some_and(|ip| n.contains(ip)))
+    }
+}
+
+/// Whether `path` starts with `prefix`, in its letter case or in any (`cs`: case-sensitive).
+fn starts_with(path: &[u8], prefix: &str, cs: bool) -> bool {
+    if cs {
+        path.starts_with(prefix.as_bytes())
+    } else {
+        path.get(..prefix.len())
+            .is_some_and(|start| start.eq_ignore_ascii_case(prefix.as_bytes()))
+    }
+}
+
+/// A configured route, ready to match.
+#[derive(Debug, Clone)]
+struct CompiledRoute {
+    prefix: String,
+    /// Into the config's routes.
+    index: usize,
+    /// Who passes when no rule matches (the route's `auth`).
+    access: Access,
+    rules: Vec<Rule>,
+}
+
 /// The configured routes, longest prefix first.
 #[derive(Debug, Clone, Default)]
 pub struct Router {
-    /// (prefix, index into the config's routes, auth)
-    prefixes: Vec<(String, usize, RouteAuth)>,
+    routes: Vec<CompiledRoute>,
     /// Whether prefixes match only in their own letter case (`proxy.case_sensitive_paths`).
     case_sensitive: bool,
+    /// Whether any rule asks about the client's address (then it is worked out per request).
+    networks: bool,
+    /// Whether a prefix or a rule's path has capitals (then even a path without any may mean
+    /// two things).
+    capitals: bool,
     /// Whether `/openapi.json` and `/docs` are served (`[docs] enabled`); if not, their paths
     /// are the routes' like any other.
     docs: bool,
@@ -58,18 +223,64 @@ fn is_docs_path(path: &[u8]) -> bool {
 
 impl Router {
     pub fn new(routes: &[RouteConfig]) -> Router {
-        let mut prefixes: Vec<_> = routes
+        let mut compiled: Vec<_> = routes
             .iter()
             .enumerate()
-            .map(|(i, r)| (r.prefix.clone(), i, r.auth))
+            .map(|(index, r)| CompiledRoute {
+                prefix: r.prefix.clone(),
+                index,
+                access: match r.auth {
+                    RouteAuth::Required => Access::Authenticated(Requirements::default()),
+                    RouteAuth::Public => Access::Public,
+                },
+                rules: r.rules.iter().map(Rule::compile).collect(),
+            })
             .collect();
-        prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
+        compiled.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+        let capitals = |p: &String| p.bytes().any(|b| b.is_ascii_uppercase());
         Router {
-            prefixes,
+            capitals: routes.iter().any(|r| {
+                capitals(&r.prefix) || r.rules.iter().any(|rule| rule.paths.iter().any(capitals))
+            }),
+            networks: routes
+                .iter()
+                .any(|r| r.rules.iter().any(|rule| !rule.networks.is_empty())),
+            routes: compiled,
             case_sensitive: false,
             docs: true,
             jwks: true,
         }
+    }
+
+    /// Whether deciding needs the client's address (some rule has `networks`).
+    pub fn needs_client(&self) -> bool {
+        self.networks
+    }
+
+    /// The router the configuration describes.
+    pub fn from_config(config: &crate::config::Config) -> Router {
+        Router::new(&config.routes)
+            .with_case_sensitive_paths(config.proxy.case_sensitive_paths)
+            .with_verified_email(config.auth.require_verified_email)
+            .with_docs(config.docs.enabled)
+            .with_jwks(config.identity_assertion.enabled)
+    }
+
+    /// With `auth.require_verified_email`: whatever needs a token needs a verified address
+    /// too (a public route or rule still lets an unverified user through as themselves).
+    pub fn with_verified_email(mut self, required: bool) -> Router {
+        if required {
+            for route in &mut self.routes {
+                let accesses = std::iter::once(&mut route.access)
+                    .chain(route.rules.iter_mut().map(|rule| &mut rule.access));
+                for access in accesses {
+                    if let Access::Authenticated(needs) = access {
+                        needs.verified_email = true;
+                    }
+                }
+            }
+        }
+        self
     }
 
     /// Matches prefixes in their own letter case only (off by default).
@@ -91,8 +302,14 @@ impl Router {
     }
 
     /// The gateway's own endpoints first, then the routes, both on the path as
-    /// [`read_path`] reads it.
-    pub fn classify(&self, method: &Method, raw_path: &str) -> Routed {
+    /// [`read_path`] reads it. `client` is the caller's address (after trusted proxies), asked
+    /// for only when a rule has `networks` ([`Router::needs_client`]).
+    pub fn classify<'r>(
+        &'r self,
+        method: &Method,
+        raw_path: &str,
+        client: Option<IpAddr>,
+    ) -> Routed<'r> {
         let Some(path) = read_path(raw_path) else {
             return Routed::to(Route::BadPath);
         };
@@ -105,58 +322,78 @@ impl Router {
             own => return Routed::to(own),
         }
         let matched = path.matched.as_ref();
-        let exact = |prefix: &str| matched.starts_with(prefix.as_bytes());
-        let folded = |prefix: &str| {
-            matched
-                .get(..prefix.len())
-                .is_some_and(|start| start.eq_ignore_ascii_case(prefix.as_bytes()))
-        };
-        let found = if self.case_sensitive {
-            self.prefixes.iter().find(|(prefix, _, _)| exact(prefix))
-        } else {
-            self.prefixes.iter().find(|(prefix, _, _)| folded(prefix))
-        };
-        let Some((prefix, index, auth)) = found else {
+        let Some((route, rule, access)) = self.decide(method, matched, client, self.case_sensitive)
+        else {
             return Routed::to(Route::NotFound);
         };
-        // A letter-case variant that a case-sensitive upstream would read as a path of
-        // another route (`/API/x` beside `/api/` and `/`, or `/PUBLIC/x` beside `/public/`
-        // and `/`): it is refused unless both routes would let it through.
-        let mut auth = *auth;
-        if !self.case_sensitive && !exact(prefix) {
-            let other = self.prefixes.iter().find(|(prefix, _, _)| exact(prefix));
-            if let Some((_, _, RouteAuth::Required)) = other {
-                auth = RouteAuth::Required;
+        // A letter-case variant that a case-sensitive upstream would read as another route's
+        // path or another rule's (`/API/x` beside `/api/` and `/`, `/api/ADMIN/x` beside a rule
+        // for `/api/admin/`): it passes only where both readings let it through.
+        let two_readings = self.capitals || matched.iter().any(u8::is_ascii_uppercase);
+        let access = if !self.case_sensitive && two_readings {
+            match self.decide(method, matched, client, true) {
+                Some((_, _, exact)) if exact != access => Cow::Owned(access.and(exact)),
+                _ => Cow::Borrowed(access),
             }
-        }
+        } else {
+            Cow::Borrowed(access)
+        };
         Routed {
-            route: Route::Proxy(*index),
-            auth,
+            route: Route::Proxy(route),
+            rule,
+            access,
             forward_path: match path.forward {
                 Cow::Owned(forward) => Some(forward),
                 Cow::Borrowed(_) => None,
             },
         }
     }
+
+    /// The one decision for a read path: the route (longest prefix), the first of its rules
+    /// whose matchers all match, and who may pass. `None`: no route.
+    fn decide(
+        &self,
+        method: &Method,
+        path: &[u8],
+        client: Option<IpAddr>,
+        cs: bool,
+    ) -> Option<(usize, Option<usize>, &Access)> {
+        let route = self
+            .routes
+            .iter()
+            .find(|r| starts_with(path, &r.prefix, cs))?;
+        let rule = route
+            .rules
+            .iter()
+            .position(|rule| rule.matches(method, path, client, cs));
+        let access = match rule {
+            Some(i) => &route.rules[i].access,
+            None => &route.access,
+        };
+        Some((route.index, rule, access))
+    }
 }
 
 /// Where a request goes, and the path it goes with.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Routed {
+pub struct Routed<'r> {
     pub route: Route,
-    /// For a proxied request: whether it needs a signed-in user (the route's `auth`, or the
-    /// stricter of two routes a letter-case variant could mean).
-    pub auth: RouteAuth,
+    /// For a proxied request: the route's rule that decided (its index), if one did.
+    pub rule: Option<usize>,
+    /// For a proxied request: who may pass (the rule's or the route's; for a letter-case
+    /// variant, what both readings allow).
+    pub access: Cow<'r, Access>,
     /// For a proxied request whose path the upstream should get in another spelling (escapes
     /// of unreserved characters decoded): that path. `None`: the path as sent.
     pub forward_path: Option<String>,
 }
 
-impl Routed {
-    fn to(route: Route) -> Routed {
+impl Routed<'_> {
+    fn to(route: Route) -> Routed<'static> {
         Routed {
             route,
-            auth: RouteAuth::Required,
+            rule: None,
+            access: Cow::Borrowed(&Access::Deny),
             forward_path: None,
         }
     }
@@ -323,11 +560,16 @@ mod tests {
             read_timeout_ms: 1000,
             tls: false,
             sni: None,
+            rules: Vec::new(),
         }
     }
 
+    fn required() -> Access {
+        Access::Authenticated(Requirements::default())
+    }
+
     fn routed(r: &Router, path: &str) -> Route {
-        r.classify(&Method::GET, path).route
+        r.classify(&Method::GET, path, None).route
     }
 
     #[test]
@@ -384,7 +626,7 @@ mod tests {
             assert_eq!(routed(&r, path), Route::Proxy(0), "{path}");
         }
         // Escapes of unreserved characters are decoded for the upstream; the rest stay.
-        let forward = |path: &str| r.classify(&Method::GET, path).forward_path;
+        let forward = |path: &str| r.classify(&Method::GET, path, None).forward_path;
         assert_eq!(forward("/%61pi/admin").as_deref(), Some("/api/admin"));
         assert_eq!(
             forward("/%61pi%2Fa%20b%7e").as_deref(),
@@ -405,21 +647,23 @@ mod tests {
             route("/", RouteAuth::Public),
         ]);
         for path in ["/API/admin/users", "/Api/Admin/users", "/%41pi/admin/users"] {
-            let routed = r.classify(&Method::GET, path);
+            let routed = r.classify(&Method::GET, path, None);
             assert_eq!(routed.route, Route::Proxy(0), "{path}");
-            assert_eq!(routed.auth, RouteAuth::Required, "{path}");
+            assert_eq!(*routed.access, required(), "{path}");
         }
         // The upstream gets the letters as sent.
         assert_eq!(
-            r.classify(&Method::GET, "/%41pi/x").forward_path.as_deref(),
+            r.classify(&Method::GET, "/%41pi/x", None)
+                .forward_path
+                .as_deref(),
             Some("/Api/x")
         );
         // Told that upstreams tell case apart, the gateway does too.
         let exact = r.clone().with_case_sensitive_paths(true);
-        let routed = exact.classify(&Method::GET, "/API/admin/users");
+        let routed = exact.classify(&Method::GET, "/API/admin/users", None);
         assert_eq!(
-            (routed.route, routed.auth),
-            (Route::Proxy(1), RouteAuth::Public)
+            (routed.route, routed.access.into_owned()),
+            (Route::Proxy(1), Access::Public)
         );
     }
 
@@ -430,16 +674,149 @@ mod tests {
             route("/", RouteAuth::Required),
             route("/public/", RouteAuth::Public),
         ]);
-        let routed = r.classify(&Method::GET, "/PUBLIC/x");
+        let routed = r.classify(&Method::GET, "/PUBLIC/x", None);
         assert_eq!(
-            (routed.route, routed.auth),
-            (Route::Proxy(1), RouteAuth::Required)
+            (routed.route, routed.access.into_owned()),
+            (Route::Proxy(1), required())
         );
-        let routed = r.classify(&Method::GET, "/public/x");
+        let routed = r.classify(&Method::GET, "/public/x", None);
         assert_eq!(
-            (routed.route, routed.auth),
-            (Route::Proxy(1), RouteAuth::Public)
+            (routed.route, routed.access.into_owned()),
+            (Route::Proxy(1), Access::Public)
         );
+    }
+
+    fn rule(paths: &[&str], allow: RuleAllow) -> RuleConfig {
+        RuleConfig {
+            paths: paths.iter().map(|p| p.to_string()).collect(),
+            allow,
+            ..RuleConfig::default()
+        }
+    }
+
+    fn needing(roles: &[&str]) -> Access {
+        Access::Authenticated(Requirements {
+            roles: Arc::new([roles.iter().map(|r| r.to_string()).collect()]),
+            ..Requirements::default()
+        })
+    }
+
+    /// The example of the configuration reference: health public, admin for admins and ops
+    /// from inside on GET and POST, every other admin request denied.
+    fn api_with_rules() -> Router {
+        let mut api = route("/api/", RouteAuth::Required);
+        api.rules = vec![
+            rule(&["/api/health"], RuleAllow::Public),
+            RuleConfig {
+                paths: vec!["/api/admin/".into()],
+                methods: vec!["GET".into(), "post".into()],
+                networks: vec!["10.0.0.0/8".into(), "127.0.0.1/32".into()],
+                roles: vec!["admin".into(), "ops".into()],
+                ..RuleConfig::default()
+            },
+            rule(&["/api/admin/"], RuleAllow::Deny),
+        ];
+        Router::new(&[api, route("/", RouteAuth::Public)])
+    }
+
+    #[test]
+    fn the_first_rule_whose_matchers_all_match_decides() {
+        let r = api_with_rules();
+        let inside = Some("10.1.2.3".parse().unwrap());
+        let outside = Some("192.0.2.1".parse().unwrap());
+        let decide = |method: Method, path: &str, client| {
+            let routed = r.classify(&method, path, client);
+            (routed.rule, routed.access.into_owned())
+        };
+        assert_eq!(
+            decide(Method::GET, "/api/health", None),
+            (Some(0), Access::Public)
+        );
+        assert_eq!(
+            decide(Method::GET, "/api/healthz", None),
+            (Some(0), Access::Public)
+        );
+        assert_eq!(decide(Method::GET, "/api/x", None), (None, required()));
+        assert_eq!(
+            decide(Method::GET, "/api/admin/users", inside),
+            (Some(1), needing(&["admin", "ops"]))
+        );
+        // HEAD is GET without the body; methods are matched in any letter case as configured.
+        assert_eq!(decide(Method::HEAD, "/api/admin/users", inside).0, Some(1));
+        assert_eq!(decide(Method::POST, "/api/admin/users", inside).0, Some(1));
+        // Another method, another network or no known address: the deny rule.
+        for (method, client) in [
+            (Method::DELETE, inside),
+            (Method::GET, outside),
+            (Method::GET, None),
+        ] {
+            assert_eq!(
+                decide(method.clone(), "/api/admin/users", client),
+                (Some(2), Access::Deny),
+                "{method} {client:?}"
+            );
+        }
+        // Rules are matched on the path as read: escapes, repeated slashes, letter case.
+        for path in [
+            "/api/%61dmin/x",
+            "/api//admin/x",
+            "/API/Admin/x",
+            "/api/admin%2Fx",
+        ] {
+            assert_eq!(
+                decide(Method::GET, path, outside),
+                (Some(2), Access::Deny),
+                "{path}"
+            );
+        }
+        assert!(r.needs_client());
+        assert!(!Router::new(&[route("/", RouteAuth::Public)]).needs_client());
+    }
+
+    #[test]
+    fn a_case_variant_gets_what_both_readings_of_the_rules_allow() {
+        // A case-sensitive upstream reads `/api/PUBLIC/x` as outside the public rule, so it
+        // needs the route's token; `/api/Secret/x` is the deny rule's in one reading.
+        let mut api = route("/api/", RouteAuth::Required);
+        api.rules = vec![
+            rule(&["/api/public/"], RuleAllow::Public),
+            rule(&["/api/secret/"], RuleAllow::Deny),
+        ];
+        let r = Router::new(&[api]);
+        let access = |path: &str| r.classify(&Method::GET, path, None).access.into_owned();
+        assert_eq!(access("/api/public/x"), Access::Public);
+        assert_eq!(access("/api/PUBLIC/x"), required());
+        assert_eq!(access("/api/Secret/x"), Access::Deny);
+        // Capitals in the configuration: a path in small letters may mean two things too.
+        let mut api = route("/api/", RouteAuth::Required);
+        api.rules = vec![rule(&["/api/Public/"], RuleAllow::Public)];
+        let capitals = Router::new(&[api]);
+        let routed = capitals.classify(&Method::GET, "/api/public/x", None);
+        assert_eq!(*routed.access, required());
+        let routed = capitals.classify(&Method::GET, "/api/Public/x", None);
+        assert_eq!(*routed.access, Access::Public);
+        let exact = r.clone().with_case_sensitive_paths(true);
+        let access = |path: &str| exact.classify(&Method::GET, path, None).access.into_owned();
+        assert_eq!(access("/api/PUBLIC/x"), required());
+        assert_eq!(access("/api/Secret/x"), required());
+    }
+
+    #[test]
+    fn both_readings_need_every_role_set_of_both() {
+        let a = needing(&["admin"]);
+        let b = Access::Authenticated(Requirements {
+            roles: Arc::new([Arc::from(vec!["ops".to_string()])]),
+            verified_email: true,
+            mfa: false,
+        });
+        let both = a.and(&b);
+        let Access::Authenticated(needs) = &both else {
+            panic!("{both:?}");
+        };
+        assert_eq!(needs.roles.len(), 2);
+        assert!(needs.verified_email && !needs.mfa);
+        assert_eq!(Access::Public.and(&a), a);
+        assert_eq!(a.and(&Access::Deny), Access::Deny);
     }
 
     #[test]

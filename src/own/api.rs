@@ -161,9 +161,19 @@ pub enum ApiError {
     /// origin not in `cors.origins`.
     #[error("cross-site request refused")]
     CrossSite,
-    /// `auth.require_verified_email`, and the caller's address is not verified.
+    /// `auth.require_verified_email` or a route rule's `verified_email`, and the caller's
+    /// address is not verified.
     #[error("email not verified")]
     EmailNotVerified,
+    /// A route rule's `roles` (or the admin role) that the caller holds none of.
+    #[error("not enough permissions")]
+    NotEnoughPermissions,
+    /// A route rule's `mfa`, and the caller's session has no second factor (RFC 9470).
+    #[error("mfa required")]
+    MfaRequired,
+    /// A route rule with `allow = "deny"`.
+    #[error("forbidden")]
+    Forbidden,
     /// A reset or verification token that is unknown, used, voided or expired.
     #[error("invalid or expired one-time token")]
     InvalidOneTimeToken,
@@ -236,6 +246,12 @@ impl ApiError {
             .with_header("cache-control", "no-store"),
             ApiError::SessionNotFound => Reply::detail(404, "Session not found"),
             ApiError::EmailNotVerified => Reply::detail(403, "Email not verified"),
+            ApiError::NotEnoughPermissions => Reply::detail(403, "Not enough permissions"),
+            ApiError::MfaRequired => Reply::detail(403, "MFA required").with_header(
+                "www-authenticate",
+                "Bearer error=\"insufficient_user_authentication\"",
+            ),
+            ApiError::Forbidden => Reply::detail(403, "Forbidden"),
             ApiError::CrossSite => Reply::detail(
                 403,
                 "Cross-site request refused: X-Requested-With and an allowed Origin are required",

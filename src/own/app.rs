@@ -50,8 +50,6 @@ pub struct App {
     pub(crate) letters: Letters,
     /// Wakes the mail worker when this gateway has written mail.
     pub mail_wake: Arc<tokio::sync::Notify>,
-    /// `auth.require_verified_email`.
-    pub require_verified_email: bool,
     /// Browser mode (`auth.refresh_cookie`): the refresh token's cookie.
     pub refresh_cookie: Option<RefreshCookie>,
     /// Password-reset requests being worked on after their answer went out (bounded).
@@ -177,7 +175,6 @@ impl App {
             seal_key: SealKey::derive(config.auth.secret_key.expose()),
             letters: Letters::new(&config.mail),
             mail_wake: Arc::new(tokio::sync::Notify::new()),
-            require_verified_email: config.auth.require_verified_email,
             refresh_cookie: config.auth.refresh_cookie.then(|| RefreshCookie {
                 name: config.auth.refresh_cookie_name.clone(),
                 max_age_secs: config.auth.session_absolute_days * 86_400,

@@ -26,16 +26,7 @@ pub struct User {
     pub roles: Vec<String>,
 }
 
-/// What a role may be called: a lower-case letter, then up to 63 of lower-case letters,
-/// digits and `_ . : -` (the table checks the same).
-pub fn is_role_name(name: &str) -> bool {
-    let b = name.as_bytes();
-    (1..=64).contains(&b.len())
-        && b[0].is_ascii_lowercase()
-        && b[1..].iter().all(|c| {
-            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'.' | b':' | b'-')
-        })
-}
+pub use crate::config::is_role_name;
 
 /// The most roles one user may hold.
 pub const MAX_ROLES_PER_USER: usize = 64;

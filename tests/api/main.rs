@@ -27,6 +27,7 @@ mod proxy_streams;
 mod rate_limits;
 mod register;
 mod roles;
+mod route_rules;
 mod sessions;
 mod shared_limits;
 mod slow_clients;
