@@ -324,6 +324,8 @@ pub struct AuthConfig {
     /// `X-Requested-With` and an allowed `Origin`.
     pub refresh_cookie: bool,
     pub refresh_cookie_name: String,
+    /// The role whose holders may use the admin API (`/auth/admin/`).
+    pub admin_role: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -612,6 +614,7 @@ impl Default for AuthConfig {
             require_verified_email: false,
             refresh_cookie: false,
             refresh_cookie_name: "sg_refresh".into(),
+            admin_role: "admin".into(),
         }
     }
 }
@@ -1062,6 +1065,12 @@ impl Config {
         {
             return invalid(format!(
                 "auth.refresh_cookie_name must be 1-64 letters, digits, '_' or '-', got {name:?}"
+            ));
+        }
+        if !is_role_name(&self.auth.admin_role) {
+            return invalid(format!(
+                "auth.admin_role must be a role name (a-z first, then a-z 0-9 _ . : -, at most 64), got {:?}",
+                self.auth.admin_role
             ));
         }
         if self.auth.refresh_reuse_grace_seconds > 300 {

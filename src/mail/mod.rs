@@ -21,6 +21,8 @@ pub const TOKEN_MARK: &str = "{token}";
 /// How long links last.
 pub const RESET_LINK_LIFETIME: Duration = Duration::from_secs(30 * 60);
 pub const VERIFY_LINK_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// An invitation's link (a password-reset token: it sets the first password).
+pub const INVITATION_LINK_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// One mail to write to the outbox.
 #[derive(Debug)]
@@ -77,6 +79,25 @@ impl Letters {
                 self.app_base_url
             ),
             token: Some((token, RESET_LINK_LIFETIME)),
+        }
+    }
+
+    /// To a user an administrator created without a password: the reset flow's link, which
+    /// sets the first one (and proves the address).
+    pub fn invitation(&self, to: &str, token: OneTimeToken) -> Mail {
+        Mail {
+            kind: "invitation",
+            to: to.to_string(),
+            subject: "You have been invited",
+            body: format!(
+                "Hello,\n\n\
+                 an account was created for {to}. To choose its password and sign in, open this \
+                 link within 7 days:\n\n\
+                 {}/reset-password#token={TOKEN_MARK}\n\n\
+                 The link works once. If you did not expect this, you can ignore this mail.\n",
+                self.app_base_url
+            ),
+            token: Some((token, INVITATION_LINK_LIFETIME)),
         }
     }
 

@@ -185,6 +185,12 @@ pub enum ApiError {
     BadPath,
     #[error("user not found")]
     UserNotFound,
+    /// The admin API: no user has the id in the path.
+    #[error("no such user")]
+    NoSuchUser,
+    /// The admin API: the change would leave no active holder of `auth.admin_role`.
+    #[error("last administrator")]
+    LastAdmin,
     /// A refresh token that is unknown, forged, ended, reused, or whose user is gone: OAuth2's
     /// `invalid_grant` (RFC 6749 §5.2).
     #[error("invalid refresh token")]
@@ -245,6 +251,11 @@ impl ApiError {
             )
             .with_header("cache-control", "no-store"),
             ApiError::SessionNotFound => Reply::detail(404, "Session not found"),
+            ApiError::NoSuchUser => Reply::detail(404, "User not found"),
+            ApiError::LastAdmin => Reply::detail(
+                409,
+                "The last active administrator cannot be deactivated or lose the admin role",
+            ),
             ApiError::EmailNotVerified => Reply::detail(403, "Email not verified"),
             ApiError::NotEnoughPermissions => Reply::detail(403, "Not enough permissions"),
             ApiError::MfaRequired => Reply::detail(403, "MFA required").with_header(

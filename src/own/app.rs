@@ -25,6 +25,7 @@ use crate::own::endpoints::Endpoint;
 use crate::own::forms::{self, TokenForm};
 use crate::store::account_tokens::{self, Purpose};
 use crate::store::db::Readiness;
+use crate::store::directory;
 use crate::store::sessions;
 use crate::store::user_cache::{bounded_cache, BoundedCache, Cached, UserCache, UserState};
 use crate::store::users::{self, Account, User, UserResponse};
@@ -62,6 +63,8 @@ pub struct App {
     pub policy: HashPolicy,
     pub cors: Cors,
     allow_registration: bool,
+    /// Holders of this role may use the admin API (`auth.admin_role`).
+    pub(crate) admin_role: String,
     /// Verified against when the email is unknown, so that costs the same as a wrong password.
     dummy_hash: Arc<str>,
     /// Tokens already verified (only verified ones get in), so that a client's every request
@@ -186,6 +189,7 @@ impl App {
             policy,
             cors: Cors::new(&config.cors.origins),
             allow_registration: config.auth.allow_registration,
+            admin_role: config.auth.admin_role.clone(),
             dummy_hash: Arc::from(dummy.as_str()),
             verified_tokens: bounded_cache(TOKEN_CACHE_CAPACITY),
             ready: Arc::new(Readiness::default()),
@@ -226,6 +230,16 @@ impl App {
     }
 
     pub async fn handle(self: &Arc<Self>, endpoint: Endpoint, req: &OwnRequest) -> Reply {
+        let reply = self.answer(endpoint, req).await;
+        if endpoint.is_admin() {
+            // Lists of users and their roles stay out of every cache, errors included.
+            reply.with_header("cache-control", "no-store")
+        } else {
+            reply
+        }
+    }
+
+    async fn answer(self: &Arc<Self>, endpoint: Endpoint, req: &OwnRequest) -> Reply {
         if endpoint != Endpoint::Health && !endpoint.is_docs() {
             if let Err(e) = self.check_ready() {
                 return e.into_reply();
@@ -247,6 +261,11 @@ impl App {
             Endpoint::PasswordResetConfirm => self.confirm_password_reset(req).await,
             Endpoint::VerifyEmail => self.verify_email(req).await,
             Endpoint::ResendVerification => self.resend_verification(req).await,
+            Endpoint::AdminListUsers => self.admin_list_users(req).await,
+            Endpoint::AdminCreateUser => self.admin_create_user(req).await,
+            Endpoint::AdminGetUser => self.admin_get_user(req).await,
+            Endpoint::AdminUpdateUser => self.admin_update_user(req).await,
+            Endpoint::AdminEndSessions => self.admin_end_sessions(req).await,
             Endpoint::Jwks => Ok(self.jwks()),
             Endpoint::OpenApi => Ok(crate::own::docs::openapi()),
             Endpoint::Docs => Ok(crate::own::docs::page()),
@@ -354,12 +373,24 @@ impl App {
         user: &User,
         purpose: Purpose,
     ) -> Result<(), ApiError> {
+        self.send_letter(db, user, purpose, |letters, to, token| match purpose {
+            Purpose::PasswordReset => letters.password_reset(to, token),
+            Purpose::VerifyEmail => letters.verify_email(to, token),
+        })
+        .await
+    }
+
+    /// [`App::send_link`] with the letter `write` makes (the link's lifetime is the letter's).
+    pub(crate) async fn send_letter(
+        &self,
+        db: &impl deadpool_postgres::GenericClient,
+        user: &User,
+        purpose: Purpose,
+        write: impl FnOnce(&Letters, &str, OneTimeToken) -> Mail,
+    ) -> Result<(), ApiError> {
         let token = OneTimeToken::generate().map_err(|e| ApiError::Internal(e.to_string()))?;
         let hash = token.hash();
-        let mail = match purpose {
-            Purpose::PasswordReset => self.letters.password_reset(&user.email, token),
-            Purpose::VerifyEmail => self.letters.verify_email(&user.email, token),
-        };
+        let mail = write(&self.letters, &user.email, token);
         let lifetime = mail.token.as_ref().map_or(Duration::ZERO, |(_, l)| *l);
         account_tokens::issue(db, &hash, &user.id, &user.email, purpose, lifetime).await?;
         self.write_mail(db, &mail).await
@@ -561,6 +592,7 @@ impl App {
             _ => return Err(ApiError::BadCredentials),
         };
         let db = self.floodable_client().await?;
+        directory::signed_in(&*db, &user.id).await?;
         self.signed_in(&*db, &user, req).await
     }
 

@@ -22,6 +22,16 @@ pub enum Endpoint {
     PasswordResetConfirm,
     VerifyEmail,
     ResendVerification,
+    /// `GET /auth/admin/users`: a page of users (the admin API: `auth.admin_role` only).
+    AdminListUsers,
+    /// `POST /auth/admin/users`.
+    AdminCreateUser,
+    /// `GET /auth/admin/users/{id}`.
+    AdminGetUser,
+    /// `PATCH /auth/admin/users/{id}`.
+    AdminUpdateUser,
+    /// `DELETE /auth/admin/users/{id}/sessions`.
+    AdminEndSessions,
     /// `GET /.well-known/jwks.json`: the keys of identity assertions (with
     /// `[identity_assertion] enabled`).
     Jwks,
@@ -35,7 +45,7 @@ pub enum Endpoint {
 
 impl Endpoint {
     /// Every endpoint, once.
-    pub const ALL: [Endpoint; 19] = [
+    pub const ALL: [Endpoint; 24] = [
         Endpoint::Health,
         Endpoint::Ready,
         Endpoint::Register,
@@ -51,6 +61,11 @@ impl Endpoint {
         Endpoint::PasswordResetConfirm,
         Endpoint::VerifyEmail,
         Endpoint::ResendVerification,
+        Endpoint::AdminListUsers,
+        Endpoint::AdminCreateUser,
+        Endpoint::AdminGetUser,
+        Endpoint::AdminUpdateUser,
+        Endpoint::AdminEndSessions,
         Endpoint::Jwks,
         Endpoint::OpenApi,
         Endpoint::Docs,
@@ -62,6 +77,18 @@ impl Endpoint {
         matches!(
             self,
             Endpoint::OpenApi | Endpoint::Docs | Endpoint::DocsAsset
+        )
+    }
+
+    /// The admin API's: every answer `Cache-Control: no-store`.
+    pub fn is_admin(self) -> bool {
+        matches!(
+            self,
+            Endpoint::AdminListUsers
+                | Endpoint::AdminCreateUser
+                | Endpoint::AdminGetUser
+                | Endpoint::AdminUpdateUser
+                | Endpoint::AdminEndSessions
         )
     }
 
@@ -77,6 +104,8 @@ impl Endpoint {
                 | Endpoint::PasswordReset
                 | Endpoint::PasswordResetConfirm
                 | Endpoint::VerifyEmail
+                | Endpoint::AdminCreateUser
+                | Endpoint::AdminUpdateUser
         )
     }
 
@@ -97,6 +126,11 @@ impl Endpoint {
             Endpoint::PasswordResetConfirm => "password_reset_confirm",
             Endpoint::VerifyEmail => "verify_email",
             Endpoint::ResendVerification => "resend_verification",
+            Endpoint::AdminListUsers => "admin_list_users",
+            Endpoint::AdminCreateUser => "admin_create_user",
+            Endpoint::AdminGetUser => "admin_get_user",
+            Endpoint::AdminUpdateUser => "admin_update_user",
+            Endpoint::AdminEndSessions => "admin_end_sessions",
             Endpoint::Jwks => "jwks",
             Endpoint::OpenApi => "openapi",
             Endpoint::Docs => "docs",
@@ -182,6 +216,35 @@ pub fn classify(method: &Method, path: &[u8]) -> OwnRoute {
                 OwnRoute::MethodNotAllowed("DELETE")
             }
         }
+        b"/auth/admin/users" if get => OwnRoute::Endpoint(Endpoint::AdminListUsers),
+        b"/auth/admin/users" if method == Method::POST => {
+            OwnRoute::Endpoint(Endpoint::AdminCreateUser)
+        }
+        b"/auth/admin/users" => OwnRoute::MethodNotAllowed("GET, POST"),
+        [b'/', b'a', b'u', b't', b'h', b'/', b'a', b'd', b'm', b'i', b'n', b'/', b'u', b's', b'e', b'r', b's', b'/', rest @ ..] => {
+            admin_user(method, rest)
+        }
         _ => OwnRoute::None,
+    }
+}
+
+/// `/auth/admin/users/` followed by `rest`: `{id}` or `{id}/sessions` (the id is checked by
+/// the handler).
+fn admin_user(method: &Method, rest: &[u8]) -> OwnRoute {
+    let (id, sessions) = match rest.iter().position(|&b| b == b'/') {
+        None => (rest, false),
+        Some(slash) if &rest[slash..] == b"/sessions" => (&rest[..slash], true),
+        Some(_) => return OwnRoute::None,
+    };
+    if id.is_empty() {
+        return OwnRoute::None;
+    }
+    let get = method == Method::GET || method == Method::HEAD;
+    match sessions {
+        true if method == Method::DELETE => OwnRoute::Endpoint(Endpoint::AdminEndSessions),
+        true => OwnRoute::MethodNotAllowed("DELETE"),
+        false if get => OwnRoute::Endpoint(Endpoint::AdminGetUser),
+        false if method == Method::PATCH => OwnRoute::Endpoint(Endpoint::AdminUpdateUser),
+        false => OwnRoute::MethodNotAllowed("GET, PATCH"),
     }
 }

@@ -54,7 +54,7 @@ pub fn decode_json_body(
 }
 
 /// The body must be an object; anything else is FastAPI's `model_attributes_type`.
-fn object(body: Option<Value>) -> Result<Map<String, Value>, ApiError> {
+pub(crate) fn object(body: Option<Value>) -> Result<Map<String, Value>, ApiError> {
     match body {
         None => Err(ApiError::Validation(vec![Issue::missing_body()])),
         Some(Value::Object(map)) => Ok(map),
@@ -63,7 +63,7 @@ fn object(body: Option<Value>) -> Result<Map<String, Value>, ApiError> {
 }
 
 /// A string field: `Ok(None)` when absent (or null where `nullable`).
-fn string_field(
+pub(crate) fn string_field(
     map: &Map<String, Value>,
     field: &str,
     nullable: bool,
@@ -80,7 +80,7 @@ fn string_field(
     }
 }
 
-fn password_policy(field: &str, password: &str, issues: &mut Vec<Issue>) {
+pub(crate) fn password_policy(field: &str, password: &str, issues: &mut Vec<Issue>) {
     let chars = password.chars().count();
     let input = Value::from(password);
     if chars < PASSWORD_MIN_CHARS {
@@ -103,7 +103,7 @@ fn password_policy(field: &str, password: &str, issues: &mut Vec<Issue>) {
 }
 
 /// PostgreSQL text cannot hold NUL; the seed crashed on it, we refuse it.
-fn no_nul(field: &str, value: &str, issues: &mut Vec<Issue>) -> bool {
+pub(crate) fn no_nul(field: &str, value: &str, issues: &mut Vec<Issue>) -> bool {
     if value.contains('\0') {
         issues.push(Issue {
             kind: "value_error",
@@ -155,7 +155,7 @@ pub fn validate_new_user(body: Option<Value>) -> Result<NewUser, ApiError> {
 }
 
 /// A required `email` field, checked as pydantic's `EmailStr` and normalised.
-fn email_field(
+pub(crate) fn email_field(
     map: &serde_json::Map<String, Value>,
     whole: &Value,
     issues: &mut Vec<Issue>,

@@ -1,11 +1,13 @@
 //! PostgreSQL: pools, migrations, start-up checks and readiness (`db`), the `users` table
-//! (`users`), the hashes of reset and verification tokens (`account_tokens`), sessions and
-//! their refresh generations (`sessions`), the identity assertion keys (`signing_keys`), the roles users hold (`roles`), TLS to
-//! the database (`pg_tls`) and the in-memory user state kept fresh by LISTEN/NOTIFY, whose
-//! changes it announces (`user_cache`). Storage errors are [`StoreError`]s.
+//! (`users`), the admin API's pages of users (`directory`), the roles users hold (`roles`), the
+//! hashes of reset and verification tokens (`account_tokens`), sessions and their refresh
+//! generations (`sessions`), the identity assertion keys (`signing_keys`), TLS to the database
+//! (`pg_tls`) and the in-memory user state kept fresh by LISTEN/NOTIFY, whose changes it
+//! announces (`user_cache`). Storage errors are [`StoreError`]s.
 
 pub mod account_tokens;
 pub mod db;
+pub mod directory;
 pub mod pg_tls;
 pub mod roles;
 pub mod sessions;

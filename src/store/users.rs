@@ -31,7 +31,8 @@ pub use crate::config::is_role_name;
 /// The most roles one user may hold.
 pub const MAX_ROLES_PER_USER: usize = 64;
 
-const COLUMNS: &str = "id, email, full_name, hashed_password, COALESCE(is_active, false), \
+pub(crate) const COLUMNS: &str =
+    "id, email, full_name, hashed_password, COALESCE(is_active, false), \
                        COALESCE(created_at, updated_at, timestamp 'epoch'), email_verified, \
                        ARRAY(SELECT r.role FROM sentinel_user_roles r \
                              WHERE r.user_id = users.id ORDER BY r.role)";
@@ -135,7 +136,7 @@ fn pool_error(e: PoolError) -> StoreError {
 }
 
 /// PostgreSQL text cannot hold NUL (it refuses the parameter outright): such a key names no row.
-fn storable(key: &str) -> bool {
+pub(crate) fn storable(key: &str) -> bool {
     !key.contains('\0')
 }
 

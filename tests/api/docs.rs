@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::admin_cli::{cli, stdout};
 use crate::browser::{in_chromium, page};
 use crate::helpers::*;
 
@@ -189,6 +190,66 @@ async fn the_document_is_valid_openapi_and_real_answers_match_it() {
     .await;
     samples.push(sample("POST", "/auth/users/me/password", &r));
     let access = r.json()["access_token"].as_str().unwrap().to_string();
+    // The admin API: refused, then as a holder of the admin role.
+    let admin = |method: &str, path: &str, body: Option<Value>| {
+        let mut req = c
+            .request(method.parse().unwrap(), app.url(path))
+            .bearer_auth(&access);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        async move { Answer::of(req.send().await.unwrap()).await }
+    };
+    samples.push(sample(
+        "GET",
+        "/auth/admin/users",
+        &admin("GET", "/auth/admin/users", None).await,
+    ));
+    stdout(&cli(&app, &["grant", "docs@example.com", "admin"], ""));
+    let created = admin(
+        "POST",
+        "/auth/admin/users",
+        Some(json!({"email": "made@example.com", "roles": ["ops"]})),
+    )
+    .await;
+    let made = format!(
+        "/auth/admin/users/{}",
+        created.json()["id"].as_str().unwrap()
+    );
+    samples.push(sample("POST", "/auth/admin/users", &created));
+    let one = "/auth/admin/users/{user_id}";
+    let sessions = format!("{made}/sessions");
+    for (method, path, documented, body) in [
+        (
+            "GET",
+            "/auth/admin/users?limit=1",
+            "/auth/admin/users",
+            None,
+        ),
+        (
+            "GET",
+            "/auth/admin/users?limit=0",
+            "/auth/admin/users",
+            None,
+        ),
+        ("GET", &made, one, None),
+        ("GET", "/auth/admin/users/nobody", one, None),
+        (
+            "PATCH",
+            &made,
+            one,
+            Some(json!({"roles": ["a", "b"], "is_active": false})),
+        ),
+        ("PATCH", &made, one, Some(json!({"roles": ["Not A Role"]}))),
+        (
+            "DELETE",
+            &sessions,
+            "/auth/admin/users/{user_id}/sessions",
+            None,
+        ),
+    ] {
+        samples.push(sample(method, documented, &admin(method, path, body).await));
+    }
     let r = Answer::of(
         c.post(app.url("/auth/logout?scope=global"))
             .bearer_auth(&access)
@@ -206,7 +267,7 @@ async fn the_document_is_valid_openapi_and_real_answers_match_it() {
         statuses,
         [
             200, 200, 200, 200, 400, 422, 200, 401, 422, 200, 400, 200, 401, 200, 200, 404, 202,
-            400, 400, 429, 200, 204
+            400, 400, 429, 200, 403, 201, 200, 422, 200, 404, 200, 422, 204, 204
         ]
     );
     check(&app.dir, &spec.text, &Value::Array(samples));
@@ -375,7 +436,16 @@ async fn chromium_lists_the_operations_and_tries_out_health() {
     ] {
         assert!(operations.contains(&op), "{op} not listed: {operations:?}");
     }
-    assert_eq!(operations.len(), 16, "{operations:?}");
+    // Every operation of the document, each once.
+    let doc = app.get("/openapi.json").await.json();
+    let documented: usize = doc["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|item| item.as_object().unwrap().len())
+        .sum();
+    assert_eq!(operations.len(), documented, "{operations:?}");
+    assert!(operations.contains(&"PATCH /auth/admin/users/{user_id}"));
     assert_eq!(seen["status"], "200", "{seen}");
     let body: Value = serde_json::from_str(seen["body"].as_str().unwrap()).unwrap();
     assert_eq!(body, json!({"status": "ok"}));

@@ -5,6 +5,7 @@ mod helpers;
 mod mailbox;
 
 mod account_mail;
+mod admin_api;
 mod admin_cli;
 mod adoption;
 mod assertions;
