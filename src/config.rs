@@ -86,6 +86,7 @@ pub struct Config {
     pub docs: DocsConfig,
     pub tls: TlsConfig,
     pub identity_assertion: AssertionConfig,
+    pub audit: AuditConfig,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -142,6 +143,20 @@ pub struct DocsConfig {
 impl Default for DocsConfig {
     fn default() -> Self {
         DocsConfig { enabled: true }
+    }
+}
+
+/// The audit log of security events (`GET /auth/admin/events`, `sentinel-gateway events`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Events older than this many days are deleted in the background (1–36500).
+    pub retention_days: u32,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig { retention_days: 90 }
     }
 }
 
@@ -1072,6 +1087,9 @@ impl Config {
                 "auth.admin_role must be a role name (a-z first, then a-z 0-9 _ . : -, at most 64), got {:?}",
                 self.auth.admin_role
             ));
+        }
+        if !(1..=36_500).contains(&self.audit.retention_days) {
+            return invalid("audit.retention_days must be between 1 and 36500".into());
         }
         if self.auth.refresh_reuse_grace_seconds > 300 {
             return invalid("auth.refresh_reuse_grace_seconds must be at most 300".into());

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use sentinel_gateway::config::{Config, ConfigError, Sources};
 use sentinel_gateway::edge::access;
 use sentinel_gateway::ops::admin::{KeysCommand, UsersCommand};
+use sentinel_gateway::ops::events::{self, EventsArgs};
 use sentinel_gateway::ops::{admin, check, process, server, telemetry};
 use sentinel_gateway::store::db::DbError;
 
@@ -93,6 +94,8 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// The audit log, newest first: logins, sessions, passwords, roles, administrators' changes.
+    Events(EventsArgs),
 }
 
 fn parse_method(text: &str) -> Result<http::Method, String> {
@@ -229,6 +232,7 @@ fn main() -> ExitCode {
         // No log set-up: what the command does is its output, and errors its one line.
         Command::Users { command } => admin::run(&config, command, &mut std::io::stdout()),
         Command::Keys { command } => admin::run_keys(&config, command, &mut std::io::stdout()),
+        Command::Events(args) => events::run(&config, args, &mut std::io::stdout()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

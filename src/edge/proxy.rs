@@ -271,7 +271,12 @@ impl Gateway {
         headers
     }
 
-    async fn answer_own(&self, session: &mut Session, endpoint: Endpoint) -> Result<Reply> {
+    async fn answer_own(
+        &self,
+        session: &mut Session,
+        endpoint: Endpoint,
+        request_id: String,
+    ) -> Result<Reply> {
         let body = if endpoint.reads_body() {
             match read_body(session, self.edge.max_body_bytes, self.edge.body_timeout).await {
                 Ok(body) => body,
@@ -314,6 +319,7 @@ impl Gateway {
             }),
             origin: header(session, http::header::ORIGIN).map(<[u8]>::to_vec),
             requested_with: req.headers.contains_key("x-requested-with"),
+            request_id: Some(request_id),
             body,
         };
         Ok(self.app.handle(endpoint, &request).await)
@@ -601,7 +607,10 @@ impl Gateway {
                 return Ok(true);
             }
             Pending::Reply(reply) => reply,
-            Pending::Own(endpoint) => self.answer_own(session, endpoint).await?,
+            Pending::Own(endpoint) => {
+                self.answer_own(session, endpoint, request_id_text(ctx))
+                    .await?
+            }
             Pending::FetchUser {
                 verified,
                 now,

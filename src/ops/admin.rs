@@ -18,7 +18,9 @@ use crate::config::Config;
 use crate::credentials::email;
 use crate::own::forms::{PASSWORD_MAX_CHARS, PASSWORD_MIN_CHARS};
 use crate::store::account_tokens::{self, Purpose};
+use crate::store::audit::{self, Kind};
 use crate::store::{db, roles, sessions, users};
+use serde_json::json;
 
 #[derive(Debug, Subcommand)]
 pub enum UsersCommand {
@@ -177,6 +179,16 @@ pub fn run_keys(config: &Config, command: KeysCommand, out: &mut dyn Write) -> a
 }
 
 /// Runs one `users` command; what it prints goes to `out`.
+/// A pooled connection to the configured database, migrated as `serve` would migrate it.
+pub(crate) async fn database(config: &Config) -> anyhow::Result<deadpool_postgres::Client> {
+    drop(migrated(config).await?);
+    let pool = db::pool(&config.database)?;
+    tokio::time::timeout(Duration::from_secs(10), pool.get())
+        .await
+        .map_err(|_| anyhow!("no database connection within 10 s"))?
+        .map_err(|e| anyhow!("cannot reach the database: {e}"))
+}
+
 pub fn run(config: &Config, command: UsersCommand, out: &mut dyn Write) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -190,12 +202,7 @@ async fn run_async(
     command: UsersCommand,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    drop(migrated(config).await?);
-    let pool = db::pool(&config.database)?;
-    let mut db = tokio::time::timeout(Duration::from_secs(10), pool.get())
-        .await
-        .map_err(|_| anyhow!("no database connection within 10 s"))?
-        .map_err(|e| anyhow!("cannot reach the database: {e}"))?;
+    let mut db = database(config).await?;
     match command {
         UsersCommand::List {
             search,
@@ -313,9 +320,25 @@ async fn run_async(
             } else {
                 user
             };
-            roles::grant(&tx, &user.id, &roles, None)
+            let granted = roles::grant(&tx, &user.id, &roles, None)
                 .await
                 .map_err(api)?;
+            record(
+                &tx,
+                Kind::UserCreated,
+                &user.id,
+                json!({ "invited": false }),
+            )
+            .await?;
+            if !granted.is_empty() {
+                record(
+                    &tx,
+                    Kind::RoleGranted,
+                    &user.id,
+                    json!({ "roles": granted }),
+                )
+                .await?;
+            }
             tx.commit().await.map_err(users::db_error).map_err(api)?;
             writeln!(out, "created {} {}", user.id, user.email)?;
         }
@@ -325,9 +348,24 @@ async fn run_async(
             if user.roles.len() + names.len() > users::MAX_ROLES_PER_USER {
                 bail!("a user holds at most {} roles", users::MAX_ROLES_PER_USER);
             }
-            let granted = roles::grant(&db, &user.id, &names, None)
+            let tx = db
+                .transaction()
+                .await
+                .map_err(users::db_error)
+                .map_err(api)?;
+            let granted = roles::grant(&tx, &user.id, &names, None)
                 .await
                 .map_err(api)?;
+            if !granted.is_empty() {
+                record(
+                    &tx,
+                    Kind::RoleGranted,
+                    &user.id,
+                    json!({ "roles": granted }),
+                )
+                .await?;
+            }
+            tx.commit().await.map_err(users::db_error).map_err(api)?;
             writeln!(
                 out,
                 "granted {} to {} {}",
@@ -339,7 +377,22 @@ async fn run_async(
         UsersCommand::RevokeRole { user, roles: names } => {
             check_roles(&names)?;
             let user = find(&db, &user).await?;
-            let revoked = roles::revoke(&db, &user.id, &names).await.map_err(api)?;
+            let tx = db
+                .transaction()
+                .await
+                .map_err(users::db_error)
+                .map_err(api)?;
+            let revoked = roles::revoke(&tx, &user.id, &names).await.map_err(api)?;
+            if !revoked.is_empty() {
+                record(
+                    &tx,
+                    Kind::RoleRevoked,
+                    &user.id,
+                    json!({ "roles": revoked }),
+                )
+                .await?;
+            }
+            tx.commit().await.map_err(users::db_error).map_err(api)?;
             writeln!(
                 out,
                 "revoked {} from {} {}",
@@ -350,12 +403,30 @@ async fn run_async(
         }
         UsersCommand::Deactivate { user } => {
             let user = find(&db, &user).await?;
-            users::set_active(&db, &user.id, false).await.map_err(api)?;
+            let tx = db
+                .transaction()
+                .await
+                .map_err(users::db_error)
+                .map_err(api)?;
+            users::set_active(&tx, &user.id, false).await.map_err(api)?;
+            if user.is_active {
+                record(&tx, Kind::UserDeactivated, &user.id, json!({})).await?;
+            }
+            tx.commit().await.map_err(users::db_error).map_err(api)?;
             writeln!(out, "deactivated {} {}", user.id, user.email)?;
         }
         UsersCommand::Activate { user } => {
             let user = find(&db, &user).await?;
-            users::set_active(&db, &user.id, true).await.map_err(api)?;
+            let tx = db
+                .transaction()
+                .await
+                .map_err(users::db_error)
+                .map_err(api)?;
+            users::set_active(&tx, &user.id, true).await.map_err(api)?;
+            if !user.is_active {
+                record(&tx, Kind::UserActivated, &user.id, json!({})).await?;
+            }
+            tx.commit().await.map_err(users::db_error).map_err(api)?;
             writeln!(out, "activated {} {}", user.id, user.email)?;
         }
         UsersCommand::SetPassword { user } => {
@@ -374,6 +445,13 @@ async fn run_async(
             account_tokens::end_all(&tx, &user.id, Purpose::PasswordReset)
                 .await
                 .map_err(api)?;
+            record(
+                &tx,
+                Kind::PasswordChanged,
+                &user.id,
+                json!({ "sessions_ended": ended }),
+            )
+            .await?;
             tx.commit().await.map_err(users::db_error).map_err(api)?;
             writeln!(
                 out,
@@ -389,6 +467,8 @@ async fn run_async(
                 .map_err(users::db_error)
                 .map_err(api)?;
             let ended = sessions::end_everything(&tx, &user.id).await.map_err(api)?;
+            let detail = json!({ "all": true, "sessions": ended });
+            record(&tx, Kind::SessionRevoked, &user.id, detail).await?;
             tx.commit().await.map_err(users::db_error).map_err(api)?;
             writeln!(
                 out,
@@ -398,13 +478,49 @@ async fn run_async(
         }
         UsersCommand::VerifyEmail { user } => {
             let user = find(&db, &user).await?;
-            users::mark_email_verified(&db, &user.id, &user.email)
+            let tx = db
+                .transaction()
+                .await
+                .map_err(users::db_error)
+                .map_err(api)?;
+            users::mark_email_verified(&tx, &user.id, &user.email)
                 .await
                 .map_err(api)?;
+            if !user.email_verified {
+                record(
+                    &tx,
+                    Kind::EmailVerified,
+                    &user.id,
+                    json!({ "by": "operator" }),
+                )
+                .await?;
+            }
+            tx.commit().await.map_err(users::db_error).map_err(api)?;
             writeln!(out, "verified {} {}", user.id, user.email)?;
         }
     }
     Ok(())
+}
+
+/// Records an operator's change to `user_id` in the audit log (within `db`'s transaction):
+/// no actor, no request, `"via": "cli"` in the detail.
+async fn record(
+    db: &impl GenericClient,
+    kind: Kind,
+    user_id: &str,
+    mut detail: serde_json::Value,
+) -> anyhow::Result<()> {
+    detail["via"] = json!("cli");
+    let origin = audit::Origin::default();
+    let event = audit::Event {
+        kind,
+        user_id: Some(user_id),
+        actor_id: None,
+        session_id: None,
+        origin: &origin,
+        detail,
+    };
+    audit::record(db, &event).await.map_err(api)
 }
 
 /// Refuses a role name the table would refuse, with the rule.
@@ -435,12 +551,12 @@ fn yes_no(b: bool) -> &'static str {
 }
 
 /// An API error as the CLI says it (its text, with the cause for "unavailable").
-fn api(e: impl std::fmt::Display) -> anyhow::Error {
+pub(crate) fn api(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow!("{e}")
 }
 
 /// The user named by `who`: an id, or an email in any letter case.
-async fn find(db: &deadpool_postgres::Client, who: &str) -> anyhow::Result<users::User> {
+pub(crate) async fn find(db: &deadpool_postgres::Client, who: &str) -> anyhow::Result<users::User> {
     let by_id = users::find_by_id(db, who).await.map_err(api)?;
     let user = match by_id {
         Some(user) => Some(user),

@@ -311,6 +311,13 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     server.add_service(background_service("rate limiter janitor", janitor));
     server.add_service(background_service("mail worker", mail_worker));
     server.add_service(background_service(
+        "audit log pruning",
+        crate::ops::events::Pruner {
+            app: Arc::clone(&app),
+            retention_days: config.audit.retention_days,
+        },
+    ));
+    server.add_service(background_service(
         "ready notice",
         ReadyNotice(addrs.clone()),
     ));

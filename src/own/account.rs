@@ -8,6 +8,7 @@ use crate::own::api::{ApiError, Reply};
 use crate::own::app::{hashing_error, refused, App, OwnRequest, LOGIN_LIMITED};
 use crate::own::forms;
 use crate::store::account_tokens::{self, Purpose};
+use crate::store::audit::Kind;
 use crate::store::{sessions, users};
 
 impl App {
@@ -59,6 +60,15 @@ impl App {
         account_tokens::end_all(&tx, &user.id, Purpose::PasswordReset).await?;
         self.write_mail(&tx, &self.letters.password_changed(&user.email, false))
             .await?;
+        self.audit(
+            &tx,
+            req,
+            Kind::PasswordChanged,
+            Some(&user.id),
+            token.session_id,
+            serde_json::json!({}),
+        )
+        .await?;
         let (session, generation) = match token.session_id {
             Some(session) => (session, sessions::advance(&tx, &session).await?),
             None => {

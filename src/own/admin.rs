@@ -6,13 +6,14 @@
 //! the admin role is refused (409): nobody locks the team out by accident.
 
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 
 use crate::credentials::one_time::OneTimeToken;
 use crate::own::api::{ApiError, Issue, Reply};
 use crate::own::app::{hashing_error, App, OwnRequest};
 use crate::own::forms;
 use crate::store::account_tokens::Purpose;
+use crate::store::audit::{self, Kind};
 use crate::store::directory::{self, Change, Filter, Listed, PageError};
 use crate::store::users::{self, is_role_name, UserResponse, MAX_ROLES_PER_USER};
 use crate::store::{roles, sessions};
@@ -144,6 +145,31 @@ impl App {
             return Err(ApiError::EmailTaken);
         };
         roles::grant(&tx, &user.id, &new.roles, Some(&caller)).await?;
+        let origin = req.origin();
+        let detail = serde_json::json!({ "invited": invited });
+        self.audit_by(
+            &tx,
+            &origin,
+            Kind::UserCreated,
+            Some(&user.id),
+            Some(&caller),
+            None,
+            detail,
+        )
+        .await?;
+        if !new.roles.is_empty() {
+            let detail = serde_json::json!({ "roles": new.roles });
+            self.audit_by(
+                &tx,
+                &origin,
+                Kind::RoleGranted,
+                Some(&user.id),
+                Some(&caller),
+                None,
+                detail,
+            )
+            .await?;
+        }
         if invited {
             self.send_letter(&tx, &user, Purpose::PasswordReset, |letters, to, token| {
                 letters.invitation(to, token)
@@ -188,6 +214,17 @@ impl App {
         if patch.change != Change::default() {
             directory::update(&tx, &id, &patch.change).await?;
         }
+        // One event for each thing that changed (none for what was already so).
+        let origin = req.origin();
+        let mut events: Vec<(Kind, Value)> = Vec::new();
+        match patch.change.is_active {
+            Some(true) if !before.is_active => events.push((Kind::UserActivated, json!({}))),
+            Some(false) if before.is_active => events.push((Kind::UserDeactivated, json!({}))),
+            _ => {}
+        }
+        if patch.change.email_verified == Some(true) && !before.email_verified {
+            events.push((Kind::EmailVerified, json!({ "by": "admin" })));
+        }
         if let Some(wanted) = &patch.roles {
             let gone: Vec<String> = before
                 .roles
@@ -195,8 +232,18 @@ impl App {
                 .filter(|r| !wanted.contains(r))
                 .cloned()
                 .collect();
-            roles::revoke(&tx, &id, &gone).await?;
-            roles::grant(&tx, &id, wanted, Some(&caller)).await?;
+            let revoked = roles::revoke(&tx, &id, &gone).await?;
+            let granted = roles::grant(&tx, &id, wanted, Some(&caller)).await?;
+            if !granted.is_empty() {
+                events.push((Kind::RoleGranted, json!({ "roles": granted })));
+            }
+            if !revoked.is_empty() {
+                events.push((Kind::RoleRevoked, json!({ "roles": revoked })));
+            }
+        }
+        for (kind, detail) in events {
+            self.audit_by(&tx, &origin, kind, Some(&id), Some(&caller), None, detail)
+                .await?;
         }
         let after = directory::find(&tx, &id)
             .await?
@@ -209,8 +256,8 @@ impl App {
     /// `DELETE /auth/admin/users/{id}/sessions`: every session of the user ends, and every
     /// token of theirs without one (204).
     pub(crate) async fn admin_end_sessions(&self, req: &OwnRequest) -> Result<Reply, ApiError> {
-        let db = users::client(&self.pool).await?;
-        self.admin(&db, req).await?;
+        let mut db = users::client(&self.pool).await?;
+        let caller = self.admin(&db, req).await?;
         let id = path_id(
             req.path
                 .strip_suffix("/sessions")
@@ -219,9 +266,160 @@ impl App {
         if users::find_by_id(&db, id).await?.is_none() {
             return Err(ApiError::NoSuchUser);
         }
-        sessions::end_everything(&db, id).await?;
+        let tx = db.transaction().await.map_err(users::db_error)?;
+        let ended = sessions::end_everything(&tx, id).await?;
+        let detail = json!({ "all": true, "sessions": ended });
+        self.audit_by(
+            &tx,
+            &req.origin(),
+            Kind::SessionRevoked,
+            Some(id),
+            Some(&caller),
+            None,
+            detail,
+        )
+        .await?;
+        tx.commit().await.map_err(users::db_error)?;
         self.changed(id);
         Ok(Reply::no_content())
+    }
+}
+
+/// A page of the audit log.
+#[derive(Serialize)]
+struct Events {
+    events: Vec<audit::Stored>,
+    /// The `before` of the next page; `None` on the last.
+    next: Option<i64>,
+}
+
+impl App {
+    /// `GET /auth/admin/events?user_id=&type=&limit=&before=`: newest first.
+    pub(crate) async fn admin_events(&self, req: &OwnRequest) -> Result<Reply, ApiError> {
+        let db = users::client(&self.pool).await?;
+        self.admin(&db, req).await?;
+        let (query, limit) = events_query(req.query.as_deref())?;
+        let (events, more) = audit::page(&db, &query, limit).await?;
+        let next = if more {
+            events.last().map(|e| e.id)
+        } else {
+            None
+        };
+        Ok(Reply::json(200, &Events { events, next }))
+    }
+}
+
+/// The events query, checked as FastAPI checks `Query` parameters.
+fn events_query(query: Option<&str>) -> Result<(audit::Query, i64), ApiError> {
+    let mut q = audit::Query::default();
+    let mut limit = DEFAULT_PAGE;
+    let mut issues = Vec::new();
+    let seen = last_values(query, &["user_id", "type", "limit", "before"]);
+    let text = |k: &str| seen.get(k).and_then(Value::as_str);
+    if let Some(u) = text("user_id") {
+        if u.len() > MAX_ID_BYTES {
+            issues.push(query_issue(
+                "string_too_long",
+                "user_id",
+                format!("String should have at most {MAX_ID_BYTES} characters"),
+                u,
+                Some(json!({ "max_length": MAX_ID_BYTES })),
+            ));
+        } else if !u.is_empty() {
+            q.user_id = Some(u.to_string());
+        }
+    }
+    if let Some(t) = text("type") {
+        match audit::Kind::parse(t) {
+            Some(kind) => q.kind = Some(kind),
+            None => {
+                let names: Vec<String> = Kind::ALL
+                    .iter()
+                    .map(|k| format!("'{}'", k.as_str()))
+                    .collect();
+                let expected = match names.split_last() {
+                    Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+                    None => String::new(),
+                };
+                issues.push(query_issue(
+                    "enum",
+                    "type",
+                    format!("Input should be {expected}"),
+                    t,
+                    Some(json!({ "expected": expected })),
+                ));
+            }
+        }
+    }
+    if let Some(l) = text("limit") {
+        match page_limit(l) {
+            Ok(n) => limit = n,
+            Err(issue) => issues.push(*issue),
+        }
+    }
+    if let Some(b) = text("before") {
+        match b.trim().parse::<i64>() {
+            Ok(n) if n >= 1 => q.before = Some(n),
+            Ok(_) => issues.push(query_issue(
+                "greater_than_equal",
+                "before",
+                "Input should be greater than or equal to 1".into(),
+                b,
+                Some(json!({ "ge": 1 })),
+            )),
+            Err(_) => issues.push(query_issue(
+                "int_parsing",
+                "before",
+                "Input should be a valid integer, unable to parse string as an integer".into(),
+                b,
+                None,
+            )),
+        }
+    }
+    if issues.is_empty() {
+        Ok((q, limit))
+    } else {
+        Err(ApiError::Validation(issues))
+    }
+}
+
+/// The value of each of `names` in a query string: the last one given, as FastAPI reads a
+/// repeated scalar parameter (others are ignored).
+fn last_values(query: Option<&str>, names: &[&str]) -> Map<String, Value> {
+    let mut seen = Map::new();
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        if names.contains(&&*k) {
+            seen.insert(k.into_owned(), Value::from(v.into_owned()));
+        }
+    }
+    seen
+}
+
+/// A `limit` of 1 to [`MAX_PAGE`].
+fn page_limit(l: &str) -> Result<i64, Box<Issue>> {
+    match l.trim().parse::<i64>() {
+        Err(_) => Err(Box::new(query_issue(
+            "int_parsing",
+            "limit",
+            "Input should be a valid integer, unable to parse string as an integer".into(),
+            l,
+            None,
+        ))),
+        Ok(n) if n < 1 => Err(Box::new(query_issue(
+            "greater_than_equal",
+            "limit",
+            "Input should be greater than or equal to 1".into(),
+            l,
+            Some(json!({ "ge": 1 })),
+        ))),
+        Ok(n) if n > MAX_PAGE => Err(Box::new(query_issue(
+            "less_than_equal",
+            "limit",
+            format!("Input should be less than or equal to {MAX_PAGE}"),
+            l,
+            Some(json!({ "le": MAX_PAGE })),
+        ))),
+        Ok(n) => Ok(n),
     }
 }
 
@@ -265,12 +463,7 @@ impl ListQuery {
             limit: DEFAULT_PAGE,
         };
         let mut issues = Vec::new();
-        let mut seen: Map<String, Value> = Map::new();
-        for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-            if matches!(&*k, "q" | "role" | "is_active" | "limit" | "after") {
-                seen.insert(k.into_owned(), Value::from(v.into_owned()));
-            }
-        }
+        let seen = last_values(query, &["q", "role", "is_active", "limit", "after"]);
         let text = |k: &str| seen.get(k).and_then(Value::as_str);
         if let Some(t) = text("q") {
             if t.chars().count() > MAX_SEARCH_CHARS {
@@ -308,29 +501,9 @@ impl ListQuery {
             }
         }
         if let Some(l) = text("limit") {
-            match l.trim().parse::<i64>() {
-                Err(_) => issues.push(query_issue(
-                    "int_parsing",
-                    "limit",
-                    "Input should be a valid integer, unable to parse string as an integer".into(),
-                    l,
-                    None,
-                )),
-                Ok(n) if n < 1 => issues.push(query_issue(
-                    "greater_than_equal",
-                    "limit",
-                    "Input should be greater than or equal to 1".into(),
-                    l,
-                    Some(serde_json::json!({ "ge": 1 })),
-                )),
-                Ok(n) if n > MAX_PAGE => issues.push(query_issue(
-                    "less_than_equal",
-                    "limit",
-                    format!("Input should be less than or equal to {MAX_PAGE}"),
-                    l,
-                    Some(serde_json::json!({ "le": MAX_PAGE })),
-                )),
+            match page_limit(l) {
                 Ok(n) => q.limit = n,
+                Err(issue) => issues.push(*issue),
             }
         }
         if let Some(a) = text("after") {

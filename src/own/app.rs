@@ -24,6 +24,7 @@ use crate::own::cors::Cors;
 use crate::own::endpoints::Endpoint;
 use crate::own::forms::{self, TokenForm};
 use crate::store::account_tokens::{self, Purpose};
+use crate::store::audit::{self, Kind};
 use crate::store::db::Readiness;
 use crate::store::directory;
 use crate::store::sessions;
@@ -94,7 +95,23 @@ pub struct OwnRequest {
     pub requested_with: bool,
     /// Kept with a new session (at most [`USER_AGENT_CHARS`] characters of it).
     pub user_agent: Option<String>,
+    /// The request's id (`X-Request-Id`), for the audit log.
+    pub request_id: Option<String>,
     pub body: Bytes,
+}
+
+impl OwnRequest {
+    /// Where the request came from, as the audit log records it.
+    pub fn origin(&self) -> audit::Origin {
+        audit::Origin {
+            client_address: self.client_ip.map(|ip| ip.to_string()),
+            user_agent: self
+                .user_agent
+                .as_deref()
+                .map(|ua| ua.chars().take(USER_AGENT_CHARS).collect()),
+            request_id: self.request_id.clone(),
+        }
+    }
 }
 
 /// How much of a `User-Agent` a session keeps.
@@ -266,6 +283,7 @@ impl App {
             Endpoint::AdminGetUser => self.admin_get_user(req).await,
             Endpoint::AdminUpdateUser => self.admin_update_user(req).await,
             Endpoint::AdminEndSessions => self.admin_end_sessions(req).await,
+            Endpoint::AdminEvents => self.admin_events(req).await,
             Endpoint::Jwks => Ok(self.jwks()),
             Endpoint::OpenApi => Ok(crate::own::docs::openapi()),
             Endpoint::Docs => Ok(crate::own::docs::page()),
@@ -360,6 +378,45 @@ impl App {
         Ok(outbox::enqueue(db, mail, &self.seal_key).await?)
     }
 
+    /// Records a security event about `user_id` (by `actor`, when that is someone else) in the
+    /// audit log, within `db`'s transaction.
+    pub(crate) async fn audit(
+        &self,
+        db: &impl deadpool_postgres::GenericClient,
+        req: &OwnRequest,
+        kind: Kind,
+        user_id: Option<&str>,
+        session_id: Option<Uuid>,
+        detail: serde_json::Value,
+    ) -> Result<(), ApiError> {
+        self.audit_by(db, &req.origin(), kind, user_id, None, session_id, detail)
+            .await
+    }
+
+    /// [`App::audit`] from `origin`, of a change `actor` made (an administrator's to another
+    /// user; `None`: the user's own).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn audit_by(
+        &self,
+        db: &impl deadpool_postgres::GenericClient,
+        origin: &audit::Origin,
+        kind: Kind,
+        user_id: Option<&str>,
+        actor: Option<&str>,
+        session_id: Option<Uuid>,
+        detail: serde_json::Value,
+    ) -> Result<(), ApiError> {
+        let event = audit::Event {
+            kind,
+            user_id,
+            actor_id: actor,
+            session_id,
+            origin,
+            detail,
+        };
+        Ok(audit::record(db, &event).await?)
+    }
+
     /// Mail was committed to the outbox: deliver it now rather than at the next poll.
     pub(crate) fn mail_written(&self) {
         self.mail_wake.notify_one();
@@ -402,6 +459,7 @@ impl App {
         db: &impl deadpool_postgres::GenericClient,
         user: &User,
         req: &OwnRequest,
+        kind: Kind,
     ) -> Result<Reply, ApiError> {
         let user_agent = req
             .user_agent
@@ -414,6 +472,15 @@ impl App {
             self.lifetimes,
             user_agent.as_deref(),
             address.as_deref(),
+        )
+        .await?;
+        self.audit(
+            db,
+            req,
+            kind,
+            Some(&user.id),
+            Some(session),
+            serde_json::json!({}),
         )
         .await?;
         self.token_reply(user, &session, 0)
@@ -491,7 +558,9 @@ impl App {
             // Someone registered the same email (in any case) meanwhile.
             return Err(ApiError::EmailTaken);
         };
-        let reply = self.signed_in(&tx, &user, req).await?;
+        let reply = self
+            .signed_in(&tx, &user, req, Kind::UserRegistered)
+            .await?;
         self.send_link(&tx, &user, Purpose::VerifyEmail).await?;
         tx.commit().await.map_err(users::db_error)?;
         self.mail_written();
@@ -573,6 +642,34 @@ impl App {
             })
             .await
             .map_err(hashing_error)?;
+        let reason = match (&user, &outcome) {
+            (None, _) => Some("unknown_account"),
+            (Some(_), (false, _)) => Some("wrong_password"),
+            (Some(user), (true, _)) if !user.is_active => Some("inactive"),
+            _ => None,
+        };
+        if let Some(reason) = reason {
+            // One event per attempt that reached hashing: a flood writes no more than the
+            // hashing pool lets through (attempts the limits refused are counted, not logged).
+            // Every failure writes one (the same work whatever the reason); an event that
+            // cannot be written does not change the answer.
+            let written = async {
+                let db = self.floodable_client().await?;
+                self.audit(
+                    &*db,
+                    req,
+                    Kind::LoginFailed,
+                    user.as_ref().map(|u| u.id.as_str()),
+                    None,
+                    serde_json::json!({ "reason": reason }),
+                )
+                .await
+            };
+            if let Err(e) = written.await {
+                tracing::warn!(error = %e, "audit event login.failed not written");
+            }
+            return Err(ApiError::BadCredentials);
+        }
         let user = match (user, outcome) {
             (Some(user), (true, rehash)) if user.is_active => {
                 if let Some(new_hash) = rehash {
@@ -591,9 +688,15 @@ impl App {
             }
             _ => return Err(ApiError::BadCredentials),
         };
-        let db = self.floodable_client().await?;
-        directory::signed_in(&*db, &user.id).await?;
-        self.signed_in(&*db, &user, req).await
+        // The session, the time of the sign-in and its event: one transaction.
+        let mut db = self.floodable_client().await?;
+        let tx = db.transaction().await.map_err(users::db_error)?;
+        directory::signed_in(&tx, &user.id).await?;
+        let reply = self
+            .signed_in(&tx, &user, req, Kind::LoginSucceeded)
+            .await?;
+        tx.commit().await.map_err(users::db_error)?;
+        Ok(reply)
     }
 
     /// Answered from the user-state cache that proxied requests use (no database query while

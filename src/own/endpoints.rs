@@ -32,6 +32,8 @@ pub enum Endpoint {
     AdminUpdateUser,
     /// `DELETE /auth/admin/users/{id}/sessions`.
     AdminEndSessions,
+    /// `GET /auth/admin/events`: the audit log, newest first.
+    AdminEvents,
     /// `GET /.well-known/jwks.json`: the keys of identity assertions (with
     /// `[identity_assertion] enabled`).
     Jwks,
@@ -45,7 +47,7 @@ pub enum Endpoint {
 
 impl Endpoint {
     /// Every endpoint, once.
-    pub const ALL: [Endpoint; 24] = [
+    pub const ALL: [Endpoint; 25] = [
         Endpoint::Health,
         Endpoint::Ready,
         Endpoint::Register,
@@ -66,6 +68,7 @@ impl Endpoint {
         Endpoint::AdminGetUser,
         Endpoint::AdminUpdateUser,
         Endpoint::AdminEndSessions,
+        Endpoint::AdminEvents,
         Endpoint::Jwks,
         Endpoint::OpenApi,
         Endpoint::Docs,
@@ -89,6 +92,7 @@ impl Endpoint {
                 | Endpoint::AdminGetUser
                 | Endpoint::AdminUpdateUser
                 | Endpoint::AdminEndSessions
+                | Endpoint::AdminEvents
         )
     }
 
@@ -131,6 +135,7 @@ impl Endpoint {
             Endpoint::AdminGetUser => "admin_get_user",
             Endpoint::AdminUpdateUser => "admin_update_user",
             Endpoint::AdminEndSessions => "admin_end_sessions",
+            Endpoint::AdminEvents => "admin_events",
             Endpoint::Jwks => "jwks",
             Endpoint::OpenApi => "openapi",
             Endpoint::Docs => "docs",
@@ -221,6 +226,8 @@ pub fn classify(method: &Method, path: &[u8]) -> OwnRoute {
             OwnRoute::Endpoint(Endpoint::AdminCreateUser)
         }
         b"/auth/admin/users" => OwnRoute::MethodNotAllowed("GET, POST"),
+        b"/auth/admin/events" if get => OwnRoute::Endpoint(Endpoint::AdminEvents),
+        b"/auth/admin/events" => OwnRoute::MethodNotAllowed("GET"),
         [b'/', b'a', b'u', b't', b'h', b'/', b'a', b'd', b'm', b'i', b'n', b'/', b'u', b's', b'e', b'r', b's', b'/', rest @ ..] => {
             admin_user(method, rest)
         }

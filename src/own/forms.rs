@@ -391,6 +391,16 @@ pub enum LogoutScope {
     Global,
 }
 
+impl LogoutScope {
+    pub fn name(self) -> &'static str {
+        match self {
+            LogoutScope::Local => "local",
+            LogoutScope::Others => "others",
+            LogoutScope::Global => "global",
+        }
+    }
+}
+
 pub fn logout_scope(query: Option<&str>) -> Result<LogoutScope, ApiError> {
     let scope = form_urlencoded::parse(query.unwrap_or("").as_bytes())
         .filter(|(k, _)| k == "scope")

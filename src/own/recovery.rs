@@ -13,6 +13,7 @@ use crate::own::api::{ApiError, Reply};
 use crate::own::app::{find_account, hashing_error, refused, App, OwnRequest};
 use crate::own::forms;
 use crate::store::account_tokens::{self, Purpose};
+use crate::store::audit::{Kind, Origin};
 use crate::store::{sessions, users};
 
 use crate::credentials::one_time::OneTimeToken;
@@ -40,9 +41,10 @@ impl App {
             .try_acquire_owned()
             .map_err(|_| ApiError::Busy)?;
         let app = Arc::clone(self);
+        let origin = req.origin();
         tokio::spawn(async move {
             let _permit = permit;
-            if let Err(e) = app.send_reset_link(&email).await {
+            if let Err(e) = app.send_reset_link(&email, &origin).await {
                 tracing::warn!(error = %e, "a password reset request could not be carried out");
             }
         });
@@ -54,7 +56,7 @@ impl App {
 
     /// The work of a reset request, after its answer: a link to an active account, within the
     /// account's limits; nothing otherwise.
-    async fn send_reset_link(&self, email: &str) -> Result<(), ApiError> {
+    async fn send_reset_link(&self, email: &str, origin: &Origin) -> Result<(), ApiError> {
         // A flood of requests (any address may be asked for) stays within the share of the
         // pool that logins and registrations have.
         let mut db = self.floodable_client().await?;
@@ -74,6 +76,16 @@ impl App {
             return Ok(());
         }
         self.send_link(&tx, &user, Purpose::PasswordReset).await?;
+        self.audit_by(
+            &tx,
+            origin,
+            Kind::PasswordResetRequested,
+            Some(&user.id),
+            None,
+            None,
+            serde_json::json!({}),
+        )
+        .await?;
         tx.commit().await.map_err(users::db_error)?;
         self.mail_written();
         Ok(())
@@ -104,6 +116,9 @@ impl App {
         let (user_id, _) = account_tokens::consume(&tx, &token_hash, Purpose::PasswordReset)
             .await?
             .ok_or(ApiError::InvalidOneTimeToken)?;
+        let was_verified = users::find_by_id(&tx, &user_id)
+            .await?
+            .is_some_and(|u| u.email_verified);
         let user = users::reset_password(&tx, &user_id, &new_hash)
             .await?
             .ok_or(ApiError::InvalidOneTimeToken)?;
@@ -112,6 +127,21 @@ impl App {
         account_tokens::end_all(&tx, &user.id, Purpose::VerifyEmail).await?;
         self.write_mail(&tx, &self.letters.password_changed(&user.email, true))
             .await?;
+        let detail = serde_json::json!({ "email_verified": !was_verified });
+        self.audit(&tx, req, Kind::PasswordReset, Some(&user.id), None, detail)
+            .await?;
+        if !was_verified {
+            // The link proved the address too.
+            self.audit(
+                &tx,
+                req,
+                Kind::EmailVerified,
+                Some(&user.id),
+                None,
+                serde_json::json!({"by": "password_reset"}),
+            )
+            .await?;
+        }
         tx.commit().await.map_err(users::db_error)?;
         self.changed(&user.id);
         self.mail_written();

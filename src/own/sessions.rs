@@ -10,6 +10,7 @@ use uuid::Uuid;
 use crate::own::api::{ApiError, Reply};
 use crate::own::app::{refused, App, OwnRequest};
 use crate::own::forms::{self, LogoutScope};
+use crate::store::audit::Kind;
 use crate::store::sessions::{self, Refresh};
 use crate::store::users;
 
@@ -81,10 +82,11 @@ impl App {
             .refresh(req.client_ip)
             .await
             .map_err(refused("Too many refreshes, try again later"))?;
-        let db = self.floodable_client().await?;
+        let mut db = self.floodable_client().await?;
+        // A reuse ends the session and is recorded: one transaction.
+        let tx = db.transaction().await.map_err(users::db_error)?;
         let (user_id, generation) =
-            match sessions::rotate(&*db, &claim.session_id, claim.generation, self.lifetimes)
-                .await?
+            match sessions::rotate(&tx, &claim.session_id, claim.generation, self.lifetimes).await?
             {
                 Refresh::Rotated {
                     user_id,
@@ -103,6 +105,7 @@ impl App {
                     (user_id, generation)
                 }
                 Refresh::Reused {
+                    user_id,
                     generations_behind,
                     rotated_ago,
                 } => {
@@ -114,14 +117,26 @@ impl App {
                         "refresh token reused: it was rotated away longer ago than the grace \
                          period; session revoked"
                     );
+                    let detail = serde_json::json!({ "generations_behind": generations_behind });
+                    self.audit(
+                        &tx,
+                        req,
+                        Kind::RefreshReuseDetected,
+                        Some(&user_id),
+                        Some(claim.session_id),
+                        detail,
+                    )
+                    .await?;
+                    tx.commit().await.map_err(users::db_error)?;
                     return Err(ApiError::InvalidGrant);
                 }
                 Refresh::Ended => return Err(ApiError::InvalidGrant),
             };
-        let user = users::find_by_id(&*db, &user_id)
+        let user = users::find_by_id(&tx, &user_id)
             .await?
             .filter(|u| u.is_active)
             .ok_or(ApiError::InvalidGrant)?;
+        tx.commit().await.map_err(users::db_error)?;
         self.token_reply(&user, &claim.session_id, generation)
     }
 
@@ -138,7 +153,7 @@ impl App {
         let done = match (&req.authorization, &req.refresh_cookie) {
             (None, Some(value)) => {
                 self.check_browser_request(req)?;
-                self.logout_by_cookie(value, scope).await?
+                self.logout_by_cookie(req, value, scope).await?
             }
             _ => self.logout_by_token(req, scope).await?,
         };
@@ -146,17 +161,22 @@ impl App {
     }
 
     /// Logout by the refresh cookie's session (any generation of it: the token was issued here).
-    async fn logout_by_cookie(&self, value: &str, scope: LogoutScope) -> Result<Reply, ApiError> {
+    async fn logout_by_cookie(
+        &self,
+        req: &OwnRequest,
+        value: &str,
+        scope: LogoutScope,
+    ) -> Result<Reply, ApiError> {
         let Some(claim) = self.refresh_key.open(value) else {
             return Ok(Reply::no_content());
         };
-        let db = users::client(&self.pool).await?;
+        let mut db = users::client(&self.pool).await?;
         let Some(user_id) = sessions::owner(&db, &claim.session_id).await? else {
             // Ended already: nothing left to do.
             return Ok(Reply::no_content());
         };
-        end_sessions(&db, &user_id, scope, Some(claim.session_id)).await?;
-        self.changed(&user_id);
+        self.end_sessions(&mut db, req, &user_id, scope, Some(claim.session_id))
+            .await?;
         Ok(Reply::no_content())
     }
 
@@ -165,7 +185,7 @@ impl App {
         req: &OwnRequest,
         scope: LogoutScope,
     ) -> Result<Reply, ApiError> {
-        let db = users::client(&self.pool).await?;
+        let mut db = users::client(&self.pool).await?;
         let (account, token) = match self.authenticate(&db, req).await {
             Ok(caller) => caller,
             // Logging out of a session that has ended already: nothing left to do.
@@ -174,8 +194,8 @@ impl App {
             }
             Err(e) => return Err(e),
         };
-        end_sessions(&db, &account.user.id, scope, token.session_id).await?;
-        self.changed(&account.user.id);
+        self.end_sessions(&mut db, req, &account.user.id, scope, token.session_id)
+            .await?;
         Ok(Reply::no_content())
     }
 
@@ -202,41 +222,62 @@ impl App {
     /// `DELETE /auth/sessions/{id}`: ends one of the caller's sessions (204); anyone else's,
     /// or one that has ended, is 404.
     pub(crate) async fn end_session(&self, req: &OwnRequest) -> Result<Reply, ApiError> {
-        let db = users::client(&self.pool).await?;
+        let mut db = users::client(&self.pool).await?;
         let (account, _) = self.authenticate(&db, req).await?;
         let id = req
             .path
             .strip_prefix("/auth/sessions/")
             .and_then(|id| Uuid::parse_str(id).ok())
             .ok_or(ApiError::SessionNotFound)?;
-        if sessions::revoke(&db, &account.user.id, &id).await? {
-            self.changed(&account.user.id);
-            Ok(Reply::no_content())
-        } else {
-            Err(ApiError::SessionNotFound)
+        let tx = db.transaction().await.map_err(users::db_error)?;
+        if !sessions::revoke(&tx, &account.user.id, &id).await? {
+            return Err(ApiError::SessionNotFound);
         }
+        let user = Some(account.user.id.as_str());
+        self.audit(
+            &tx,
+            req,
+            Kind::SessionRevoked,
+            user,
+            Some(id),
+            serde_json::json!({}),
+        )
+        .await?;
+        tx.commit().await.map_err(users::db_error)?;
+        self.changed(&account.user.id);
+        Ok(Reply::no_content())
     }
 }
 
-/// What a logout of `scope` ends for `user_id`, asked from `session` (`None`: a token without
-/// one).
-async fn end_sessions(
-    db: &deadpool_postgres::Client,
-    user_id: &str,
-    scope: LogoutScope,
-    session: Option<Uuid>,
-) -> Result<(), ApiError> {
-    match (scope, session) {
-        (LogoutScope::Local, Some(session)) => {
-            sessions::revoke(db, user_id, &session).await?;
+impl App {
+    /// What a logout of `scope` ends for `user_id`, asked from `session` (`None`: a token
+    /// without one), and its event: one transaction.
+    async fn end_sessions(
+        &self,
+        db: &mut deadpool_postgres::Client,
+        req: &OwnRequest,
+        user_id: &str,
+        scope: LogoutScope,
+        session: Option<Uuid>,
+    ) -> Result<(), ApiError> {
+        let tx = db.transaction().await.map_err(users::db_error)?;
+        match (scope, session) {
+            (LogoutScope::Local, Some(session)) => {
+                sessions::revoke(&tx, user_id, &session).await?;
+            }
+            (LogoutScope::Local, None) => users::refuse_sessionless_tokens(&tx, user_id).await?,
+            (LogoutScope::Others, session) => {
+                sessions::revoke_all_but(&tx, user_id, session.as_ref()).await?;
+            }
+            (LogoutScope::Global, _) => {
+                sessions::end_everything(&tx, user_id).await?;
+            }
         }
-        (LogoutScope::Local, None) => users::refuse_sessionless_tokens(db, user_id).await?,
-        (LogoutScope::Others, session) => {
-            sessions::revoke_all_but(db, user_id, session.as_ref()).await?;
-        }
-        (LogoutScope::Global, _) => {
-            sessions::end_everything(db, user_id).await?;
-        }
+        let detail = serde_json::json!({ "scope": scope.name() });
+        self.audit(&tx, req, Kind::Logout, Some(user_id), session, detail)
+            .await?;
+        tx.commit().await.map_err(users::db_error)?;
+        self.changed(user_id);
+        Ok(())
     }
-    Ok(())
 }

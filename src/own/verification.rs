@@ -7,6 +7,7 @@ use crate::own::api::{ApiError, Reply};
 use crate::own::app::{App, OwnRequest};
 use crate::own::forms;
 use crate::store::account_tokens::{self, Purpose};
+use crate::store::audit::Kind;
 use crate::store::users;
 
 /// Verification mails one account may get per minute and per hour (registration's included).
@@ -28,6 +29,15 @@ impl App {
         let user = users::mark_email_verified(&tx, &user_id, &email)
             .await?
             .ok_or(ApiError::InvalidOneTimeToken)?;
+        self.audit(
+            &tx,
+            req,
+            Kind::EmailVerified,
+            Some(&user.id),
+            None,
+            serde_json::json!({}),
+        )
+        .await?;
         tx.commit().await.map_err(users::db_error)?;
         self.changed(&user.id);
         Ok(Reply::json(200, &user.response()))

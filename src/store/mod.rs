@@ -3,9 +3,11 @@
 //! hashes of reset and verification tokens (`account_tokens`), sessions and their refresh
 //! generations (`sessions`), the identity assertion keys (`signing_keys`), TLS to the database
 //! (`pg_tls`) and the in-memory user state kept fresh by LISTEN/NOTIFY, whose changes it
-//! announces (`user_cache`). Storage errors are [`StoreError`]s.
+//! announces (`user_cache`), and the audit log of security events (`audit`). Storage errors
+//! are [`StoreError`]s.
 
 pub mod account_tokens;
+pub mod audit;
 pub mod db;
 pub mod directory;
 pub mod pg_tls;

@@ -123,6 +123,7 @@ pub enum Refresh {
     /// is now revoked. How many rotations ago it was current, and how long ago it was rotated
     /// away (when that is still remembered: within the grace period of the last rotations).
     Reused {
+        user_id: String,
         generations_behind: u32,
         rotated_ago: Option<f64>,
     },
@@ -203,6 +204,7 @@ pub async fn rotate(
     }
     revoke(db, &user_id, session_id).await?;
     Ok(Refresh::Reused {
+        user_id,
         generations_behind: (current - generation) as u32,
         rotated_ago,
     })

@@ -66,7 +66,7 @@ fn assert_admin_user_shape(user: &Value) {
     );
 }
 
-/// Everything the admin API may have written: users, roles, sessions, mail.
+/// Everything the admin API may have written: users, roles, sessions, mail, events.
 async fn snapshot(app: &TestApp) -> Vec<String> {
     let db = app.db.client().await;
     let mut out = Vec::new();
@@ -76,6 +76,7 @@ async fn snapshot(app: &TestApp) -> Vec<String> {
         "SELECT user_id || role FROM sentinel_user_roles ORDER BY 1",
         "SELECT id::text || coalesce(revoked_at::text, '-') FROM sentinel_sessions ORDER BY 1",
         "SELECT recipient || kind FROM sentinel_outbox ORDER BY 1",
+        "SELECT id::text || type FROM sentinel_audit_events ORDER BY id",
     ] {
         for row in db.query(sql, &[]).await.unwrap() {
             out.push(row.get::<_, String>(0));

@@ -50,11 +50,13 @@ async fn a_login_flood_leaves_signed_in_users_and_their_endpoints_served() {
     // 1 s so that the signed-in user's state falls due for refresh again and again, and one
     // hashing thread keeps the flood to one core. 32 queued logins are more than the 16 pooled
     // connections.
+    let admin_port = free_port();
     let app = Arc::new(
         TestApp::spawn_with(Spawn {
             config_extra: format!(
                 "[proxy]\nuser_cache_ttl_seconds = 1\n\n\
-                 [password]\nhash_workers = 1\nhash_queue = 32\n\n{}",
+                 [password]\nhash_workers = 1\nhash_queue = 32\n\n\
+                 [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n{}",
                 route("/api/", &[up.addr()], "required", "")
             ),
             ..Spawn::default()
@@ -151,6 +153,35 @@ async fn a_login_flood_leaves_signed_in_users_and_their_endpoints_served() {
     for (what, timings) in &results {
         assert_all_fast_and_fine(what, timings);
     }
+    // The audit log got one event per attempt that reached hashing, none for the attempts a
+    // full queue turned away: no more than the hashing pool could verify.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let metrics = reqwest::get(format!("http://127.0.0.1:{admin_port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let hashed_failures: i64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("sentinel_logins_total{outcome=\"failure\"} "))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    let events: i64 = app
+        .db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM sentinel_audit_events WHERE type = 'login.failed'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        events > 0 && events <= hashed_failures,
+        "events {events}, 401s seen {wrong}, failures hashed {hashed_failures}, 503s {busy}"
+    );
+    assert!((events as usize) < wrong + busy);
 }
 
 /// A burst of concurrent requests of one user whom memory does not hold (a cold start, or

@@ -10,6 +10,7 @@ mod admin_cli;
 mod adoption;
 mod assertions;
 mod attacks;
+mod audit;
 mod browser;
 mod cors;
 mod db_outage;
