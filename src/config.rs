@@ -480,23 +480,36 @@ pub enum RuleAllow {
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
     /// Prefixes inside the route's, matched on the same decoded, normalised path.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_empty")]
     pub paths: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_empty")]
     pub methods: Vec<String>,
     /// The client's address (after trusted proxies): addresses or CIDR blocks.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_empty")]
     pub networks: Vec<String>,
     #[serde(default)]
     pub allow: RuleAllow,
     /// Any one of these roles.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_empty")]
     pub roles: Vec<String>,
     #[serde(default)]
     pub verified_email: bool,
     /// An `aal2` session (a second factor in this session).
     #[serde(default)]
     pub mfa: bool,
+}
+
+/// A rule's list, which may be left out but not given empty: `paths = []` would read as "no
+/// path" to some and "every path" to others.
+fn non_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let list = Vec::<String>::deserialize(d)?;
+    if list.is_empty() {
+        return Err(serde::de::Error::custom(
+            "an empty list: leave the key out instead (then it asks nothing, or matches every \
+             request)",
+        ));
+    }
+    Ok(list)
 }
 
 impl RuleConfig {
@@ -506,6 +519,9 @@ impl RuleConfig {
     /// nobody in.
     pub fn check(&self, prefix: &str, case_sensitive: bool) -> Result<(), String> {
         for path in &self.paths {
+            if path.chars().any(char::is_control) {
+                return Err(format!("path {path:?} holds a control character"));
+            }
             let inside = if case_sensitive {
                 path.starts_with(prefix)
             } else {
