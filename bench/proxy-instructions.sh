@@ -20,6 +20,10 @@
 #                                                 signature per request (default: reuse, the
 #                                                 product's default of one per user and route
 #                                                 every 5 s)
+#   RULES=five bench/proxy-instructions.sh       the route with five rules (a public path, an
+#                                                 admin path, a denied network, a method rule,
+#                                                 and the one that decides: a role the user
+#                                                 holds); bench/rules.sh compares it to none
 #   PEERS=true bench/proxy-instructions.sh         also count nginx as a reverse proxy and the
 #                                                 passthrough on pingora-core without
 #                                                 pingora-proxy (examples/core_proxy.rs, with
@@ -58,6 +62,10 @@ measure() { # name command...
     -d '{"email":"bench@example.com","password":"BenchPassword123!"}' |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])' 2>/dev/null || echo none)
   local auth="Authorization: Bearer $token"
+  if [ "$name" = gateway ] && [ "${RULES:-none}" = five ]; then
+    "${GATEWAY_BIN:-target/release/sentinel-gateway}" --config "$OUT/gateway.toml" \
+      users grant bench@example.com bench.reader >/dev/null
+  fi
   local extra=()
   if [ "${HEADERS:-}" = browser ]; then
     extra=(-H "User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36"
@@ -110,6 +118,26 @@ $(case "${ASSERTIONS:-reuse}" in off) echo "enabled = false" ;; sign) echo "reus
 prefix = "/bench/"
 upstreams = ["127.0.0.1:$UP"]
 auth = "required"
+$([ "${RULES:-none}" = five ] && cat <<'RULES'
+  [[routes.rules]]
+  paths = ["/bench/health"]
+  allow = "public"
+  [[routes.rules]]
+  paths = ["/bench/admin/"]
+  roles = ["admin"]
+  [[routes.rules]]
+  paths = ["/bench/internal/"]
+  networks = ["10.0.0.0/8"]
+  allow = "deny"
+  [[routes.rules]]
+  paths = ["/bench/x"]
+  methods = ["POST", "PUT", "DELETE"]
+  roles = ["writer"]
+  [[routes.rules]]
+  paths = ["/bench/"]
+  roles = ["bench.reader", "ops"]
+RULES
+)
 CONF
 measure gateway "$GW" "${GATEWAY_BIN:-target/release/sentinel-gateway}" --config "$OUT/gateway.toml"
 if [ "${PEERS:-false}" = true ]; then
