@@ -87,6 +87,7 @@ pub struct Config {
     pub tls: TlsConfig,
     pub identity_assertion: AssertionConfig,
     pub audit: AuditConfig,
+    pub mfa: MfaConfig,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -143,6 +144,39 @@ pub struct DocsConfig {
 impl Default for DocsConfig {
     fn default() -> Self {
         DocsConfig { enabled: true }
+    }
+}
+
+/// Two-factor authentication.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MfaConfig {
+    /// The issuer in TOTP enrolment links (authenticator apps show it).
+    pub issuer: String,
+    pub enforcement: MfaEnforcement,
+    /// Wrong codes a user may try in 5 minutes (activation codes count too).
+    pub attempts_per_5_minutes: u32,
+}
+
+/// Where a user with a second factor must have used it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum MfaEnforcement {
+    /// Everywhere but signing in with the second factor: a session that has not used it may
+    /// only read the user, verify and log out.
+    #[default]
+    HighestAvailable,
+    /// Only where a route rule says `mfa = true`.
+    RoutesOnly,
+}
+
+impl Default for MfaConfig {
+    fn default() -> Self {
+        MfaConfig {
+            issuer: "SentinelShield".into(),
+            enforcement: MfaEnforcement::HighestAvailable,
+            attempts_per_5_minutes: 5,
+        }
     }
 }
 
@@ -1103,6 +1137,15 @@ impl Config {
                 "auth.admin_role must be a role name (a-z first, then a-z 0-9 _ . : -, at most 64), got {:?}",
                 self.auth.admin_role
             ));
+        }
+        if !(1..=1000).contains(&self.mfa.attempts_per_5_minutes) {
+            return invalid("mfa.attempts_per_5_minutes must be between 1 and 1000".into());
+        }
+        if self.mfa.issuer.is_empty()
+            || self.mfa.issuer.len() > 64
+            || self.mfa.issuer.contains([':', '\n', '\r'])
+        {
+            return invalid("mfa.issuer must be 1-64 characters without ':' or line breaks".into());
         }
         if !(1..=36_500).contains(&self.audit.retention_days) {
             return invalid("audit.retention_days must be between 1 and 36500".into());

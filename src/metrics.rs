@@ -111,6 +111,7 @@ pub enum Limit {
     PasswordResetIp,
     RefreshIp,
     VerificationResend,
+    MfaUser,
 }
 
 impl Limit {
@@ -122,6 +123,7 @@ impl Limit {
             Limit::PasswordResetIp => "password_reset_ip",
             Limit::RefreshIp => "refresh_ip",
             Limit::VerificationResend => "verification_resend",
+            Limit::MfaUser => "mfa_user",
         }
     }
 }

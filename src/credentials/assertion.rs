@@ -3,7 +3,8 @@
 //! who the gateway says is calling without trusting the network it came over.
 //!
 //! Claims: `iss`, `sub` (the user id), `aud` (the route's `name`, or its prefix), `iat`, `exp`
-//! (`iat` + `lifetime_seconds`), `jti`, `email`, `email_verified`, `roles` (sorted), and `sid`
+//! (`iat` + `lifetime_seconds`), `jti`, `email`, `email_verified`, `roles` (sorted), `aal` and
+//! `amr` (the session's level and methods, RFC 8176), and `sid`
 //! (the session, for tokens that have one). An upstream checks the signature against
 //! `GET /.well-known/jwks.json`, the audience against its own route, and the expiry.
 //!
@@ -136,6 +137,16 @@ struct Claims<'a> {
     roles: &'a [String],
     #[serde(skip_serializing_if = "Option::is_none")]
     sid: Option<uuid::Uuid>,
+    /// `aal1` or `aal2`: whether the session used a second factor.
+    aal: &'static str,
+    /// The methods the session used (RFC 8176): `pwd`, and `otp`/`hwk` and `mfa` once `aal2`.
+    amr: &'a [String],
+}
+
+/// The methods of a session that used its password only.
+fn password_only() -> &'static [String] {
+    static PWD: std::sync::OnceLock<[String; 1]> = std::sync::OnceLock::new();
+    PWD.get_or_init(|| ["pwd".to_string()])
 }
 
 /// A signed assertion, and what it says (to tell whether it still says the truth).
@@ -147,6 +158,8 @@ struct Minted {
     email_verified: bool,
     /// The roles it names, as `X-User-Roles` sends them.
     roles: HeaderValue,
+    /// The session's level it names.
+    aal2: bool,
     /// Unix seconds until which it is sent again.
     reuse_until: u64,
     /// The key ring's generation it was signed under.
@@ -213,6 +226,7 @@ impl Assertions {
                 && m.user_id == user.id
                 && m.email == user.email
                 && m.roles == user.roles_header
+                && m.aal2 == user.session_aal2(sid.as_ref())
             {
                 return Some(m.value.clone());
             }
@@ -227,6 +241,7 @@ impl Assertions {
                 email: user.email.clone(),
                 email_verified: user.email_verified,
                 roles: user.roles_header.clone(),
+                aal2: user.session_aal2(sid.as_ref()),
                 reuse_until: now + self.reuse,
                 generation,
                 value: value.clone(),
@@ -255,6 +270,14 @@ impl Assertions {
             email_verified: user.email_verified,
             roles: &user.roles,
             sid,
+            aal: if user.session_aal2(sid.as_ref()) {
+                "aal2"
+            } else {
+                "aal1"
+            },
+            amr: user
+                .session_methods(sid.as_ref())
+                .unwrap_or(password_only()),
         };
         let payload = serde_json::to_vec(&claims).ok()?;
         let mut jwt = String::with_capacity(key.header.len() + payload.len() * 4 / 3 + 92);
@@ -471,6 +494,8 @@ mod tests {
             created_at: chrono::NaiveDateTime::default(),
             roles: Box::new([]),
             roles_header: HeaderValue::from_static(""),
+            aal2_sessions: Box::new([]),
+            has_factor: false,
         }
     }
 
@@ -577,6 +602,24 @@ mod tests {
         let claims: serde_json::Value =
             serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
         assert_eq!(claims["roles"], serde_json::json!(["admin"]));
+        assert_eq!(claims["aal"], "aal1");
+        assert_eq!(claims["amr"], serde_json::json!(["pwd"]));
+        // The session raised to aal2: signed anew, with the methods it used.
+        let sid = uuid::Uuid::new_v4();
+        let before = a.header(&admin, Some(sid), 0, "/api/").unwrap();
+        let mut raised = admin.clone();
+        raised.aal2_sessions = vec![(
+            sid,
+            vec!["mfa".to_string(), "otp".to_string(), "pwd".to_string()].into_boxed_slice(),
+        )]
+        .into_boxed_slice();
+        let signed = a.header(&raised, Some(sid), 0, "/api/").unwrap();
+        assert_ne!(signed, before);
+        let payload = signed.to_str().unwrap().split('.').nth(1).unwrap();
+        let claims: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+        assert_eq!(claims["aal"], "aal2");
+        assert_eq!(claims["amr"], serde_json::json!(["mfa", "otp", "pwd"]));
         // Without reuse every request gets its own.
         let b = assertions(0);
         assert_ne!(

@@ -2,7 +2,8 @@
 //! (`assertion`): passwords (`password`),
 //! tokens (`token`), refresh tokens (`refresh`), the one-time secrets of reset and
 //! verification links (`one_time`), email addresses as account names (`email`) and the rate
-//! limits (`rate_limit`, with `shared_limits` their stage in Redis).
+//! limits (`rate_limit`, with `shared_limits` their stage in Redis), second factors (`totp`)
+//! and secrets kept at rest (`sealed`).
 
 pub mod assertion;
 pub mod email;
@@ -10,8 +11,10 @@ pub mod one_time;
 pub mod password;
 pub mod rate_limit;
 pub mod refresh;
+pub mod sealed;
 pub mod shared_limits;
 pub mod token;
+pub mod totp;
 
 use hmac::digest::KeyInit;
 use sha2::{Digest, Sha256};

@@ -43,6 +43,12 @@ impl std::fmt::Debug for OneTimeToken {
 #[error("no randomness from the operating system: {0}")]
 pub struct NoRandomness(String);
 
+impl From<String> for NoRandomness {
+    fn from(cause: String) -> NoRandomness {
+        NoRandomness(cause)
+    }
+}
+
 fn random<const N: usize>() -> Result<[u8; N], NoRandomness> {
     let mut bytes = [0u8; N];
     getrandom::fill(&mut bytes).map_err(|e| NoRandomness(e.to_string()))?;

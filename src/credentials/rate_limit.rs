@@ -83,18 +83,24 @@ pub struct RateLimits {
     pub local: Arc<Limiters>,
     shared: Option<SharedLimits>,
     quotas: RateLimitConfig,
+    /// Second-factor attempts a user may make per [`MFA_PERIOD`] (`mfa.attempts_per_5_minutes`).
+    mfa_attempts: u32,
 }
 
+/// The period second-factor attempts are counted over.
+pub const MFA_PERIOD: Duration = Duration::from_secs(300);
+
 impl RateLimits {
-    pub fn new(config: &RateLimitConfig) -> Result<RateLimits, String> {
+    pub fn new(config: &RateLimitConfig, mfa_attempts: u32) -> Result<RateLimits, String> {
         let shared = match config.backend {
             RateLimitBackend::Local => None,
             RateLimitBackend::Redis => Some(SharedLimits::new(config)?),
         };
         Ok(RateLimits {
-            local: Arc::new(Limiters::new(config)),
+            local: Arc::new(Limiters::new(config, mfa_attempts)),
             shared,
             quotas: config.clone(),
+            mfa_attempts,
         })
     }
 
@@ -114,11 +120,7 @@ impl RateLimits {
     }
 
     fn ip_bucket(limit: Limit, ip: IpAddr, per_minute: u32) -> Bucket {
-        Bucket {
-            limit,
-            key: ip_key(ip).to_string(),
-            per_minute,
-        }
+        Bucket::per_minute(limit, ip_key(ip).to_string(), per_minute)
     }
 
     /// One login attempt (or password change) from `ip` for `account`: both limits charged.
@@ -130,12 +132,27 @@ impl RateLimits {
             let per_minute = self.quotas.login_per_ip_per_minute;
             buckets.push(Self::ip_bucket(Limit::LoginIp, ip, per_minute));
         }
-        buckets.push(Bucket {
-            limit: Limit::LoginAccount,
-            key: key.hex(),
-            per_minute: self.quotas.login_per_account_per_minute,
-        });
+        buckets.push(Bucket::per_minute(
+            Limit::LoginAccount,
+            key.hex(),
+            self.quotas.login_per_account_per_minute,
+        ));
         self.shared(&buckets).await
+    }
+
+    /// One second-factor attempt (a code, a recovery code, an activation) for `user_id`.
+    pub async fn mfa(&self, user_id: &str) -> Result<(), Refused> {
+        let key = AccountKey::of(user_id);
+        self.local
+            .check(&self.local.mfa_user, &key, Limit::MfaUser)
+            .map_err(Refused::Limited)?;
+        self.shared(&[Bucket {
+            limit: Limit::MfaUser,
+            key: key.hex(),
+            cells: self.mfa_attempts,
+            period_secs: MFA_PERIOD.as_secs(),
+        }])
+        .await
     }
 
     pub async fn register(&self, ip: Option<IpAddr>) -> Result<(), Refused> {
@@ -172,6 +189,7 @@ pub struct Limiters {
     register_ip: DefaultKeyedRateLimiter<IpAddr>,
     reset_ip: DefaultKeyedRateLimiter<IpAddr>,
     refresh_ip: DefaultKeyedRateLimiter<IpAddr>,
+    mfa_user: DefaultKeyedRateLimiter<AccountKey>,
     clock: DefaultClock,
     /// Keys each limiter may track at once.
     max_keys: usize,
@@ -190,13 +208,18 @@ fn per_minute(n: u32) -> Quota {
 }
 
 impl Limiters {
-    pub fn new(config: &RateLimitConfig) -> Limiters {
+    pub fn new(config: &RateLimitConfig, mfa_attempts: u32) -> Limiters {
+        let mfa_attempts = NonZeroU32::new(mfa_attempts).unwrap_or(NonZeroU32::MIN);
+        let mfa_quota = Quota::with_period(MFA_PERIOD / mfa_attempts.get())
+            .unwrap_or_else(|| per_minute(1))
+            .allow_burst(mfa_attempts);
         Limiters {
             login_ip: RateLimiter::keyed(per_minute(config.login_per_ip_per_minute)),
             login_account: RateLimiter::keyed(per_minute(config.login_per_account_per_minute)),
             register_ip: RateLimiter::keyed(per_minute(config.register_per_ip_per_minute)),
             reset_ip: RateLimiter::keyed(per_minute(config.password_reset_per_ip_per_minute)),
             refresh_ip: RateLimiter::keyed(per_minute(config.refresh_per_ip_per_minute)),
+            mfa_user: RateLimiter::keyed(mfa_quota),
             clock: DefaultClock::default(),
             max_keys: config.max_tracked_keys,
             last_reclaim_ms: AtomicU64::new(NEVER_RECLAIMED),
@@ -215,7 +238,7 @@ impl Limiters {
 
     /// One attempt under `key`, unless `limiter` tracks as many keys as it may (then it first
     /// forgets refilled ones, at most once a second, and refuses if that made no room).
-    fn check<K>(
+    pub(crate) fn check<K>(
         &self,
         limiter: &DefaultKeyedRateLimiter<K>,
         key: &K,
@@ -301,6 +324,7 @@ impl Limiters {
             + self.register_ip.len()
             + self.reset_ip.len()
             + self.refresh_ip.len()
+            + self.mfa_user.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -314,11 +338,13 @@ impl Limiters {
         self.register_ip.retain_recent();
         self.reset_ip.retain_recent();
         self.refresh_ip.retain_recent();
+        self.mfa_user.retain_recent();
         self.login_ip.shrink_to_fit();
         self.login_account.shrink_to_fit();
         self.register_ip.shrink_to_fit();
         self.reset_ip.shrink_to_fit();
         self.refresh_ip.shrink_to_fit();
+        self.mfa_user.shrink_to_fit();
     }
 }
 
@@ -345,12 +371,15 @@ mod tests {
     use super::*;
 
     fn limits(ip: u32, account: u32, register: u32) -> Limiters {
-        Limiters::new(&RateLimitConfig {
-            login_per_ip_per_minute: ip,
-            login_per_account_per_minute: account,
-            register_per_ip_per_minute: register,
-            ..RateLimitConfig::default()
-        })
+        Limiters::new(
+            &RateLimitConfig {
+                login_per_ip_per_minute: ip,
+                login_per_account_per_minute: account,
+                register_per_ip_per_minute: register,
+                ..RateLimitConfig::default()
+            },
+            5,
+        )
     }
 
     #[test]
@@ -428,14 +457,17 @@ mod tests {
 
     #[test]
     fn a_full_limiter_refuses_new_keys_until_old_ones_expire() {
-        let l = Limiters::new(&RateLimitConfig {
-            login_per_ip_per_minute: 1000,
-            login_per_account_per_minute: 1,
-            register_per_ip_per_minute: 1000,
-            password_reset_per_ip_per_minute: 1000,
-            max_tracked_keys: 10,
-            ..RateLimitConfig::default()
-        });
+        let l = Limiters::new(
+            &RateLimitConfig {
+                login_per_ip_per_minute: 1000,
+                login_per_account_per_minute: 1,
+                register_per_ip_per_minute: 1000,
+                password_reset_per_ip_per_minute: 1000,
+                max_tracked_keys: 10,
+                ..RateLimitConfig::default()
+            },
+            5,
+        );
         let ip = Some("10.0.0.9".parse().unwrap());
         for i in 0..9 {
             assert!(l.login(ip, &format!("u{i}@example.com")).is_ok(), "{i}");

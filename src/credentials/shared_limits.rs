@@ -55,7 +55,21 @@ pub struct Bucket {
     pub limit: Limit,
     /// What is counted: a client address (`ip_key`) or an account digest, as text.
     pub key: String,
-    pub per_minute: u32,
+    /// Attempts allowed per `period_secs` (and at once, after a quiet spell).
+    pub cells: u32,
+    pub period_secs: u64,
+}
+
+impl Bucket {
+    /// `n` attempts a minute.
+    pub fn per_minute(limit: Limit, key: String, n: u32) -> Bucket {
+        Bucket {
+            limit,
+            key,
+            cells: n,
+            period_secs: 60,
+        }
+    }
 }
 
 /// Why the shared stage did not allow an attempt.
@@ -161,7 +175,8 @@ impl SharedLimits {
     pub async fn check(&self, buckets: &[Bucket]) -> Result<(), SharedRefusal> {
         let mut invocation = self.script.prepare_invoke();
         for bucket in buckets {
-            let interval_us = 60_000_000 / u64::from(bucket.per_minute.max(1));
+            let cells = bucket.cells.max(1);
+            let interval_us = bucket.period_secs.max(1) * 1_000_000 / u64::from(cells);
             invocation
                 .key(format!(
                     "{}:{}:{}",
@@ -170,7 +185,7 @@ impl SharedLimits {
                     bucket.key
                 ))
                 .arg(interval_us)
-                .arg(bucket.per_minute.max(1));
+                .arg(cells);
         }
         let connections = match self.connections() {
             Ok(connections) => connections,

@@ -73,6 +73,8 @@ pub fn explain(
                     roles,
                     email_verified: *email_verified,
                     aal2: *aal2,
+                    // A caller without a second factor of their own: only rules ask for one.
+                    step_up: false,
                 }),
             };
             routed.access.verdict(caller).map(|()| match caller {

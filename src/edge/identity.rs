@@ -12,6 +12,7 @@ pub const USER_ID: HeaderName = HeaderName::from_static("x-user-id");
 pub const USER_EMAIL: HeaderName = HeaderName::from_static("x-user-email");
 pub const USER_EMAIL_VERIFIED: HeaderName = HeaderName::from_static("x-user-email-verified");
 pub const USER_ROLES: HeaderName = HeaderName::from_static("x-user-roles");
+pub const USER_AAL: HeaderName = HeaderName::from_static("x-user-aal");
 /// `x-request-id`, as text for the gateway's own answers (which spell headers as uvicorn does).
 pub const REQUEST_ID_NAME: &str = "x-request-id";
 pub const REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_NAME);
@@ -248,6 +249,8 @@ pub struct UserHeaders {
     pub email_verified: bool,
     /// `X-User-Roles`: sorted, comma-separated, empty when none.
     pub roles: HeaderValue,
+    /// `X-User-Aal`: `aal2` when the session passed a second factor, `aal1` otherwise.
+    pub aal2: bool,
     /// `X-Identity-Assertion` (with `[identity_assertion] enabled`).
     pub assertion: Option<HeaderValue>,
 }
@@ -309,6 +312,10 @@ pub fn prepare_upstream_headers(
             HeaderValue::from_static(if user.email_verified { "true" } else { "false" }),
         );
         headers.append(USER_ROLES, user.roles);
+        headers.append(
+            USER_AAL,
+            HeaderValue::from_static(if user.aal2 { "aal2" } else { "aal1" }),
+        );
         if let Some(assertion) = user.assertion {
             headers.append(crate::credentials::assertion::HEADER, assertion);
         }
@@ -570,6 +577,7 @@ mod tests {
                     email: HeaderValue::from_static("a@b.c"),
                     email_verified: false,
                     roles: HeaderValue::from_static("admin,ops"),
+                    aal2: true,
                     assertion: Some(HeaderValue::from_static("signed")),
                 }),
                 request_id: HeaderValue::from_static("rid"),
@@ -593,6 +601,7 @@ mod tests {
             ("x-forwarded-proto", "http"),
             ("x-identity-assertion", "signed"),
             ("x-request-id", "rid"),
+            ("x-user-aal", "aal2"),
             ("x-user-email", "a@b.c"),
             ("x-user-email-verified", "false"),
             ("x-user-id", "42"),

@@ -66,6 +66,9 @@ pub struct Edge {
     /// The gateway's own endpoints' bodies: their size limit and how long they may take.
     pub max_body_bytes: usize,
     pub body_timeout: std::time::Duration,
+    /// `mfa.enforcement = "highest_available"`: a user with a second factor must have used it
+    /// in the session wherever a token is needed.
+    pub step_up: bool,
 }
 
 impl Edge {
@@ -91,6 +94,7 @@ impl Edge {
             keepalive_seconds: config.server.keepalive_seconds,
             max_body_bytes: config.server.max_body_bytes,
             body_timeout: std::time::Duration::from_millis(config.server.body_timeout_ms),
+            step_up: config.mfa.enforcement == crate::config::MfaEnforcement::HighestAvailable,
         })
     }
 }

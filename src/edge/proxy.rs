@@ -55,7 +55,7 @@ impl Gateway {
             edge,
             endpoint_metrics: Endpoint::ALL
                 .iter()
-                .map(|e| metrics.endpoint(e.name()))
+                .map(|e| metrics.endpoint(e.metrics_name()))
                 .collect(),
         }
     }
@@ -406,6 +406,7 @@ impl Gateway {
                     email: u.email_header.clone(),
                     email_verified: u.email_verified,
                     roles: u.roles_header.clone(),
+                    aal2: u.session_aal2(ctx.sid.as_ref()),
                     assertion: self.assertion(u, ctx.sid, ctx.route),
                 }),
                 request_id: ctx.request_id.clone(),
@@ -488,7 +489,7 @@ impl Gateway {
                 now,
                 reread: true,
             },
-            Cached::Known(state) => match admit(state, &verified, now, access) {
+            Cached::Known(state) => match admit(state, &verified, now, access, self.edge.step_up) {
                 Ok(user) => Identity::Known(user, verified.session_id),
                 Err(e) => Identity::Refused(e),
             },
@@ -628,7 +629,8 @@ impl Gateway {
                         .map_err(ApiError::from),
                     Err(e) => Err(e),
                 };
-                match fetched.and_then(|state| admit(state, &verified, now, &access)) {
+                let step_up = self.edge.step_up;
+                match fetched.and_then(|state| admit(state, &verified, now, &access, step_up)) {
                     Ok(user) => {
                         ctx.sid = verified.session_id.filter(|_| user.is_some());
                         ctx.user = user;
@@ -654,14 +656,15 @@ fn admit(
     token: &token::Verified,
     now: std::time::SystemTime,
     access: &Access,
+    step_up: bool,
 ) -> Result<Option<Arc<UserState>>, ApiError> {
     match state {
         Some(user) if user.active && user.accepts(token, token::unix_seconds(now)) => {
             let caller = Caller {
                 roles: &user.roles,
                 email_verified: user.email_verified,
-                // No session has a second factor until two-factor sign-in exists.
-                aal2: false,
+                aal2: user.aal2(token),
+                step_up: step_up && user.has_factor,
             };
             access.verdict(Some(caller))?;
             Ok(Some(user))

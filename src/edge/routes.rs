@@ -71,7 +71,7 @@ impl Requirements {
             Some(ApiError::NotEnoughPermissions)
         } else if self.verified_email && !caller.email_verified {
             Some(ApiError::EmailNotVerified)
-        } else if self.mfa && !caller.aal2 {
+        } else if (self.mfa || caller.step_up) && !caller.aal2 {
             Some(ApiError::MfaRequired)
         } else {
             None
@@ -101,6 +101,9 @@ pub struct Caller<'a> {
     pub email_verified: bool,
     /// Whether the session passed a second factor.
     pub aal2: bool,
+    /// Whether the user has a second factor that this session must have used wherever a
+    /// token is needed (`mfa.enforcement = "highest_available"`), rule or not.
+    pub step_up: bool,
 }
 
 impl Access {

@@ -101,6 +101,24 @@ impl Letters {
         }
     }
 
+    /// After a second factor was added or removed, or a recovery code used: `what` says which
+    /// ("A second factor was added to", …).
+    pub fn mfa_notice(&self, to: &str, what: &'static str) -> Mail {
+        Mail {
+            kind: "mfa_notice",
+            to: to.to_string(),
+            subject: "Your sign-in settings changed",
+            body: format!(
+                "Hello,\n\n\
+                 {what} the account {to}.\n\n\
+                 If this was not you, reset your password at once from {}/reset-password and \
+                 check the account's second factors.\n",
+                self.app_base_url
+            ),
+            token: None,
+        }
+    }
+
     /// After a password change (`reset` false) or a reset.
     pub fn password_changed(&self, to: &str, reset: bool) -> Mail {
         let how = if reset { "reset" } else { "changed" };

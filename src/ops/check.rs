@@ -39,7 +39,7 @@ pub fn check(config: &Config) -> anyhow::Result<Checked> {
         )
     };
     db::pool(&config.database).map_err(|e| ConfigError::Invalid(e.to_string()))?;
-    RateLimits::new(&config.rate_limit)
+    RateLimits::new(&config.rate_limit, config.mfa.attempts_per_5_minutes)
         .map_err(|e| ConfigError::Invalid(format!("rate_limit: {e}")))?;
     if let Some(dir) = &config.server.runtime_dir {
         if dir.exists() {

@@ -154,7 +154,7 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
         config.auth.max_sessions_per_user,
     ));
     let limiters = Arc::new(
-        RateLimits::new(&config.rate_limit)
+        RateLimits::new(&config.rate_limit, config.mfa.attempts_per_5_minutes)
             .map_err(|e| ConfigError::Invalid(format!("rate_limit: {e}")))?,
     );
     let janitor = LimiterJanitor {

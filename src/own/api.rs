@@ -185,6 +185,15 @@ pub enum ApiError {
     BadPath,
     #[error("user not found")]
     UserNotFound,
+    /// A second factor that is not the caller's (or not one at all).
+    #[error("factor not found")]
+    FactorNotFound,
+    /// A TOTP or recovery code that is wrong, used, or for no factor.
+    #[error("invalid code")]
+    InvalidCode,
+    /// A request about second factors that cannot be carried out as it stands.
+    #[error("mfa: {0}")]
+    MfaConflict(&'static str),
     /// The admin API: no user has the id in the path.
     #[error("no such user")]
     NoSuchUser,
@@ -252,6 +261,9 @@ impl ApiError {
             .with_header("cache-control", "no-store"),
             ApiError::SessionNotFound => Reply::detail(404, "Session not found"),
             ApiError::NoSuchUser => Reply::detail(404, "User not found"),
+            ApiError::FactorNotFound => Reply::detail(404, "Factor not found"),
+            ApiError::InvalidCode => Reply::detail(400, "Invalid code"),
+            ApiError::MfaConflict(detail) => Reply::detail(400, detail),
             ApiError::LastAdmin => Reply::detail(
                 409,
                 "The last active administrator cannot be deactivated or lose the admin role",

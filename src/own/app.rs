@@ -66,6 +66,13 @@ pub struct App {
     allow_registration: bool,
     /// Holders of this role may use the admin API (`auth.admin_role`).
     pub(crate) admin_role: String,
+    /// Seals second factors' secrets at rest.
+    pub(crate) sealer: crate::credentials::sealed::Sealer,
+    /// `mfa.issuer`, in TOTP enrolment links.
+    pub(crate) mfa_issuer: String,
+    /// `mfa.enforcement = "highest_available"`: a user with a second factor must have used it
+    /// in the session for every endpoint but reading themselves, verifying and logging out.
+    pub(crate) step_up: bool,
     /// Verified against when the email is unknown, so that costs the same as a wrong password.
     dummy_hash: Arc<str>,
     /// Tokens already verified (only verified ones get in), so that a client's every request
@@ -207,6 +214,9 @@ impl App {
             cors: Cors::new(&config.cors.origins),
             allow_registration: config.auth.allow_registration,
             admin_role: config.auth.admin_role.clone(),
+            sealer: crate::credentials::sealed::Sealer::derive(config.auth.secret_key.expose()),
+            mfa_issuer: config.mfa.issuer.clone(),
+            step_up: config.mfa.enforcement == crate::config::MfaEnforcement::HighestAvailable,
             dummy_hash: Arc::from(dummy.as_str()),
             verified_tokens: bounded_cache(TOKEN_CACHE_CAPACITY),
             ready: Arc::new(Readiness::default()),
@@ -284,6 +294,12 @@ impl App {
             Endpoint::AdminUpdateUser => self.admin_update_user(req).await,
             Endpoint::AdminEndSessions => self.admin_end_sessions(req).await,
             Endpoint::AdminEvents => self.admin_events(req).await,
+            Endpoint::MfaStatus => self.mfa_status(req).await,
+            Endpoint::MfaTotpEnrol => self.mfa_totp_enrol(req).await,
+            Endpoint::MfaTotpActivate => self.mfa_totp_activate(req).await,
+            Endpoint::MfaVerify => self.mfa_verify(req).await,
+            Endpoint::MfaRecoveryCodes => self.mfa_recovery_codes(req).await,
+            Endpoint::MfaRemoveFactor => self.mfa_remove_factor(req).await,
             Endpoint::Jwks => Ok(self.jwks()),
             Endpoint::OpenApi => Ok(crate::own::docs::openapi()),
             Endpoint::Docs => Ok(crate::own::docs::page()),
@@ -503,7 +519,23 @@ impl App {
     /// the token still counting for them (see [`UserState::accepts`]). The seed's answers:
     /// "Not authenticated" without a token, "User not found" for a deleted user, "Invalid
     /// token" otherwise.
+    /// In `mfa.enforcement = "highest_available"`, a user with a second factor must have used
+    /// it in this session (403 `MFA required` otherwise).
     pub(crate) async fn authenticate(
+        &self,
+        db: &deadpool_postgres::Client,
+        req: &OwnRequest,
+    ) -> Result<(Account, Arc<Verified>), ApiError> {
+        let (account, token) = self.authenticate_any_level(db, req).await?;
+        if self.step_up && account.has_factor && !session_aal2(&account, &token) {
+            return Err(ApiError::MfaRequired);
+        }
+        Ok((account, token))
+    }
+
+    /// [`App::authenticate`] at any assurance level: for the endpoints a session that has not
+    /// used its second factor may call (logging out, the factors, verifying).
+    pub(crate) async fn authenticate_any_level(
         &self,
         db: &deadpool_postgres::Client,
         req: &OwnRequest,
@@ -749,6 +781,13 @@ impl App {
         };
         Ok(Reply::json(200, &user.response()))
     }
+}
+
+/// Whether `token`'s session passed a second factor (`aal2`).
+pub(crate) fn session_aal2(account: &Account, token: &Verified) -> bool {
+    token
+        .session_id
+        .is_some_and(|sid| account.aal2_sessions.iter().any(|(id, _)| *id == sid))
 }
 
 /// A pooled connection held by a login, a registration or a refresh, and its place in their

@@ -186,7 +186,7 @@ impl App {
         scope: LogoutScope,
     ) -> Result<Reply, ApiError> {
         let mut db = users::client(&self.pool).await?;
-        let (account, token) = match self.authenticate(&db, req).await {
+        let (account, token) = match self.authenticate_any_level(&db, req).await {
             Ok(caller) => caller,
             // Logging out of a session that has ended already: nothing left to do.
             Err(ApiError::InvalidToken) if scope == LogoutScope::Local => {

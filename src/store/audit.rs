@@ -35,10 +35,19 @@ pub enum Kind {
     RoleGranted,
     /// With `{"roles": [...]}`.
     RoleRevoked,
+    /// A second factor activated (`{"factor_id", "type"}`).
+    MfaEnrolled,
+    /// A session raised to `aal2` (`{"method": "totp" | "recovery_code"}`).
+    MfaVerified,
+    /// A wrong code (`{"method"}`).
+    MfaFailed,
+    MfaRecoveryCodeUsed,
+    /// A factor removed (`{"factor_id"}`; by an administrator: every factor).
+    MfaRemoved,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 15] = [
+    pub const ALL: [Kind; 20] = [
         Kind::UserRegistered,
         Kind::UserCreated,
         Kind::LoginSucceeded,
@@ -54,6 +63,11 @@ impl Kind {
         Kind::UserActivated,
         Kind::RoleGranted,
         Kind::RoleRevoked,
+        Kind::MfaEnrolled,
+        Kind::MfaVerified,
+        Kind::MfaFailed,
+        Kind::MfaRecoveryCodeUsed,
+        Kind::MfaRemoved,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -73,6 +87,11 @@ impl Kind {
             Kind::UserActivated => "user.activated",
             Kind::RoleGranted => "role.granted",
             Kind::RoleRevoked => "role.revoked",
+            Kind::MfaEnrolled => "mfa.enrolled",
+            Kind::MfaVerified => "mfa.verified",
+            Kind::MfaFailed => "mfa.failed",
+            Kind::MfaRecoveryCodeUsed => "mfa.recovery_code_used",
+            Kind::MfaRemoved => "mfa.removed",
         }
     }
 

@@ -2,7 +2,7 @@
 //! (`users`), the admin API's pages of users (`directory`), the roles users hold (`roles`), the
 //! hashes of reset and verification tokens (`account_tokens`), sessions and their refresh
 //! generations (`sessions`), the identity assertion keys (`signing_keys`), TLS to the database
-//! (`pg_tls`) and the in-memory user state kept fresh by LISTEN/NOTIFY, whose changes it
+//! (`pg_tls`), second factors and sessions' assurance levels (`mfa`) and the in-memory user state kept fresh by LISTEN/NOTIFY, whose changes it
 //! announces (`user_cache`), and the audit log of security events (`audit`). Storage errors
 //! are [`StoreError`]s.
 
@@ -10,6 +10,7 @@ pub mod account_tokens;
 pub mod audit;
 pub mod db;
 pub mod directory;
+pub mod mfa;
 pub mod pg_tls;
 pub mod roles;
 pub mod sessions;

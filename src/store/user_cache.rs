@@ -90,6 +90,11 @@ pub struct UserState {
     /// empty when none).
     pub roles: Box<[String]>,
     pub roles_header: http::HeaderValue,
+    /// The sessions that passed a second factor (`aal2`), sorted by id, with the methods
+    /// each used (the identity assertion's `amr`).
+    pub aal2_sessions: Box<[(uuid::Uuid, Box<[String]>)]>,
+    /// Whether the user has an activated second factor (then an `aal1` session may do little).
+    pub has_factor: bool,
 }
 
 impl UserState {
@@ -114,7 +119,38 @@ impl UserState {
             created_at: user.created_at,
             roles_header: http::HeaderValue::from_str(&user.roles.join(",")).ok()?,
             roles: user.roles.clone().into_boxed_slice(),
+            aal2_sessions: {
+                let mut aal2: Vec<(uuid::Uuid, Box<[String]>)> = account
+                    .aal2_sessions
+                    .iter()
+                    .map(|(id, methods)| (*id, methods.clone().into_boxed_slice()))
+                    .collect();
+                aal2.sort_unstable_by_key(|(id, _)| *id);
+                aal2.into_boxed_slice()
+            },
+            has_factor: account.has_factor,
         })
+    }
+
+    /// Whether `token`'s session passed a second factor (`aal2`). Tokens without a session
+    /// (the seed's) are `aal1`.
+    pub fn aal2(&self, token: &impl TokenClaims) -> bool {
+        self.session_aal2(token.session_id().as_ref())
+    }
+
+    /// Whether session `sid` passed a second factor (`None`, no session: `aal1`).
+    pub fn session_aal2(&self, sid: Option<&uuid::Uuid>) -> bool {
+        self.session_methods(sid).is_some()
+    }
+
+    /// The methods an `aal2` session used (RFC 8176 names, sorted); `None` for `aal1`.
+    pub fn session_methods(&self, sid: Option<&uuid::Uuid>) -> Option<&[String]> {
+        let sid = sid?;
+        let i = self
+            .aal2_sessions
+            .binary_search_by_key(sid, |(id, _)| *id)
+            .ok()?;
+        self.aal2_sessions.get(i).map(|(_, methods)| &methods[..])
     }
 
     /// Whether the user holds `role`.
@@ -644,6 +680,8 @@ mod tests {
             },
             tokens_valid_after: None,
             sessions,
+            aal2_sessions: Vec::new(),
+            has_factor: false,
         }
     }
 

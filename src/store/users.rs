@@ -164,9 +164,15 @@ pub struct Account {
     /// Rounded up to a whole second, as tokens count time.
     pub tokens_valid_after: Option<i64>,
     pub sessions: Vec<(uuid::Uuid, i64)>,
+    /// Those of `sessions` that passed a second factor (`aal2`), with the methods each used
+    /// (RFC 8176 names, sorted: `mfa`, `otp`, `pwd`, …).
+    pub aal2_sessions: Vec<(uuid::Uuid, Vec<String>)>,
+    /// Whether the user has an activated second factor.
+    pub has_factor: bool,
 }
 
-/// The user with id `id` and their live sessions, in one statement: at most
+/// The user with id `id` and their live sessions (with which passed a second factor) and
+/// whether they have one, in one statement: at most
 /// `max_sessions` of them, the most recently used (`auth.max_sessions_per_user`: a session
 /// past it is refused like an ended one, and no read grows with how many a user once had).
 #[tracing::instrument(level = "debug", skip(db))]
@@ -189,7 +195,14 @@ pub async fn find_account(
                FROM sentinel_sessions s WHERE s.user_id = users.id \
                AND s.revoked_at IS NULL AND s.idle_expires_at > now() \
                AND s.absolute_expires_at > now() \
-               ORDER BY s.last_used_at DESC, s.id LIMIT $2) \
+               ORDER BY s.last_used_at DESC, s.id LIMIT $2), \
+         ARRAY(SELECT CASE WHEN s.aal >= 2 THEN array_to_string(s.amr, ',') END \
+               FROM sentinel_sessions s WHERE s.user_id = users.id \
+               AND s.revoked_at IS NULL AND s.idle_expires_at > now() \
+               AND s.absolute_expires_at > now() \
+               ORDER BY s.last_used_at DESC, s.id LIMIT $2), \
+         EXISTS (SELECT 1 FROM sentinel_mfa_factors f \
+                 WHERE f.user_id = users.id AND f.activated_at IS NOT NULL) \
          FROM users WHERE id = $1"
     );
     let stmt = db.prepare_cached(&sql).await.map_err(db_error)?;
@@ -205,11 +218,24 @@ pub async fn find_account(
     let tokens_valid_after: Option<i64> = row.try_get(8).map_err(internal)?;
     let ids: Vec<uuid::Uuid> = row.try_get(9).map_err(internal)?;
     let ends: Vec<i64> = row.try_get(10).map_err(internal)?;
+    let raised: Vec<Option<String>> = row.try_get(11).map_err(internal)?;
+    let has_factor: bool = row.try_get(12).map_err(internal)?;
     let user = User::try_from(row).map_err(internal)?;
+    let aal2_sessions = ids
+        .iter()
+        .zip(raised)
+        .filter_map(|(id, methods)| {
+            let mut methods: Vec<String> = methods?.split(',').map(str::to_string).collect();
+            methods.sort();
+            Some((*id, methods))
+        })
+        .collect();
     Ok(Some(Account {
         user,
         tokens_valid_after,
         sessions: ids.into_iter().zip(ends).collect(),
+        aal2_sessions,
+        has_factor,
     }))
 }
 

@@ -22,6 +22,7 @@ mod hostile_input;
 mod login;
 mod me;
 mod metrics;
+mod mfa;
 mod packaging;
 mod pg_tls;
 mod proxy;

@@ -352,6 +352,8 @@ async fn client_identity_headers_never_reach_the_upstream_in_any_spelling() {
         ("X-USER-EMAIL", "root@example.com"),
         ("x_user_email", "root2@example.com"),
         ("X-User-Roles", "admin"),
+        ("X-User-Aal", "aal2"),
+        ("x_user_aal", "aal2"),
         ("X-User-Email-Verified", "true"),
         ("x_user_email_verified", "true"),
         ("X-Forwarded-For", "1.2.3.4"),
@@ -392,6 +394,7 @@ async fn client_identity_headers_never_reach_the_upstream_in_any_spelling() {
                         "x-user-email",
                         "x-user-email-verified",
                         "x-user-roles",
+                        "x-user-aal",
                         "x-forwarded-for",
                         "x-forwarded-proto",
                         "x-forwarded-host"
@@ -415,9 +418,11 @@ async fn client_identity_headers_never_reach_the_upstream_in_any_spelling() {
             );
             // The gateway's own, empty: this user holds no role, whatever the client claimed.
             assert_eq!(e.one("x-user-roles"), Some(String::new()), "{path}");
+            assert_eq!(e.one("x-user-aal"), Some("aal1".into()), "{path}");
         } else {
             assert_eq!(e.one("x-user-email-verified"), None, "{path}");
             assert_eq!(e.one("x-user-roles"), None, "{path}");
+            assert_eq!(e.one("x-user-aal"), None, "{path}");
             assert_eq!(e.one("x-user-id"), None, "{path}");
             assert_eq!(e.one("x-user-email"), None, "{path}");
         }
