@@ -19,7 +19,7 @@ use crate::credentials::email;
 use crate::own::forms::{PASSWORD_MAX_CHARS, PASSWORD_MIN_CHARS};
 use crate::store::account_tokens::{self, Purpose};
 use crate::store::audit::{self, Kind};
-use crate::store::{db, roles, sessions, users};
+use crate::store::{db, mfa, roles, sessions, users};
 use serde_json::json;
 
 #[derive(Debug, Subcommand)]
@@ -78,6 +78,9 @@ pub enum UsersCommand {
     RevokeSessions { user: String },
     /// Mark the user's address verified.
     VerifyEmail { user: String },
+    /// Remove every second factor and recovery code of the user, and end their sessions (a
+    /// lost phone: they sign in with the password and enrol again).
+    ResetMfa { user: String },
 }
 
 /// A connection to the configured database, migrated as the gateway needs it (the same
@@ -473,6 +476,24 @@ async fn run_async(
             writeln!(
                 out,
                 "ended {ended} sessions and every other token of {} {}",
+                user.id, user.email
+            )?;
+        }
+        UsersCommand::ResetMfa { user } => {
+            let user = find(&db, &user).await?;
+            let tx = db
+                .transaction()
+                .await
+                .map_err(users::db_error)
+                .map_err(api)?;
+            let factors = mfa::remove_all(&tx, &user.id).await.map_err(api)?;
+            let ended = sessions::end_everything(&tx, &user.id).await.map_err(api)?;
+            let detail = json!({ "all": true, "factors": factors, "sessions": ended });
+            record(&tx, Kind::MfaRemoved, &user.id, detail).await?;
+            tx.commit().await.map_err(users::db_error).map_err(api)?;
+            writeln!(
+                out,
+                "removed {factors} second factors of {} {}, and ended {ended} sessions",
                 user.id, user.email
             )?;
         }

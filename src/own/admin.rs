@@ -285,6 +285,46 @@ impl App {
     }
 }
 
+impl App {
+    /// `DELETE /auth/admin/users/{id}/mfa`: every factor and recovery code of the user go, and
+    /// every session and token (a lost phone: they sign in with the password and enrol again).
+    pub(crate) async fn admin_reset_mfa(&self, req: &OwnRequest) -> Result<Reply, ApiError> {
+        let mut db = users::client(&self.pool).await?;
+        let caller = self.admin(&db, req).await?;
+        let id = path_id(req.path.strip_suffix("/mfa").ok_or(ApiError::NoSuchUser)?)?;
+        let tx = db.transaction().await.map_err(users::db_error)?;
+        let user = directory::lock(&tx, id)
+            .await?
+            .ok_or(ApiError::NoSuchUser)?
+            .user;
+        let factors = crate::store::mfa::remove_all(&tx, id).await?;
+        let sessions = sessions::end_everything(&tx, id).await?;
+        let detail = json!({ "all": true, "factors": factors, "sessions": sessions });
+        self.audit_by(
+            &tx,
+            &req.origin(),
+            Kind::MfaRemoved,
+            Some(id),
+            Some(&caller),
+            None,
+            detail,
+        )
+        .await?;
+        self.write_mail(
+            &tx,
+            &self.letters.mfa_notice(
+                &user.email,
+                "An administrator removed every second factor of",
+            ),
+        )
+        .await?;
+        tx.commit().await.map_err(users::db_error)?;
+        self.changed(id);
+        self.mail_written();
+        Ok(Reply::no_content())
+    }
+}
+
 /// A page of the audit log.
 #[derive(Serialize)]
 struct Events {

@@ -294,6 +294,7 @@ impl App {
             Endpoint::AdminUpdateUser => self.admin_update_user(req).await,
             Endpoint::AdminEndSessions => self.admin_end_sessions(req).await,
             Endpoint::AdminEvents => self.admin_events(req).await,
+            Endpoint::AdminResetMfa => self.admin_reset_mfa(req).await,
             Endpoint::MfaStatus => self.mfa_status(req).await,
             Endpoint::MfaTotpEnrol => self.mfa_totp_enrol(req).await,
             Endpoint::MfaTotpActivate => self.mfa_totp_activate(req).await,

@@ -34,6 +34,8 @@ pub enum Endpoint {
     AdminEndSessions,
     /// `GET /auth/admin/events`: the audit log, newest first.
     AdminEvents,
+    /// `DELETE /auth/admin/users/{id}/mfa`: every second factor of the user, and their sessions.
+    AdminResetMfa,
     /// `GET /auth/mfa`: the session's assurance level and the user's factors.
     MfaStatus,
     /// `POST /auth/mfa/totp`.
@@ -59,7 +61,7 @@ pub enum Endpoint {
 
 impl Endpoint {
     /// Every endpoint, once.
-    pub const ALL: [Endpoint; 31] = [
+    pub const ALL: [Endpoint; 32] = [
         Endpoint::Health,
         Endpoint::Ready,
         Endpoint::Register,
@@ -81,6 +83,7 @@ impl Endpoint {
         Endpoint::AdminUpdateUser,
         Endpoint::AdminEndSessions,
         Endpoint::AdminEvents,
+        Endpoint::AdminResetMfa,
         Endpoint::MfaStatus,
         Endpoint::MfaTotpEnrol,
         Endpoint::MfaTotpActivate,
@@ -111,6 +114,7 @@ impl Endpoint {
                 | Endpoint::AdminUpdateUser
                 | Endpoint::AdminEndSessions
                 | Endpoint::AdminEvents
+                | Endpoint::AdminResetMfa
         )
     }
 
@@ -183,6 +187,7 @@ impl Endpoint {
             Endpoint::AdminUpdateUser => "admin_update_user",
             Endpoint::AdminEndSessions => "admin_end_sessions",
             Endpoint::AdminEvents => "admin_events",
+            Endpoint::AdminResetMfa => "admin_reset_mfa",
             Endpoint::MfaStatus => "mfa_status",
             Endpoint::MfaTotpEnrol => "mfa_totp_enrol",
             Endpoint::MfaTotpActivate => "mfa_totp_activate",
@@ -332,20 +337,27 @@ fn mfa_path(method: &Method, rest: &[u8]) -> OwnRoute {
 /// `/auth/admin/users/` followed by `rest`: `{id}` or `{id}/sessions` (the id is checked by
 /// the handler).
 fn admin_user(method: &Method, rest: &[u8]) -> OwnRoute {
-    let (id, sessions) = match rest.iter().position(|&b| b == b'/') {
-        None => (rest, false),
-        Some(slash) if &rest[slash..] == b"/sessions" => (&rest[..slash], true),
-        Some(_) => return OwnRoute::None,
+    let (id, below) = match rest.iter().position(|&b| b == b'/') {
+        None => (rest, None),
+        Some(slash) => (&rest[..slash], Some(&rest[slash..])),
     };
     if id.is_empty() {
         return OwnRoute::None;
     }
     let get = method == Method::GET || method == Method::HEAD;
-    match sessions {
-        true if method == Method::DELETE => OwnRoute::Endpoint(Endpoint::AdminEndSessions),
-        true => OwnRoute::MethodNotAllowed("DELETE"),
-        false if get => OwnRoute::Endpoint(Endpoint::AdminGetUser),
-        false if method == Method::PATCH => OwnRoute::Endpoint(Endpoint::AdminUpdateUser),
-        false => OwnRoute::MethodNotAllowed("GET, PATCH"),
+    let delete = |endpoint| {
+        if method == Method::DELETE {
+            OwnRoute::Endpoint(endpoint)
+        } else {
+            OwnRoute::MethodNotAllowed("DELETE")
+        }
+    };
+    match below {
+        Some(b"/sessions") => delete(Endpoint::AdminEndSessions),
+        Some(b"/mfa") => delete(Endpoint::AdminResetMfa),
+        Some(_) => OwnRoute::None,
+        None if get => OwnRoute::Endpoint(Endpoint::AdminGetUser),
+        None if method == Method::PATCH => OwnRoute::Endpoint(Endpoint::AdminUpdateUser),
+        None => OwnRoute::MethodNotAllowed("GET, PATCH"),
     }
 }

@@ -245,3 +245,15 @@ pub async fn remove(
         .map(factor)
         .transpose()
 }
+
+/// Deletes every factor and recovery code of `user_id` (an administrator's reset); how many
+/// factors went.
+#[tracing::instrument(level = "debug", skip(db))]
+pub async fn remove_all(db: &impl GenericClient, user_id: &str) -> Result<u64, StoreError> {
+    replace_recovery_codes(db, user_id, &[]).await?;
+    let stmt = db
+        .prepare_cached("DELETE FROM sentinel_mfa_factors WHERE user_id = $1")
+        .await
+        .map_err(db_error)?;
+    db.execute(&stmt, &[&user_id]).await.map_err(db_error)
+}

@@ -528,3 +528,62 @@ async fn hostile_codes_and_ids_get_a_4xx_and_never_raise_a_session() {
     assert_mfa_required(&app.get_as("/auth/sessions", &session).await, "still aal1");
     assert!(!app.logs().contains("panicked"));
 }
+
+#[tokio::test]
+async fn an_administrator_or_the_command_line_resets_a_users_factors() {
+    let app = TestApp::spawn().await;
+    let (admin, _) = app.registered("boss@example.com", PASSWORD).await;
+    let granted = crate::admin_cli::cli(&app, &["grant", "boss@example.com", "admin"], "");
+    assert!(granted.status.success());
+    let (token, id) = app.registered("lost@example.com", PASSWORD).await;
+    enrol(&app, &token).await;
+    let aal1 = login(&app, "lost@example.com").await;
+    assert_mfa_required(
+        &app.get_as("/auth/sessions", &aal1).await,
+        "before the reset",
+    );
+
+    // Not for anyone else; unknown users are 404.
+    let reset = |who: String, token: String| {
+        let client = app.client.clone();
+        let url = app.url(&format!("/auth/admin/users/{who}/mfa"));
+        async move { Answer::of(client.delete(url).bearer_auth(token).send().await.unwrap()).await }
+    };
+    assert_eq!(reset(id.clone(), aal1.clone()).await.status, 403);
+    assert_eq!(reset("nobody".into(), admin.clone()).await.status, 404);
+    let a = reset(id.clone(), admin.clone()).await;
+    assert_eq!(a.status, 204, "{}", a.text);
+    assert_eq!(a.header("cache-control"), Some("no-store"));
+    // Every session ended; a new sign-in is not asked for a factor; nothing is left of them.
+    assert_eq!(app.me(&token).await.status(), 401);
+    assert_eq!(app.me(&aal1).await.status(), 401);
+    let fresh = login(&app, "lost@example.com").await;
+    assert_eq!(app.get_as("/auth/sessions", &fresh).await.status, 200);
+    assert_eq!(
+        app.get_as("/auth/mfa", &fresh).await.json(),
+        json!({"aal": "aal1", "factors": [], "recovery_codes_remaining": 0})
+    );
+
+    // The command line does the same.
+    let (secret, _) = enrol(&app, &fresh).await;
+    assert_eq!(secret.len(), 32);
+    let out = crate::admin_cli::cli(&app, &["reset-mfa", "LOST@example.com"], "");
+    let said = crate::admin_cli::stdout(&out);
+    assert!(said.starts_with("removed 1 second factors of"), "{said}");
+    assert_eq!(app.me(&fresh).await.status(), 401);
+    let kinds: Vec<String> = app
+        .db
+        .client()
+        .await
+        .query(
+            "SELECT type || ':' || coalesce(detail->>'via', 'api') FROM sentinel_audit_events \
+             WHERE user_id = $1 AND type = 'mfa.removed' ORDER BY id",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(kinds, ["mfa.removed:api", "mfa.removed:cli"]);
+}
