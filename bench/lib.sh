@@ -110,3 +110,9 @@ verdict() {
     exit 1
   fi
 }
+
+# totp_code SECRET [STEPS] — the RFC 6238 code of base32 SECRET now (or STEPS steps later), by
+# Python's standard library, as an authenticator app would show it.
+totp_code() {
+  python3 -c 'import base64,hmac,struct,sys,time;k=base64.b32decode(sys.argv[1]+"="*(-len(sys.argv[1])%8));h=hmac.digest(k,struct.pack(">Q",int(time.time())//30+int(sys.argv[2])),"sha1");o=h[-1]&15;print("%06d"%((struct.unpack(">I",h[o:o+4])[0]&0x7fffffff)%1000000))' "$1" "${2:-0}"
+}

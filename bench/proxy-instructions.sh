@@ -24,6 +24,8 @@
 #                                                 admin path, a denied network, a method rule,
 #                                                 and the one that decides: a role the user
 #                                                 holds); bench/rules.sh compares it to none
+#   AAL2=true bench/proxy-instructions.sh        the bench user has a TOTP factor and the
+#                                                 session used it (aal2; bench/mfa.sh compares)
 #   PEERS=true bench/proxy-instructions.sh         also count nginx as a reverse proxy and the
 #                                                 passthrough on pingora-core without
 #                                                 pingora-proxy (examples/core_proxy.rs, with
@@ -62,6 +64,15 @@ measure() { # name command...
     -d '{"email":"bench@example.com","password":"BenchPassword123!"}' |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])' 2>/dev/null || echo none)
   local auth="Authorization: Bearer $token"
+  if [ "$name" = gateway ] && [ "${AAL2:-false}" = true ]; then
+    local enrol secret factor
+    enrol=$(curl -sf -X POST "http://127.0.0.1:$p/auth/mfa/totp" -H "$auth")
+    secret=$(echo "$enrol" | python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])')
+    factor=$(echo "$enrol" | python3 -c 'import json,sys; print(json.load(sys.stdin)["factor_id"])')
+    curl -sf -X POST "http://127.0.0.1:$p/auth/mfa/totp/$factor/activate" -H "$auth" \
+      -H 'content-type: application/json' -d "{\"code\":\"$(totp_code "$secret")\"}" >/dev/null
+    curl -sf "http://127.0.0.1:$p/auth/mfa" -H "$auth" | grep -q '"aal":"aal2"'
+  fi
   if [ "$name" = gateway ] && [ "${RULES:-none}" = five ]; then
     "${GATEWAY_BIN:-target/release/sentinel-gateway}" --config "$OUT/gateway.toml" \
       users grant bench@example.com bench.reader >/dev/null

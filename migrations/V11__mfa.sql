@@ -40,20 +40,8 @@ CREATE TABLE IF NOT EXISTS sentinel_recovery_codes (
 );
 
 -- A factor added, activated or removed changes what the user's sessions may do: every
--- instance reads the user again.
-CREATE OR REPLACE FUNCTION sentinel_notify_factor_changed() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    IF TG_OP = 'DELETE' THEN
-        PERFORM pg_notify('sentinel_user_changed', OLD.user_id);
-    ELSE
-        PERFORM pg_notify('sentinel_user_changed', NEW.user_id);
-    END IF;
-    RETURN NULL;
-END;
-$$;
-
+-- instance reads the user again (the sessions' notifier of V4 serves: it names NEW/OLD.user_id).
 DROP TRIGGER IF EXISTS sentinel_mfa_factors_notify_changed ON sentinel_mfa_factors;
 CREATE TRIGGER sentinel_mfa_factors_notify_changed
     AFTER INSERT OR DELETE OR UPDATE OF activated_at ON sentinel_mfa_factors
-    FOR EACH ROW EXECUTE FUNCTION sentinel_notify_factor_changed();
+    FOR EACH ROW EXECUTE FUNCTION sentinel_notify_session_changed();

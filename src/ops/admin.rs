@@ -306,11 +306,7 @@ async fn run_async(
             }
             let password = read_password("Password for the new user: ")?;
             let hash = config.password.policy().hash(&password)?;
-            let tx = db
-                .transaction()
-                .await
-                .map_err(users::db_error)
-                .map_err(api)?;
+            let tx = begin(&mut db).await?;
             let user = users::insert(&tx, &address, full_name.as_deref().unwrap_or(""), &hash)
                 .await
                 .map_err(api)?
@@ -342,7 +338,7 @@ async fn run_async(
                 )
                 .await?;
             }
-            tx.commit().await.map_err(users::db_error).map_err(api)?;
+            commit(tx).await?;
             writeln!(out, "created {} {}", user.id, user.email)?;
         }
         UsersCommand::Grant { user, roles: names } => {
@@ -351,11 +347,7 @@ async fn run_async(
             if user.roles.len() + names.len() > users::MAX_ROLES_PER_USER {
                 bail!("a user holds at most {} roles", users::MAX_ROLES_PER_USER);
             }
-            let tx = db
-                .transaction()
-                .await
-                .map_err(users::db_error)
-                .map_err(api)?;
+            let tx = begin(&mut db).await?;
             let granted = roles::grant(&tx, &user.id, &names, None)
                 .await
                 .map_err(api)?;
@@ -368,7 +360,7 @@ async fn run_async(
                 )
                 .await?;
             }
-            tx.commit().await.map_err(users::db_error).map_err(api)?;
+            commit(tx).await?;
             writeln!(
                 out,
                 "granted {} to {} {}",
@@ -380,11 +372,7 @@ async fn run_async(
         UsersCommand::RevokeRole { user, roles: names } => {
             check_roles(&names)?;
             let user = find(&db, &user).await?;
-            let tx = db
-                .transaction()
-                .await
-                .map_err(users::db_error)
-                .map_err(api)?;
+            let tx = begin(&mut db).await?;
             let revoked = roles::revoke(&tx, &user.id, &names).await.map_err(api)?;
             if !revoked.is_empty() {
                 record(
@@ -395,7 +383,7 @@ async fn run_async(
                 )
                 .await?;
             }
-            tx.commit().await.map_err(users::db_error).map_err(api)?;
+            commit(tx).await?;
             writeln!(
                 out,
                 "revoked {} from {} {}",
@@ -406,41 +394,29 @@ async fn run_async(
         }
         UsersCommand::Deactivate { user } => {
             let user = find(&db, &user).await?;
-            let tx = db
-                .transaction()
-                .await
-                .map_err(users::db_error)
-                .map_err(api)?;
+            let tx = begin(&mut db).await?;
             users::set_active(&tx, &user.id, false).await.map_err(api)?;
             if user.is_active {
                 record(&tx, Kind::UserDeactivated, &user.id, json!({})).await?;
             }
-            tx.commit().await.map_err(users::db_error).map_err(api)?;
+            commit(tx).await?;
             writeln!(out, "deactivated {} {}", user.id, user.email)?;
         }
         UsersCommand::Activate { user } => {
             let user = find(&db, &user).await?;
-            let tx = db
-                .transaction()
-                .await
-                .map_err(users::db_error)
-                .map_err(api)?;
+            let tx = begin(&mut db).await?;
             users::set_active(&tx, &user.id, true).await.map_err(api)?;
             if !user.is_active {
                 record(&tx, Kind::UserActivated, &user.id, json!({})).await?;
             }
-            tx.commit().await.map_err(users::db_error).map_err(api)?;
+            commit(tx).await?;
             writeln!(out, "activated {} {}", user.id, user.email)?;
         }
         UsersCommand::SetPassword { user } => {
             let user = find(&db, &user).await?;
             let password = read_password(&format!("New password for {}: ", user.email))?;
             let hash = config.password.policy().hash(&password)?;
-            let tx = db
-                .transaction()
-                .await
-                .map_err(users::db_error)
-                .map_err(api)?;
+            let tx = begin(&mut db).await?;
             users::set_password_hash(&tx, &user.id, &hash)
                 .await
                 .map_err(api)?;
@@ -455,7 +431,7 @@ async fn run_async(
                 json!({ "sessions_ended": ended }),
             )
             .await?;
-            tx.commit().await.map_err(users::db_error).map_err(api)?;
+            commit(tx).await?;
             writeln!(
                 out,
                 "set the password of {} {}; ended {ended} sessions",
@@ -464,15 +440,11 @@ async fn run_async(
         }
         UsersCommand::RevokeSessions { user } => {
             let user = find(&db, &user).await?;
-            let tx = db
-                .transaction()
-                .await
-                .map_err(users::db_error)
-                .map_err(api)?;
+            let tx = begin(&mut db).await?;
             let ended = sessions::end_everything(&tx, &user.id).await.map_err(api)?;
             let detail = json!({ "all": true, "sessions": ended });
             record(&tx, Kind::SessionRevoked, &user.id, detail).await?;
-            tx.commit().await.map_err(users::db_error).map_err(api)?;
+            commit(tx).await?;
             writeln!(
                 out,
                 "ended {ended} sessions and every other token of {} {}",
@@ -481,16 +453,12 @@ async fn run_async(
         }
         UsersCommand::ResetMfa { user } => {
             let user = find(&db, &user).await?;
-            let tx = db
-                .transaction()
-                .await
-                .map_err(users::db_error)
-                .map_err(api)?;
+            let tx = begin(&mut db).await?;
             let factors = mfa::remove_all(&tx, &user.id).await.map_err(api)?;
             let ended = sessions::end_everything(&tx, &user.id).await.map_err(api)?;
             let detail = json!({ "all": true, "factors": factors, "sessions": ended });
             record(&tx, Kind::MfaRemoved, &user.id, detail).await?;
-            tx.commit().await.map_err(users::db_error).map_err(api)?;
+            commit(tx).await?;
             writeln!(
                 out,
                 "removed {factors} second factors of {} {}, and ended {ended} sessions",
@@ -499,11 +467,7 @@ async fn run_async(
         }
         UsersCommand::VerifyEmail { user } => {
             let user = find(&db, &user).await?;
-            let tx = db
-                .transaction()
-                .await
-                .map_err(users::db_error)
-                .map_err(api)?;
+            let tx = begin(&mut db).await?;
             users::mark_email_verified(&tx, &user.id, &user.email)
                 .await
                 .map_err(api)?;
@@ -516,11 +480,22 @@ async fn run_async(
                 )
                 .await?;
             }
-            tx.commit().await.map_err(users::db_error).map_err(api)?;
+            commit(tx).await?;
             writeln!(out, "verified {} {}", user.id, user.email)?;
         }
     }
     Ok(())
+}
+
+/// A transaction on `db`, its error as the command's.
+async fn begin(
+    db: &mut deadpool_postgres::Client,
+) -> anyhow::Result<deadpool_postgres::Transaction<'_>> {
+    db.transaction().await.map_err(users::db_error).map_err(api)
+}
+
+async fn commit(tx: deadpool_postgres::Transaction<'_>) -> anyhow::Result<()> {
+    tx.commit().await.map_err(users::db_error).map_err(api)
 }
 
 /// Records an operator's change to `user_id` in the audit log (within `db`'s transaction):

@@ -262,6 +262,32 @@ async fn the_document_is_valid_openapi_and_real_answers_match_it() {
     ] {
         samples.push(sample(method, documented, &admin(method, path, body).await));
     }
+    // Second factors: status, enrolment, activation (wrong, then right), verification,
+    // new recovery codes.
+    samples.push(sample(
+        "GET",
+        "/auth/mfa",
+        &admin("GET", "/auth/mfa", None).await,
+    ));
+    let enrolled = admin("POST", "/auth/mfa/totp", Some(json!({"name": "phone"}))).await;
+    samples.push(sample("POST", "/auth/mfa/totp", &enrolled));
+    let secret = enrolled.json()["secret"].as_str().unwrap().to_string();
+    let activate = format!(
+        "/auth/mfa/totp/{}/activate",
+        enrolled.json()["factor_id"].as_str().unwrap()
+    );
+    let documented = "/auth/mfa/totp/{factor_id}/activate";
+    for code in [
+        crate::mfa::wrong_code(&secret),
+        crate::mfa::totp(&secret, 0),
+    ] {
+        let a = admin("POST", &activate, Some(json!({ "code": code }))).await;
+        samples.push(sample("POST", documented, &a));
+    }
+    let a = admin("POST", "/auth/mfa/verify", Some(json!({}))).await;
+    samples.push(sample("POST", "/auth/mfa/verify", &a));
+    let a = admin("POST", "/auth/mfa/recovery-codes", None).await;
+    samples.push(sample("POST", "/auth/mfa/recovery-codes", &a));
     let r = Answer::of(
         c.post(app.url("/auth/logout?scope=global"))
             .bearer_auth(&access)
@@ -279,7 +305,8 @@ async fn the_document_is_valid_openapi_and_real_answers_match_it() {
         statuses,
         [
             200, 200, 200, 200, 400, 422, 200, 401, 422, 200, 400, 200, 401, 200, 200, 404, 202,
-            400, 400, 429, 200, 403, 201, 200, 422, 200, 404, 200, 422, 204, 200, 422, 204
+            400, 400, 429, 200, 403, 201, 200, 422, 200, 404, 200, 422, 204, 200, 422, 200, 201,
+            400, 200, 422, 200, 204
         ]
     );
     check(&app.dir, &spec.text, &Value::Array(samples));

@@ -15,7 +15,7 @@ use crate::helpers::*;
 const PASSWORD: &str = "MfaPassword123!";
 
 /// The TOTP code of base32 `secret`, `steps` time steps from now.
-fn totp(secret: &str, steps: i64) -> String {
+pub(crate) fn totp(secret: &str, steps: i64) -> String {
     let out = Command::new("python3")
         .args([
             "-c",
@@ -28,6 +28,15 @@ fn totp(secret: &str, steps: i64) -> String {
         .output()
         .unwrap();
     String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A code that is not `secret`'s now (nor a step either side).
+pub(crate) fn wrong_code(secret: &str) -> String {
+    let near = [totp(secret, -1), totp(secret, 0), totp(secret, 1)];
+    (0..4)
+        .map(|i| format!("{i}{i}{i}{i}{i}{i}"))
+        .find(|c| !near.contains(c))
+        .unwrap_or_default()
 }
 
 async fn post(app: &TestApp, path: &str, token: &str, body: Option<Value>) -> Answer {
@@ -126,11 +135,7 @@ async fn a_totp_factor_raises_the_session_and_is_then_asked_for_wherever_a_token
         )
     );
     let activate = format!("/auth/mfa/totp/{factor}/activate");
-    let wrong = if totp(&secret, 0) == "000000" {
-        "111111"
-    } else {
-        "000000"
-    };
+    let wrong = wrong_code(&secret);
     let a = post(&app, &activate, &token, Some(json!({ "code": wrong }))).await;
     assert_eq!(
         (a.status, a.text.as_str()),
