@@ -10,7 +10,7 @@
 #    a wrong one does the same work up to the last UPDATE: the limiter, the factor read, the
 #    unsealing, the HMACs, an audit event). Target: p99 under 5 ms (no argon2 on this path).
 #
-#   bench/mfa.sh [seconds]       (default 10)
+#   bench/mfa.sh [seconds]       (default 10; ONLY=verify for the latency part alone)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${1:-10}
@@ -28,10 +28,15 @@ count() { # LABEL ENV... -> instructions per request of the gateway
   env "$@" bench/proxy-instructions.sh "$DURATION" >"$OUT/instructions-$label.txt"
   awk '/^gateway:/ {print $2}' "$OUT/instructions-$label.txt"
 }
-plain=$(count plain AAL2=false)
-aal2=$(count aal2 AAL2=true)
+plain=0
+aal2=0
 baseline=""
-if [ -n "${BASELINE_BIN:-}" ]; then
+# ONLY=verify: the latency part alone.
+if [ "${ONLY:-}" != verify ]; then
+  plain=$(count plain AAL2=false)
+  aal2=$(count aal2 AAL2=true)
+fi
+if [ "${ONLY:-}" != verify ] && [ -n "${BASELINE_BIN:-}" ]; then
   baseline=$(count baseline AAL2=false GATEWAY_BIN="$BASELINE_BIN")
 fi
 
@@ -104,8 +109,9 @@ plain, aal2, baseline, rps, p50, p99, last = sys.argv[1:]
 def ms(t):
     m = re.match(r"([\d.]+)(us|ms|s)$", t)
     return float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)]
-print(f"instructions per proxied request: no factor {float(plain):.0f}, aal2 {float(aal2):.0f} "
-      f"({float(aal2) / float(plain):.3f}x)")
+if float(plain):
+    print(f"instructions per proxied request: no factor {float(plain):.0f}, aal2 {float(aal2):.0f} "
+          f"({float(aal2) / float(plain):.3f}x)")
 if baseline:
     r = float(aal2) / float(baseline)
     print(f"  baseline build, no factor: {float(baseline):.0f}; aal2 / baseline = {r:.3f} "

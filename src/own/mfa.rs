@@ -217,13 +217,14 @@ impl App {
             .await
             .map_err(refused(MFA_LIMITED))?;
         let factors = mfa::list(&db, user_id, true).await?;
-        let tx = db.transaction().await.map_err(users::db_error)?;
+        // A code is used up by one statement of its own; a wrong one costs one insert (its
+        // event), no transaction: the common case under guessing stays cheap.
         let (method, ok) = match &proof {
             Proof::Code(code) => {
                 let mut ok = false;
                 for factor in factors.iter().filter(|f| f.kind == "totp") {
                     if let Some(step) = self.totp_step(factor, code) {
-                        if mfa::accept_step(&tx, &factor.id, step, false).await? {
+                        if mfa::accept_step(&db, &factor.id, step, false).await? {
                             ok = true;
                             break;
                         }
@@ -234,7 +235,7 @@ impl App {
             Proof::RecoveryCode(code) => {
                 let ok = match totp::recovery_code_hash(code) {
                     Some(hash) if !factors.is_empty() => {
-                        mfa::use_recovery_code(&tx, user_id, &hash).await?
+                        mfa::use_recovery_code(&db, user_id, &hash).await?
                     }
                     _ => false,
                 };
@@ -242,18 +243,19 @@ impl App {
             }
         };
         if !ok {
+            let detail = json!({ "method": method });
             self.audit(
-                &tx,
+                &db,
                 req,
                 Kind::MfaFailed,
                 Some(user_id),
                 Some(session),
-                json!({ "method": method }),
+                detail,
             )
             .await?;
-            tx.commit().await.map_err(users::db_error)?;
             return Err(ApiError::InvalidCode);
         }
+        let tx = db.transaction().await.map_err(users::db_error)?;
         if !mfa::raise(&tx, user_id, &session, "otp").await? {
             return Err(ApiError::InvalidToken);
         }
