@@ -11,20 +11,9 @@ CREATE TABLE IF NOT EXISTS sentinel_user_roles (
 
 CREATE INDEX IF NOT EXISTS sentinel_user_roles_role ON sentinel_user_roles (role, user_id);
 
--- A grant or a revocation is a change to its user: every instance reads them again.
-CREATE OR REPLACE FUNCTION sentinel_notify_role_changed() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    IF TG_OP = 'DELETE' THEN
-        PERFORM pg_notify('sentinel_user_changed', OLD.user_id);
-    ELSE
-        PERFORM pg_notify('sentinel_user_changed', NEW.user_id);
-    END IF;
-    RETURN NULL;
-END;
-$$;
-
+-- A grant or a revocation is a change to its user: every instance reads them again (the
+-- sessions' notifier of V4 serves: it names NEW/OLD.user_id).
 DROP TRIGGER IF EXISTS sentinel_user_roles_notify_changed ON sentinel_user_roles;
 CREATE TRIGGER sentinel_user_roles_notify_changed
     AFTER INSERT OR UPDATE OR DELETE ON sentinel_user_roles
-    FOR EACH ROW EXECUTE FUNCTION sentinel_notify_role_changed();
+    FOR EACH ROW EXECUTE FUNCTION sentinel_notify_session_changed();

@@ -206,6 +206,7 @@ async fn run_async(
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     let mut db = database(config).await?;
+    let activate = matches!(command, UsersCommand::Activate { .. });
     match command {
         UsersCommand::List {
             search,
@@ -392,25 +393,22 @@ async fn run_async(
                 user.email
             )?;
         }
-        UsersCommand::Deactivate { user } => {
+        UsersCommand::Deactivate { user } | UsersCommand::Activate { user } => {
+            let (active, kind, done) = if activate {
+                (true, Kind::UserActivated, "activated")
+            } else {
+                (false, Kind::UserDeactivated, "deactivated")
+            };
             let user = find(&db, &user).await?;
             let tx = begin(&mut db).await?;
-            users::set_active(&tx, &user.id, false).await.map_err(api)?;
-            if user.is_active {
-                record(&tx, Kind::UserDeactivated, &user.id, json!({})).await?;
+            users::set_active(&tx, &user.id, active)
+                .await
+                .map_err(api)?;
+            if user.is_active != active {
+                record(&tx, kind, &user.id, json!({})).await?;
             }
             commit(tx).await?;
-            writeln!(out, "deactivated {} {}", user.id, user.email)?;
-        }
-        UsersCommand::Activate { user } => {
-            let user = find(&db, &user).await?;
-            let tx = begin(&mut db).await?;
-            users::set_active(&tx, &user.id, true).await.map_err(api)?;
-            if !user.is_active {
-                record(&tx, Kind::UserActivated, &user.id, json!({})).await?;
-            }
-            commit(tx).await?;
-            writeln!(out, "activated {} {}", user.id, user.email)?;
+            writeln!(out, "{done} {} {}", user.id, user.email)?;
         }
         UsersCommand::SetPassword { user } => {
             let user = find(&db, &user).await?;

@@ -36,9 +36,7 @@ struct AdminUser<'a> {
 fn admin_user(listed: &Listed) -> AdminUser<'_> {
     AdminUser {
         user: listed.user.response(),
-        last_login_at: listed
-            .last_login_at
-            .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()),
+        last_login_at: listed.last_login_at.map(users::rfc3339),
     }
 }
 

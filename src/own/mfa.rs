@@ -20,7 +20,7 @@ use crate::own::app::{refused, session_aal2, App, OwnRequest};
 use crate::own::forms;
 use crate::store::audit::Kind;
 use crate::store::mfa::{self, Factor};
-use crate::store::users::{self, Account};
+use crate::store::users::{self, rfc3339, Account};
 
 /// Factors one user may hold, pending ones included.
 const MAX_FACTORS: usize = 10;
@@ -35,10 +35,6 @@ struct FactorResponse {
     name: String,
     created_at: String,
     last_used_at: Option<String>,
-}
-
-fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
-    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
 }
 
 impl From<&Factor> for FactorResponse {

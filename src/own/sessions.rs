@@ -12,7 +12,7 @@ use crate::own::app::{refused, App, OwnRequest};
 use crate::own::forms::{self, LogoutScope};
 use crate::store::audit::Kind;
 use crate::store::sessions::{self, Refresh};
-use crate::store::users;
+use crate::store::users::{self, rfc3339};
 
 /// One session in `GET /auth/sessions`.
 #[derive(Serialize)]
@@ -24,10 +24,6 @@ struct SessionResponse {
     ip_address: Option<String>,
     /// The session of the token that asked.
     current: bool,
-}
-
-fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
-    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
 }
 
 impl App {

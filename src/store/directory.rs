@@ -116,25 +116,24 @@ pub async fn page(
 /// The user with id `id`, as an administrator sees them.
 #[tracing::instrument(level = "debug", skip(db))]
 pub async fn find(db: &impl GenericClient, id: &str) -> Result<Option<Listed>, StoreError> {
-    if !storable(id) {
-        return Ok(None);
-    }
-    let sql = format!("SELECT {COLUMNS}, last_login_at FROM users WHERE id = $1");
-    let stmt = db.prepare_cached(&sql).await.map_err(db_error)?;
-    db.query_opt(&stmt, &[&id])
-        .await
-        .map_err(db_error)?
-        .map(listed)
-        .transpose()
+    read(db, id, "").await
 }
 
 /// The user's row, locked until the transaction ends, as an administrator sees it.
 #[tracing::instrument(level = "debug", skip(db))]
 pub async fn lock(db: &impl GenericClient, id: &str) -> Result<Option<Listed>, StoreError> {
+    read(db, id, " FOR UPDATE").await
+}
+
+async fn read(
+    db: &impl GenericClient,
+    id: &str,
+    locking: &str,
+) -> Result<Option<Listed>, StoreError> {
     if !storable(id) {
         return Ok(None);
     }
-    let sql = format!("SELECT {COLUMNS}, last_login_at FROM users WHERE id = $1 FOR UPDATE");
+    let sql = format!("SELECT {COLUMNS}, last_login_at FROM users WHERE id = $1{locking}");
     let stmt = db.prepare_cached(&sql).await.map_err(db_error)?;
     db.query_opt(&stmt, &[&id])
         .await

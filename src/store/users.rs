@@ -86,6 +86,11 @@ pub fn timestamp(t: &NaiveDateTime) -> String {
     t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
 }
 
+/// [`timestamp`] of a time with its zone.
+pub fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
+    timestamp(&t.naive_utc())
+}
+
 /// Errors of storage calls, already in the form the API answers with: 503 (and `Retry-After`)
 /// when the database or this connection to it is unavailable, 500 only for a statement the
 /// database could not run.
