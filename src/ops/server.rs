@@ -402,12 +402,23 @@ struct StartupOutcome {
 
 impl StartupOutcome {
     fn fail(&self, reason: db::DbError) {
+        let line = format!("{:#}", anyhow::Error::from(reason.clone())).replace('\n', " ");
+        let code = if reason.is_configuration() { 2 } else { 1 };
         *self
             .reason
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason);
         // A stored permit: the signal watcher sees it whenever it starts waiting.
         self.failed.notify_one();
+        // Pingora's fast shutdown can hang: a listener whose accept fails at once in a
+        // runtime being shut down spins without yielding, and the runtime waits for it for
+        // ever (seen once in CI: one thread at 100% logging "Accept() failed"). A start-up that
+        // failed ends here within seconds, with its one line, whatever the shutdown does.
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(5));
+            eprintln!("sentinel-gateway: {line}");
+            std::process::exit(code);
+        });
     }
 
     fn failure(&self) -> Option<db::DbError> {
