@@ -88,6 +88,7 @@ pub struct Config {
     pub identity_assertion: AssertionConfig,
     pub audit: AuditConfig,
     pub mfa: MfaConfig,
+    pub webauthn: WebauthnConfig,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -177,6 +178,81 @@ impl Default for MfaConfig {
             enforcement: MfaEnforcement::HighestAvailable,
             attempts_per_5_minutes: 5,
         }
+    }
+}
+
+/// Passkeys (WebAuthn): the relying party the browser binds credentials to.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebauthnConfig {
+    /// The relying party id: the site's domain (or a parent of it) that credentials belong to.
+    pub rp_id: String,
+    /// The name browsers show for it.
+    pub rp_name: String,
+    /// The pages' origins (`scheme://host[:port]`) allowed to register and use passkeys; each
+    /// host must be `rp_id` or below it.
+    pub origins: Vec<String>,
+}
+
+impl Default for WebauthnConfig {
+    fn default() -> Self {
+        WebauthnConfig {
+            rp_id: "localhost".into(),
+            rp_name: "SentinelShield".into(),
+            origins: vec!["http://localhost:3000".into()],
+        }
+    }
+}
+
+impl WebauthnConfig {
+    /// Why the relying party cannot be what it says, if it cannot: an origin that is not
+    /// `scheme://host[:port]`, or whose host is not `rp_id` or below it.
+    fn problem(&self) -> Option<String> {
+        let rp_id = &self.rp_id;
+        if rp_id.is_empty()
+            || rp_id.len() > 253
+            || !rp_id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+        {
+            return Some(format!(
+                "webauthn.rp_id must be a lower-case domain name, got {rp_id:?}"
+            ));
+        }
+        if self.rp_name.is_empty()
+            || self.rp_name.len() > 64
+            || self.rp_name.contains(char::is_control)
+        {
+            return Some(
+                "webauthn.rp_name must be 1-64 characters without control characters".into(),
+            );
+        }
+        if self.origins.is_empty() || self.origins.len() > 32 {
+            return Some("webauthn.origins must list 1-32 origins".into());
+        }
+        for origin in &self.origins {
+            let host = origin
+                .strip_prefix("https://")
+                .or_else(|| origin.strip_prefix("http://"))
+                .map(|rest| match rest.rsplit_once(':') {
+                    Some((host, port)) if port.parse::<u16>().is_ok_and(|p| p > 0) => host,
+                    _ => rest,
+                });
+            let fits = host.is_some_and(|host| {
+                !host.is_empty()
+                    && host.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-'
+                    })
+                    && (host == rp_id || host.ends_with(&format!(".{rp_id}")))
+            });
+            if !fits {
+                return Some(format!(
+                    "webauthn.origins: {origin:?} is not http(s)://host[:port] with its host \
+                     {rp_id:?} or below it"
+                ));
+            }
+        }
+        None
     }
 }
 
@@ -1146,6 +1222,9 @@ impl Config {
             || self.mfa.issuer.contains([':', '\n', '\r'])
         {
             return invalid("mfa.issuer must be 1-64 characters without ':' or line breaks".into());
+        }
+        if let Some(problem) = self.webauthn.problem() {
+            return invalid(problem);
         }
         if !(1..=36_500).contains(&self.audit.retention_days) {
             return invalid("audit.retention_days must be between 1 and 36500".into());

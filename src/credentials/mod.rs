@@ -2,12 +2,13 @@
 //! (`assertion`): passwords (`password`),
 //! tokens (`token`), refresh tokens (`refresh`), the one-time secrets of reset and
 //! verification links (`one_time`), email addresses as account names (`email`) and the rate
-//! limits (`rate_limit`, with `shared_limits` their stage in Redis), second factors (`totp`)
-//! and secrets kept at rest (`sealed`).
+//! limits (`rate_limit`, with `shared_limits` their stage in Redis), second factors (`totp`,
+//! `passkey`) and secrets kept at rest (`sealed`).
 
 pub mod assertion;
 pub mod email;
 pub mod one_time;
+pub mod passkey;
 pub mod password;
 pub mod rate_limit;
 pub mod refresh;

@@ -140,6 +140,18 @@ impl RateLimits {
         self.shared(&buckets).await
     }
 
+    /// One passwordless sign-in begun from `ip` (`POST /auth/passkey/start`): the login limit
+    /// per address is charged; there is no account yet to charge.
+    pub async fn passkey_login(&self, ip: Option<IpAddr>) -> Result<(), Refused> {
+        let Some(ip) = ip else { return Ok(()) };
+        self.local
+            .check(&self.local.login_ip, &ip_key(ip), Limit::LoginIp)
+            .map_err(Refused::Limited)?;
+        let per_minute = self.quotas.login_per_ip_per_minute;
+        self.shared(&[Self::ip_bucket(Limit::LoginIp, ip, per_minute)])
+            .await
+    }
+
     /// One second-factor attempt (a code, a recovery code, an activation) for `user_id`.
     pub async fn mfa(&self, user_id: &str) -> Result<(), Refused> {
         let key = AccountKey::of(user_id);

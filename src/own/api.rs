@@ -191,6 +191,10 @@ pub enum ApiError {
     /// A TOTP or recovery code that is wrong, used, or for no factor.
     #[error("invalid code")]
     InvalidCode,
+    /// A passkey's answer that does not pass (origin, challenge, signature, user
+    /// verification, an unknown or used ceremony): 400.
+    #[error("passkey not accepted")]
+    PasskeyRejected,
     /// A request about second factors that cannot be carried out as it stands.
     #[error("mfa: {0}")]
     MfaConflict(&'static str),
@@ -263,6 +267,7 @@ impl ApiError {
             ApiError::NoSuchUser => Reply::detail(404, "User not found"),
             ApiError::FactorNotFound => Reply::detail(404, "Factor not found"),
             ApiError::InvalidCode => Reply::detail(400, "Invalid code"),
+            ApiError::PasskeyRejected => Reply::detail(400, "Passkey not accepted"),
             ApiError::MfaConflict(detail) => Reply::detail(400, detail),
             ApiError::LastAdmin => Reply::detail(
                 409,

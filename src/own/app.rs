@@ -68,6 +68,8 @@ pub struct App {
     pub(crate) admin_role: String,
     /// Seals second factors' secrets at rest.
     pub(crate) sealer: crate::credentials::sealed::Sealer,
+    /// The relying party of `[webauthn]`.
+    pub(crate) passkeys: crate::credentials::passkey::Passkeys,
     /// `mfa.issuer`, in TOTP enrolment links.
     pub(crate) mfa_issuer: String,
     /// `mfa.enforcement = "highest_available"`: a user with a second factor must have used it
@@ -215,6 +217,8 @@ impl App {
             allow_registration: config.auth.allow_registration,
             admin_role: config.auth.admin_role.clone(),
             sealer: crate::credentials::sealed::Sealer::derive(config.auth.secret_key.expose()),
+            passkeys: crate::credentials::passkey::Passkeys::new(&config.webauthn)
+                .map_err(anyhow::Error::msg)?,
             mfa_issuer: config.mfa.issuer.clone(),
             step_up: config.mfa.enforcement == crate::config::MfaEnforcement::HighestAvailable,
             dummy_hash: Arc::from(dummy.as_str()),
@@ -301,6 +305,12 @@ impl App {
             Endpoint::MfaVerify => self.mfa_verify(req).await,
             Endpoint::MfaRecoveryCodes => self.mfa_recovery_codes(req).await,
             Endpoint::MfaRemoveFactor => self.mfa_remove_factor(req).await,
+            Endpoint::PasskeyRegisterStart => self.passkey_register_start(req).await,
+            Endpoint::PasskeyRegisterFinish => self.passkey_register_finish(req).await,
+            Endpoint::PasskeyVerifyStart => self.passkey_verify_start(req).await,
+            Endpoint::PasskeyVerifyFinish => self.passkey_verify_finish(req).await,
+            Endpoint::PasskeyLoginStart => self.passkey_login_start(req).await,
+            Endpoint::PasskeyLoginFinish => self.passkey_login_finish(req).await,
             Endpoint::Jwks => Ok(self.jwks()),
             Endpoint::OpenApi => Ok(crate::own::docs::openapi()),
             Endpoint::Docs => Ok(crate::own::docs::page()),
@@ -478,6 +488,19 @@ impl App {
         req: &OwnRequest,
         kind: Kind,
     ) -> Result<Reply, ApiError> {
+        self.start_session(db, user, req, kind, false).await
+    }
+
+    /// Starts a session for `user` and answers with its tokens; `passkey`: a passwordless
+    /// sign-in, whose session is `aal2` from the start (a user-verified passkey is two factors).
+    pub(crate) async fn start_session(
+        &self,
+        db: &impl deadpool_postgres::GenericClient,
+        user: &User,
+        req: &OwnRequest,
+        kind: Kind,
+        passkey: bool,
+    ) -> Result<Reply, ApiError> {
         let user_agent = req
             .user_agent
             .as_deref()
@@ -491,15 +514,14 @@ impl App {
             address.as_deref(),
         )
         .await?;
-        self.audit(
-            db,
-            req,
-            kind,
-            Some(&user.id),
-            Some(session),
-            serde_json::json!({}),
-        )
-        .await?;
+        let detail = if passkey {
+            crate::store::passkeys::passwordless_session(db, &session).await?;
+            serde_json::json!({ "method": "passkey" })
+        } else {
+            serde_json::json!({})
+        };
+        self.audit(db, req, kind, Some(&user.id), Some(session), detail)
+            .await?;
         self.token_reply(user, &session, 0)
     }
 

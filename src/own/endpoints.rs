@@ -48,6 +48,18 @@ pub enum Endpoint {
     MfaRecoveryCodes,
     /// `DELETE /auth/mfa/factors/{id}`.
     MfaRemoveFactor,
+    /// `POST /auth/mfa/webauthn/register/start`.
+    PasskeyRegisterStart,
+    /// `POST /auth/mfa/webauthn/register/finish`.
+    PasskeyRegisterFinish,
+    /// `POST /auth/mfa/webauthn/verify/start`.
+    PasskeyVerifyStart,
+    /// `POST /auth/mfa/webauthn/verify/finish`.
+    PasskeyVerifyFinish,
+    /// `POST /auth/passkey/start`: a passwordless sign-in's options.
+    PasskeyLoginStart,
+    /// `POST /auth/passkey/finish`: a passwordless sign-in.
+    PasskeyLoginFinish,
     /// `GET /.well-known/jwks.json`: the keys of identity assertions (with
     /// `[identity_assertion] enabled`).
     Jwks,
@@ -61,7 +73,7 @@ pub enum Endpoint {
 
 impl Endpoint {
     /// Every endpoint, once.
-    pub const ALL: [Endpoint; 32] = [
+    pub const ALL: [Endpoint; 38] = [
         Endpoint::Health,
         Endpoint::Ready,
         Endpoint::Register,
@@ -90,6 +102,12 @@ impl Endpoint {
         Endpoint::MfaVerify,
         Endpoint::MfaRecoveryCodes,
         Endpoint::MfaRemoveFactor,
+        Endpoint::PasskeyRegisterStart,
+        Endpoint::PasskeyRegisterFinish,
+        Endpoint::PasskeyVerifyStart,
+        Endpoint::PasskeyVerifyFinish,
+        Endpoint::PasskeyLoginStart,
+        Endpoint::PasskeyLoginFinish,
         Endpoint::Jwks,
         Endpoint::OpenApi,
         Endpoint::Docs,
@@ -131,7 +149,7 @@ impl Endpoint {
         }
     }
 
-    /// The second-factor endpoints (`/auth/mfa…`).
+    /// The second-factor and passkey endpoints (`/auth/mfa…`, `/auth/passkey/…`).
     pub fn is_mfa(self) -> bool {
         matches!(
             self,
@@ -141,6 +159,12 @@ impl Endpoint {
                 | Endpoint::MfaVerify
                 | Endpoint::MfaRecoveryCodes
                 | Endpoint::MfaRemoveFactor
+                | Endpoint::PasskeyRegisterStart
+                | Endpoint::PasskeyRegisterFinish
+                | Endpoint::PasskeyVerifyStart
+                | Endpoint::PasskeyVerifyFinish
+                | Endpoint::PasskeyLoginStart
+                | Endpoint::PasskeyLoginFinish
         )
     }
 
@@ -161,6 +185,11 @@ impl Endpoint {
                 | Endpoint::MfaTotpEnrol
                 | Endpoint::MfaTotpActivate
                 | Endpoint::MfaVerify
+                | Endpoint::PasskeyRegisterStart
+                | Endpoint::PasskeyRegisterFinish
+                | Endpoint::PasskeyVerifyFinish
+                | Endpoint::PasskeyLoginStart
+                | Endpoint::PasskeyLoginFinish
         )
     }
 
@@ -194,6 +223,12 @@ impl Endpoint {
             Endpoint::MfaVerify => "mfa_verify",
             Endpoint::MfaRecoveryCodes => "mfa_recovery_codes",
             Endpoint::MfaRemoveFactor => "mfa_remove_factor",
+            Endpoint::PasskeyRegisterStart => "passkey_register_start",
+            Endpoint::PasskeyRegisterFinish => "passkey_register_finish",
+            Endpoint::PasskeyVerifyStart => "passkey_verify_start",
+            Endpoint::PasskeyVerifyFinish => "passkey_verify_finish",
+            Endpoint::PasskeyLoginStart => "passkey_login_start",
+            Endpoint::PasskeyLoginFinish => "passkey_login_finish",
             Endpoint::Jwks => "jwks",
             Endpoint::OpenApi => "openapi",
             Endpoint::Docs => "docs",
@@ -293,9 +328,33 @@ pub fn classify(method: &Method, path: &[u8]) -> OwnRoute {
         b"/auth/mfa/recovery-codes" if method == Method::POST => {
             OwnRoute::Endpoint(Endpoint::MfaRecoveryCodes)
         }
-        b"/auth/mfa/totp" | b"/auth/mfa/verify" | b"/auth/mfa/recovery-codes" => {
-            OwnRoute::MethodNotAllowed("POST")
+        b"/auth/mfa/webauthn/register/start" if method == Method::POST => {
+            OwnRoute::Endpoint(Endpoint::PasskeyRegisterStart)
         }
+        b"/auth/mfa/webauthn/register/finish" if method == Method::POST => {
+            OwnRoute::Endpoint(Endpoint::PasskeyRegisterFinish)
+        }
+        b"/auth/mfa/webauthn/verify/start" if method == Method::POST => {
+            OwnRoute::Endpoint(Endpoint::PasskeyVerifyStart)
+        }
+        b"/auth/mfa/webauthn/verify/finish" if method == Method::POST => {
+            OwnRoute::Endpoint(Endpoint::PasskeyVerifyFinish)
+        }
+        b"/auth/passkey/start" if method == Method::POST => {
+            OwnRoute::Endpoint(Endpoint::PasskeyLoginStart)
+        }
+        b"/auth/passkey/finish" if method == Method::POST => {
+            OwnRoute::Endpoint(Endpoint::PasskeyLoginFinish)
+        }
+        b"/auth/mfa/totp"
+        | b"/auth/mfa/verify"
+        | b"/auth/mfa/recovery-codes"
+        | b"/auth/mfa/webauthn/register/start"
+        | b"/auth/mfa/webauthn/register/finish"
+        | b"/auth/mfa/webauthn/verify/start"
+        | b"/auth/mfa/webauthn/verify/finish"
+        | b"/auth/passkey/start"
+        | b"/auth/passkey/finish" => OwnRoute::MethodNotAllowed("POST"),
         [b'/', b'a', b'u', b't', b'h', b'/', b'm', b'f', b'a', b'/', rest @ ..] => {
             mfa_path(method, rest)
         }

@@ -23,9 +23,9 @@ use crate::store::mfa::{self, Factor};
 use crate::store::users::{self, rfc3339, Account};
 
 /// Factors one user may hold, pending ones included.
-const MAX_FACTORS: usize = 10;
+pub(crate) const MAX_FACTORS: usize = 10;
 const MAX_NAME_CHARS: usize = 64;
-const MFA_LIMITED: &str = "Too many attempts, try again later";
+pub(crate) const MFA_LIMITED: &str = "Too many attempts, try again later";
 
 #[derive(Serialize)]
 struct FactorResponse {
@@ -76,7 +76,10 @@ impl App {
     }
 
     /// Once the user has a factor, changing factors needs this session to have used one.
-    fn require_aal2_if_enrolled(account: &Account, token: &Verified) -> Result<(), ApiError> {
+    pub(crate) fn require_aal2_if_enrolled(
+        account: &Account,
+        token: &Verified,
+    ) -> Result<(), ApiError> {
         if account.has_factor && !session_aal2(account, token) {
             Err(ApiError::MfaRequired)
         } else {
@@ -359,7 +362,7 @@ impl App {
     }
 
     /// Ten new recovery codes for `user_id` (stored hashed, the old ones void): as shown once.
-    async fn new_recovery_codes(
+    pub(crate) async fn new_recovery_codes(
         &self,
         db: &impl deadpool_postgres::GenericClient,
         user_id: &str,
@@ -383,7 +386,7 @@ fn path_uuid(path: &str, prefix: &str, suffix: &str) -> Result<Uuid, ApiError> {
 }
 
 /// A factor's optional `name`: a string of at most 64 characters, no control characters.
-fn factor_name(body: Option<Value>) -> Result<String, ApiError> {
+pub(crate) fn factor_name(body: Option<Value>) -> Result<String, ApiError> {
     let map = match body {
         None => return Ok(String::new()),
         some => forms::object(some)?,

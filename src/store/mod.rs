@@ -2,7 +2,8 @@
 //! (`users`), the admin API's pages of users (`directory`), the roles users hold (`roles`), the
 //! hashes of reset and verification tokens (`account_tokens`), sessions and their refresh
 //! generations (`sessions`), the identity assertion keys (`signing_keys`), TLS to the database
-//! (`pg_tls`), second factors and sessions' assurance levels (`mfa`) and the in-memory user state kept fresh by LISTEN/NOTIFY, whose changes it
+//! (`pg_tls`), second factors and sessions' assurance levels (`mfa`), passkeys and their ceremonies
+//! (`passkeys`) and the in-memory user state kept fresh by LISTEN/NOTIFY, whose changes it
 //! announces (`user_cache`), and the audit log of security events (`audit`). Storage errors
 //! are [`StoreError`]s.
 
@@ -11,6 +12,7 @@ pub mod audit;
 pub mod db;
 pub mod directory;
 pub mod mfa;
+pub mod passkeys;
 pub mod pg_tls;
 pub mod roles;
 pub mod sessions;

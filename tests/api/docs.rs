@@ -288,6 +288,23 @@ async fn the_document_is_valid_openapi_and_real_answers_match_it() {
     samples.push(sample("POST", "/auth/mfa/verify", &a));
     let a = admin("POST", "/auth/mfa/recovery-codes", None).await;
     samples.push(sample("POST", "/auth/mfa/recovery-codes", &a));
+    // Passkeys: options, a finish without a credential, none to verify with, a passwordless
+    // start and an answer no ceremony issued.
+    for (path, body) in [
+        (
+            "/auth/mfa/webauthn/register/start",
+            Some(json!({"name": "key"})),
+        ),
+        ("/auth/mfa/webauthn/register/finish", Some(json!({}))),
+        ("/auth/mfa/webauthn/verify/start", None),
+        ("/auth/passkey/start", Some(json!({}))),
+    ] {
+        samples.push(sample("POST", path, &admin("POST", path, body).await));
+    }
+    let unknown = json!({"credential": {"id": "AAAA", "rawId": "AAAA", "type": "public-key",
+        "response": {"clientDataJSON": "e30", "authenticatorData": "AAAA", "signature": "AAAA"}}});
+    let a = admin("POST", "/auth/passkey/finish", Some(unknown)).await;
+    samples.push(sample("POST", "/auth/passkey/finish", &a));
     let r = Answer::of(
         c.post(app.url("/auth/logout?scope=global"))
             .bearer_auth(&access)
@@ -306,7 +323,7 @@ async fn the_document_is_valid_openapi_and_real_answers_match_it() {
         [
             200, 200, 200, 200, 400, 422, 200, 401, 422, 200, 400, 200, 401, 200, 200, 404, 202,
             400, 400, 429, 200, 403, 201, 200, 422, 200, 404, 200, 422, 204, 200, 422, 200, 201,
-            400, 200, 422, 200, 204
+            400, 200, 422, 200, 200, 422, 400, 200, 400, 204
         ]
     );
     check(&app.dir, &spec.text, &Value::Array(samples));

@@ -1,5 +1,6 @@
 //! Integration tests: the real `sentinel-gateway` binary, a real PostgreSQL, HTTP over sockets.
 
+mod cdp;
 mod cluster;
 mod helpers;
 mod mailbox;
@@ -24,6 +25,7 @@ mod me;
 mod metrics;
 mod mfa;
 mod packaging;
+mod passkeys;
 mod pg_tls;
 mod proxy;
 mod proxy_streams;
