@@ -1,4 +1,5 @@
-//! Secrets kept at rest (TOTP secrets): sealed with ChaCha20-Poly1305 (`ring::aead`, the
+//! Secrets kept at rest (TOTP secrets; through `one_time::SealKey`, mail link secrets and
+//! signing keys): sealed with ChaCha20-Poly1305 (`ring::aead`, the
 //! AEAD rustls already brings) under a key derived from `auth.secret_key`.
 //!
 //! ```text
@@ -7,7 +8,7 @@
 //!
 //! The key id names the key a seal was made with, so a later key can be added beside this one
 //! and old seals still open. The caller's `context` (what the secret belongs to: a factor's
-//! id) is the associated data: a sealed secret copied to another row does not open there.
+//! id, or a use) is the associated data: a sealed secret copied to another row does not open there.
 
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
 

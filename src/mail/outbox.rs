@@ -30,8 +30,11 @@ pub async fn enqueue(
     };
     let stmt = db
         .prepare_cached(
-            "INSERT INTO sentinel_outbox (kind, recipient, subject, body, sealed_token, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))",
+            // Due now, and hidden from the workers of versions that cannot open its seal
+            // (migrations/V13__aead_seals.sql).
+            "INSERT INTO sentinel_outbox \
+             (kind, recipient, subject, body, sealed_token, expires_at, next_attempt_at, due_at) \
+             VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6), 'infinity', now())",
         )
         .await
         .map_err(db_error)?;
@@ -81,11 +84,18 @@ pub async fn claim(
 ) -> Result<Vec<Claimed>, StoreError> {
     let stmt = db
         .prepare_cached(
+            // A mail is due at `due_at`, or at `next_attempt_at` when written by a version
+            // before V13 (which looks only there).
             "UPDATE sentinel_outbox o SET attempts = o.attempts + 1, \
-             next_attempt_at = now() + make_interval(secs => $2) \
+             next_attempt_at = CASE WHEN o.due_at IS NULL \
+                 THEN now() + make_interval(secs => $2) ELSE o.next_attempt_at END, \
+             due_at = CASE WHEN o.due_at IS NULL \
+                 THEN NULL ELSE now() + make_interval(secs => $2) END \
              FROM (SELECT id FROM sentinel_outbox \
-                   WHERE sent_at IS NULL AND abandoned_at IS NULL AND next_attempt_at <= now() \
-                   ORDER BY next_attempt_at, id LIMIT $1 FOR UPDATE SKIP LOCKED) due \
+                   WHERE sent_at IS NULL AND abandoned_at IS NULL \
+                   AND COALESCE(due_at, next_attempt_at) <= now() \
+                   ORDER BY COALESCE(due_at, next_attempt_at), id \
+                   LIMIT $1 FOR UPDATE SKIP LOCKED) due \
              WHERE o.id = due.id \
              RETURNING o.id, o.kind, o.recipient, o.subject, o.body, o.sealed_token, \
              floor(extract(epoch FROM o.created_at))::bigint, o.attempts, \
@@ -141,7 +151,11 @@ pub async fn retry_later(
 ) -> Result<(), StoreError> {
     let stmt = db
         .prepare_cached(
-            "UPDATE sentinel_outbox SET next_attempt_at = now() + make_interval(secs => $2), \
+            "UPDATE sentinel_outbox SET \
+             next_attempt_at = CASE WHEN due_at IS NULL \
+                 THEN now() + make_interval(secs => $2) ELSE next_attempt_at END, \
+             due_at = CASE WHEN due_at IS NULL \
+                 THEN NULL ELSE now() + make_interval(secs => $2) END, \
              last_error = $3 WHERE id = $1",
         )
         .await

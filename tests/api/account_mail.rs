@@ -416,7 +416,8 @@ async fn mail_outlives_an_smtp_outage_and_a_restart_and_arrives_once() {
         let body: String = row.get(0);
         let sealed: Vec<u8> = row.get(1);
         assert!(body.contains("#token={token}"), "{body}");
-        assert_eq!(sealed.len(), 64);
+        // ChaCha20-Poly1305: key id, nonce, the 32-byte secret, tag.
+        assert_eq!(sealed.len(), 61);
     }
 
     // The gateway goes, the SMTP server comes back, a new gateway starts on the database.
@@ -628,4 +629,90 @@ async fn expired_links_are_refused_and_mail_whose_link_expired_is_never_sent() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(smtp.received_for("later@example.com").is_empty());
+}
+
+/// A link secret sealed the way builds before the AEAD sealed it (an HMAC-SHA256 pad and tag
+/// under the mail seal key of `secret`), written here from the construction's description.
+fn legacy_seal(secret: &str, token: &[u8; 32]) -> Vec<u8> {
+    use hmac::{Mac, SimpleHmac};
+    use sha2::{Digest, Sha256};
+    let key: [u8; 32] = Sha256::new()
+        .chain_update(b"sentinel-gateway mail seal key\0")
+        .chain_update(secret.as_bytes())
+        .finalize()
+        .into();
+    let mac = |parts: &[&[u8]]| -> Vec<u8> {
+        let mut mac = <SimpleHmac<Sha256> as Mac>::new_from_slice(&key).unwrap();
+        for part in parts {
+            mac.update(part);
+        }
+        mac.finalize().into_bytes().to_vec()
+    };
+    let nonce = [7u8; 16];
+    let pad = mac(&[b"sentinel seal v1", &nonce]);
+    let mut sealed = nonce.to_vec();
+    sealed.extend(token.iter().zip(&pad).map(|(t, p)| t ^ p));
+    let tag = mac(&[b"sentinel seal tag v1", &sealed]);
+    sealed.extend_from_slice(&tag[..16]);
+    sealed
+}
+
+#[tokio::test]
+async fn mail_sealed_by_an_earlier_build_is_delivered_and_new_mail_is_hidden_from_its_workers() {
+    let smtp = SmtpServer::start().await;
+    let app = gateway(&smtp, "").await;
+    // A mail an earlier build wrote: its 64-byte seal, due by `next_attempt_at` alone.
+    let token: [u8; 32] = std::array::from_fn(|i| i as u8 * 3);
+    let db = app.db.client().await;
+    db.execute(
+        "INSERT INTO sentinel_outbox (kind, recipient, subject, body, sealed_token, expires_at) \
+         VALUES ('password_reset', 'earlier@example.com', 'Reset your password', \
+                 'Reset: https://app.sentinel.test/reset-password#token={token}\n', $1, \
+                 now() + interval '1 hour')",
+        &[&legacy_seal(SEED_SECRET, &token)],
+    )
+    .await
+    .unwrap();
+    let got = smtp.wait_for("earlier@example.com", 1).await;
+    use base64::Engine as _;
+    assert_eq!(
+        got[0].token(),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token)
+    );
+
+    // A mail this build writes is never due where an earlier build's worker looks
+    // (`next_attempt_at`), before or after its delivery.
+    app.registered("now@example.com", PASSWORD).await;
+    // (Its seal's length is checked where the SMTP server is down and mail waits.)
+    let row = db
+        .query_one(
+            "SELECT next_attempt_at = 'infinity', due_at IS NOT NULL FROM sentinel_outbox \
+             WHERE recipient = 'now@example.com'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!((row.get::<_, bool>(0), row.get::<_, bool>(1)), (true, true));
+    smtp.wait_for("now@example.com", 1).await;
+    // What an earlier build's worker would claim (its query, verbatim): none of this build's.
+    let visible: i64 = db
+        .query_one(
+            "SELECT count(*) FROM sentinel_outbox WHERE due_at IS NOT NULL AND \
+             sent_at IS NULL AND abandoned_at IS NULL AND next_attempt_at <= now()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(visible, 0);
+    let hidden: i64 = db
+        .query_one(
+            "SELECT count(*) FROM sentinel_outbox WHERE due_at IS NOT NULL \
+             AND next_attempt_at <> 'infinity'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(hidden, 0);
 }
