@@ -550,6 +550,8 @@ pub struct RouteConfig {
     /// The `aud` of the route's identity assertions (default: the prefix).
     #[serde(default)]
     pub name: Option<String>,
+    /// `host:port` of each upstream; empty (`[]`): the route only decides for forward auth
+    /// (`/auth/verify`), and a request sent to it directly is 404.
     pub upstreams: Vec<String>,
     #[serde(default = "RouteConfig::default_auth")]
     pub auth: RouteAuth,
@@ -1353,9 +1355,6 @@ impl Config {
                         " (in some letter case; proxy.case_sensitive_paths is false)"
                     }
                 ));
-            }
-            if route.upstreams.is_empty() {
-                return invalid(format!("routes: {:?} has no upstreams", route.prefix));
             }
             for (i, rule) in route.rules.iter().enumerate() {
                 rule.check(&route.prefix, self.proxy.case_sensitive_paths)

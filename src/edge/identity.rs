@@ -255,6 +255,34 @@ pub struct UserHeaders {
     pub assertion: Option<HeaderValue>,
 }
 
+/// The headers of a forward-auth answer (`/auth/verify`'s 200), for the proxy in front to copy
+/// to its upstream: the user's, or for an anonymous caller of a public rule every one of them
+/// present and empty, so that a proxy which copies a header missing from the answer as some
+/// placeholder of its own (Caddy 2.6) copies nothing.
+pub fn forward_auth_headers(user: Option<UserHeaders>) -> Vec<(&'static str, String)> {
+    const NAMES: [&str; 6] = [
+        "x-user-id",
+        "x-user-email",
+        "x-user-email-verified",
+        "x-user-roles",
+        "x-user-aal",
+        "x-identity-assertion",
+    ];
+    let text = |v: &HeaderValue| String::from_utf8_lossy(v.as_bytes()).into_owned();
+    let values = match user {
+        Some(user) => [
+            text(&user.id),
+            text(&user.email),
+            if user.email_verified { "true" } else { "false" }.to_string(),
+            text(&user.roles),
+            if user.aal2 { "aal2" } else { "aal1" }.to_string(),
+            user.assertion.as_ref().map(text).unwrap_or_default(),
+        ],
+        None => Default::default(),
+    };
+    NAMES.into_iter().zip(values).collect()
+}
+
 /// What the gateway tells an upstream about a request.
 pub struct UpstreamIdentity {
     /// `X-User-Id`, `X-User-Email` and `X-User-Email-Verified`, for a signed-in user.

@@ -83,6 +83,8 @@ pub struct RequestCtx {
     over_tls: bool,
     /// A connection upgraded on behalf of `user`, closed if the user is shut out.
     upgraded: Option<crate::edge::upgraded::Registration>,
+    /// Forward auth (`/auth/verify`): the decision is the answer, nothing is proxied.
+    forward_auth: bool,
 }
 
 impl RequestCtx {
@@ -425,6 +427,60 @@ impl Gateway {
         }
     }
 
+    /// Forward auth's 200: the identity of the admitted caller (or none) as response headers
+    /// for the proxy in front, and no body.
+    fn forward_auth_reply(&self, ctx: &RequestCtx) -> Reply {
+        let user = ctx.user.as_ref().map(|u| identity::UserHeaders {
+            id: u.id_header.clone(),
+            email: u.email_header.clone(),
+            email_verified: u.email_verified,
+            roles: u.roles_header.clone(),
+            aal2: u.session_aal2(ctx.sid.as_ref()),
+            assertion: self.assertion(u, ctx.sid, ctx.route),
+        });
+        Reply {
+            status: 200,
+            content_type: "text/plain; charset=utf-8",
+            headers: identity::forward_auth_headers(user),
+            body: Bytes::new(),
+        }
+    }
+
+    /// The request a proxy in front asks forward auth about: its method (`X-Forwarded-Method`
+    /// or `X-Original-Method`; this request's own without either) and path (from
+    /// `X-Forwarded-Uri` or `X-Original-URI`). Only a trusted proxy may ask: anyone else could
+    /// name any request. A target that is not a plain origin-form path, or one a proxy or an
+    /// upstream could read as another path (an encoded slash or backslash), is refused.
+    fn original_request(&self, session: &Session) -> Result<Original, ApiError> {
+        if !client_ip(session).is_some_and(|ip| self.edge.trusted_proxies.contains(ip)) {
+            return Err(ApiError::Forbidden);
+        }
+        let headers = &session.req_header().headers;
+        let one = |names: [&str; 2]| -> Result<Option<&[u8]>, ApiError> {
+            for name in names {
+                let mut values = headers.get_all(name).iter();
+                if let Some(value) = values.next() {
+                    if values.next().is_some() {
+                        return Err(ApiError::BadOriginalRequest(
+                            "More than one original method or URI",
+                        ));
+                    }
+                    return Ok(Some(value.as_bytes()));
+                }
+            }
+            Ok(None)
+        };
+        let method = match one(["x-forwarded-method", "x-original-method"])? {
+            Some(name) => http::Method::from_bytes(name)
+                .map_err(|_| ApiError::BadOriginalRequest("Invalid original method"))?,
+            None => session.req_header().method.clone(),
+        };
+        let uri = one(["x-forwarded-uri", "x-original-uri"])?
+            .ok_or(ApiError::BadOriginalRequest("Missing original URI"))?;
+        let path = original_path(uri).ok_or(ApiError::BadPath)?;
+        Ok(Original { method, path })
+    }
+
     /// The `X-Identity-Assertion` for `user` on route number `route`.
     fn assertion(
         &self,
@@ -543,12 +599,39 @@ impl Gateway {
             None
         };
         let req = session.req_header();
-        let routed = self
+        let mut routed = self
             .edge
             .router
             .classify(&req.method, req.uri.path(), client);
+        if routed.route == Route::Own(Endpoint::ForwardAuth) {
+            // Forward auth: the same classification, identity and verdict, for the request
+            // the proxy in front names; only the answer differs.
+            ctx.endpoint = Some(Endpoint::ForwardAuth);
+            ctx.forward_auth = true;
+            let original = match self.original_request(session) {
+                Ok(original) => original,
+                Err(e) => return Ok(Some(Pending::Reply(e.into_reply()))),
+            };
+            routed = self
+                .edge
+                .router
+                .classify(&original.method, &original.path, client);
+            routed.forward_path = None;
+            routed.route = match routed.route {
+                Route::Proxy(index) => Route::Proxy(index),
+                Route::BadPath => Route::BadPath,
+                // Not a route: the gateway's own endpoints are not behind the proxy's check.
+                _ => Route::NotFound,
+            };
+        }
         ctx.forward_path = routed.forward_path;
         let index = match routed.route {
+            // A decision-only route answers forward auth alone.
+            Route::Proxy(index)
+                if !ctx.forward_auth && self.edge.routes[index].is_decision_only() =>
+            {
+                return Ok(Some(Pending::Reply(ApiError::NotFound.into_reply())))
+            }
             Route::Proxy(index) => index,
             Route::Own(endpoint) => {
                 ctx.endpoint = Some(endpoint);
@@ -574,6 +657,9 @@ impl Gateway {
             Identity::Known(user, sid) => {
                 ctx.sid = sid.filter(|_| user.is_some());
                 ctx.user = user;
+                if ctx.forward_auth {
+                    return Ok(Some(Pending::Reply(self.forward_auth_reply(ctx))));
+                }
                 self.prepare_upstream_head(session, ctx, host, facts.cleanup)?;
                 Ok(None)
             }
@@ -634,8 +720,12 @@ impl Gateway {
                     Ok(user) => {
                         ctx.sid = verified.session_id.filter(|_| user.is_some());
                         ctx.user = user;
-                        self.prepare_upstream_head(session, ctx, host, cleanup)?;
-                        return Ok(false);
+                        if ctx.forward_auth {
+                            self.forward_auth_reply(ctx)
+                        } else {
+                            self.prepare_upstream_head(session, ctx, host, cleanup)?;
+                            return Ok(false);
+                        }
                     }
                     Err(e) => e.into_reply(),
                 }
@@ -672,6 +762,36 @@ fn admit(
         _ if *access == Access::Public => Ok(None),
         _ => Err(ApiError::RejectedToken),
     }
+}
+
+/// The request forward auth decides for.
+struct Original {
+    method: http::Method,
+    path: String,
+}
+
+/// The path of an original request target as a proxy names it: origin-form (`/…`, the query
+/// and any fragment cut off), visible ASCII only, and no encoded `/` or `\` (which the proxy
+/// and the upstream could each read as a separator or not). Dot segments and the rest are
+/// then refused or read by the router, as for a proxied request.
+fn original_path(target: &[u8]) -> Option<String> {
+    if target.first() != Some(&b'/') || !target.iter().all(|b| (0x21..=0x7e).contains(b)) {
+        return None;
+    }
+    let end = target
+        .iter()
+        .position(|&b| b == b'?' || b == b'#')
+        .unwrap_or(target.len());
+    let path = &target[..end];
+    let encoded_separator = path.windows(3).any(|w| {
+        w[0] == b'%'
+            && (w[1] == b'2' && w[2].eq_ignore_ascii_case(&b'f')
+                || w[1] == b'5' && w[2].eq_ignore_ascii_case(&b'c'))
+    });
+    if encoded_separator {
+        return None;
+    }
+    String::from_utf8(path.to_vec()).ok()
 }
 
 /// Who is calling, as far as memory answers.
@@ -728,6 +848,7 @@ impl ProxyHttp for Gateway {
             connect_retries: 0,
             over_tls: false,
             upgraded: None,
+            forward_auth: false,
         }
     }
 

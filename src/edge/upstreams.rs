@@ -59,6 +59,14 @@ pub struct ProxyRoute {
     pub upstreams: Arc<Members>,
     /// The route's request counts and durations.
     pub metrics: crate::metrics::RequestMetrics,
+    /// `upstreams = []`: the route only decides for forward auth.
+    pub decision_only: bool,
+}
+
+impl ProxyRoute {
+    pub fn is_decision_only(&self) -> bool {
+        self.decision_only
+    }
 }
 
 /// A route's upstream addresses (in the order their targets were configured), each with its
@@ -305,6 +313,7 @@ pub fn build(
         auth: route.auth,
         upstreams: members,
         metrics: crate::metrics::metrics().route(&route.prefix),
+        decision_only: route.upstreams.is_empty(),
     };
     Ok((proxy_route, service))
 }

@@ -195,6 +195,9 @@ pub enum ApiError {
     /// verification, an unknown or used ceremony): 400.
     #[error("passkey not accepted")]
     PasskeyRejected,
+    /// Forward auth: the original request a proxy named cannot be read (400 with this).
+    #[error("bad original request: {0}")]
+    BadOriginalRequest(&'static str),
     /// A request about second factors that cannot be carried out as it stands.
     #[error("mfa: {0}")]
     MfaConflict(&'static str),
@@ -268,6 +271,7 @@ impl ApiError {
             ApiError::FactorNotFound => Reply::detail(404, "Factor not found"),
             ApiError::InvalidCode => Reply::detail(400, "Invalid code"),
             ApiError::PasskeyRejected => Reply::detail(400, "Passkey not accepted"),
+            ApiError::BadOriginalRequest(detail) => Reply::detail(400, detail),
             ApiError::MfaConflict(detail) => Reply::detail(400, detail),
             ApiError::LastAdmin => Reply::detail(
                 409,

@@ -311,6 +311,8 @@ impl App {
             Endpoint::PasskeyVerifyFinish => self.passkey_verify_finish(req).await,
             Endpoint::PasskeyLoginStart => self.passkey_login_start(req).await,
             Endpoint::PasskeyLoginFinish => self.passkey_login_finish(req).await,
+            // The edge answers it (it holds the routes); nothing reaches here.
+            Endpoint::ForwardAuth => Err(ApiError::NotFound),
             Endpoint::Jwks => Ok(self.jwks()),
             Endpoint::OpenApi => Ok(crate::own::docs::openapi()),
             Endpoint::Docs => Ok(crate::own::docs::page()),

@@ -60,6 +60,9 @@ pub enum Endpoint {
     PasskeyLoginStart,
     /// `POST /auth/passkey/finish`: a passwordless sign-in.
     PasskeyLoginFinish,
+    /// `/auth/verify` (any method): forward auth, a decision for the original request a proxy
+    /// in front names (answered by the edge, which holds the routes).
+    ForwardAuth,
     /// `GET /.well-known/jwks.json`: the keys of identity assertions (with
     /// `[identity_assertion] enabled`).
     Jwks,
@@ -73,7 +76,7 @@ pub enum Endpoint {
 
 impl Endpoint {
     /// Every endpoint, once.
-    pub const ALL: [Endpoint; 38] = [
+    pub const ALL: [Endpoint; 39] = [
         Endpoint::Health,
         Endpoint::Ready,
         Endpoint::Register,
@@ -108,6 +111,7 @@ impl Endpoint {
         Endpoint::PasskeyVerifyFinish,
         Endpoint::PasskeyLoginStart,
         Endpoint::PasskeyLoginFinish,
+        Endpoint::ForwardAuth,
         Endpoint::Jwks,
         Endpoint::OpenApi,
         Endpoint::Docs,
@@ -229,6 +233,7 @@ impl Endpoint {
             Endpoint::PasskeyVerifyFinish => "passkey_verify_finish",
             Endpoint::PasskeyLoginStart => "passkey_login_start",
             Endpoint::PasskeyLoginFinish => "passkey_login_finish",
+            Endpoint::ForwardAuth => "forward_auth",
             Endpoint::Jwks => "jwks",
             Endpoint::OpenApi => "openapi",
             Endpoint::Docs => "docs",
@@ -328,6 +333,7 @@ pub fn classify(method: &Method, path: &[u8]) -> OwnRoute {
         b"/auth/mfa/recovery-codes" if method == Method::POST => {
             OwnRoute::Endpoint(Endpoint::MfaRecoveryCodes)
         }
+        b"/auth/verify" => OwnRoute::Endpoint(Endpoint::ForwardAuth),
         b"/auth/mfa/webauthn/register/start" if method == Method::POST => {
             OwnRoute::Endpoint(Endpoint::PasskeyRegisterStart)
         }

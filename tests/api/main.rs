@@ -17,6 +17,7 @@ mod cors;
 mod db_outage;
 mod docs;
 mod flood;
+mod forward_auth;
 mod goldens;
 mod h2_limits;
 mod hostile_input;
