@@ -13,9 +13,11 @@ command -v openssl >/dev/null || need+=(openssl)   # the TLS tests make their ce
 command -v curl >/dev/null || need+=(curl)         # and speak HTTP/2 with curl
 command -v redis-server >/dev/null || need+=(redis-server)  # shared limits: tests run their own
 command -v npm >/dev/null || need+=(nodejs npm)    # a real Express upstream (path spellings)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)  # forward auth: the README's
+command -v caddy >/dev/null || need+=(caddy)       # nginx and Caddy set-ups, run for real
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 if [ ${#need[@]} -gt 0 ]; then
-  echo "test: installing ${need[*]} for the browser, packaging, TLS, Redis and Express tests"
+  echo "test: installing ${need[*]} for the browser, packaging, TLS, Redis, Express and proxy tests"
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${need[@]}" >/dev/null
 fi

@@ -305,6 +305,9 @@ async fn the_document_is_valid_openapi_and_real_answers_match_it() {
         "response": {"clientDataJSON": "e30", "authenticatorData": "AAAA", "signature": "AAAA"}}});
     let a = admin("POST", "/auth/passkey/finish", Some(unknown)).await;
     samples.push(sample("POST", "/auth/passkey/finish", &a));
+    // Forward auth from a peer that is not a trusted proxy.
+    let a = admin("GET", "/auth/verify", None).await;
+    samples.push(sample("GET", "/auth/verify", &a));
     let r = Answer::of(
         c.post(app.url("/auth/logout?scope=global"))
             .bearer_auth(&access)
@@ -323,7 +326,7 @@ async fn the_document_is_valid_openapi_and_real_answers_match_it() {
         [
             200, 200, 200, 200, 400, 422, 200, 401, 422, 200, 400, 200, 401, 200, 200, 404, 202,
             400, 400, 429, 200, 403, 201, 200, 422, 200, 404, 200, 422, 204, 200, 422, 200, 201,
-            400, 200, 422, 200, 200, 422, 400, 200, 400, 204
+            400, 200, 422, 200, 200, 422, 400, 200, 400, 403, 204
         ]
     );
     check(&app.dir, &spec.text, &Value::Array(samples));

@@ -12,6 +12,7 @@ mod adoption;
 mod assertions;
 mod attacks;
 mod audit;
+mod beside_proxies;
 mod browser;
 mod cors;
 mod db_outage;
