@@ -290,6 +290,13 @@ proptest! {
         let path = format!("{denied}{tail}");
         let spelt = respell(&flip_case(&path, &flip), &encode, &upper, &double);
         let decided = router.classify(&Method::GET, &spelt, None);
+        // Forward auth reads the same spelling from a proxy's X-Original-URI (with a query):
+        // refused outright, or decided exactly as the proxied request.
+        if let Some(named) = routes::original_path(format!("{spelt}?x=/..%2F").as_bytes()) {
+            let asked = router.classify(&Method::GET, &named, None);
+            prop_assert_eq!(&asked.route, &decided.route, "{}", spelt);
+            prop_assert_eq!(&*asked.access, &*decided.access, "{}", spelt);
+        }
         let Route::Proxy(_) = decided.route else {
             return Ok(());
         };

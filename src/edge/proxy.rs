@@ -477,7 +477,7 @@ impl Gateway {
         };
         let uri = one(["x-forwarded-uri", "x-original-uri"])?
             .ok_or(ApiError::BadOriginalRequest("Missing original URI"))?;
-        let path = original_path(uri).ok_or(ApiError::BadPath)?;
+        let path = crate::edge::routes::original_path(uri).ok_or(ApiError::BadPath)?;
         Ok(Original { method, path })
     }
 
@@ -768,30 +768,6 @@ fn admit(
 struct Original {
     method: http::Method,
     path: String,
-}
-
-/// The path of an original request target as a proxy names it: origin-form (`/…`, the query
-/// and any fragment cut off), visible ASCII only, and no encoded `/` or `\` (which the proxy
-/// and the upstream could each read as a separator or not). Dot segments and the rest are
-/// then refused or read by the router, as for a proxied request.
-fn original_path(target: &[u8]) -> Option<String> {
-    if target.first() != Some(&b'/') || !target.iter().all(|b| (0x21..=0x7e).contains(b)) {
-        return None;
-    }
-    let end = target
-        .iter()
-        .position(|&b| b == b'?' || b == b'#')
-        .unwrap_or(target.len());
-    let path = &target[..end];
-    let encoded_separator = path.windows(3).any(|w| {
-        w[0] == b'%'
-            && (w[1] == b'2' && w[2].eq_ignore_ascii_case(&b'f')
-                || w[1] == b'5' && w[2].eq_ignore_ascii_case(&b'c'))
-    });
-    if encoded_separator {
-        return None;
-    }
-    String::from_utf8(path.to_vec()).ok()
 }
 
 /// Who is calling, as far as memory answers.

@@ -428,6 +428,30 @@ fn escape_at(b: &[u8]) -> Option<u8> {
     }
 }
 
+/// The path of an original request target as a proxy names it: origin-form (`/…`, the query
+/// and any fragment cut off), visible ASCII only, and no encoded `/` or `\` (which the proxy
+/// and the upstream could each read as a separator or not). Dot segments and the rest are
+/// then refused or read by the router, as for a proxied request.
+pub fn original_path(target: &[u8]) -> Option<String> {
+    if target.first() != Some(&b'/') || !target.iter().all(|b| (0x21..=0x7e).contains(b)) {
+        return None;
+    }
+    let end = target
+        .iter()
+        .position(|&b| b == b'?' || b == b'#')
+        .unwrap_or(target.len());
+    let path = &target[..end];
+    let encoded_separator = path.windows(3).any(|w| {
+        w[0] == b'%'
+            && (w[1] == b'2' && w[2].eq_ignore_ascii_case(&b'f')
+                || w[1] == b'5' && w[2].eq_ignore_ascii_case(&b'c'))
+    });
+    if encoded_separator {
+        return None;
+    }
+    String::from_utf8(path.to_vec()).ok()
+}
+
 /// Reads a request path (without its query) for routing; `None` when it is refused. Borrows
 /// (no allocation) for a path without escapes, backslashes or repeated slashes: nearly every
 /// request.
