@@ -26,10 +26,12 @@
 #                                                 holds); bench/rules.sh compares it to none
 #   AAL2=true bench/proxy-instructions.sh        the bench user has a TOTP factor and the
 #                                                 session used it (aal2; bench/mfa.sh compares)
-#   PEERS=true bench/proxy-instructions.sh         also count nginx as a reverse proxy and the
+#   PEERS=true bench/proxy-instructions.sh         also count nginx as a reverse proxy, the
 #                                                 passthrough on pingora-core without
 #                                                 pingora-proxy (examples/core_proxy.rs, with
 #                                                 pingora's pool and with a plain idle list)
+#                                                 and the passthrough on hyper 1.x
+#                                                 (examples/hyper_proxy.rs)
 #
 # Output: instructions per request for both, the difference, and the functions it goes to
 # (exclusive instructions per request, gateway minus bare).
@@ -44,7 +46,7 @@ source bench/lib.sh
 scripts/ensure-deps.sh
 install_missing nginx wrk valgrind
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-cargo build --release --quiet --bins --example bare_proxy --example core_proxy
+cargo build --release --quiet --bins --example bare_proxy --example core_proxy --example hyper_proxy
 
 UP=$(port)
 upstream_conf "$OUT/upstream.conf" "$UP"
@@ -160,6 +162,8 @@ if [ "${PEERS:-false}" = true ]; then
   measure core-pool "$CORE" target/release/examples/core_proxy "127.0.0.1:$CORE" "127.0.0.1:$UP" 1 pool
   CORE=$(port)
   measure core-stash "$CORE" target/release/examples/core_proxy "127.0.0.1:$CORE" "127.0.0.1:$UP" 1 stash
+  HYPER=$(port)
+  measure hyper "$HYPER" target/release/examples/hyper_proxy "127.0.0.1:$HYPER" "127.0.0.1:$UP" 1
 fi
 
 python3 - "$OUT" "${PEERS:-false}" <<'PY'
@@ -188,7 +192,7 @@ print(f"bare pingora:  {b:10.0f} instructions/request ({br} requests)")
 print(f"gateway:       {g:10.0f} instructions/request ({gr} requests)")
 print(f"gateway adds:  {g - b:10.0f} ({g / b:.2f}x the bare proxy, user space only)")
 if peers:
-    for name, label in [("nginx", "nginx"), ("core-pool", "pingora-core, pool"), ("core-stash", "pingora-core, idle list")]:
+    for name, label in [("nginx", "nginx"), ("core-pool", "pingora-core, pool"), ("core-stash", "pingora-core, idle list"), ("hyper", "hyper 1.x")]:
         r, n, _ = profile(name)
         print(f"{label + ':':22} {n:10.0f} instructions/request ({r} requests; {n / b:.2f}x the bare proxy)")
 print("\nwhere the difference goes: exclusive instructions per request, gateway minus bare (top 25)")

@@ -11,6 +11,9 @@
 #        (examples/core_proxy.rs), with pingora's connection pool, and (d4) with a plain
 #        per-thread list of idle upstream connections instead: the ceiling of a gateway that
 #        replaced pingora-proxy's request path, and what pingora-core's codec alone costs,
+#   (d5) a passthrough on hyper 1.x (examples/hyper_proxy.rs: hyper's server, hyper-util's
+#        pooled client, a current-thread runtime per thread): the engine the design card
+#        names, doing nothing but relaying,
 #   (e) sentinel-gateway on a bearer-verified protected route,
 #   (f) the same with its access log on (the product default),
 #   (g) HAProxy doing the nearest job natively: its jwt_verify checks the same bearer token
@@ -45,7 +48,7 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 
 UP=$(port); NG=$(port); HA=$(port); BARE=$(port); BARET=$(port); COREPOOL=$(port); CORESTASH=$(port)
-GW=$(port); GWLOG=$(port); HAJWT=$(port)
+GW=$(port); GWLOG=$(port); HAJWT=$(port); HYPER=$(port)
 SECRET=bench-secret-0123456789abcdef0123456789abcdef
 
 CORES=$(nproc)
@@ -121,7 +124,7 @@ CONF
 gateway_conf "$GW" false >"$OUT/gateway.toml"
 gateway_conf "$GWLOG" true >"$OUT/gateway-log.toml"
 
-cargo build --release --quiet --bins --example bare_proxy --example core_proxy
+cargo build --release --quiet --bins --example bare_proxy --example core_proxy --example hyper_proxy
 service "${on_load[@]}" "$NGINX" -c "$PWD/$OUT/upstream.conf"
 service "${on_proxy[@]}" "$NGINX" -c "$PWD/$OUT/nginx.conf"
 service "${on_proxy[@]}" "$HAPROXY" -db -f "$OUT/haproxy.cfg"
@@ -129,10 +132,11 @@ service "${on_proxy[@]}" target/release/examples/bare_proxy "127.0.0.1:$BARE" "1
 service "${on_proxy[@]}" target/release/examples/bare_proxy "127.0.0.1:$BARET" "127.0.0.1:$UP" "$THREADS" tuned
 service "${on_proxy[@]}" target/release/examples/core_proxy "127.0.0.1:$COREPOOL" "127.0.0.1:$UP" "$THREADS" pool
 service "${on_proxy[@]}" target/release/examples/core_proxy "127.0.0.1:$CORESTASH" "127.0.0.1:$UP" "$THREADS" stash
+service "${on_proxy[@]}" target/release/examples/hyper_proxy "127.0.0.1:$HYPER" "127.0.0.1:$UP" "$THREADS"
 service "${on_proxy[@]}" target/release/sentinel-gateway --config "$OUT/gateway.toml"
 service "${on_proxy[@]}" target/release/sentinel-gateway --config "$OUT/gateway-log.toml"
 
-for p in $UP $NG $HA $HAJWT $BARE $BARET $COREPOOL $CORESTASH $GW $GWLOG; do
+for p in $UP $NG $HA $HAJWT $BARE $BARET $COREPOOL $CORESTASH $HYPER $GW $GWLOG; do
   for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$p/" && break; sleep 0.1; done
 done
 # The gateways take requests that need the database once it is migrated.
@@ -158,7 +162,7 @@ run() { # name url [header]
 AUTH="Authorization: Bearer $TOKEN"
 setups=("a-upstream $UP" "b-nginx $NG" "c-haproxy $HA" "d-pingora-bare $BARE" "e-gateway $GW"
   "d2-pingora-bare-tuned $BARET" "d3-pingora-core $COREPOOL" "d4-pingora-core-stash $CORESTASH"
-  "f-gateway-access-log $GWLOG" "g-haproxy-jwt $HAJWT")
+  "d5-hyper $HYPER" "f-gateway-access-log $GWLOG" "g-haproxy-jwt $HAJWT")
 for round in $(seq 1 "$ROUNDS"); do
   # Odd rounds a..f, even rounds f..a: a drift of the machine's speed within a round then
   # favours no setup over the others.
@@ -207,6 +211,8 @@ print(f"(e)/(d2) round by round: {ratios2}   median of the rounds' ratios {pairs
 d3, d4 = data["d3-pingora-core"], data["d4-pingora-core-stash"]
 print(f"below pingora-proxy: (d3)/(b) {d3[0]/b[0]:.2f}x  (d4)/(b) {d4[0]/b[0]:.2f}x  (d3)/(d2) {d3[0]/d2[0]:.2f}x  (d4)/(d3) {d4[0]/d3[0]:.2f}x")
 g = data["g-haproxy-jwt"]
+d5 = data["d5-hyper"]
+print(f"hyper passthrough: (d5)/(b) nginx {d5[0]/b[0]:.2f}x  (d5)/(g) HAProxy jwt_verify {d5[0]/g[0]:.2f}x  (d5)/(d2) {d5[0]/d2[0]:.2f}x  (d5)/(d4) {d5[0]/d4[0]:.2f}x")
 pairs3 = sorted(ge[0] / gg[0] for ge, gg in zip(runs["e-gateway"], runs["g-haproxy-jwt"]))
 print(f"(e)/(g) against HAProxy's jwt_verify: {e[0]/g[0]:.2f}x   median of the rounds' ratios {pairs3[len(pairs3) // 2]:.2f}")
 print(f"p99 added by the gateway over the bare proxy: {e[2]-d[2]:+.2f} ms; over the upstream: {e[2]-a[2]:+.2f} ms")
