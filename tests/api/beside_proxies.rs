@@ -246,6 +246,11 @@ async fn exercise(app: &TestApp, proxy: &Proxy, what: &str, up: &Upstream) {
         assert_eq!(status, expected, "{what}: {path}");
     }
 
+    // A path under no route: the gateway's 404, which nginx's auth_request turns into a 500
+    // (only 401 and 403 pass through it; docs/upstreams.md says so) and Caddy passes on.
+    let (status, _) = through(&client, proxy, "/nowhere", Some(&token)).await;
+    assert_eq!(status, if what == "nginx" { 500 } else { 404 }, "{what}");
+
     // A role: the admin passes the rule the user did not (granted a moment ago: within 1 s).
     let deadline = Instant::now() + Duration::from_secs(2);
     let echo = loop {
