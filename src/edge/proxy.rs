@@ -403,14 +403,7 @@ impl Gateway {
         identity::prepare_upstream_headers(
             &mut parts.headers,
             identity::UpstreamIdentity {
-                user: ctx.user.as_ref().map(|u| identity::UserHeaders {
-                    id: u.id_header.clone(),
-                    email: u.email_header.clone(),
-                    email_verified: u.email_verified,
-                    roles: u.roles_header.clone(),
-                    aal2: u.session_aal2(ctx.sid.as_ref()),
-                    assertion: self.assertion(u, ctx.sid, ctx.route),
-                }),
+                user: self.user_headers(ctx),
                 request_id: ctx.request_id.clone(),
                 forwarded_for,
                 forwarded_proto,
@@ -427,21 +420,26 @@ impl Gateway {
         }
     }
 
-    /// Forward auth's 200: the identity of the admitted caller (or none) as response headers
-    /// for the proxy in front, and no body.
-    fn forward_auth_reply(&self, ctx: &RequestCtx) -> Reply {
-        let user = ctx.user.as_ref().map(|u| identity::UserHeaders {
+    /// The admitted caller's identity headers (none for an anonymous one), for an upstream or,
+    /// in forward auth, for the proxy in front.
+    fn user_headers(&self, ctx: &RequestCtx) -> Option<identity::UserHeaders> {
+        ctx.user.as_ref().map(|u| identity::UserHeaders {
             id: u.id_header.clone(),
             email: u.email_header.clone(),
             email_verified: u.email_verified,
             roles: u.roles_header.clone(),
             aal2: u.session_aal2(ctx.sid.as_ref()),
             assertion: self.assertion(u, ctx.sid, ctx.route),
-        });
+        })
+    }
+
+    /// Forward auth's 200: the identity of the admitted caller (or none) as response headers
+    /// for the proxy in front, and no body.
+    fn forward_auth_reply(&self, ctx: &RequestCtx) -> Reply {
         Reply {
             status: 200,
             content_type: "text/plain; charset=utf-8",
-            headers: identity::forward_auth_headers(user),
+            headers: identity::forward_auth_headers(self.user_headers(ctx)),
             body: Bytes::new(),
         }
     }

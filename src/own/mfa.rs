@@ -166,32 +166,15 @@ impl App {
             tx.commit().await.map_err(users::db_error)?;
             return Err(ApiError::InvalidCode);
         }
-        let codes = if account.has_factor {
-            None
-        } else {
-            Some(self.new_recovery_codes(&tx, user_id).await?)
+        let enrolled = Enrolled {
+            factor_id: id,
+            kind: "totp",
+            method: "otp",
+            notice: "A second factor (an authenticator app) was added to",
         };
-        if let Some(session) = token.session_id {
-            mfa::raise(&tx, user_id, &session, "otp").await?;
-        }
-        let detail = json!({ "factor_id": id, "type": "totp" });
-        self.audit(
-            &tx,
-            req,
-            Kind::MfaEnrolled,
-            Some(user_id),
-            token.session_id,
-            detail,
-        )
-        .await?;
-        self.write_mail(
-            &tx,
-            &self.letters.mfa_notice(
-                &account.user.email,
-                "A second factor (an authenticator app) was added to",
-            ),
-        )
-        .await?;
+        let codes = self
+            .factor_enrolled(&tx, req, &account, &token, enrolled)
+            .await?;
         tx.commit().await.map_err(users::db_error)?;
         self.changed(user_id);
         self.mail_written();
@@ -349,6 +332,43 @@ impl App {
         Ok(Reply::no_content())
     }
 
+    /// What follows a factor's enrolment, in its transaction: recovery codes with the user's
+    /// first factor (returned, to be shown once), the session raised by the method the factor
+    /// was just used with, the `mfa.enrolled` event and the notice mail.
+    pub(crate) async fn factor_enrolled(
+        &self,
+        tx: &impl deadpool_postgres::GenericClient,
+        req: &OwnRequest,
+        account: &Account,
+        token: &Verified,
+        enrolled: Enrolled,
+    ) -> Result<Option<Vec<String>>, ApiError> {
+        let user_id = account.user.id.as_str();
+        let codes = if account.has_factor {
+            None
+        } else {
+            Some(self.new_recovery_codes(tx, user_id).await?)
+        };
+        if let Some(session) = token.session_id {
+            mfa::raise(tx, user_id, &session, enrolled.method).await?;
+        }
+        let detail = json!({ "factor_id": enrolled.factor_id, "type": enrolled.kind });
+        self.audit(
+            tx,
+            req,
+            Kind::MfaEnrolled,
+            Some(user_id),
+            token.session_id,
+            detail,
+        )
+        .await?;
+        let mail = self
+            .letters
+            .mfa_notice(&account.user.email, enrolled.notice);
+        self.write_mail(tx, &mail).await?;
+        Ok(codes)
+    }
+
     /// The time step `code` is of `factor`'s secret, if it is one of the three around now.
     fn totp_step(&self, factor: &Factor, code: &str) -> Option<i64> {
         let secret = self
@@ -375,6 +395,15 @@ impl App {
         mfa::replace_recovery_codes(db, user_id, &hashes).await?;
         Ok(codes)
     }
+}
+
+/// A factor just enrolled: its id and type, the RFC 8176 method it was used with, and the
+/// notice mail's sentence.
+pub(crate) struct Enrolled {
+    pub factor_id: Uuid,
+    pub kind: &'static str,
+    pub method: &'static str,
+    pub notice: &'static str,
 }
 
 /// The uuid between `prefix` and `suffix` of `path`: 404 for anything else.

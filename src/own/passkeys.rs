@@ -18,7 +18,7 @@ use crate::credentials::passkey::{challenge_of, PasskeyError, Passkeys, Started}
 use crate::own::api::{ApiError, Issue, Reply};
 use crate::own::app::{refused, App, OwnRequest};
 use crate::own::forms;
-use crate::own::mfa::{factor_name, MAX_FACTORS, MFA_LIMITED};
+use crate::own::mfa::{factor_name, Enrolled, MAX_FACTORS, MFA_LIMITED};
 use crate::store::audit::Kind;
 use crate::store::mfa;
 use crate::store::passkeys::{self, Begun, Ceremony};
@@ -143,31 +143,15 @@ impl App {
             &registered.credential,
         )
         .await?;
-        let codes = if account.has_factor {
-            None
-        } else {
-            Some(self.new_recovery_codes(&tx, user_id).await?)
+        let enrolled = Enrolled {
+            factor_id: id,
+            kind: "webauthn",
+            method: "hwk",
+            notice: "A passkey was added to",
         };
-        if let Some(session) = token.session_id {
-            mfa::raise(&tx, user_id, &session, "hwk").await?;
-        }
-        let detail = json!({ "factor_id": id, "type": "webauthn" });
-        self.audit(
-            &tx,
-            req,
-            Kind::MfaEnrolled,
-            Some(user_id),
-            token.session_id,
-            detail,
-        )
-        .await?;
-        self.write_mail(
-            &tx,
-            &self
-                .letters
-                .mfa_notice(&account.user.email, "A passkey was added to"),
-        )
-        .await?;
+        let codes = self
+            .factor_enrolled(&tx, req, &account, &token, enrolled)
+            .await?;
         tx.commit().await.map_err(users::db_error)?;
         self.changed(user_id);
         self.mail_written();
