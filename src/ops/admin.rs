@@ -330,15 +330,7 @@ async fn run_async(
                 json!({ "invited": false }),
             )
             .await?;
-            if !granted.is_empty() {
-                record(
-                    &tx,
-                    Kind::RoleGranted,
-                    &user.id,
-                    json!({ "roles": granted }),
-                )
-                .await?;
-            }
+            record_roles(&tx, Kind::RoleGranted, &user.id, &granted).await?;
             commit(tx).await?;
             writeln!(out, "created {} {}", user.id, user.email)?;
         }
@@ -352,15 +344,7 @@ async fn run_async(
             let granted = roles::grant(&tx, &user.id, &names, None)
                 .await
                 .map_err(api)?;
-            if !granted.is_empty() {
-                record(
-                    &tx,
-                    Kind::RoleGranted,
-                    &user.id,
-                    json!({ "roles": granted }),
-                )
-                .await?;
-            }
+            record_roles(&tx, Kind::RoleGranted, &user.id, &granted).await?;
             commit(tx).await?;
             writeln!(
                 out,
@@ -375,15 +359,7 @@ async fn run_async(
             let user = find(&db, &user).await?;
             let tx = begin(&mut db).await?;
             let revoked = roles::revoke(&tx, &user.id, &names).await.map_err(api)?;
-            if !revoked.is_empty() {
-                record(
-                    &tx,
-                    Kind::RoleRevoked,
-                    &user.id,
-                    json!({ "roles": revoked }),
-                )
-                .await?;
-            }
+            record_roles(&tx, Kind::RoleRevoked, &user.id, &revoked).await?;
             commit(tx).await?;
             writeln!(
                 out,
@@ -515,6 +491,20 @@ async fn record(
         detail,
     };
     audit::record(db, &event).await.map_err(api)
+}
+
+/// The event of roles granted or revoked by the CLI, when any were (a grant of roles already
+/// held changes nothing and records nothing).
+async fn record_roles(
+    db: &impl GenericClient,
+    kind: Kind,
+    user_id: &str,
+    roles: &[String],
+) -> anyhow::Result<()> {
+    if roles.is_empty() {
+        return Ok(());
+    }
+    record(db, kind, user_id, json!({ "roles": roles })).await
 }
 
 /// Refuses a role name the table would refuse, with the rule.

@@ -23,7 +23,7 @@ use crate::store::mfa::{self, Factor};
 use crate::store::users::{self, rfc3339, Account};
 
 /// Factors one user may hold, pending ones included.
-pub(crate) const MAX_FACTORS: usize = 10;
+const MAX_FACTORS: usize = 10;
 const MAX_NAME_CHARS: usize = 64;
 pub(crate) const MFA_LIMITED: &str = "Too many attempts, try again later";
 
@@ -105,9 +105,7 @@ impl App {
         users::lock(&tx, &account.user.id).await?;
         // Pending factors an hour old were abandoned.
         mfa::drop_stale_pending(&tx, &account.user.id).await?;
-        if mfa::list(&tx, &account.user.id, false).await?.len() >= MAX_FACTORS {
-            return Err(ApiError::MfaConflict("Too many factors: remove one first"));
-        }
+        room_for_a_factor(&tx, &account.user.id).await?;
         mfa::insert_totp(
             &tx,
             &id,
@@ -189,11 +187,7 @@ impl App {
         let (account, token) = self.authenticate_any_level(&db, req).await?;
         let proof = proof_of(body)?;
         let user_id = account.user.id.as_str();
-        let Some(session) = token.session_id else {
-            return Err(ApiError::MfaConflict(
-                "This token has no session to raise: sign in again",
-            ));
-        };
+        let session = session_to_raise(&token)?;
         self.limiters
             .mfa(user_id)
             .await
@@ -404,6 +398,24 @@ pub(crate) struct Enrolled {
     pub kind: &'static str,
     pub method: &'static str,
     pub notice: &'static str,
+}
+
+/// The session a second factor is to raise: tokens without one (the seed's) have none.
+pub(crate) fn session_to_raise(token: &Verified) -> Result<Uuid, ApiError> {
+    token.session_id.ok_or(ApiError::MfaConflict(
+        "This token has no session to raise: sign in again",
+    ))
+}
+
+/// 400 when the user already holds [`MAX_FACTORS`] factors, pending ones included.
+pub(crate) async fn room_for_a_factor(
+    db: &impl deadpool_postgres::GenericClient,
+    user_id: &str,
+) -> Result<(), ApiError> {
+    if mfa::list(db, user_id, false).await?.len() >= MAX_FACTORS {
+        return Err(ApiError::MfaConflict("Too many factors: remove one first"));
+    }
+    Ok(())
 }
 
 /// The uuid between `prefix` and `suffix` of `path`: 404 for anything else.

@@ -18,7 +18,7 @@ use crate::credentials::passkey::{challenge_of, PasskeyError, Passkeys, Started}
 use crate::own::api::{ApiError, Issue, Reply};
 use crate::own::app::{refused, App, OwnRequest};
 use crate::own::forms;
-use crate::own::mfa::{factor_name, Enrolled, MAX_FACTORS, MFA_LIMITED};
+use crate::own::mfa::{factor_name, room_for_a_factor, session_to_raise, Enrolled, MFA_LIMITED};
 use crate::store::audit::Kind;
 use crate::store::mfa;
 use crate::store::passkeys::{self, Begun, Ceremony};
@@ -76,14 +76,8 @@ impl App {
         Self::require_aal2_if_enrolled(&account, &token)?;
         let name = factor_name(body)?;
         let user = &account.user;
-        if mfa::list(&db, &user.id, false).await?.len() >= MAX_FACTORS {
-            return Err(ApiError::MfaConflict("Too many factors: remove one first"));
-        }
-        let existing: Vec<Value> = passkeys::of_user(&db, &user.id)
-            .await?
-            .into_iter()
-            .map(|p| p.credential)
-            .collect();
+        room_for_a_factor(&db, &user.id).await?;
+        let existing = passkeys::credentials_of(&db, &user.id).await?;
         let started = self
             .passkeys
             .start_registration(
@@ -128,9 +122,7 @@ impl App {
         let id = Uuid::new_v4();
         let tx = db.transaction().await.map_err(users::db_error)?;
         users::lock(&tx, user_id).await?;
-        if mfa::list(&tx, user_id, false).await?.len() >= MAX_FACTORS {
-            return Err(ApiError::MfaConflict("Too many factors: remove one first"));
-        }
+        room_for_a_factor(&tx, user_id).await?;
         if passkeys::registered(&tx, &registered.credential_id).await? {
             return Err(ApiError::MfaConflict("This passkey is already registered"));
         }
@@ -165,16 +157,8 @@ impl App {
     pub(crate) async fn passkey_verify_start(&self, req: &OwnRequest) -> Result<Reply, ApiError> {
         let db = users::client(&self.pool).await?;
         let (account, token) = self.authenticate_any_level(&db, req).await?;
-        let Some(session) = token.session_id else {
-            return Err(ApiError::MfaConflict(
-                "This token has no session to raise: sign in again",
-            ));
-        };
-        let credentials: Vec<Value> = passkeys::of_user(&db, &account.user.id)
-            .await?
-            .into_iter()
-            .map(|p| p.credential)
-            .collect();
+        let session = session_to_raise(&token)?;
+        let credentials = passkeys::credentials_of(&db, &account.user.id).await?;
         if credentials.is_empty() {
             return Err(ApiError::MfaConflict("No passkey: register one first"));
         }
@@ -200,11 +184,7 @@ impl App {
         let (account, token) = self.authenticate_any_level(&db, req).await?;
         let answer: PublicKeyCredential = credential(body)?;
         let user_id = account.user.id.as_str();
-        let Some(session) = token.session_id else {
-            return Err(ApiError::MfaConflict(
-                "This token has no session to raise: sign in again",
-            ));
-        };
+        let session = session_to_raise(&token)?;
         self.limiters
             .mfa(user_id)
             .await
@@ -238,12 +218,10 @@ impl App {
                 return Err(e);
             }
         };
-        let stored = passkeys::of_user(&db, user_id).await?;
+        // The one credential that signed (the state allowed only this user's).
+        let stored = passkeys::by_credential_id(&db, used.credential_id()).await?;
         let tx = db.transaction().await.map_err(users::db_error)?;
-        if let Some(stored) = stored
-            .iter()
-            .find(|s| s.credential_id == used.credential_id())
-        {
+        if let Some(stored) = stored.filter(|s| s.user_id == user_id) {
             let updated = used.updated(&stored.credential);
             passkeys::used(&tx, &stored.factor_id, updated.as_ref()).await?;
         }

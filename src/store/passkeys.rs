@@ -166,7 +166,6 @@ pub async fn registered(db: &impl GenericClient, credential_id: &[u8]) -> Result
 pub struct Stored {
     pub factor_id: Uuid,
     pub user_id: String,
-    pub credential_id: Vec<u8>,
     pub credential: Value,
 }
 
@@ -174,17 +173,19 @@ fn stored(row: &tokio_postgres::Row) -> Result<Stored, StoreError> {
     Ok(Stored {
         factor_id: row.try_get(0).map_err(db_error)?,
         user_id: row.try_get(1).map_err(db_error)?,
-        credential_id: row.try_get(2).map_err(db_error)?,
-        credential: row.try_get(3).map_err(db_error)?,
+        credential: row.try_get(2).map_err(db_error)?,
     })
 }
 
-/// The user's passkeys, oldest first.
+/// The credentials of the user's passkeys, oldest first.
 #[tracing::instrument(level = "debug", skip(db))]
-pub async fn of_user(db: &impl GenericClient, user_id: &str) -> Result<Vec<Stored>, StoreError> {
+pub async fn credentials_of(
+    db: &impl GenericClient,
+    user_id: &str,
+) -> Result<Vec<Value>, StoreError> {
     let stmt = db
         .prepare_cached(
-            "SELECT id, user_id, credential_id, credential FROM sentinel_mfa_factors \
+            "SELECT credential FROM sentinel_mfa_factors \
              WHERE user_id = $1 AND type = 'webauthn' AND credential_id IS NOT NULL \
              AND credential IS NOT NULL \
              ORDER BY created_at, id",
@@ -195,7 +196,7 @@ pub async fn of_user(db: &impl GenericClient, user_id: &str) -> Result<Vec<Store
         .await
         .map_err(db_error)?
         .iter()
-        .map(stored)
+        .map(|row| row.try_get(0).map_err(db_error))
         .collect()
 }
 
@@ -207,7 +208,7 @@ pub async fn by_credential_id(
 ) -> Result<Option<Stored>, StoreError> {
     let stmt = db
         .prepare_cached(
-            "SELECT id, user_id, credential_id, credential FROM sentinel_mfa_factors \
+            "SELECT id, user_id, credential FROM sentinel_mfa_factors \
              WHERE credential_id = $1 AND type = 'webauthn' AND credential IS NOT NULL",
         )
         .await
