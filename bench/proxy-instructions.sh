@@ -30,8 +30,9 @@
 #                                                 passthrough on pingora-core without
 #                                                 pingora-proxy (examples/core_proxy.rs, with
 #                                                 pingora's pool and with a plain idle list)
-#                                                 and the passthrough on hyper 1.x
-#                                                 (examples/hyper_proxy.rs)
+#                                                 the passthrough on hyper 1.x
+#                                                 (examples/hyper_proxy.rs), and the gateway's
+#                                                 decision on hyper (examples/gateway_hyper.rs)
 #
 # Output: instructions per request for both, the difference, and the functions it goes to
 # (exclusive instructions per request, gateway minus bare).
@@ -46,7 +47,8 @@ source bench/lib.sh
 scripts/ensure-deps.sh
 install_missing nginx wrk valgrind
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-cargo build --release --quiet --bins --example bare_proxy --example core_proxy --example hyper_proxy
+cargo build --release --quiet --bins --example bare_proxy --example core_proxy --example hyper_proxy \
+  --example gateway_hyper
 
 UP=$(port)
 upstream_conf "$OUT/upstream.conf" "$UP"
@@ -60,11 +62,22 @@ measure() { # name command...
   start "$OUT/$name.log" valgrind --tool=callgrind --instr-atstart=no \
     --callgrind-out-file="$PWD/$OUT/callgrind-$name.out" "$@"
   # /ready: the gateway's database is migrated (the bare proxy passes it to nginx: 200 at once).
-  for _ in $(seq 1 300); do curl -sf -o /dev/null "http://127.0.0.1:$p/ready" && break; sleep 0.2; done
+  # gateway_hyper serves no own endpoint: any answer will do.
+  for _ in $(seq 1 300); do
+    curl -sf -o /dev/null "http://127.0.0.1:$p/ready" && break
+    [ "$name" = gateway-hyper ] && curl -s -o /dev/null "http://127.0.0.1:$p/" && break
+    sleep 0.2
+  done
   local token
-  token=$(curl -sf -X POST "http://127.0.0.1:$p/auth/register" -H 'content-type: application/json' \
-    -d '{"email":"bench@example.com","password":"BenchPassword123!"}' |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])' 2>/dev/null || echo none)
+  if [ "$name" = gateway-hyper ]; then
+    # The gateway's token (same database and secret): this example has no /auth endpoints.
+    token=$(cat "$OUT/gateway.token")
+  else
+    token=$(curl -sf -X POST "http://127.0.0.1:$p/auth/register" -H 'content-type: application/json' \
+      -d '{"email":"bench@example.com","password":"BenchPassword123!"}' |
+      python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])' 2>/dev/null || echo none)
+  fi
+  [ "$name" = gateway ] && echo "$token" >"$OUT/gateway.token"
   local auth="Authorization: Bearer $token"
   if [ "$name" = gateway ] && [ "${AAL2:-false}" = true ]; then
     local enrol secret factor
@@ -164,6 +177,9 @@ if [ "${PEERS:-false}" = true ]; then
   measure core-stash "$CORE" target/release/examples/core_proxy "127.0.0.1:$CORE" "127.0.0.1:$UP" 1 stash
   HYPER=$(port)
   measure hyper "$HYPER" target/release/examples/hyper_proxy "127.0.0.1:$HYPER" "127.0.0.1:$UP" 1
+  GWH=$(port)
+  sed "0,/127.0.0.1:$GW\"/s//127.0.0.1:$GWH\"/" "$OUT/gateway.toml" >"$OUT/gateway-hyper.toml"
+  measure gateway-hyper "$GWH" target/release/examples/gateway_hyper "$OUT/gateway-hyper.toml"
 fi
 
 python3 - "$OUT" "${PEERS:-false}" <<'PY'
@@ -192,7 +208,7 @@ print(f"bare pingora:  {b:10.0f} instructions/request ({br} requests)")
 print(f"gateway:       {g:10.0f} instructions/request ({gr} requests)")
 print(f"gateway adds:  {g - b:10.0f} ({g / b:.2f}x the bare proxy, user space only)")
 if peers:
-    for name, label in [("nginx", "nginx"), ("core-pool", "pingora-core, pool"), ("core-stash", "pingora-core, idle list"), ("hyper", "hyper 1.x")]:
+    for name, label in [("nginx", "nginx"), ("core-pool", "pingora-core, pool"), ("core-stash", "pingora-core, idle list"), ("hyper", "hyper 1.x"), ("gateway-hyper", "gateway on hyper")]:
         r, n, _ = profile(name)
         print(f"{label + ':':22} {n:10.0f} instructions/request ({r} requests; {n / b:.2f}x the bare proxy)")
 print("\nwhere the difference goes: exclusive instructions per request, gateway minus bare (top 25)")

@@ -15,6 +15,8 @@
 #        pooled client, a current-thread runtime per thread): the engine the design card
 #        names, doing nothing but relaying,
 #   (e) sentinel-gateway on a bearer-verified protected route,
+#   (e2) the gateway's own decision (route, rules, token, user state, identity headers: the
+#        very function (e) calls) on hyper's engine (examples/gateway_hyper.rs), same config,
 #   (f) the same with its access log on (the product default),
 #   (g) HAProxy doing the nearest job natively: its jwt_verify checks the same bearer token
 #       (HS256 with the gateway's secret, `exp` checked) and injects `sub` as X-User-Id,
@@ -48,7 +50,7 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 
 UP=$(port); NG=$(port); HA=$(port); BARE=$(port); BARET=$(port); COREPOOL=$(port); CORESTASH=$(port)
-GW=$(port); GWLOG=$(port); HAJWT=$(port); HYPER=$(port)
+GW=$(port); GWLOG=$(port); HAJWT=$(port); HYPER=$(port); GWHYPER=$(port)
 SECRET=bench-secret-0123456789abcdef0123456789abcdef
 
 CORES=$(nproc)
@@ -123,8 +125,10 @@ CONF
 }
 gateway_conf "$GW" false >"$OUT/gateway.toml"
 gateway_conf "$GWLOG" true >"$OUT/gateway-log.toml"
+gateway_conf "$GWHYPER" false >"$OUT/gateway-hyper.toml"
 
-cargo build --release --quiet --bins --example bare_proxy --example core_proxy --example hyper_proxy
+cargo build --release --quiet --bins --example bare_proxy --example core_proxy --example hyper_proxy \
+  --example gateway_hyper
 service "${on_load[@]}" "$NGINX" -c "$PWD/$OUT/upstream.conf"
 service "${on_proxy[@]}" "$NGINX" -c "$PWD/$OUT/nginx.conf"
 service "${on_proxy[@]}" "$HAPROXY" -db -f "$OUT/haproxy.cfg"
@@ -143,6 +147,9 @@ done
 for p in $GW $GWLOG; do
   for _ in $(seq 1 100); do curl -sf -o /dev/null "http://127.0.0.1:$p/ready" && break; sleep 0.1; done
 done
+# (e2) migrates the same database: after the gateways have.
+service "${on_proxy[@]}" target/release/examples/gateway_hyper "$OUT/gateway-hyper.toml"
+for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$GWHYPER/" && break; sleep 0.1; done
 TOKEN=$(curl -sf -X POST "http://127.0.0.1:$GW/auth/register" -H 'content-type: application/json' \
   -d '{"email":"bench@example.com","password":"BenchPassword123!"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
 curl -sf "http://127.0.0.1:$GW/bench/x" -H "Authorization: Bearer $TOKEN" >/dev/null
@@ -160,7 +167,7 @@ run() { # name url [header]
 }
 # Every setup gets the very same requests, bearer token included.
 AUTH="Authorization: Bearer $TOKEN"
-setups=("a-upstream $UP" "b-nginx $NG" "c-haproxy $HA" "d-pingora-bare $BARE" "e-gateway $GW"
+setups=("a-upstream $UP" "b-nginx $NG" "c-haproxy $HA" "d-pingora-bare $BARE" "e-gateway $GW" "e2-gateway-hyper $GWHYPER"
   "d2-pingora-bare-tuned $BARET" "d3-pingora-core $COREPOOL" "d4-pingora-core-stash $CORESTASH"
   "d5-hyper $HYPER" "f-gateway-access-log $GWLOG" "g-haproxy-jwt $HAJWT")
 for round in $(seq 1 "$ROUNDS"); do
@@ -213,6 +220,9 @@ print(f"below pingora-proxy: (d3)/(b) {d3[0]/b[0]:.2f}x  (d4)/(b) {d4[0]/b[0]:.2
 g = data["g-haproxy-jwt"]
 d5 = data["d5-hyper"]
 print(f"hyper passthrough: (d5)/(b) nginx {d5[0]/b[0]:.2f}x  (d5)/(g) HAProxy jwt_verify {d5[0]/g[0]:.2f}x  (d5)/(d2) {d5[0]/d2[0]:.2f}x  (d5)/(d4) {d5[0]/d4[0]:.2f}x")
+e2 = data["e2-gateway-hyper"]
+pairs4 = sorted(x[0] / gg[0] for x, gg in zip(runs["e2-gateway-hyper"], runs["g-haproxy-jwt"]))
+print(f"the decision on hyper: (e2)/(g) HAProxy jwt_verify {e2[0]/g[0]:.2f}x (rounds' median {pairs4[len(pairs4) // 2]:.2f})  (e2)/(e) {e2[0]/e[0]:.2f}x  (e2)/(d5) {e2[0]/d5[0]:.2f}x  (e2)/(b) nginx {e2[0]/b[0]:.2f}x")
 pairs3 = sorted(ge[0] / gg[0] for ge, gg in zip(runs["e-gateway"], runs["g-haproxy-jwt"]))
 print(f"(e)/(g) against HAProxy's jwt_verify: {e[0]/g[0]:.2f}x   median of the rounds' ratios {pairs3[len(pairs3) // 2]:.2f}")
 print(f"p99 added by the gateway over the bare proxy: {e[2]-d[2]:+.2f} ms; over the upstream: {e[2]-a[2]:+.2f} ms")

@@ -1,10 +1,11 @@
 //! The pingora glue: each `ProxyHttp` hook is a few lines that hand over to the pure modules.
 //!
-//! - `request_filter`: request id, preflights, the gateway's own endpoints (answered here, by
-//!   [`write_reply`], which adds CORS and `X-Request-Id`), and for routes: bearer
-//!   verification, then the upstream head: every client-sent identity header removed, the
-//!   identity and forwarding headers only the gateway sets added. A proxied request whose user
-//!   is in memory is decided without waiting ([`Gateway::decide`]).
+//! - `request_filter`: the request's decision ([`Decider::decide`], the one every door shares:
+//!   request id, preflight, route, rule, token, user), then the gateway's own endpoints
+//!   (answered here, by [`write_reply`], which adds CORS and `X-Request-Id`) or, for routes,
+//!   the upstream head ([`Decider::upstream_headers`]: every client-sent identity header
+//!   removed, the identity and forwarding headers only the gateway sets added). A proxied
+//!   request whose user is in memory is decided without waiting ([`Gateway::decide`]).
 //! - `on_connection_reuse`: the connection from the front (head deadline, client address).
 //! - `upstream_peer`: a healthy upstream of the route, with the route's timeouts.
 //! - `response_filter`: CORS and `X-Request-Id` on upstream responses.
@@ -25,13 +26,13 @@ use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 
 use crate::credentials::token;
 use crate::edge::access_log;
+use crate::edge::decision::{Decided, Decider, Head, Next};
 use crate::edge::front::{Client, Connection};
 use crate::edge::identity;
-use crate::edge::routes::{Access, Caller, Endpoint, Route};
+use crate::edge::routes::Endpoint;
 use crate::own::api::{ApiError, Reply};
 use crate::own::app::{App, OwnRequest};
-use crate::own::cors::Cors;
-use crate::store::user_cache::{Cached, UserState};
+use crate::store::user_cache::Cached;
 
 thread_local! {
     /// Each proxy thread's access-line buffer, reused from request to request.
@@ -45,12 +46,18 @@ pub struct Gateway {
     edge: Arc<crate::edge::Edge>,
     /// Each own endpoint's request metrics, in [`Endpoint::ALL`] order (resolved once).
     endpoint_metrics: Vec<crate::metrics::RequestMetrics>,
+    /// The one decision (shared by forward auth and every engine).
+    decider: Decider,
 }
 
 impl Gateway {
     pub fn new(app: Arc<App>, edge: Arc<crate::edge::Edge>) -> Gateway {
         let metrics = crate::metrics::metrics();
         Gateway {
+            decider: Decider {
+                app: Arc::clone(&app),
+                edge: Arc::clone(&edge),
+            },
             app,
             edge,
             endpoint_metrics: Endpoint::ALL
@@ -68,42 +75,11 @@ pub struct RequestCtx {
     started: Option<Instant>,
     /// The client connection (from the front, handed over with each request head).
     connection: Option<Arc<Connection>>,
-    request_id: http::HeaderValue,
-    origin: Option<http::HeaderValue>,
-    endpoint: Option<Endpoint>,
-    route: Option<usize>,
-    /// The path the upstream gets, when it is not the request's own spelling
-    /// (see [`crate::edge::routes::read_path`]).
-    forward_path: Option<String>,
-    user: Option<Arc<UserState>>,
-    /// The session of the token `user` came with (none for the seed's tokens).
-    sid: Option<uuid::Uuid>,
+    /// What the one decision learnt of the request (see [`crate::edge::decision`]).
+    decided: Decided,
     connect_retries: usize,
-    /// Whether the request came over TLS (HSTS, `X-Forwarded-Proto`).
-    over_tls: bool,
     /// A connection upgraded on behalf of `user`, closed if the user is shut out.
     upgraded: Option<crate::edge::upgraded::Registration>,
-    /// Forward auth (`/auth/verify`): the decision is the answer, nothing is proxied.
-    forward_auth: bool,
-}
-
-impl RequestCtx {
-    fn origin_bytes(&self) -> Option<&[u8]> {
-        self.origin.as_ref().map(http::HeaderValue::as_bytes)
-    }
-}
-
-/// `X-Forwarded-*` as a trusted proxy sent them (never from anyone else).
-#[derive(Default)]
-struct Forwarded {
-    for_: Option<http::HeaderValue>,
-    proto: Option<http::HeaderValue>,
-    host: Option<http::HeaderValue>,
-}
-
-/// The request id as text (it was checked to be plain ASCII, or made so).
-fn request_id_text(ctx: &RequestCtx) -> String {
-    ctx.request_id.to_str().unwrap_or_default().to_string()
 }
 
 fn header(session: &Session, name: impl http::header::AsHeaderName) -> Option<&[u8]> {
@@ -132,29 +108,11 @@ fn client_ip(session: &Session) -> Option<IpAddr> {
         .map(|a| a.ip())
 }
 
-/// The client as the rate limits see it: the socket peer, or — when the peer is a trusted
-/// proxy — the nearest untrusted address of its `X-Forwarded-For` chain (all lines of it).
-fn client_ip_for_limits(session: &Session, trusted: &identity::TrustedProxies) -> Option<IpAddr> {
-    let peer = client_ip(session)?;
-    if !trusted.contains(peer) {
-        return Some(peer);
-    }
-    identity::joined_lines(&session.req_header().headers, &identity::FORWARDED_FOR)
-        .and_then(|chain| identity::nearest_untrusted(chain.to_str().ok()?, trusted))
-        .or(Some(peer))
-}
-
 /// Why a body could not be read in full.
 enum BodyError {
     TooLarge,
     TooSlow,
     Io(Box<Error>),
-}
-
-/// The size of a request head as it arrived: request line, names, values and separators.
-/// Counted from the parsed head, so it is exact to the byte for a well-formed request.
-fn head_size(req: &RequestHeader, facts: &identity::HeadFacts) -> usize {
-    req.method.as_str().len() + req.raw_path().len() + "  HTTP/1.1\r\n".len() + facts.headers_len
 }
 
 /// Reads the whole body of a gateway-own request within `within`, refusing more than `limit`
@@ -248,7 +206,7 @@ fn log_failure(session: &Session, ctx: &RequestCtx, e: &Error, status: u16, what
                 status,
                 method = req.method.as_str(),
                 path = req.uri.path(),
-                request_id = ctx.request_id.to_str().unwrap_or_default(),
+                request_id = ctx.decided.request_id.to_str().unwrap_or_default(),
                 cause,
                 "{what}"
             )
@@ -263,16 +221,6 @@ fn log_failure(session: &Session, ctx: &RequestCtx, e: &Error, status: u16, what
 }
 
 impl Gateway {
-    /// CORS and request-id headers for a response to this request.
-    fn response_extras(&self, ctx: &RequestCtx) -> Vec<(&'static str, String)> {
-        let mut headers = self.app.cors.simple_headers(ctx.origin_bytes());
-        headers.push((identity::REQUEST_ID_NAME, request_id_text(ctx)));
-        if let (true, Some(hsts)) = (ctx.over_tls, &self.edge.hsts) {
-            headers.push(("strict-transport-security", hsts.clone()));
-        }
-        headers
-    }
-
     async fn answer_own(
         &self,
         session: &mut Session,
@@ -305,7 +253,9 @@ impl Gateway {
         };
         let req = session.req_header();
         let request = OwnRequest {
-            client_ip: client_ip_for_limits(session, &self.edge.trusted_proxies),
+            client_ip: self
+                .decider
+                .client_for_limits(client_ip(session), &req.headers),
             // As routing read it (escapes decoded), for the path parameters.
             path: crate::edge::routes::read_path(req.uri.path())
                 .map(|p| String::from_utf8_lossy(&p.matched).into_owned())
@@ -329,7 +279,7 @@ impl Gateway {
 
     /// Turns the client's request head into the one the upstream gets, in place (pingora
     /// copies the downstream head for each upstream attempt, so a retry does not redo this):
-    /// see [`identity::prepare_upstream_headers`].
+    /// see [`Decider::upstream_headers`].
     ///
     /// The head is edited as a plain `http` header map, without pingora's record of each
     /// name's original case: through `RequestHeader` every added header costs two map
@@ -346,72 +296,23 @@ impl Gateway {
     ) -> Result<()> {
         let mut fallback = None;
         let client = client(session, ctx, &mut fallback);
-        let (peer, peer_header) = (client.ip, client.ip_header.clone());
-        let forwarded = if peer.is_some_and(|ip| self.edge.trusted_proxies.contains(ip)) {
-            // Text lines only (others are ignored, as if absent). The chain is every line of
-            // it; proto and host are the nearest proxy's (the last line).
-            let headers = &session.req_header().headers;
-            Forwarded {
-                for_: identity::joined_lines(headers, &identity::FORWARDED_FOR),
-                proto: identity::last_line(headers, &identity::FORWARDED_PROTO),
-                host: identity::last_line(headers, &identity::FORWARDED_HOST),
-            }
-        } else {
-            Forwarded::default()
-        };
-        let forwarded_for = match forwarded.for_ {
-            Some(chain) => {
-                let chain = format!(
-                    "{}, {}",
-                    chain.to_str().unwrap_or_default(),
-                    peer_header.to_str().unwrap_or_default()
-                );
-                // A header value plus an address: still a valid one.
-                http::HeaderValue::try_from(chain)
-                    .map_err(|_| Error::explain(InvalidHTTPHeader, "bad X-Forwarded-For"))?
-            }
-            None => peer_header,
-        };
-        let forwarded_proto =
-            forwarded
-                .proto
-                .unwrap_or(http::HeaderValue::from_static(if ctx.over_tls {
-                    "https"
-                } else {
-                    "http"
-                }));
-
-        // From here on nothing fails until the edited head is back in place.
+        let peer = (client.ip, client.ip_header.clone());
         let req = session.req_header_mut();
-        let verbatim_target = match &ctx.forward_path {
+        let verbatim_target = match ctx.decided.upstream_target(&req.uri) {
             // Another spelling of the path, in origin-form, the query as sent.
-            Some(path) => Some(match req.uri.query() {
-                Some(query) => format!("{path}?{query}").into_bytes(),
-                None => path.as_bytes().to_vec(),
-            }),
+            Some(target) => Some(target.into_bytes()),
             None => (Some(req.raw_path())
                 != req.uri.path_and_query().map(|p| p.as_str().as_bytes()))
             .then(|| req.raw_path().to_vec()),
         };
         let placeholder = RequestHeader::from(http::Request::new(()).into_parts().0);
         let mut parts = http::request::Parts::from(std::mem::replace(req, placeholder));
-        let forwarded_host = forwarded.host.or(host);
-        // The refresh cookie is the gateway's alone: no upstream sees it.
-        if let Some(cookie) = &self.app.refresh_cookie {
-            identity::strip_cookie(&mut parts.headers, &cookie.name);
-        }
-        identity::prepare_upstream_headers(
-            &mut parts.headers,
-            identity::UpstreamIdentity {
-                user: self.user_headers(ctx),
-                request_id: ctx.request_id.clone(),
-                forwarded_for,
-                forwarded_proto,
-                forwarded_host,
-            },
-            cleanup,
-        );
+        let edited =
+            self.decider
+                .upstream_headers(&mut parts.headers, &ctx.decided, peer, host, cleanup);
+        // The head goes back in place whether or not the edit failed.
         *req = RequestHeader::from(parts);
+        edited.map_err(|what| Error::explain(InvalidHTTPHeader, what))?;
         match verbatim_target {
             // Parsed from this very request a moment ago (or made from its path by decoding
             // escapes of unreserved characters), so it parses again.
@@ -420,83 +321,11 @@ impl Gateway {
         }
     }
 
-    /// The admitted caller's identity headers (none for an anonymous one), for an upstream or,
-    /// in forward auth, for the proxy in front.
-    fn user_headers(&self, ctx: &RequestCtx) -> Option<identity::UserHeaders> {
-        ctx.user.as_ref().map(|u| identity::UserHeaders {
-            id: u.id_header.clone(),
-            email: u.email_header.clone(),
-            email_verified: u.email_verified,
-            roles: u.roles_header.clone(),
-            aal2: u.session_aal2(ctx.sid.as_ref()),
-            assertion: self.assertion(u, ctx.sid, ctx.route),
-        })
-    }
-
-    /// Forward auth's 200: the identity of the admitted caller (or none) as response headers
-    /// for the proxy in front, and no body.
-    fn forward_auth_reply(&self, ctx: &RequestCtx) -> Reply {
-        Reply {
-            status: 200,
-            content_type: "text/plain; charset=utf-8",
-            headers: identity::forward_auth_headers(self.user_headers(ctx)),
-            body: Bytes::new(),
-        }
-    }
-
-    /// The request a proxy in front asks forward auth about: its method (`X-Forwarded-Method`
-    /// or `X-Original-Method`; this request's own without either) and path (from
-    /// `X-Forwarded-Uri` or `X-Original-URI`). Only a trusted proxy may ask: anyone else could
-    /// name any request. A target that is not a plain origin-form path, or one a proxy or an
-    /// upstream could read as another path (an encoded slash or backslash), is refused.
-    fn original_request(&self, session: &Session) -> Result<Original, ApiError> {
-        if !client_ip(session).is_some_and(|ip| self.edge.trusted_proxies.contains(ip)) {
-            return Err(ApiError::Forbidden);
-        }
-        let headers = &session.req_header().headers;
-        let one = |names: [&str; 2]| -> Result<Option<&[u8]>, ApiError> {
-            for name in names {
-                let mut values = headers.get_all(name).iter();
-                if let Some(value) = values.next() {
-                    if values.next().is_some() {
-                        return Err(ApiError::BadOriginalRequest(
-                            "More than one original method or URI",
-                        ));
-                    }
-                    return Ok(Some(value.as_bytes()));
-                }
-            }
-            Ok(None)
-        };
-        let method = match one(["x-forwarded-method", "x-original-method"])? {
-            Some(name) => http::Method::from_bytes(name)
-                .map_err(|_| ApiError::BadOriginalRequest("Invalid original method"))?,
-            None => session.req_header().method.clone(),
-        };
-        let uri = one(["x-forwarded-uri", "x-original-uri"])?
-            .ok_or(ApiError::BadOriginalRequest("Missing original URI"))?;
-        let path = crate::edge::routes::original_path(uri).ok_or(ApiError::BadPath)?;
-        Ok(Original { method, path })
-    }
-
-    /// The `X-Identity-Assertion` for `user` on route number `route`.
-    fn assertion(
-        &self,
-        user: &UserState,
-        sid: Option<uuid::Uuid>,
-        route: Option<usize>,
-    ) -> Option<http::HeaderValue> {
-        let assertions = self.app.assertions.as_ref()?;
-        let route = route?;
-        let audience = &self.edge.routes.get(route)?.audience;
-        assertions.header(user, sid, route, audience)
-    }
-
     /// Remembers an upgraded connection of a known user, to close it if the user is shut out.
     /// If the user changed since the request was admitted (the cache let go of them), they are
     /// read again at once rather than at the next sweep.
     fn track_upgrade(&self, session: &Session, ctx: &mut RequestCtx) {
-        let (Some(user), Some(conn)) = (&ctx.user, &ctx.connection) else {
+        let (Some(user), Some(conn)) = (&ctx.decided.user, &ctx.connection) else {
             return;
         };
         // The token that was admitted (verified a moment ago, so remembered): which session
@@ -514,166 +343,34 @@ impl Gateway {
         }
     }
 
-    /// Bearer verification for a route, as far as memory answers (see [`Identity`]).
-    fn identify(&self, authorization: Option<&[u8]>, access: &Access) -> Identity {
-        let anonymous = match access.verdict(None) {
-            Ok(()) => Identity::Known(None, None),
-            Err(refusal) => Identity::Refused(refusal),
-        };
-        // Nobody passes: the token does not matter.
-        if *access == Access::Deny {
-            return anonymous;
-        }
-        let public = *access == Access::Public;
-        let Some(token) = token::bearer_credentials(authorization) else {
-            return anonymous;
-        };
-        // One reading of the clock for the token's expiry and the cached user's age.
-        let now = std::time::SystemTime::now();
-        let verified = match self.app.verify_token(token, now) {
-            Ok(v) => v,
-            // Bytes that are not text are no token at all (as for the own endpoints).
-            Err(token::TokenError::NotText) => return anonymous,
-            Err(_) if public => return Identity::Known(None, None),
-            Err(_) => return Identity::Refused(ApiError::RejectedToken),
-        };
-        match self.app.users.cached(&verified.user_id, now) {
-            Cached::Known(Some(state)) if state.may_predate(&verified) => Identity::Unknown {
-                verified,
-                now,
-                reread: true,
-            },
-            Cached::Known(state) => match admit(state, &verified, now, access, self.edge.step_up) {
-                Ok(user) => Identity::Known(user, verified.session_id),
-                Err(e) => Identity::Refused(e),
-            },
-            Cached::Unknown => Identity::Unknown {
-                verified,
-                now,
-                reread: false,
-            },
-        }
-    }
-
     /// What `request_filter` can decide without waiting for anything: nearly every proxied
     /// request ends here, so that its future (boxed by `async_trait` for every request) stays
-    /// small; everything that waits is in [`Gateway::finish_slowly`].
-    fn decide(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Option<Pending>> {
+    /// small; everything that waits is in [`Gateway::finish_slowly`]. The decision is
+    /// [`Decider::decide`]'s, the one every door shares.
+    fn decide(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Option<Next>> {
         // Pingora keeps the connection if the client asked to, with no time limit of its own:
         // the front closes one whose next head is not in within the keep-alive time.
         if self.edge.keepalive_seconds == 0 {
             session.set_keepalive(None);
         }
         let req = session.req_header();
-        let facts = identity::scan_head(&req.headers);
-        ctx.request_id = match facts.request_id {
-            Some(id) if identity::valid_request_id(id.as_bytes()) => id.clone(),
-            _ => self.edge.request_ids.next_header(),
+        let head = Head {
+            method: &req.method,
+            uri: &req.uri,
+            target_len: req.raw_path().len(),
+            headers: &req.headers,
+            peer: client_ip(session),
         };
-        ctx.origin = facts.origin.cloned();
-        if head_size(req, &facts) > self.edge.max_header_bytes {
-            // Whatever body follows is not read: close after answering.
+        let next = self.decider.decide(&head, &mut ctx.decided);
+        if ctx.decided.close {
             session.set_keepalive(None);
-            return Ok(Some(Pending::Reply(ApiError::HeadersTooLarge.into_reply())));
         }
-        let method = &req.method;
-        if method == http::Method::OPTIONS
-            && Cors::is_preflight(
-                method,
-                ctx.origin_bytes(),
-                header(session, http::header::ACCESS_CONTROL_REQUEST_METHOD),
-            )
-        {
-            let reply = self.app.cors.preflight(
-                ctx.origin_bytes().unwrap_or_default(),
-                header(session, http::header::ACCESS_CONTROL_REQUEST_HEADERS),
-            );
-            return Ok(Some(Pending::Preflight(reply)));
-        }
-        // Only rules with `networks` ask who the client is.
-        let client = if self.edge.router.needs_client() {
-            client_ip_for_limits(session, &self.edge.trusted_proxies)
-        } else {
-            None
-        };
-        let req = session.req_header();
-        let mut routed = self
-            .edge
-            .router
-            .classify(&req.method, req.uri.path(), client);
-        if routed.route == Route::Own(Endpoint::ForwardAuth) {
-            // Forward auth: the same classification, identity and verdict, for the request
-            // the proxy in front names; only the answer differs.
-            ctx.endpoint = Some(Endpoint::ForwardAuth);
-            ctx.forward_auth = true;
-            let original = match self.original_request(session) {
-                Ok(original) => original,
-                Err(e) => return Ok(Some(Pending::Reply(e.into_reply()))),
-            };
-            routed = self
-                .edge
-                .router
-                .classify(&original.method, &original.path, client);
-            routed.forward_path = None;
-            routed.route = match routed.route {
-                Route::Proxy(index) => Route::Proxy(index),
-                Route::BadPath => Route::BadPath,
-                // Not a route: the gateway's own endpoints are not behind the proxy's check.
-                _ => Route::NotFound,
-            };
-        }
-        ctx.forward_path = routed.forward_path;
-        let index = match routed.route {
-            // A decision-only route answers forward auth alone.
-            Route::Proxy(index)
-                if !ctx.forward_auth && self.edge.routes[index].is_decision_only() =>
-            {
-                return Ok(Some(Pending::Reply(ApiError::NotFound.into_reply())))
-            }
-            Route::Proxy(index) => index,
-            Route::Own(endpoint) => {
-                ctx.endpoint = Some(endpoint);
-                return Ok(Some(Pending::Own(endpoint)));
-            }
-            Route::MethodNotAllowed(allow) => {
-                return Ok(Some(Pending::Reply(
-                    ApiError::MethodNotAllowed { allow }.into_reply(),
-                )))
-            }
-            Route::BadPath => return Ok(Some(Pending::Reply(ApiError::BadPath.into_reply()))),
-            Route::NotFound => return Ok(Some(Pending::Reply(ApiError::NotFound.into_reply()))),
-        };
-        ctx.route = Some(index);
-        let access = routed.access;
-        let authorization = facts.authorization.map(http::HeaderValue::as_bytes);
-        // HTTP/2 names the host in `:authority` (a `Host` header is optional there).
-        let host = facts.host.cloned().or_else(|| {
-            let authority = req.uri.authority()?;
-            http::HeaderValue::from_str(authority.as_str()).ok()
-        });
-        match self.identify(authorization, &access) {
-            Identity::Known(user, sid) => {
-                ctx.sid = sid.filter(|_| user.is_some());
-                ctx.user = user;
-                if ctx.forward_auth {
-                    return Ok(Some(Pending::Reply(self.forward_auth_reply(ctx))));
-                }
-                self.prepare_upstream_head(session, ctx, host, facts.cleanup)?;
+        match next {
+            Next::Proxy { host, cleanup } => {
+                self.prepare_upstream_head(session, ctx, host, cleanup)?;
                 Ok(None)
             }
-            Identity::Refused(e) => Ok(Some(Pending::Reply(e.into_reply()))),
-            Identity::Unknown {
-                verified,
-                now,
-                reread,
-            } => Ok(Some(Pending::FetchUser {
-                verified,
-                now,
-                reread,
-                access: access.into_owned(),
-                host,
-                cleanup: facts.cleanup,
-            })),
+            next => Ok(Some(next)),
         }
     }
 
@@ -683,120 +380,35 @@ impl Gateway {
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
-        pending: Pending,
+        mut next: Next,
     ) -> Result<bool> {
-        let reply = match pending {
-            Pending::Preflight(reply) => {
-                let extra = vec![(identity::REQUEST_ID_NAME, request_id_text(ctx))];
-                write_reply(session, reply, extra).await?;
-                return Ok(true);
-            }
-            Pending::Reply(reply) => reply,
-            Pending::Own(endpoint) => {
-                self.answer_own(session, endpoint, request_id_text(ctx))
-                    .await?
-            }
-            Pending::FetchUser {
-                verified,
-                now,
-                reread,
-                access,
-                host,
-                cleanup,
-            } => {
-                let fetched = match self.app.check_ready() {
-                    Ok(()) => self
-                        .app
-                        .users
-                        .get(&verified.user_id, now, reread)
-                        .await
-                        .map_err(ApiError::from),
-                    Err(e) => Err(e),
-                };
-                let step_up = self.edge.step_up;
-                match fetched.and_then(|state| admit(state, &verified, now, &access, step_up)) {
-                    Ok(user) => {
-                        ctx.sid = verified.session_id.filter(|_| user.is_some());
-                        ctx.user = user;
-                        if ctx.forward_auth {
-                            self.forward_auth_reply(ctx)
-                        } else {
-                            self.prepare_upstream_head(session, ctx, host, cleanup)?;
-                            return Ok(false);
-                        }
-                    }
-                    Err(e) => e.into_reply(),
+        let reply = loop {
+            match next {
+                // The user's state read, the decision ends in one of the others.
+                Next::FetchUser(pending) => {
+                    next = self.decider.fetch_user(pending, &mut ctx.decided).await;
+                }
+                Next::Proxy { host, cleanup } => {
+                    self.prepare_upstream_head(session, ctx, host, cleanup)?;
+                    return Ok(false);
+                }
+                Next::Preflight(reply) => {
+                    let extra = vec![(identity::REQUEST_ID_NAME, ctx.decided.request_id_text())];
+                    write_reply(session, reply, extra).await?;
+                    return Ok(true);
+                }
+                Next::Reply(reply) => break reply,
+                Next::Own(endpoint) => {
+                    break self
+                        .answer_own(session, endpoint, ctx.decided.request_id_text())
+                        .await?
                 }
             }
         };
-        let extra = self.response_extras(ctx);
+        let extra = self.decider.response_extras(&ctx.decided);
         write_reply(session, reply, extra).await?;
         Ok(true)
     }
-}
-
-/// A route's verdict on a verified token and its user's state at `now` (unix seconds): the
-/// user is active and the token still counts (its session is live, or it is sessionless and
-/// not refused), and the user meets what `access` requires. `Ok(None)` is anonymous, for
-/// public routes only.
-fn admit(
-    state: Option<Arc<UserState>>,
-    token: &token::Verified,
-    now: std::time::SystemTime,
-    access: &Access,
-    step_up: bool,
-) -> Result<Option<Arc<UserState>>, ApiError> {
-    match state {
-        Some(user) if user.active && user.accepts(token, token::unix_seconds(now)) => {
-            let caller = Caller {
-                roles: &user.roles,
-                email_verified: user.email_verified,
-                aal2: user.aal2(token),
-                step_up: step_up && user.has_factor,
-            };
-            access.verdict(Some(caller))?;
-            Ok(Some(user))
-        }
-        _ if *access == Access::Public => Ok(None),
-        _ => Err(ApiError::RejectedToken),
-    }
-}
-
-/// The request forward auth decides for.
-struct Original {
-    method: http::Method,
-    path: String,
-}
-
-/// Who is calling, as far as memory answers.
-enum Identity {
-    /// `None`: anonymous (public routes only); with the token's session, if it has one.
-    Known(Option<Arc<UserState>>, Option<uuid::Uuid>),
-    Refused(ApiError),
-    /// A valid token whose user is not in memory (or not fresh), or whose session may be
-    /// newer than what memory has (`reread`).
-    Unknown {
-        verified: Arc<token::Verified>,
-        now: std::time::SystemTime,
-        reread: bool,
-    },
-}
-
-/// What is left of `request_filter` when [`Gateway::decide`] could not finish it.
-enum Pending {
-    /// Answer this (with CORS and request id).
-    Reply(Reply),
-    /// Answer this preflight (with the request id).
-    Preflight(Reply),
-    Own(Endpoint),
-    FetchUser {
-        verified: Arc<token::Verified>,
-        now: std::time::SystemTime,
-        reread: bool,
-        access: Access,
-        host: Option<http::HeaderValue>,
-        cleanup: identity::Cleanup,
-    },
 }
 
 #[async_trait]
@@ -812,17 +424,9 @@ impl ProxyHttp for Gateway {
         RequestCtx {
             started: (self.edge.count_requests || self.edge.access_log).then(Instant::now),
             connection: None,
-            request_id: http::HeaderValue::from_static(""),
-            origin: None,
-            endpoint: None,
-            route: None,
-            forward_path: None,
-            user: None,
-            sid: None,
+            decided: Decided::default(),
             connect_retries: 0,
-            over_tls: false,
             upgraded: None,
-            forward_auth: false,
         }
     }
 
@@ -830,7 +434,7 @@ impl ProxyHttp for Gateway {
         if crate::edge::front::draining() {
             session.set_keepalive(None);
         }
-        ctx.over_tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        ctx.decided.over_tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         match self.decide(session, ctx)? {
             // The upstream head is ready.
             None => Ok(false),
@@ -859,7 +463,7 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let Some(route) = ctx.route.and_then(|i| self.edge.routes.get(i)) else {
+        let Some(route) = ctx.decided.route.and_then(|i| self.edge.routes.get(i)) else {
             return Err(Error::explain(HTTPStatus(404), "no route"));
         };
         // The route's read timeout holds for upgrade requests too: until a 101 arrives (504
@@ -881,12 +485,13 @@ impl ProxyHttp for Gateway {
         mut e: Box<Error>,
     ) -> Box<Error> {
         let others = ctx
+            .decided
             .route
             .and_then(|i| self.edge.routes.get(i))
             .map_or(0, |r| r.upstreams.len().saturating_sub(1));
         if ctx.connect_retries < others {
             ctx.connect_retries += 1;
-            if let Some(route) = ctx.route.and_then(|i| self.edge.routes.get(i)) {
+            if let Some(route) = ctx.decided.route.and_then(|i| self.edge.routes.get(i)) {
                 crate::metrics::metrics().upstream_retried(&route.prefix);
             }
             e.set_retry(true);
@@ -919,19 +524,8 @@ impl ProxyHttp for Gateway {
         let placeholder = ResponseHeader::from(http::Response::new(()).into_parts().0);
         let mut parts =
             http::response::Parts::from(std::mem::replace(upstream_response, placeholder));
-        self.app
-            .cors
-            .apply_to_proxied(&mut parts.headers, ctx.origin_bytes());
-        parts
-            .headers
-            .insert(identity::REQUEST_ID, ctx.request_id.clone());
-        if let (true, Some(hsts)) = (ctx.over_tls, &self.edge.hsts) {
-            if let Ok(value) = http::HeaderValue::from_str(hsts) {
-                parts
-                    .headers
-                    .insert(http::header::STRICT_TRANSPORT_SECURITY, value);
-            }
-        }
+        self.decider
+            .answer_headers(&mut parts.headers, &ctx.decided);
         *upstream_response = ResponseHeader::from(parts);
         if reason.is_some() {
             upstream_response.set_reason_phrase(reason.as_deref())?;
@@ -971,7 +565,7 @@ impl ProxyHttp for Gateway {
         };
         if let (Some(kind), Some(route)) = (
             upstream_kind,
-            ctx.route.and_then(|i| self.edge.routes.get(i)),
+            ctx.decided.route.and_then(|i| self.edge.routes.get(i)),
         ) {
             crate::metrics::metrics().upstream_failed(&route.prefix, kind);
         }
@@ -984,7 +578,7 @@ impl ProxyHttp for Gateway {
                 .and_then(|s| s.canonical_reason())
                 .unwrap_or("Error");
             let reply = Reply::json(code, &serde_json::json!({ "detail": detail }));
-            let extra = self.response_extras(ctx);
+            let extra = self.decider.response_extras(&ctx.decided);
             if let Err(err) = write_reply(session, reply, extra).await {
                 tracing::debug!(error = %err, "could not send error response");
             }
@@ -1033,8 +627,8 @@ impl ProxyHttp for Gateway {
         if self.edge.count_requests {
             let metrics = crate::metrics::metrics();
             let counted = match (
-                ctx.endpoint,
-                ctx.route.and_then(|i| self.edge.routes.get(i)),
+                ctx.decided.endpoint,
+                ctx.decided.route.and_then(|i| self.edge.routes.get(i)),
             ) {
                 // `Endpoint::ALL` is in declaration order (a unit test of routes.rs holds it).
                 (Some(endpoint), _) => self
@@ -1062,13 +656,14 @@ impl ProxyHttp for Gateway {
             status,
             duration_us: elapsed.as_micros() as u64,
             client,
-            request_id: ctx.request_id.to_str().unwrap_or_default(),
-            endpoint: ctx.endpoint.map(Endpoint::name),
+            request_id: ctx.decided.request_id.to_str().unwrap_or_default(),
+            endpoint: ctx.decided.endpoint.map(Endpoint::name),
             route: ctx
+                .decided
                 .route
                 .and_then(|i| self.edge.routes.get(i))
                 .map(|r| r.prefix.as_str()),
-            user_id: ctx.user.as_ref().map(|u| u.id.as_str()),
+            user_id: ctx.decided.user.as_ref().map(|u| u.id.as_str()),
             error: e.map(|e| e.etype().as_str()),
         };
         if access_log::access_lines_direct() {

@@ -253,6 +253,9 @@ impl HealthObserve for HealthReports {
     }
 }
 
+/// A route's health checks and name resolution, run as a pingora background service.
+pub type HealthCheck = GenBackgroundService<LoadBalancer<RoundRobin>>;
+
 /// Builds one route's members (names resolved once now) and the background service that
 /// health-checks them and resolves the names again every `dns_refresh` (to be added to the
 /// server).
@@ -260,7 +263,7 @@ pub fn build(
     route: &RouteConfig,
     health_check_interval: Duration,
     dns_refresh: Duration,
-) -> anyhow::Result<(ProxyRoute, GenBackgroundService<LoadBalancer<RoundRobin>>)> {
+) -> anyhow::Result<(ProxyRoute, HealthCheck)> {
     let targets = route
         .upstreams
         .iter()

@@ -76,6 +76,65 @@ fn load_keys(config: &Config, app: &App) -> anyhow::Result<()> {
     })
 }
 
+/// What serves requests, built from the configuration: the gateway's API and the edge (with
+/// what keeps them current: the user cache they share, the rate limits, the routes' health
+/// checks, for the caller to run). Nothing is reached yet: the database is not asked until the
+/// API is opened.
+pub struct Assembly {
+    pub app: Arc<App>,
+    pub edge: Arc<Edge>,
+    pub users: Arc<UserCache>,
+    pub limiters: Arc<RateLimits>,
+    pub health_checks: Vec<upstreams::HealthCheck>,
+}
+
+pub fn assemble(config: &Config) -> anyhow::Result<Assembly> {
+    let pool = db::pool(&config.database)?;
+    let interval = Duration::from_millis(config.proxy.health_check_interval_ms);
+    let dns_refresh = Duration::from_secs(config.proxy.upstream_dns_refresh_seconds);
+    let mut routes = Vec::with_capacity(config.routes.len());
+    let mut health_checks = Vec::with_capacity(config.routes.len());
+    for route in &config.routes {
+        let (route, checker) = upstreams::build(route, interval, dns_refresh)?;
+        routes.push(route);
+        health_checks.push(checker);
+    }
+    let users = Arc::new(UserCache::new(
+        Duration::from_secs(config.proxy.user_cache_ttl_seconds),
+        100_000,
+        db::proxy_pool(&config.database)?,
+        Duration::from_millis(config.database.acquire_timeout_ms),
+        config.auth.max_sessions_per_user,
+    ));
+    let limiters = Arc::new(
+        RateLimits::new(&config.rate_limit, config.mfa.attempts_per_5_minutes)
+            .map_err(|e| ConfigError::Invalid(format!("rate_limit: {e}")))?,
+    );
+    let edge = Arc::new(Edge::new(config, routes, &users)?);
+    let app = Arc::new(App::new(
+        config,
+        pool,
+        Arc::clone(&users),
+        Arc::clone(&limiters),
+    )?);
+    Ok(Assembly {
+        app,
+        edge,
+        users,
+        limiters,
+        health_checks,
+    })
+}
+
+/// Opens the API of a process whose database was migrated before it was assembled ([`migrate`]):
+/// this instance's identity assertion keys are loaded, and requests that need the database
+/// are answered from now on.
+pub fn open_at_once(config: &Config, app: &App) -> anyhow::Result<()> {
+    load_keys(config, app)?;
+    app.set_ready();
+    Ok(())
+}
+
 /// Serves until SIGTERM/SIGINT. Every start-up failure is returned (one line, non-zero exit),
 /// never a panic or a process left without a listener. The listener comes up before the
 /// database is reached: `/health` answers at once, `/ready` and everything that needs the
@@ -136,33 +195,17 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
 
     // Defined now, not at a first request.
     let _ = crate::metrics::metrics();
-    let pool = db::pool(&config.database)?;
-    let interval = Duration::from_millis(config.proxy.health_check_interval_ms);
-    let mut routes = Vec::with_capacity(config.routes.len());
-    let mut health_checks = Vec::with_capacity(config.routes.len());
-    for route in &config.routes {
-        let dns_refresh = Duration::from_secs(config.proxy.upstream_dns_refresh_seconds);
-        let (route, checker) = upstreams::build(route, interval, dns_refresh)?;
-        routes.push(route);
-        health_checks.push(checker);
-    }
-    let users = Arc::new(UserCache::new(
-        Duration::from_secs(config.proxy.user_cache_ttl_seconds),
-        100_000,
-        db::proxy_pool(&config.database)?,
-        Duration::from_millis(config.database.acquire_timeout_ms),
-        config.auth.max_sessions_per_user,
-    ));
-    let limiters = Arc::new(
-        RateLimits::new(&config.rate_limit, config.mfa.attempts_per_5_minutes)
-            .map_err(|e| ConfigError::Invalid(format!("rate_limit: {e}")))?,
-    );
+    let Assembly {
+        app,
+        edge,
+        users,
+        limiters,
+        health_checks,
+    } = assemble(&config)?;
     let janitor = LimiterJanitor {
         limiters: Arc::clone(&limiters.local),
         every: Duration::from_secs(30),
     };
-    let edge = Arc::new(Edge::new(&config, routes, &users)?);
-    let app = Arc::new(App::new(&config, pool, Arc::clone(&users), limiters)?);
     let outcome = Arc::new(StartupOutcome::default());
     let database_startup = DatabaseStartup {
         app: Arc::clone(&app),
@@ -195,8 +238,7 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     };
 
     if predecessor.is_some() {
-        load_keys(&config, &app)?;
-        app.set_ready();
+        open_at_once(&config, &app)?;
     }
     let server_conf = |upgrade_sock: &std::path::Path| ServerConf {
         threads: config.server.threads,
