@@ -1,26 +1,26 @@
-//! The gateway's decision on another engine, measured: hyper 1.x's server and hyper-util's
-//! pooled client (as in `hyper_proxy.rs`) around the gateway's own decision
-//! (`edge::decision::Decider`: route, rules, token, user state, identity headers), assembled
-//! from the configuration by the gateway's start-up code. Nothing of the decision is copied:
-//! what `bench/proxy.sh` row (e2) measures against (e) is the engine alone. A measuring stick,
-//! not a proxy to deploy: no TLS, HTTP/2, upgrades, own endpoints (501), head deadlines,
-//! health checks or graceful upgrade.
+//! The gateway's decision on another engine: hyper 1.x's server and hyper-util's pooled client
+//! (as in `hyper_proxy.rs`) around `edge::decision::Decider` (route, rules, token, user state,
+//! identity headers), assembled by the gateway's start-up code. Nothing of the decision is
+//! copied: `bench/proxy.sh` (e2) against (e) measures the engine alone. A measuring stick: no
+//! TLS, HTTP/2, upgrades, own endpoints (501), head deadlines, health checks or hand-over.
 //!
-//! `cargo run --release --example gateway_hyper -- CONFIG.toml`: `server.listen` on
-//! `server.threads` threads, each a current-thread runtime with a SO_REUSEPORT listener.
+//! `cargo run --release --example gateway_hyper -- CONFIG.toml` serves `server.listen` on
+//! `server.threads` threads, each a current-thread runtime.
 
-use std::net::{IpAddr, SocketAddr};
+use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
 
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{HeaderName, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, TE, TRAILER, UPGRADE};
 use http::HeaderValue;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
-use hyper::{Request, Response, StatusCode, Uri};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use pingora::services::background::BackgroundService;
 use sentinel_gateway::config::{Config, Sources};
 use sentinel_gateway::edge::decision::{Decided, Decider, Head, Next};
 use sentinel_gateway::edge::identity;
@@ -33,9 +33,12 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 type Body = BoxBody<Bytes, hyper::Error>;
 type Upstreams = Client<HttpConnector, Incoming>;
 
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONN: HeaderName = HeaderName::from_static("proxy-connection");
+
 /// Removes the headers that belong to one connection, not to the message (RFC 9110 §7.6.1).
 fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
-    for name in "connection keep-alive proxy-connection te trailer upgrade".split(' ') {
+    for name in [CONNECTION, TE, TRAILER, UPGRADE, KEEP_ALIVE, PROXY_CONN] {
         headers.remove(name);
     }
 }
@@ -62,10 +65,11 @@ async fn handle(
         }
         Next::Own(_) | Next::FetchUser(_) => return status(StatusCode::NOT_IMPLEMENTED),
     };
-    let identity = (Some(peer), peer_header);
-    if let Err(e) = decider.upstream_headers(&mut parts.headers, &decided, identity, host, cleanup)
+    let (identity, headers) = ((Some(peer), peer_header), &mut parts.headers);
+    if decider
+        .upstream_headers(headers, &decided, identity, host, cleanup)
+        .is_err()
     {
-        eprintln!("gateway_hyper: {e}");
         return status(StatusCode::BAD_REQUEST);
     }
     let Some(upstream) = decided
@@ -82,15 +86,10 @@ async fn handle(
             .map_or("/", |p| p.as_str())
             .to_string()
     });
-    let Ok(uri) = Uri::builder()
-        .scheme("http")
-        .authority(upstream.to_string())
-        .path_and_query(target)
-        .build()
-    else {
-        return status(StatusCode::BAD_GATEWAY);
-    };
-    parts.uri = uri;
+    match format!("http://{upstream}{target}").parse() {
+        Ok(uri) => parts.uri = uri,
+        Err(_) => return status(StatusCode::BAD_GATEWAY),
+    }
     strip_hop_by_hop(&mut parts.headers);
     match upstreams.request(Request::from_parts(parts, body)).await {
         Ok(resp) => {
@@ -122,23 +121,13 @@ fn answer(reply: Reply, extra: Vec<(&'static str, String)>) -> Response<Body> {
 }
 
 fn status(code: StatusCode) -> Response<Body> {
-    let detail = code.canonical_reason().unwrap_or("Error");
-    answer(
-        Reply::json(code.as_u16(), &serde_json::json!({ "detail": detail })),
-        Vec::new(),
-    )
+    let detail = serde_json::json!({ "detail": code.canonical_reason() });
+    answer(Reply::json(code.as_u16(), &detail), Vec::new())
 }
 
-/// One thread: its listener on `listen` (SO_REUSEPORT), its pool, a task per connection.
-async fn serve(listen: SocketAddr, decider: Arc<Decider>) -> std::io::Result<()> {
-    let socket = match listen {
-        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-    };
-    socket.set_reuseaddr(true)?;
-    socket.set_reuseport(true)?;
-    socket.bind(listen)?;
-    let listener = socket.listen(4096)?;
+/// One thread: its share of the listener, its pool, a task per connection.
+async fn serve(listener: std::net::TcpListener, decider: Arc<Decider>) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::from_std(listener)?;
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     let upstreams: Upstreams = Client::builder(TokioExecutor::new())
@@ -152,10 +141,7 @@ async fn serve(listen: SocketAddr, decider: Arc<Decider>) -> std::io::Result<()>
         tokio::task::spawn_local(async move {
             let service = hyper::service::service_fn(|req| {
                 let (decider, upstreams, peer) = (&decider, &upstreams, peer.clone());
-                async move {
-                    let resp = handle(decider, upstreams, peer, req).await;
-                    Ok::<_, std::convert::Infallible>(resp)
-                }
+                async move { Ok::<_, Infallible>(handle(decider, upstreams, peer, req).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -165,8 +151,9 @@ async fn serve(listen: SocketAddr, decider: Arc<Decider>) -> std::io::Result<()>
 }
 
 fn main() -> anyhow::Result<()> {
-    let usage = || anyhow::anyhow!("usage: gateway_hyper CONFIG.toml");
-    let file = std::env::args().nth(1).ok_or_else(usage)?;
+    let file = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "conf/sentinel.toml".into());
     let config = Config::load(&Sources {
         file: file.into(),
         file_required: true,
@@ -174,25 +161,40 @@ fn main() -> anyhow::Result<()> {
         env: std::env::vars().collect(),
     })?;
     server::migrate(&config)?;
-    let server::Assembly { app, edge, .. } = server::assemble(&config)?;
+    let server::Assembly {
+        app, edge, changes, ..
+    } = server::assemble(&config)?;
     server::open_at_once(&config, &app)?;
     let decider = Arc::new(Decider { app, edge });
-    let listen = config.listeners()?.public[0];
-    let threads: Vec<_> = (0..config.server.threads.max(1))
-        .map(|_| {
-            let decider = Arc::clone(&decider);
-            std::thread::spawn(move || -> std::io::Result<()> {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                tokio::task::LocalSet::new().block_on(&runtime, serve(listen, decider))
-            })
-        })
-        .collect();
+    // The user cache answers from memory only while change notifications flow.
+    on_own_runtime(move || async move {
+        let (_keep, shutdown) = tokio::sync::watch::channel(false);
+        changes.start(shutdown).await;
+        Ok(())
+    });
+    let listener = std::net::TcpListener::bind(config.listeners()?.public[0])?;
+    listener.set_nonblocking(true)?;
+    let mut threads = Vec::new();
+    for _ in 0..config.server.threads.max(1) {
+        let (listener, decider) = (listener.try_clone()?, Arc::clone(&decider));
+        threads.push(on_own_runtime(move || serve(listener, decider)));
+    }
     for thread in threads {
         if let Ok(Err(e)) = thread.join() {
             anyhow::bail!("gateway_hyper: {e}");
         }
     }
     Ok(())
+}
+
+/// A thread running `task` on a current-thread runtime of its own (as pingora's threads do).
+fn on_own_runtime<F: std::future::Future<Output = std::io::Result<()>>>(
+    task: impl FnOnce() -> F + Send + 'static,
+) -> std::thread::JoinHandle<std::io::Result<()>> {
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        tokio::task::LocalSet::new().block_on(&runtime, task())
+    })
 }

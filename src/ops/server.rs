@@ -76,16 +76,18 @@ fn load_keys(config: &Config, app: &App) -> anyhow::Result<()> {
     })
 }
 
-/// What serves requests, built from the configuration: the gateway's API and the edge (with
-/// what keeps them current: the user cache they share, the rate limits, the routes' health
-/// checks, for the caller to run). Nothing is reached yet: the database is not asked until the
-/// API is opened.
+/// What serves requests, built from the configuration: the gateway's API and the edge, with
+/// what keeps them current for the caller to run: the user cache they share (which answers
+/// from memory only while `changes` runs), the rate limits, the routes' health checks.
+/// Nothing is reached yet: the database is not asked until the API is opened.
 pub struct Assembly {
     pub app: Arc<App>,
     pub edge: Arc<Edge>,
     pub users: Arc<UserCache>,
     pub limiters: Arc<RateLimits>,
     pub health_checks: Vec<upstreams::HealthCheck>,
+    /// PostgreSQL's notifications of changed users (and signing keys).
+    pub changes: UserChangeListener,
 }
 
 pub fn assemble(config: &Config) -> anyhow::Result<Assembly> {
@@ -117,12 +119,18 @@ pub fn assemble(config: &Config) -> anyhow::Result<Assembly> {
         Arc::clone(&users),
         Arc::clone(&limiters),
     )?);
+    let changes = UserChangeListener {
+        cache: Arc::clone(&users),
+        database: config.database.clone(),
+        keys_changed: app.assertions.as_ref().map(|a| Arc::clone(&a.keys_changed)),
+    };
     Ok(Assembly {
         app,
         edge,
         users,
         limiters,
         health_checks,
+        changes,
     })
 }
 
@@ -201,6 +209,7 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
         users,
         limiters,
         health_checks,
+        changes: listener,
     } = assemble(&config)?;
     let janitor = LimiterJanitor {
         limiters: Arc::clone(&limiters.local),
@@ -230,11 +239,6 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     let upgraded_watcher = crate::edge::upgraded::UpgradedWatcher {
         upgraded: Arc::clone(&edge.upgraded),
         changes: std::sync::Mutex::new(Some(users.subscribe())),
-    };
-    let listener = UserChangeListener {
-        cache: users,
-        database: config.database.clone(),
-        keys_changed: app.assertions.as_ref().map(|a| Arc::clone(&a.keys_changed)),
     };
 
     if predecessor.is_some() {
