@@ -55,6 +55,41 @@ http { access_log off;
 CONF
 }
 
+# haproxy_conf FILE PORT JWT_PORT UPSTREAM_PORT THREADS SECRET — HAProxy as a plain reverse
+# proxy on PORT and, on JWT_PORT, doing the gateway's job natively: the bearer token verified
+# as the gateway verifies it (HS256 only, signature with SECRET, exp) and its subject handed to
+# the upstream as X-User-Id; everything else is 401. A port of 0 leaves that frontend out.
+haproxy_conf() {
+  {
+    cat <<CONF
+global
+  nbthread $5
+  maxconn 4000
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+CONF
+    [ "$2" = 0 ] || printf 'frontend f\n  bind 127.0.0.1:%s\n  default_backend b\n' "$2"
+    [ "$3" = 0 ] || cat <<CONF
+frontend fjwt
+  bind 127.0.0.1:$3
+  http-request set-var(txn.bearer) http_auth_bearer
+  http-request deny deny_status 401 unless { var(txn.bearer) -m found }
+  http-request deny deny_status 401 unless { var(txn.bearer),jwt_header_query('\$.alg') -m str HS256 }
+  http-request deny deny_status 401 unless { var(txn.bearer),jwt_verify("HS256","$6") -m int 1 }
+  http-request set-var(txn.exp) var(txn.bearer),jwt_payload_query('\$.exp','int')
+  http-request set-var(txn.now) date
+  http-request deny deny_status 401 if { var(txn.exp),sub(txn.now) -m int lt 1 }
+  http-request set-header X-User-Id %[var(txn.bearer),jwt_payload_query('\$.sub')]
+  default_backend b
+CONF
+    printf 'backend b\n  server s1 127.0.0.1:%s\n' "$4"
+  } >"$1"
+}
+
 # start_seed DIR PORT DATABASE SECRET OUT — the seed's FastAPI backend (a checkout in DIR) on
 # 127.0.0.1:PORT with 2 uvicorn workers, its requirements in a virtualenv under OUT.
 start_seed() {

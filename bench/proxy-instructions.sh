@@ -31,8 +31,10 @@
 #                                                 pingora-proxy (examples/core_proxy.rs, with
 #                                                 pingora's pool and with a plain idle list)
 #                                                 the passthrough on hyper 1.x
-#                                                 (examples/hyper_proxy.rs), and the gateway's
+#                                                 (examples/hyper_proxy.rs), the gateway's
 #                                                 decision on hyper (examples/gateway_hyper.rs)
+#                                                 and HAProxy's jwt_verify doing the gateway's
+#                                                 job natively (as in bench/proxy.sh's (g))
 #
 # Output: instructions per request for both, the difference, and the functions it goes to
 # (exclusive instructions per request, gateway minus bare).
@@ -45,8 +47,10 @@ rm -f "$OUT"/*
 
 source bench/lib.sh
 scripts/ensure-deps.sh
-install_missing nginx wrk valgrind
+install_missing nginx haproxy wrk valgrind
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
+SECRET=bench-secret-0123456789abcdef0123456789abcdef
 cargo build --release --quiet --bins --example bare_proxy --example core_proxy --example hyper_proxy \
   --example gateway_hyper
 
@@ -62,15 +66,17 @@ measure() { # name command...
   start "$OUT/$name.log" valgrind --tool=callgrind --instr-atstart=no \
     --callgrind-out-file="$PWD/$OUT/callgrind-$name.out" "$@"
   # /ready: the gateway's database is migrated (the bare proxy passes it to nginx: 200 at once).
-  # gateway_hyper serves no own endpoint: any answer will do.
+  # gateway_hyper and HAProxy serve no /ready: any answer will do.
+  local borrowed=false
+  case $name in gateway-hyper | haproxy-jwt) borrowed=true ;; esac
   for _ in $(seq 1 300); do
     curl -sf -o /dev/null "http://127.0.0.1:$p/ready" && break
-    [ "$name" = gateway-hyper ] && curl -s -o /dev/null "http://127.0.0.1:$p/" && break
+    [ "$borrowed" = true ] && curl -s -o /dev/null "http://127.0.0.1:$p/" && break
     sleep 0.2
   done
   local token
-  if [ "$name" = gateway-hyper ]; then
-    # The gateway's token (same database and secret): this example has no /auth endpoints.
+  if [ "$borrowed" = true ]; then
+    # The gateway's token (same database and secret): these have no /auth endpoints.
     token=$(cat "$OUT/gateway.token")
   else
     token=$(curl -sf -X POST "http://127.0.0.1:$p/auth/register" -H 'content-type: application/json' \
@@ -132,7 +138,7 @@ threads = 1
 [database]
 url = "postgres://postgres@127.0.0.1:5432/sg_instr_bench"
 [auth]
-secret_key = "bench-secret-0123456789abcdef0123456789abcdef"
+secret_key = "$SECRET"
 [log]
 level = "$([ "${ACCESS_LOG:-false}" = true ] && echo info || echo warn)"
 access_log = ${ACCESS_LOG:-false}
@@ -180,6 +186,9 @@ if [ "${PEERS:-false}" = true ]; then
   GWH=$(port)
   sed "0,/127.0.0.1:$GW\"/s//127.0.0.1:$GWH\"/" "$OUT/gateway.toml" >"$OUT/gateway-hyper.toml"
   measure gateway-hyper "$GWH" target/release/examples/gateway_hyper "$OUT/gateway-hyper.toml"
+  HAJWT=$(port)
+  haproxy_conf "$OUT/haproxy.cfg" 0 "$HAJWT" "$UP" 1 "$SECRET"
+  measure haproxy-jwt "$HAJWT" "$HAPROXY" -db -f "$OUT/haproxy.cfg"
 fi
 
 python3 - "$OUT" "${PEERS:-false}" <<'PY'
@@ -208,7 +217,7 @@ print(f"bare pingora:  {b:10.0f} instructions/request ({br} requests)")
 print(f"gateway:       {g:10.0f} instructions/request ({gr} requests)")
 print(f"gateway adds:  {g - b:10.0f} ({g / b:.2f}x the bare proxy, user space only)")
 if peers:
-    for name, label in [("nginx", "nginx"), ("core-pool", "pingora-core, pool"), ("core-stash", "pingora-core, idle list"), ("hyper", "hyper 1.x"), ("gateway-hyper", "gateway on hyper")]:
+    for name, label in [("nginx", "nginx"), ("core-pool", "pingora-core, pool"), ("core-stash", "pingora-core, idle list"), ("hyper", "hyper 1.x"), ("gateway-hyper", "gateway on hyper"), ("haproxy-jwt", "HAProxy jwt_verify")]:
         r, n, _ = profile(name)
         print(f"{label + ':':22} {n:10.0f} instructions/request ({r} requests; {n / b:.2f}x the bare proxy)")
 print("\nwhere the difference goes: exclusive instructions per request, gateway minus bare (top 25)")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Proxy benchmark, all in one run on this machine: a small fixed response served by nginx, and
-# requests/s and p99 at 64 connections (wrk) for
+# requests/s, p99 and the proxy core's CPU time per request (user and kernel, from /proc/stat)
+# at 64 connections (wrk) for
 #   (a) the upstream directly,
 #   (b) nginx and (c) HAProxy as plain reverse proxies, no auth,
 #   (d) a bare Pingora passthrough proxy (examples/bare_proxy.rs: the framework's ceiling),
@@ -71,35 +72,7 @@ service() { started=$((started + 1)); start "$OUT/service-$started.log" "$@"; }
 
 upstream_conf "$OUT/upstream.conf" "$UP"
 nginx_proxy_conf "$OUT/nginx.conf" "$NG" "$UP" "$THREADS"
-cat >"$OUT/haproxy.cfg" <<CONF
-global
-  nbthread $THREADS
-  maxconn 4000
-defaults
-  mode http
-  timeout connect 2s
-  timeout client 30s
-  timeout server 30s
-  http-reuse always
-frontend f
-  bind 127.0.0.1:$HA
-  default_backend b
-# (g): the bearer token verified as the gateway verifies it (HS256 only, signature, exp), and
-# its subject handed to the upstream; everything else is 401.
-frontend fjwt
-  bind 127.0.0.1:$HAJWT
-  http-request set-var(txn.bearer) http_auth_bearer
-  http-request deny deny_status 401 unless { var(txn.bearer) -m found }
-  http-request deny deny_status 401 unless { var(txn.bearer),jwt_header_query('\$.alg') -m str HS256 }
-  http-request deny deny_status 401 unless { var(txn.bearer),jwt_verify("HS256","$SECRET") -m int 1 }
-  http-request set-var(txn.exp) var(txn.bearer),jwt_payload_query('\$.exp','int')
-  http-request set-var(txn.now) date
-  http-request deny deny_status 401 if { var(txn.exp),sub(txn.now) -m int lt 1 }
-  http-request set-header X-User-Id %[var(txn.bearer),jwt_payload_query('\$.sub')]
-  default_backend b
-backend b
-  server s1 127.0.0.1:$UP
-CONF
+haproxy_conf "$OUT/haproxy.cfg" "$HA" "$HAJWT" "$UP" "$THREADS" "$SECRET"
 
 dropdb -h 127.0.0.1 -U postgres --if-exists --force sg_proxy_bench >/dev/null 2>&1 || true
 createdb -h 127.0.0.1 -U postgres sg_proxy_bench
@@ -157,13 +130,24 @@ curl -sf "http://127.0.0.1:$GW/bench/x" -H "Authorization: Bearer $TOKEN" >/dev/
 summarize() {
   awk '/Requests\/sec/ {rps=$2} / 99%/ {p99=$2} / 50%/ {p50=$2} /Non-2xx/ {err+=$5} /Socket errors/ {gsub(",","");err+=$4+$6+$8+$10} END {printf "%s %s %s %d\n", rps, p50, p99, err}'
 }
+# The proxies' cores' time in clock ticks, as "user system" (system with irq and softirq): read
+# before and after each run, it says where a proxy's time per request goes, user space against
+# the kernel (the syscalls and the loopback network). Only with PIN=1, where nothing else runs
+# on those cores.
+proxy_ticks() {
+  if [ "$PIN" != 1 ]; then echo "0 0"; return; fi
+  awk -v first="$((CORES - THREADS))" '$1 ~ /^cpu[0-9]+$/ && substr($1, 4) + 0 >= first {
+    u += $2 + $3; s += $4 + $7 + $8 } END { print u, s }' /proc/stat
+}
 rows=()
 run() { # name url [header]
-  local name=$1 url=$2 out
+  local name=$1 url=$2 out before after
   shift 2
+  before=$(proxy_ticks)
   out=$("${on_load[@]}" wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency "$@" "$url")
+  after=$(proxy_ticks)
   echo "$out" >"$OUT/wrk-$name-$round.txt"
-  rows+=("$name $(echo "$out" | summarize)")
+  rows+=("$name $before $after $(echo "$out" | summarize)")
 }
 # Every setup gets the very same requests, bearer token included.
 AUTH="Authorization: Bearer $TOKEN"
@@ -187,15 +171,21 @@ done
 echo
 if [ "$PIN" = 1 ]; then pinning="proxies on cpu $PROXY_CPUS, wrk and upstream on cpu $LOAD_CPUS"; else pinning="unpinned"; fi
 echo "$CONNS connections, $THREADS proxy thread(s), $ROUNDS interleaved rounds of ${DURATION}s (median shown), $pinning"
-python3 - "${rows[@]}" <<'PY'
+DURATION=$DURATION python3 - "${rows[@]}" <<'PY'
 import sys
 def ms(v):
     return float(v[:-2]) if v.endswith("ms") else float(v[:-2]) / 1000 if v.endswith("us") else float(v[:-1]) * 1000
+import os
 rows = [r.split() for r in sys.argv[1:]]
+duration = float(os.environ["DURATION"])
+tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
 runs = {}
-for name, rps, p50, p99, err in rows:
-    runs.setdefault(name, []).append((float(rps), ms(p50), ms(p99), int(err), p50, p99))
-print(f"{'setup':24} {'req/s':>10} {'p50':>9} {'p99':>9} {'errors':>7}   rounds (req/s)")
+for name, u0, s0, u1, s1, rps, p50, p99, err in rows:
+    # The proxy cores' time per request, in microseconds (user, kernel).
+    n = float(rps) * duration
+    cpu = ((int(u1) - int(u0)) * tick_us / n, (int(s1) - int(s0)) * tick_us / n)
+    runs.setdefault(name, []).append((float(rps), ms(p50), ms(p99), int(err), p50, p99, cpu))
+print(f"{'setup':24} {'req/s':>10} {'p50':>9} {'p99':>9} {'errors':>7} {'us/req user+kernel':>19}   rounds (req/s)")
 data = {}
 for name, results in runs.items():
     ordered = sorted(results)
@@ -203,7 +193,8 @@ for name, results in runs.items():
     data[name] = median[:3]
     errors = sum(r[3] for r in results)
     each = " ".join(f"{r[0]:.0f}" for r in results)
-    print(f"{name:24} {median[0]:10.0f} {median[4]:>9} {median[5]:>9} {errors:>7}   {each}"
+    user, kernel = median[6]
+    print(f"{name:24} {median[0]:10.0f} {median[4]:>9} {median[5]:>9} {errors:>7} {user:9.1f} + {kernel:5.1f}   {each}"
           + ("  <- FAILED: not a result" if errors else ""))
 e, d, b, c, a = data["e-gateway"], data["d-pingora-bare"], data["b-nginx"], data["c-haproxy"], data["a-upstream"]
 f, d2 = data["f-gateway-access-log"], data["d2-pingora-bare-tuned"]
