@@ -40,26 +40,19 @@ thread_local! {
 }
 
 pub struct Gateway {
-    /// The gateway's own API (which answers the own endpoints, and whose caches of tokens and
-    /// users the proxy path shares).
-    app: Arc<App>,
-    edge: Arc<crate::edge::Edge>,
+    /// The one decision (shared by forward auth and every engine), with the gateway's own API
+    /// (which answers the own endpoints, and whose caches of tokens and users the proxy path
+    /// shares) and the edge.
+    decider: Decider,
     /// Each own endpoint's request metrics, in [`Endpoint::ALL`] order (resolved once).
     endpoint_metrics: Vec<crate::metrics::RequestMetrics>,
-    /// The one decision (shared by forward auth and every engine).
-    decider: Decider,
 }
 
 impl Gateway {
     pub fn new(app: Arc<App>, edge: Arc<crate::edge::Edge>) -> Gateway {
         let metrics = crate::metrics::metrics();
         Gateway {
-            decider: Decider {
-                app: Arc::clone(&app),
-                edge: Arc::clone(&edge),
-            },
-            app,
-            edge,
+            decider: Decider { app, edge },
             endpoint_metrics: Endpoint::ALL
                 .iter()
                 .map(|e| metrics.endpoint(e.metrics_name()))
@@ -228,7 +221,13 @@ impl Gateway {
         request_id: String,
     ) -> Result<Reply> {
         let body = if endpoint.reads_body() {
-            match read_body(session, self.edge.max_body_bytes, self.edge.body_timeout).await {
+            match read_body(
+                session,
+                self.decider.edge.max_body_bytes,
+                self.decider.edge.body_timeout,
+            )
+            .await
+            {
                 Ok(body) => body,
                 Err(BodyError::TooLarge) => {
                     // Read (and drop) a bounded rest of the body so the client finishes sending
@@ -266,7 +265,7 @@ impl Gateway {
             content_type: header(session, http::header::CONTENT_TYPE)
                 .map(|v| String::from_utf8_lossy(v).into_owned()),
             authorization: header(session, http::header::AUTHORIZATION).map(<[u8]>::to_vec),
-            refresh_cookie: self.app.refresh_cookie.as_ref().and_then(|cookie| {
+            refresh_cookie: self.decider.app.refresh_cookie.as_ref().and_then(|cookie| {
                 identity::cookie_value(req.headers.get_all(http::header::COOKIE), &cookie.name)
             }),
             origin: header(session, http::header::ORIGIN).map(<[u8]>::to_vec),
@@ -274,7 +273,7 @@ impl Gateway {
             request_id: Some(request_id),
             body,
         };
-        Ok(self.app.handle(endpoint, &request).await)
+        Ok(self.decider.app.handle(endpoint, &request).await)
     }
 
     /// Turns the client's request head into the one the upstream gets, in place (pingora
@@ -331,15 +330,18 @@ impl Gateway {
         // The token that was admitted (verified a moment ago, so remembered): which session
         // the connection belongs to.
         let authorization = header(session, http::header::AUTHORIZATION);
-        let Some(token) = token::bearer_credentials(authorization)
-            .and_then(|t| self.app.verify_token(t, std::time::SystemTime::now()).ok())
-        else {
+        let Some(token) = token::bearer_credentials(authorization).and_then(|t| {
+            self.decider
+                .app
+                .verify_token(t, std::time::SystemTime::now())
+                .ok()
+        }) else {
             return;
         };
-        ctx.upgraded = Some(self.edge.upgraded.register(&user.id, token, conn));
+        ctx.upgraded = Some(self.decider.edge.upgraded.register(&user.id, token, conn));
         let now = std::time::SystemTime::now();
-        if self.app.users.cached(&user.id, now) == Cached::Unknown {
-            self.edge.upgraded.recheck(&user.id);
+        if self.decider.app.users.cached(&user.id, now) == Cached::Unknown {
+            self.decider.edge.upgraded.recheck(&user.id);
         }
     }
 
@@ -350,7 +352,7 @@ impl Gateway {
     fn decide(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Option<Next>> {
         // Pingora keeps the connection if the client asked to, with no time limit of its own:
         // the front closes one whose next head is not in within the keep-alive time.
-        if self.edge.keepalive_seconds == 0 {
+        if self.decider.edge.keepalive_seconds == 0 {
             session.set_keepalive(None);
         }
         let req = session.req_header();
@@ -422,7 +424,8 @@ impl ProxyHttp for Gateway {
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
-            started: (self.edge.count_requests || self.edge.access_log).then(Instant::now),
+            started: (self.decider.edge.count_requests || self.decider.edge.access_log)
+                .then(Instant::now),
             connection: None,
             decided: Decided::default(),
             connect_retries: 0,
@@ -463,7 +466,11 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let Some(route) = ctx.decided.route.and_then(|i| self.edge.routes.get(i)) else {
+        let Some(route) = ctx
+            .decided
+            .route
+            .and_then(|i| self.decider.edge.routes.get(i))
+        else {
             return Err(Error::explain(HTTPStatus(404), "no route"));
         };
         // The route's read timeout holds for upgrade requests too: until a 101 arrives (504
@@ -487,11 +494,15 @@ impl ProxyHttp for Gateway {
         let others = ctx
             .decided
             .route
-            .and_then(|i| self.edge.routes.get(i))
+            .and_then(|i| self.decider.edge.routes.get(i))
             .map_or(0, |r| r.upstreams.len().saturating_sub(1));
         if ctx.connect_retries < others {
             ctx.connect_retries += 1;
-            if let Some(route) = ctx.decided.route.and_then(|i| self.edge.routes.get(i)) {
+            if let Some(route) = ctx
+                .decided
+                .route
+                .and_then(|i| self.decider.edge.routes.get(i))
+            {
                 crate::metrics::metrics().upstream_retried(&route.prefix);
             }
             e.set_retry(true);
@@ -565,7 +576,9 @@ impl ProxyHttp for Gateway {
         };
         if let (Some(kind), Some(route)) = (
             upstream_kind,
-            ctx.decided.route.and_then(|i| self.edge.routes.get(i)),
+            ctx.decided
+                .route
+                .and_then(|i| self.decider.edge.routes.get(i)),
         ) {
             crate::metrics::metrics().upstream_failed(&route.prefix, kind);
         }
@@ -624,11 +637,13 @@ impl ProxyHttp for Gateway {
         };
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let elapsed = started.elapsed();
-        if self.edge.count_requests {
+        if self.decider.edge.count_requests {
             let metrics = crate::metrics::metrics();
             let counted = match (
                 ctx.decided.endpoint,
-                ctx.decided.route.and_then(|i| self.edge.routes.get(i)),
+                ctx.decided
+                    .route
+                    .and_then(|i| self.decider.edge.routes.get(i)),
             ) {
                 // `Endpoint::ALL` is in declaration order (a unit test of routes.rs holds it).
                 (Some(endpoint), _) => self
@@ -640,7 +655,7 @@ impl ProxyHttp for Gateway {
             };
             counted.observe(status, elapsed);
         }
-        if !self.edge.access_log {
+        if !self.decider.edge.access_log {
             return;
         }
         if !tracing::enabled!(target: "access", tracing::Level::INFO) {
@@ -661,7 +676,7 @@ impl ProxyHttp for Gateway {
             route: ctx
                 .decided
                 .route
-                .and_then(|i| self.edge.routes.get(i))
+                .and_then(|i| self.decider.edge.routes.get(i))
                 .map(|r| r.prefix.as_str()),
             user_id: ctx.decided.user.as_ref().map(|u| u.id.as_str()),
             error: e.map(|e| e.etype().as_str()),
