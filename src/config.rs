@@ -70,6 +70,17 @@ pub enum Environment {
     Development,
 }
 
+/// What serves HTTP/1 requests (plain and over TLS) once a connection is accepted: pingora's
+/// proxy, or hyper behind the same decision. HTTP/2, listeners, TLS, health checks and the
+/// hand-over are pingora's either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Http1Engine {
+    #[default]
+    Pingora,
+    Hyper,
+}
+
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -370,6 +381,8 @@ pub struct ServerConfig {
     /// single-threaded scheduler per thread, as nginx and HAProxy run their workers), which
     /// costs less per request; turn it on for a few long-lived, very busy connections.
     pub work_stealing: bool,
+    /// What serves HTTP/1 requests: `pingora` (pingora-proxy) or `hyper`.
+    pub http1_engine: Http1Engine,
     /// `development` allows weak secrets and cheap hashing parameters; nothing else does.
     pub environment: Environment,
     /// Largest request body accepted by the gateway's own endpoints (413 beyond).
@@ -713,6 +726,7 @@ impl Default for ServerConfig {
             listen: "0.0.0.0:8000".into(),
             threads: 2,
             work_stealing: false,
+            http1_engine: Http1Engine::Pingora,
             environment: Environment::Production,
             max_body_bytes: 64 * 1024,
             keepalive_seconds: 60,

@@ -301,9 +301,9 @@ impl Drop for Registration {
 
 /// A request future that ends (with `None`) when its connection's head deadline passes or the
 /// connection is shut out.
-struct UntilCutOff<'a, F> {
-    request: Pin<&'a mut F>,
-    conn: &'a Connection,
+pub(crate) struct UntilCutOff<'a, F> {
+    pub(crate) request: Pin<&'a mut F>,
+    pub(crate) conn: &'a Connection,
 }
 
 impl<F: Future<Output = Option<T>>, T> Future for UntilCutOff<'_, F> {
@@ -337,6 +337,8 @@ pub struct ClientTimeouts {
 /// Pingora's HTTP proxy behind a per-request head deadline.
 pub struct Front {
     proxy: Arc<HttpProxy<Gateway>>,
+    /// `server.http1_engine = "hyper"`: HTTP/1 connections are hyper's.
+    h1: Option<Arc<crate::edge::h1::H1>>,
     deadlines: &'static Deadlines,
     timeouts: ClientTimeouts,
     admission: Arc<Admission>,
@@ -351,10 +353,26 @@ impl Front {
     ) -> Front {
         Front {
             proxy: Arc::new(proxy),
+            h1: None,
             deadlines,
             timeouts,
             admission,
         }
+    }
+
+    /// Serves HTTP/1 connections with hyper behind `decider` instead of pingora's proxy.
+    pub fn with_hyper(
+        mut self,
+        decider: crate::edge::decision::Decider,
+        conf: &pingora::server::configuration::ServerConf,
+    ) -> Front {
+        self.h1 = Some(Arc::new(crate::edge::h1::H1::new(
+            decider,
+            conf,
+            self.deadlines,
+            self.timeouts,
+        )));
+        self
     }
 
     pub(crate) fn proxy(&self) -> &Arc<HttpProxy<Gateway>> {
@@ -495,7 +513,7 @@ static DRAINING: AtomicBool = AtomicBool::new(false);
 
 /// How long idle keep-alive connections may still send a request after the listener stops.
 /// Within `server.shutdown_grace_seconds` (the runtime ends with it).
-const LINGER: Duration = Duration::from_secs(1);
+pub(crate) const LINGER: Duration = Duration::from_secs(1);
 
 /// Whether the gateway is draining: every answer closes its connection.
 pub fn draining() -> bool {
@@ -540,6 +558,10 @@ impl ServerApp for Front {
             Some(pingora::protocols::ALPN::H2)
         ) {
             crate::edge::h2::serve(self, stream, shutdown, conn, deadlines, self.timeouts).await;
+            return None;
+        }
+        if let Some(h1) = &self.h1 {
+            h1.serve(stream, shutdown, conn).await;
             return None;
         }
         let mut session = ServerSession::new_http1(stream);

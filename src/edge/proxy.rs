@@ -24,20 +24,13 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 
-use crate::credentials::token;
-use crate::edge::access_log;
+use crate::edge::served;
 use crate::edge::decision::{Decided, Decider, Head, Next};
 use crate::edge::front::{Client, Connection};
 use crate::edge::identity;
 use crate::edge::routes::Endpoint;
 use crate::own::api::{ApiError, Reply};
-use crate::own::app::{App, OwnRequest};
-use crate::store::user_cache::Cached;
-
-thread_local! {
-    /// Each proxy thread's access-line buffer, reused from request to request.
-    static ACCESS_LINE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
+use crate::own::app::App;
 
 pub struct Gateway {
     /// The one decision (shared by forward auth and every engine), with the gateway's own API
@@ -50,13 +43,9 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(app: Arc<App>, edge: Arc<crate::edge::Edge>) -> Gateway {
-        let metrics = crate::metrics::metrics();
         Gateway {
             decider: Decider { app, edge },
-            endpoint_metrics: Endpoint::ALL
-                .iter()
-                .map(|e| metrics.endpoint(e.metrics_name()))
-                .collect(),
+            endpoint_metrics: served::endpoint_metrics(),
         }
     }
 }
@@ -250,29 +239,13 @@ impl Gateway {
         } else {
             Bytes::new()
         };
-        let req = session.req_header();
-        let request = OwnRequest {
-            client_ip: self
-                .decider
-                .client_for_limits(client_ip(session), &req.headers),
-            // As routing read it (escapes decoded), for the path parameters.
-            path: crate::edge::routes::read_path(req.uri.path())
-                .map(|p| String::from_utf8_lossy(&p.matched).into_owned())
-                .unwrap_or_default(),
-            query: req.uri.query().map(str::to_string),
-            user_agent: header(session, http::header::USER_AGENT)
-                .map(|v| String::from_utf8_lossy(v).into_owned()),
-            content_type: header(session, http::header::CONTENT_TYPE)
-                .map(|v| String::from_utf8_lossy(v).into_owned()),
-            authorization: header(session, http::header::AUTHORIZATION).map(<[u8]>::to_vec),
-            refresh_cookie: self.decider.app.refresh_cookie.as_ref().and_then(|cookie| {
-                identity::cookie_value(req.headers.get_all(http::header::COOKIE), &cookie.name)
-            }),
-            origin: header(session, http::header::ORIGIN).map(<[u8]>::to_vec),
-            requested_with: req.headers.contains_key("x-requested-with"),
-            request_id: Some(request_id),
+        let request = served::own_request(
+            &self.decider,
+            session.req_header(),
+            client_ip(session),
+            request_id,
             body,
-        };
+        );
         Ok(self.decider.app.handle(endpoint, &request).await)
     }
 
@@ -317,31 +290,6 @@ impl Gateway {
             // escapes of unreserved characters), so it parses again.
             Some(target) => req.set_raw_path(&target),
             None => Ok(()),
-        }
-    }
-
-    /// Remembers an upgraded connection of a known user, to close it if the user is shut out.
-    /// If the user changed since the request was admitted (the cache let go of them), they are
-    /// read again at once rather than at the next sweep.
-    fn track_upgrade(&self, session: &Session, ctx: &mut RequestCtx) {
-        let (Some(user), Some(conn)) = (&ctx.decided.user, &ctx.connection) else {
-            return;
-        };
-        // The token that was admitted (verified a moment ago, so remembered): which session
-        // the connection belongs to.
-        let authorization = header(session, http::header::AUTHORIZATION);
-        let Some(token) = token::bearer_credentials(authorization).and_then(|t| {
-            self.decider
-                .app
-                .verify_token(t, std::time::SystemTime::now())
-                .ok()
-        }) else {
-            return;
-        };
-        ctx.upgraded = Some(self.decider.edge.upgraded.register(&user.id, token, conn));
-        let now = std::time::SystemTime::now();
-        if self.decider.app.users.cached(&user.id, now) == Cached::Unknown {
-            self.decider.edge.upgraded.recheck(&user.id);
         }
     }
 
@@ -524,7 +472,11 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
-            self.track_upgrade(session, ctx);
+            if let Some(conn) = &ctx.connection {
+                let authorization = header(session, http::header::AUTHORIZATION);
+                ctx.upgraded =
+                    served::track_upgrade(&self.decider, authorization, &ctx.decided, conn);
+            }
         }
         // Edited as a plain header map, as the request head is (see `prepare_upstream_head`):
         // header names reach the client in lower case, the reason phrase as the upstream sent it.
@@ -636,71 +588,18 @@ impl ProxyHttp for Gateway {
             return;
         };
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let elapsed = started.elapsed();
-        if self.decider.edge.count_requests {
-            let metrics = crate::metrics::metrics();
-            let counted = match (
-                ctx.decided.endpoint,
-                ctx.decided
-                    .route
-                    .and_then(|i| self.decider.edge.routes.get(i)),
-            ) {
-                // `Endpoint::ALL` is in declaration order (a unit test of routes.rs holds it).
-                (Some(endpoint), _) => self
-                    .endpoint_metrics
-                    .get(endpoint as usize)
-                    .unwrap_or(metrics.unmatched()),
-                (None, Some(route)) => &route.metrics,
-                (None, None) => metrics.unmatched(),
-            };
-            counted.observe(status, elapsed);
-        }
-        if !self.decider.edge.access_log {
-            return;
-        }
-        if !tracing::enabled!(target: "access", tracing::Level::INFO) {
-            return;
-        }
         let mut fallback = None;
         let client = client(session, ctx, &mut fallback).text.as_str();
         let req = session.req_header();
-        let entry = access_log::Entry {
+        let done = served::Finished {
             method: req.method.as_str(),
-            // The path only: query strings can carry secrets.
             path: req.uri.path(),
             status,
-            duration_us: elapsed.as_micros() as u64,
+            elapsed: started.elapsed(),
             client,
-            request_id: ctx.decided.request_id.to_str().unwrap_or_default(),
-            endpoint: ctx.decided.endpoint.map(Endpoint::name),
-            route: ctx
-                .decided
-                .route
-                .and_then(|i| self.decider.edge.routes.get(i))
-                .map(|r| r.prefix.as_str()),
-            user_id: ctx.decided.user.as_ref().map(|u| u.id.as_str()),
+            decided: &ctx.decided,
             error: e.map(|e| e.etype().as_str()),
         };
-        if access_log::access_lines_direct() {
-            ACCESS_LINE.with_borrow_mut(|line| {
-                line.clear();
-                entry.write_json(std::time::SystemTime::now(), line);
-                access_log::write_access_line(line);
-            });
-            return;
-        }
-        tracing::info!(
-            target: "access",
-            method = entry.method,
-            path = entry.path,
-            status = entry.status,
-            duration_us = entry.duration_us,
-            client = entry.client,
-            request_id = entry.request_id,
-            endpoint = entry.endpoint,
-            route = entry.route,
-            user_id = entry.user_id,
-            error = entry.error,
-        );
+        served::record(&self.decider, &self.endpoint_metrics, done);
     }
 }

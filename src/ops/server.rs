@@ -314,6 +314,16 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
         },
         admission,
     );
+    let front = match config.server.http1_engine {
+        crate::config::Http1Engine::Pingora => front,
+        crate::config::Http1Engine::Hyper => front.with_hyper(
+            crate::edge::decision::Decider {
+                app: Arc::clone(&app),
+                edge: Arc::clone(&edge),
+            },
+            &server.configuration,
+        ),
+    };
     let handshake_deadline = front.handshake_deadline();
     if !admin_addrs.is_empty() {
         let mut admin = Service::new(

@@ -219,13 +219,20 @@ pub fn config_text_with(port: u16, db_url: &str, tables: &Tables, extra: &str) -
     } else {
         format!("listen = \"127.0.0.1:{port}\"\n")
     };
+    // `SENTINEL_TEST_HTTP1_ENGINE=hyper`: the whole suite on the hyper engine.
+    let engine = match std::env::var("SENTINEL_TEST_HTTP1_ENGINE") {
+        Ok(engine) if !tables.server.contains("http1_engine") => {
+            format!("http1_engine = \"{engine}\"\n")
+        }
+        _ => String::new(),
+    };
     let Tables {
         server,
         database,
         auth,
     } = tables;
     format!(
-        "[server]\n{listen}threads = 2\n{grace}{server}\n\
+        "[server]\n{listen}threads = 2\n{grace}{engine}{server}\n\
          [database]\nurl = \"{db_url}\"\n{database}\n\
          [auth]\nsecret_key = \"{SEED_SECRET}\"\n{auth}\n\
          [log]\nlevel = \"warn\"\nformat = \"text\"\n\n{admin}{limits}{extra}"
