@@ -18,7 +18,9 @@
 #   (e) sentinel-gateway on a bearer-verified protected route,
 #   (e2) the gateway's own decision (route, rules, token, user state, identity headers: the
 #        very function (e) calls) on hyper's engine (examples/gateway_hyper.rs), same config,
-#   (f) the same with its access log on (the product default),
+#   (e3) sentinel-gateway itself with `server.http1_engine = "hyper"` (src/edge/h1.rs: the
+#        same decision, hyper's codecs, pooled upstream connections, every production duty),
+#   (f) the same as (e) with its access log on (the product default),
 #   (g) HAProxy doing the nearest job natively: its jwt_verify checks the same bearer token
 #       (HS256 with the gateway's secret, `exp` checked) and injects `sub` as X-User-Id,
 # (b)-(g) on the same number of worker threads (THREADS, default 1).
@@ -51,7 +53,7 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 
 UP=$(port); NG=$(port); HA=$(port); BARE=$(port); BARET=$(port); COREPOOL=$(port); CORESTASH=$(port)
-GW=$(port); GWLOG=$(port); HAJWT=$(port); HYPER=$(port); GWHYPER=$(port)
+GW=$(port); GWLOG=$(port); HAJWT=$(port); HYPER=$(port); GWHYPER=$(port); GWH1=$(port)
 SECRET=bench-secret-0123456789abcdef0123456789abcdef
 
 CORES=$(nproc)
@@ -76,11 +78,12 @@ haproxy_conf "$OUT/haproxy.cfg" "$HA" "$HAJWT" "$UP" "$THREADS" "$SECRET"
 
 dropdb -h 127.0.0.1 -U postgres --if-exists --force sg_proxy_bench >/dev/null 2>&1 || true
 createdb -h 127.0.0.1 -U postgres sg_proxy_bench
-gateway_conf() { # port access_log
+gateway_conf() { # port access_log [http1_engine]
   cat <<CONF
 [server]
 listen = "127.0.0.1:$1"
 threads = $THREADS
+http1_engine = "${3:-pingora}"
 [database]
 url = "postgres://postgres@127.0.0.1:5432/sg_proxy_bench"
 [auth]
@@ -99,6 +102,7 @@ CONF
 gateway_conf "$GW" false >"$OUT/gateway.toml"
 gateway_conf "$GWLOG" true >"$OUT/gateway-log.toml"
 gateway_conf "$GWHYPER" false >"$OUT/gateway-hyper.toml"
+gateway_conf "$GWH1" false hyper >"$OUT/gateway-h1.toml"
 
 cargo build --release --quiet --bins --example bare_proxy --example core_proxy --example hyper_proxy \
   --example gateway_hyper
@@ -112,12 +116,13 @@ service "${on_proxy[@]}" target/release/examples/core_proxy "127.0.0.1:$CORESTAS
 service "${on_proxy[@]}" target/release/examples/hyper_proxy "127.0.0.1:$HYPER" "127.0.0.1:$UP" "$THREADS"
 service "${on_proxy[@]}" target/release/sentinel-gateway --config "$OUT/gateway.toml"
 service "${on_proxy[@]}" target/release/sentinel-gateway --config "$OUT/gateway-log.toml"
+service "${on_proxy[@]}" target/release/sentinel-gateway --config "$OUT/gateway-h1.toml"
 
-for p in $UP $NG $HA $HAJWT $BARE $BARET $COREPOOL $CORESTASH $HYPER $GW $GWLOG; do
+for p in $UP $NG $HA $HAJWT $BARE $BARET $COREPOOL $CORESTASH $HYPER $GW $GWLOG $GWH1; do
   for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$p/" && break; sleep 0.1; done
 done
 # The gateways take requests that need the database once it is migrated.
-for p in $GW $GWLOG; do
+for p in $GW $GWLOG $GWH1; do
   for _ in $(seq 1 100); do curl -sf -o /dev/null "http://127.0.0.1:$p/ready" && break; sleep 0.1; done
 done
 # (e2) migrates the same database: after the gateways have.
@@ -151,7 +156,7 @@ run() { # name url [header]
 }
 # Every setup gets the very same requests, bearer token included.
 AUTH="Authorization: Bearer $TOKEN"
-setups=("a-upstream $UP" "b-nginx $NG" "c-haproxy $HA" "d-pingora-bare $BARE" "e-gateway $GW" "e2-gateway-hyper $GWHYPER"
+setups=("a-upstream $UP" "b-nginx $NG" "c-haproxy $HA" "d-pingora-bare $BARE" "e-gateway $GW" "e3-gateway-h1-hyper $GWH1" "e2-gateway-hyper $GWHYPER"
   "d2-pingora-bare-tuned $BARET" "d3-pingora-core $COREPOOL" "d4-pingora-core-stash $CORESTASH"
   "d5-hyper $HYPER" "f-gateway-access-log $GWLOG" "g-haproxy-jwt $HAJWT")
 for round in $(seq 1 "$ROUNDS"); do
@@ -216,6 +221,10 @@ pairs4 = sorted(x[0] / gg[0] for x, gg in zip(runs["e2-gateway-hyper"], runs["g-
 print(f"the decision on hyper: (e2)/(g) HAProxy jwt_verify {e2[0]/g[0]:.2f}x (rounds' median {pairs4[len(pairs4) // 2]:.2f})  (e2)/(e) {e2[0]/e[0]:.2f}x  (e2)/(d5) {e2[0]/d5[0]:.2f}x  (e2)/(b) nginx {e2[0]/b[0]:.2f}x")
 pairs3 = sorted(ge[0] / gg[0] for ge, gg in zip(runs["e-gateway"], runs["g-haproxy-jwt"]))
 print(f"(e)/(g) against HAProxy's jwt_verify: {e[0]/g[0]:.2f}x   median of the rounds' ratios {pairs3[len(pairs3) // 2]:.2f}")
+e3 = data["e3-gateway-h1-hyper"]
+pairs5 = sorted(x[0] / gg[0] for x, gg in zip(runs["e3-gateway-h1-hyper"], runs["g-haproxy-jwt"]))
+ratios5 = " ".join(f"{x[0]/gg[0]:.2f}" for x, gg in zip(runs["e3-gateway-h1-hyper"], runs["g-haproxy-jwt"]))
+print(f"the gateway on hyper: (e3)/(g) HAProxy jwt_verify {e3[0]/g[0]:.2f}x (rounds: {ratios5}; median {pairs5[len(pairs5) // 2]:.2f})  (e3)/(e) {e3[0]/e[0]:.2f}x  (e3)/(e2) {e3[0]/e2[0]:.2f}x  (e3)/(b) nginx {e3[0]/b[0]:.2f}x")
 print(f"p99 added by the gateway over the bare proxy: {e[2]-d[2]:+.2f} ms; over the upstream: {e[2]-a[2]:+.2f} ms")
 PY
 check_rows "${rows[@]}"

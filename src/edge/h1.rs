@@ -108,13 +108,19 @@ impl H1 {
 
     /// Serves one HTTP/1 connection until it closes, is cut off at a head deadline or shut
     /// out, or (after shutdown) goes idle; then its upgraded relay, if a request upgraded it.
-    pub async fn serve(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch, conn: Arc<Connection>) {
+    pub async fn serve(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+        conn: Arc<Connection>,
+    ) {
         let over_tls = stream.get_ssl_digest().is_some();
         let relay: RelaySlot = Arc::default();
         let service = {
             let (this, conn, relay) = (Arc::clone(self), Arc::clone(&conn), Arc::clone(&relay));
             hyper::service::service_fn(move |req| {
-                let (this, conn, relay) = (Arc::clone(&this), Arc::clone(&conn), Arc::clone(&relay));
+                let (this, conn, relay) =
+                    (Arc::clone(&this), Arc::clone(&conn), Arc::clone(&relay));
                 async move { Ok::<_, Infallible>(this.handle(req, conn, over_tls, relay).await) }
             })
         };
@@ -145,14 +151,26 @@ impl H1 {
             }
         };
         tokio::pin!(served);
-        let Some(Ok(())) = (UntilCutOff { request: served, conn: &conn }).await else {
+        let Some(Ok(())) = (UntilCutOff {
+            request: served,
+            conn: &conn,
+        })
+        .await
+        else {
             return;
         };
         let upgraded = relay.lock().unwrap_or_else(PoisonError::into_inner).take();
         if let Some(relay) = upgraded {
-            let relay = async { Some(relay.await) };
+            let relay = async {
+                relay.await;
+                Some(())
+            };
             tokio::pin!(relay);
-            UntilCutOff { request: relay, conn: &conn }.await;
+            UntilCutOff {
+                request: relay,
+                conn: &conn,
+            }
+            .await;
         }
     }
 
@@ -283,27 +301,28 @@ impl H1 {
             .route
             .and_then(|i| self.decider.edge.routes.get(i))
             .ok_or(Failed::new(404, "HTTPStatus", "no route"))?;
-        let target = match decided.upstream_target(&parts.uri) {
-            Some(target) => target,
-            None => parts
-                .uri
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .to_string(),
+        // Another spelling of the path (origin-form, the query as sent), or the target as the
+        // client sent it (an absolute-form one too).
+        let uri = match decided.upstream_target(&parts.uri) {
+            Some(target) => target
+                .parse()
+                .map_err(|_| Failed::new(400, "InvalidHTTPHeader", "request target"))?,
+            None => parts.uri.clone(),
         };
-        let uri: http::Uri = target
-            .parse()
-            .map_err(|_| Failed::new(400, "InvalidHTTPHeader", "request target"))?;
         let client_upgrade = wants_upgrade(&parts.headers)
             .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
             .flatten();
-        let mut headers = parts.headers.clone();
+        // Whose session an upgraded connection belongs to, read before the head moves on.
+        let authorization = client_upgrade
+            .as_ref()
+            .and_then(|_| parts.headers.get(http::header::AUTHORIZATION).cloned());
+        let mut headers = std::mem::take(&mut parts.headers);
         let peer = (conn.client.ip, conn.client.ip_header.clone());
         self.decider
             .upstream_headers(&mut headers, decided, peer, host, cleanup)
             .map_err(|what| Failed::new(400, "InvalidHTTPHeader", what))?;
         strip_hop_by_hop(&mut headers, client_upgrade.is_some());
-        let progress = Arc::new(AtomicU64::new(0));
+        let progress = Arc::new(Progress::default());
         let mut request = Request::new(Upload {
             body: Some(body),
             progress: Arc::clone(&progress),
@@ -314,12 +333,13 @@ impl H1 {
 
         let others = route.upstreams.len().saturating_sub(1);
         let mut retries = 0;
-        let (peer, sender, mut response) = loop {
+        let (peer, key, sender, mut response) = loop {
             let Some(peer) = route.upstreams.select() else {
                 crate::metrics::metrics().upstream_failed(&route.prefix, "no_healthy_upstream");
                 return Err(Failed::new(502, "HTTPStatus", "no healthy upstream"));
             };
-            let pooled = self.checkout(&peer).await;
+            let key = peer.reuse_hash();
+            let pooled = self.checkout(key).await;
             let fresh = pooled.is_none();
             let mut sender = match pooled {
                 Some(sender) => sender,
@@ -328,7 +348,13 @@ impl H1 {
                     Err(e) if retries < others => {
                         retries += 1;
                         crate::metrics::metrics().upstream_retried(&route.prefix);
-                        self.log(parts, decided, &e, 0, "upstream connect failed; trying another");
+                        self.log(
+                            parts,
+                            decided,
+                            &e,
+                            0,
+                            "upstream connect failed; trying another",
+                        );
                         continue;
                     }
                     Err(e) => {
@@ -340,15 +366,19 @@ impl H1 {
             let read = peer.options.read_timeout.unwrap_or(Duration::from_secs(60));
             let sending = sender.try_send_request(request);
             match wait_for_head(sending, read, &progress).await {
-                Ok(response) => break (peer, sender, response),
+                Ok(response) => break (peer, key, sender, response),
                 // A pooled connection the upstream had closed, and the request not sent:
                 // again on a new one.
                 Err(Waited::NotSent(again)) if !fresh => {
-                    request = again;
+                    request = *again;
                 }
                 Err(Waited::NotSent(_)) => {
                     crate::metrics::metrics().upstream_failed(&route.prefix, "other");
                     return Err(Failed::new(502, "ConnectionClosed", "upstream closed"));
+                }
+                // The client's body broke off or was malformed (the client's fault).
+                Err(Waited::Failed(_)) if progress.broken.load(Ordering::Relaxed) => {
+                    return Err(Failed::new(400, "InvalidHTTPHeader", "request body"));
                 }
                 Err(Waited::Failed(e)) => {
                     crate::metrics::metrics().upstream_failed(&route.prefix, "other");
@@ -365,8 +395,7 @@ impl H1 {
         };
         let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         strip_hop_by_hop(response.headers_mut(), upgraded);
-        self.decider
-            .answer_headers(response.headers_mut(), decided);
+        self.decider.answer_headers(response.headers_mut(), decided);
         let read = peer.options.read_timeout.unwrap_or(Duration::from_secs(60));
         if upgraded {
             // A 101 the client did not ask for cannot be relayed.
@@ -375,7 +404,7 @@ impl H1 {
                 return Err(Failed::new(502, "InvalidHTTPHeader", "unasked upgrade"));
             };
             let upstream = hyper::upgrade::on(&mut response);
-            let authorization = parts.headers.get(http::header::AUTHORIZATION).map(|v| v.as_bytes());
+            let authorization = authorization.as_ref().map(HeaderValue::as_bytes);
             let registration = served::track_upgrade(&self.decider, authorization, decided, conn);
             let relayed: Relay = Box::pin(async move {
                 let _registration = registration;
@@ -388,7 +417,6 @@ impl H1 {
         }
         let (parts_back, body) = response.into_parts();
         // Kept for the next request once this answer's body is done.
-        let key = peer.reuse_hash();
         let download = Download {
             body,
             read,
@@ -400,8 +428,7 @@ impl H1 {
     }
 
     /// An idle connection to `peer` that can take a request, if the pool has one.
-    async fn checkout(&self, peer: &HttpPeer) -> Option<SendRequest<Upload>> {
-        let key = peer.reuse_hash();
+    async fn checkout(&self, key: u64) -> Option<SendRequest<Upload>> {
         loop {
             let mut sender = {
                 let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
@@ -451,7 +478,14 @@ impl H1 {
 
     /// A failed proxy attempt's log line: the error's kind, the request's method and path
     /// (never its query), the cause when it is the operating system's.
-    fn log(&self, parts: &http::request::Parts, decided: &Decided, e: &Failed, status: u16, what: &str) {
+    fn log(
+        &self,
+        parts: &http::request::Parts,
+        decided: &Decided,
+        e: &Failed,
+        status: u16,
+        what: &str,
+    ) {
         tracing::warn!(
             error = e.error,
             source = "Upstream",
@@ -496,7 +530,7 @@ impl Failed {
 /// How waiting for an upstream's answer head ended, when it did not arrive.
 enum Waited {
     /// The connection could not take the request (it is handed back).
-    NotSent(Request<Upload>),
+    NotSent(Box<Request<Upload>>),
     Failed(hyper::Error),
     TimedOut,
 }
@@ -507,21 +541,21 @@ async fn wait_for_head(
         Output = Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Upload>>>,
     >,
     read: Duration,
-    progress: &AtomicU64,
+    progress: &Progress,
 ) -> Result<Response<Incoming>, Waited> {
     tokio::pin!(sending);
-    let mut seen = progress.load(Ordering::Relaxed);
+    let mut seen = progress.frames.load(Ordering::Relaxed);
     loop {
         match tokio::time::timeout(read, sending.as_mut()).await {
             Ok(Ok(response)) => return Ok(response),
             Ok(Err(mut e)) => {
                 return Err(match e.take_message() {
-                    Some(request) => Waited::NotSent(request),
+                    Some(request) => Waited::NotSent(Box::new(request)),
                     None => Waited::Failed(e.into_error()),
                 })
             }
             Err(_) => {
-                let now = progress.load(Ordering::Relaxed);
+                let now = progress.frames.load(Ordering::Relaxed);
                 if now == seen {
                     return Err(Waited::TimedOut);
                 }
@@ -570,7 +604,11 @@ fn strip_hop_by_hop(headers: &mut http::HeaderMap, upgrade: bool) {
 
 /// Relays an upgraded connection both ways until either side ends it, or the upstream is
 /// silent for `silence`.
-async fn relay_upgraded(client: hyper::upgrade::Upgraded, upstream: hyper::upgrade::Upgraded, silence: Duration) {
+async fn relay_upgraded(
+    client: hyper::upgrade::Upgraded,
+    upstream: hyper::upgrade::Upgraded,
+    silence: Duration,
+) {
     let (mut client_in, mut client_out) = tokio::io::split(TokioIo::new(client));
     let (mut upstream_in, mut upstream_out) = tokio::io::split(TokioIo::new(upstream));
     let up = async {
@@ -587,6 +625,7 @@ async fn relay_upgraded(client: hyper::upgrade::Upgraded, upstream: hyper::upgra
                 return client_out.shutdown().await;
             }
             client_out.write_all(&buf[..n]).await?;
+            client_out.flush().await?;
         }
     };
     let _ = tokio::try_join!(up, down);
@@ -628,7 +667,8 @@ async fn read_body(
             return Err(Refused::TooLarge);
         }
         let mut whole = BytesMut::new();
-        while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+        while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+        {
             let Ok(data) = frame.map_err(|_| Refused::Broken)?.into_data() else {
                 continue;
             };
@@ -663,7 +703,8 @@ async fn read_body(
 /// (none on a 204), then `extra` (CORS, request id).
 fn answer(reply: Reply, extra: Vec<(&'static str, String)>, head_only: bool) -> Response<Out> {
     let mut resp = Response::new(Out::empty());
-    *resp.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    *resp.status_mut() =
+        StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let headers = resp.headers_mut();
     for (name, value) in reply.headers {
         if let Ok(value) = HeaderValue::try_from(value) {
@@ -685,10 +726,19 @@ fn answer(reply: Reply, extra: Vec<(&'static str, String)>, head_only: bool) -> 
     resp
 }
 
-/// A request's body on its way upstream, counting its frames (see [`wait_for_head`]).
+/// How far a request body has gone upstream.
+#[derive(Default)]
+struct Progress {
+    /// Frames passed on (see [`wait_for_head`]).
+    frames: AtomicU64,
+    /// The client's body broke off or was malformed.
+    broken: std::sync::atomic::AtomicBool,
+}
+
+/// A request's body on its way upstream.
 pub struct Upload {
     body: Option<Incoming>,
-    progress: Arc<AtomicU64>,
+    progress: Arc<Progress>,
 }
 
 impl Body for Upload {
@@ -703,8 +753,12 @@ impl Body for Upload {
             return Poll::Ready(None);
         };
         let frame = Pin::new(body).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(_))) = &frame {
-            self.progress.fetch_add(1, Ordering::Relaxed);
+        match &frame {
+            Poll::Ready(Some(Ok(_))) => {
+                self.progress.frames.fetch_add(1, Ordering::Relaxed);
+            }
+            Poll::Ready(Some(Err(_))) => self.progress.broken.store(true, Ordering::Relaxed),
+            _ => {}
         }
         frame
     }
@@ -714,7 +768,9 @@ impl Body for Upload {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.as_ref().map_or(SizeHint::with_exact(0), Body::size_hint)
+        self.body
+            .as_ref()
+            .map_or(SizeHint::with_exact(0), Body::size_hint)
     }
 }
 
@@ -793,14 +849,19 @@ impl Body for Out {
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
-            OutInner::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            OutInner::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
             OutInner::Download(download) => download.body.size_hint(),
         }
     }
 }
 
 impl Download {
-    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+    fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         match Pin::new(&mut self.body).poll_frame(cx) {
             Poll::Ready(frame) => {
                 self.sleep = None;
@@ -895,7 +956,11 @@ impl SendLimit {
         }
     }
 
-    fn timed<T>(&mut self, cx: &mut Context<'_>, poll: Poll<std::io::Result<T>>) -> Poll<std::io::Result<T>> {
+    fn timed<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
         if poll.is_ready() {
             self.sleep = None;
             return poll;

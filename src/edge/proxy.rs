@@ -24,11 +24,11 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 
-use crate::edge::served;
 use crate::edge::decision::{Decided, Decider, Head, Next};
 use crate::edge::front::{Client, Connection};
 use crate::edge::identity;
 use crate::edge::routes::Endpoint;
+use crate::edge::served;
 use crate::own::api::{ApiError, Reply};
 use crate::own::app::App;
 

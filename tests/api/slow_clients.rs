@@ -278,7 +278,16 @@ async fn connections_the_client_did_not_ask_to_keep_are_closed_after_the_answer(
         let (answer, _) = until_closed(&mut s, Duration::from_secs(3))
             .await
             .unwrap_or_else(|| panic!("still open 3 s after answering {shown:?}"));
-        assert!(answer.starts_with("HTTP/1.1 200"), "{shown:?}: {answer}");
+        // Pingora's engine answers an HTTP/1.0 request in HTTP/1.1, hyper's in HTTP/1.0.
+        let one_point = if shown.contains("HTTP/1.0") {
+            ["HTTP/1.1 200", "HTTP/1.0 200"]
+        } else {
+            ["HTTP/1.1 200"; 2]
+        };
+        assert!(
+            one_point.iter().any(|line| answer.starts_with(line)),
+            "{shown:?}: {answer}"
+        );
         assert!(
             !answer
                 .to_ascii_lowercase()
