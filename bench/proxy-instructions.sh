@@ -26,6 +26,8 @@
 #                                                 holds); bench/rules.sh compares it to none
 #   AAL2=true bench/proxy-instructions.sh        the bench user has a TOTP factor and the
 #                                                 session used it (aal2; bench/mfa.sh compares)
+#   ENGINE=pingora bench/proxy-instructions.sh   the gateway on its other HTTP/1 engine
+#                                                 (server.http1_engine; hyper by default)
 #   PEERS=true bench/proxy-instructions.sh         also count nginx as a reverse proxy, the
 #                                                 passthrough on pingora-core without
 #                                                 pingora-proxy (examples/core_proxy.rs, with
@@ -135,6 +137,7 @@ cat >"$OUT/gateway.toml" <<CONF
 [server]
 listen = "127.0.0.1:$GW"
 threads = 1
+http1_engine = "${ENGINE:-hyper}"
 [database]
 url = "postgres://postgres@127.0.0.1:5432/sg_instr_bench"
 [auth]

@@ -52,3 +52,6 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 cargo test --all-targets "$@"
+# The integration suite once more on the other HTTP/1 engine (server.http1_engine = "pingora"):
+# both engines must give the same answers.
+SENTINEL_TEST_HTTP1_ENGINE=pingora cargo test --test api "$@"

@@ -76,8 +76,8 @@ pub enum Environment {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Http1Engine {
-    #[default]
     Pingora,
+    #[default]
     Hyper,
 }
 
@@ -381,7 +381,7 @@ pub struct ServerConfig {
     /// single-threaded scheduler per thread, as nginx and HAProxy run their workers), which
     /// costs less per request; turn it on for a few long-lived, very busy connections.
     pub work_stealing: bool,
-    /// What serves HTTP/1 requests: `pingora` (pingora-proxy) or `hyper`.
+    /// What serves HTTP/1 requests: `hyper` (the default) or `pingora` (pingora-proxy).
     pub http1_engine: Http1Engine,
     /// `development` allows weak secrets and cheap hashing parameters; nothing else does.
     pub environment: Environment,
@@ -726,7 +726,7 @@ impl Default for ServerConfig {
             listen: "0.0.0.0:8000".into(),
             threads: 2,
             work_stealing: false,
-            http1_engine: Http1Engine::Pingora,
+            http1_engine: Http1Engine::Hyper,
             environment: Environment::Production,
             max_body_bytes: 64 * 1024,
             keepalive_seconds: 60,

@@ -1,13 +1,16 @@
-//! The connection front: HTTP/1 keep-alive handling around pingora's proxy, with a deadline on
-//! each request head, and what the proxy hooks need to know about the connection.
+//! The connection front: every accepted connection passes here first, is admitted (or not),
+//! gets a deadline on each request head, and goes to its engine: HTTP/1 to hyper
+//! ([`crate::edge::h1`], the default) or to pingora's proxy (`server.http1_engine =
+//! "pingora"`, the loop below), HTTP/2 to [`crate::edge::h2`].
 //!
 //! Pingora times out each *read* of a request head (60 s on a new connection, the keep-alive
-//! time after that), not the head as a whole, so a client trickling one byte a minute holds a
-//! connection and its task for as long as it likes. Here every head must be complete within
+//! time after that), not the head as a whole, and hyper's one head timer costs a timer per
+//! request, so a client trickling one byte a minute would hold a connection and its task for
+//! as long as it likes. Here every head must be complete within
 //! `header_timeout` of the connection opening, or within `keepalive` of the previous response
 //! on a kept-alive connection (which is also how long an idle one is kept); past that the
 //! connection is dropped without an answer (as nginx does for `client_header_timeout`).
-//! Pingora's own keep-alive timer is off: this deadline is the only one.
+//! The engines' own keep-alive and head timers are off: this deadline is the only one.
 //!
 //! The deadlines are kept by one sweeper thread for all connections ([`Deadlines`]), not by a
 //! timer per connection: a tokio or pingora timer costs a clock read, a registration and a
@@ -334,7 +337,7 @@ pub struct ClientTimeouts {
     pub send: Option<Duration>,
 }
 
-/// Pingora's HTTP proxy behind a per-request head deadline.
+/// The engines behind the admission and the per-request head deadline.
 pub struct Front {
     proxy: Arc<HttpProxy<Gateway>>,
     /// `server.http1_engine = "hyper"`: HTTP/1 connections are hyper's.

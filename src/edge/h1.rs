@@ -53,8 +53,17 @@ use crate::own::api::{ApiError, Reply};
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// How many idle connections are kept per upstream (address, TLS name and options).
+/// How many idle connections each thread keeps per upstream (address, TLS name and options).
 const IDLE_PER_UPSTREAM: usize = 128;
+
+/// An idle upstream connection, and since when.
+type Idle = (SendRequest<Upload>, Instant);
+
+/// How long a pooled connection must have been idle before a request sent on it keeps a copy
+/// of its head, to be sent again should the upstream have closed the connection meanwhile
+/// (upstreams close idle connections after their keep-alive timeout, Node's after 5 s).
+/// Connections in steady use are reused within milliseconds and skip the copy.
+const RISKY_IDLE: Duration = Duration::from_millis(500);
 
 /// How much of a refused own-endpoint body is read and dropped before answering 413.
 const DRAIN_LIMIT: usize = 8 * 1024 * 1024;
@@ -68,7 +77,8 @@ pub struct H1 {
     decider: Decider,
     endpoint_metrics: Vec<crate::metrics::RequestMetrics>,
     connector: TransportConnector,
-    idle: Mutex<HashMap<u64, Vec<SendRequest<Upload>>, foldhash::fast::RandomState>>,
+    /// Idle upstream connections by [`PoolKey`].
+    idle: Mutex<HashMap<PoolKey, Vec<Idle>, foldhash::fast::RandomState>>,
     server: hyper::server::conn::http1::Builder,
     deadlines: &'static Deadlines,
     timeouts: ClientTimeouts,
@@ -89,10 +99,11 @@ impl H1 {
             .keep_alive(decider.edge.keepalive_seconds > 0)
             // Larger than `server.max_header_bytes`, which the decision holds heads to with a
             // 431 in the seed's shape; these only stop what could not be answered at all (as
-            // pingora's 1 MiB buffer does).
+            // pingora's 1 MiB buffer does). At most 100 header lines (hyper's default, 431
+            // beyond): a larger limit costs an allocation and its initialisation per head
+            // (78k instructions a request at 4096).
             .max_buf_size(1024 * 1024 + 8192)
             .max_header_size(1024 * 1024)
-            .max_headers(4096)
             .auto_date_header(false)
             .half_close(false);
         H1 {
@@ -333,16 +344,28 @@ impl H1 {
 
         let others = route.upstreams.len().saturating_sub(1);
         let mut retries = 0;
+        let mut resend;
         let (peer, key, sender, mut response) = loop {
             let Some(peer) = route.upstreams.select() else {
                 crate::metrics::metrics().upstream_failed(&route.prefix, "no_healthy_upstream");
                 return Err(Failed::new(502, "HTTPStatus", "no healthy upstream"));
             };
-            let key = peer.reuse_hash();
+            let key = PoolKey::of(&peer);
             let pooled = self.checkout(key).await;
             let fresh = pooled.is_none();
+            // A connection that sat idle may be closed by the upstream just as the request
+            // goes out (an upstream's keep-alive timeout): a request without a body is then
+            // sent again on a new connection, as pingora does, and needs its head kept.
+            resend = match &pooled {
+                Some((_, idle_for))
+                    if *idle_for >= RISKY_IDLE && request.body().is_end_stream() =>
+                {
+                    Some(copy_head(&request))
+                }
+                _ => None,
+            };
             let mut sender = match pooled {
-                Some(sender) => sender,
+                Some((sender, _)) => sender,
                 None => match self.connect(&peer).await {
                     Ok(sender) => sender,
                     Err(e) if retries < others => {
@@ -380,13 +403,20 @@ impl H1 {
                 Err(Waited::Failed(_)) if progress.broken.load(Ordering::Relaxed) => {
                     return Err(Failed::new(400, "InvalidHTTPHeader", "request body"));
                 }
-                Err(Waited::Failed(e)) => {
-                    crate::metrics::metrics().upstream_failed(&route.prefix, "other");
-                    let mut failed = Failed::new(502, "InvalidHTTPHeader", "upstream answer");
-                    // hyper's descriptions name the fault, never the bytes.
-                    failed.cause = Some(e.to_string());
-                    return Err(failed);
-                }
+                Err(Waited::Failed(e)) => match resend.take() {
+                    Some(again) => {
+                        request = again;
+                        // The pool may hold more connections the upstream has closed.
+                        self.forget(key);
+                    }
+                    None => {
+                        crate::metrics::metrics().upstream_failed(&route.prefix, "other");
+                        let mut failed = Failed::new(502, "InvalidHTTPHeader", "upstream answer");
+                        // hyper's descriptions name the fault, never the bytes.
+                        failed.cause = Some(e.to_string());
+                        return Err(failed);
+                    }
+                },
                 Err(Waited::TimedOut) => {
                     crate::metrics::metrics().upstream_failed(&route.prefix, "timeout");
                     return Err(Failed::new(504, "ReadTimedout", "upstream read"));
@@ -427,29 +457,36 @@ impl H1 {
         Ok(Response::from_parts(parts_back, Out::download(download)))
     }
 
-    /// An idle connection to `peer` that can take a request, if the pool has one.
-    async fn checkout(&self, key: u64) -> Option<SendRequest<Upload>> {
+    /// An idle connection that can take a request, if the pool has one, and how long it
+    /// was idle.
+    async fn checkout(&self, key: PoolKey) -> Option<(SendRequest<Upload>, Duration)> {
         loop {
-            let mut sender = {
+            let (mut sender, since) = {
                 let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
                 idle.get_mut(&key)?.pop()?
             };
             if !sender.is_closed() && sender.ready().await.is_ok() {
-                return Some(sender);
+                return Some((sender, since.elapsed()));
             }
         }
     }
 
     /// Gives a connection whose exchange is done back to the pool.
-    fn checkin(&self, key: u64, sender: SendRequest<Upload>) {
+    fn checkin(&self, key: PoolKey, sender: SendRequest<Upload>) {
         if sender.is_closed() {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let kept = idle.entry(key).or_default();
         if kept.len() < IDLE_PER_UPSTREAM {
-            kept.push(sender);
+            kept.push((sender, Instant::now()));
         }
+    }
+
+    /// Drops the idle connections to one upstream (this thread's).
+    fn forget(&self, key: PoolKey) {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        idle.remove(&key);
     }
 
     /// A new connection to `peer` (TCP, TLS as the route asks, within its connect timeout).
@@ -460,7 +497,6 @@ impl H1 {
             failed
         })?;
         let (sender, connection) = hyper::client::conn::http1::Builder::new()
-            .max_headers(4096)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|_| Failed::new(502, "ConnectError", "upstream handshake"))?;
@@ -497,6 +533,29 @@ impl H1 {
             cause = e.cause,
             "{what}"
         );
+    }
+}
+
+/// Where an idle upstream connection is kept: per upstream (pingora's hash of the peer:
+/// address, TLS name, options) and per thread, so that a request is relayed by a connection
+/// task on its own thread's runtime (each proxy thread runs one) rather than woken across
+/// threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct PoolKey {
+    peer: u64,
+    thread: u64,
+}
+
+impl PoolKey {
+    fn of(peer: &HttpPeer) -> PoolKey {
+        static THREADS: AtomicU64 = AtomicU64::new(0);
+        thread_local! {
+            static THREAD: u64 = THREADS.fetch_add(1, Ordering::Relaxed);
+        }
+        PoolKey {
+            peer: peer.reuse_hash(),
+            thread: THREAD.with(|t| *t),
+        }
     }
 }
 
@@ -563,6 +622,18 @@ async fn wait_for_head(
             }
         }
     }
+}
+
+/// A request without a body, again (its body was empty, so nothing of it is lost).
+fn copy_head(request: &Request<Upload>) -> Request<Upload> {
+    let mut copy = Request::new(Upload {
+        body: None,
+        progress: Arc::clone(&request.body().progress),
+    });
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.headers_mut() = request.headers().clone();
+    copy
 }
 
 /// Whether a request asks for a protocol upgrade (`Connection: upgrade` and `Upgrade`).
@@ -780,7 +851,7 @@ struct Download {
     body: Incoming,
     read: Duration,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
-    returning: Option<(u64, SendRequest<Upload>)>,
+    returning: Option<(PoolKey, SendRequest<Upload>)>,
     engine: Option<Arc<H1>>,
 }
 

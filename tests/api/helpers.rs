@@ -219,7 +219,8 @@ pub fn config_text_with(port: u16, db_url: &str, tables: &Tables, extra: &str) -
     } else {
         format!("listen = \"127.0.0.1:{port}\"\n")
     };
-    // `SENTINEL_TEST_HTTP1_ENGINE=hyper`: the whole suite on the hyper engine.
+    // `SENTINEL_TEST_HTTP1_ENGINE=pingora`: the whole suite on the other HTTP/1 engine
+    // (scripts/test.sh runs it both ways).
     let engine = match std::env::var("SENTINEL_TEST_HTTP1_ENGINE") {
         Ok(engine) if !tables.server.contains("http1_engine") => {
             format!("http1_engine = \"{engine}\"\n")

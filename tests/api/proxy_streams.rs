@@ -473,3 +473,53 @@ async fn an_open_websocket_ends_with_its_session() {
     // The same user's other session keeps its socket.
     echoes(&mut other).await;
 }
+
+/// An upstream that answers the first request on each connection with keep-alive and closes
+/// the connection, unanswered, when a second request arrives on it (as an upstream whose
+/// keep-alive timeout ends just as the proxy reuses the connection). Counts the connections.
+async fn closing_upstream() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                if s.write_all(answer).await.is_err() {
+                    return;
+                }
+                // The next request is read, then the connection dropped without an answer.
+                let _ = s.read(&mut buf).await;
+            });
+        }
+    });
+    (addr, connections)
+}
+
+#[tokio::test]
+async fn a_kept_alive_upstream_connection_closed_under_a_request_costs_the_client_nothing() {
+    let (addr, connections) = closing_upstream().await;
+    let app = TestApp::spawn_with(Spawn {
+        config_extra: route("/public/", &[addr], "public", ""),
+        ..Spawn::default()
+    })
+    .await;
+    for round in 0..3 {
+        let a = app.get("/public/x").await;
+        assert_eq!((a.status, a.text.as_str()), (200, "ok"), "round {round}");
+        // Idle long enough for the pooled connection to count as possibly closed.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    // Every answer came on a connection of its own; the reused ones were given up.
+    assert!(connections.load(std::sync::atomic::Ordering::SeqCst) >= 3);
+}
