@@ -65,6 +65,10 @@ type Idle = (SendRequest<Upload>, Instant);
 /// Connections in steady use are reused within milliseconds and skip the copy.
 const RISKY_IDLE: Duration = Duration::from_millis(500);
 
+/// How long a connection whose answer is done may take to send the rest of its request body
+/// and still go back to the pool.
+const LAST_SEND: Duration = Duration::from_secs(5);
+
 /// How much of a refused own-endpoint body is read and dropped before answering 413.
 const DRAIN_LIMIT: usize = 8 * 1024 * 1024;
 
@@ -351,7 +355,7 @@ impl H1 {
                 return Err(Failed::new(502, "HTTPStatus", "no healthy upstream"));
             };
             let key = PoolKey::of(&peer);
-            let pooled = self.checkout(key).await;
+            let pooled = self.checkout(key);
             let fresh = pooled.is_none();
             // A connection that sat idle may be closed by the upstream just as the request
             // goes out (an upstream's keep-alive timeout): a request without a body is then
@@ -459,23 +463,40 @@ impl H1 {
 
     /// An idle connection that can take a request, if the pool has one, and how long it
     /// was idle.
-    async fn checkout(&self, key: PoolKey) -> Option<(SendRequest<Upload>, Duration)> {
+    fn checkout(&self, key: PoolKey) -> Option<(SendRequest<Upload>, Duration)> {
         loop {
-            let (mut sender, since) = {
+            let (sender, since) = {
                 let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
                 idle.get_mut(&key)?.pop()?
             };
-            if !sender.is_closed() && sender.ready().await.is_ok() {
+            // Ready: open, and done with its last exchange (a connection whose upstream
+            // answered before the request body was all sent may still be sending it).
+            if sender.is_ready() {
                 return Some((sender, since.elapsed()));
             }
         }
     }
 
-    /// Gives a connection whose exchange is done back to the pool.
-    fn checkin(&self, key: PoolKey, sender: SendRequest<Upload>) {
+    /// Gives a connection whose answer has been read back to the pool, once it can take
+    /// another request: at once, nearly always; else when it has sent the rest of the request
+    /// body (an upstream may answer before reading it all), if within the `LAST_SEND` limit.
+    fn checkin(self: &Arc<Self>, key: PoolKey, mut sender: SendRequest<Upload>) {
         if sender.is_closed() {
             return;
         }
+        if !sender.is_ready() {
+            let this = Arc::clone(self);
+            tokio::spawn(async move {
+                if let Ok(Ok(())) = tokio::time::timeout(LAST_SEND, sender.ready()).await {
+                    this.keep(key, sender);
+                }
+            });
+            return;
+        }
+        self.keep(key, sender);
+    }
+
+    fn keep(&self, key: PoolKey, sender: SendRequest<Upload>) {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let kept = idle.entry(key).or_default();
         if kept.len() < IDLE_PER_UPSTREAM {
@@ -673,8 +694,8 @@ fn strip_hop_by_hop(headers: &mut http::HeaderMap, upgrade: bool) {
     }
 }
 
-/// Relays an upgraded connection both ways until either side ends it, or the upstream is
-/// silent for `silence`.
+/// Relays an upgraded connection both ways until either side ends it, the upstream is silent
+/// for `silence` (the route's read timeout) or the client for [`CLIENT_SILENCE`].
 async fn relay_upgraded(
     client: hyper::upgrade::Upgraded,
     upstream: hyper::upgrade::Upgraded,
@@ -682,24 +703,34 @@ async fn relay_upgraded(
 ) {
     let (mut client_in, mut client_out) = tokio::io::split(TokioIo::new(client));
     let (mut upstream_in, mut upstream_out) = tokio::io::split(TokioIo::new(upstream));
-    let up = async {
-        tokio::io::copy(&mut client_in, &mut upstream_out).await?;
-        upstream_out.shutdown().await
-    };
-    let down = async {
-        let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            let n = tokio::time::timeout(silence, upstream_in.read(&mut buf))
-                .await
-                .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-            if n == 0 {
-                return client_out.shutdown().await;
-            }
-            client_out.write_all(&buf[..n]).await?;
-            client_out.flush().await?;
+    let _ = tokio::try_join!(
+        relay_one_way(&mut client_in, &mut upstream_out, CLIENT_SILENCE),
+        relay_one_way(&mut upstream_in, &mut client_out, silence),
+    );
+}
+
+/// How long the client of an upgraded connection may stay silent (pingora's engine reads
+/// with this timeout too).
+const CLIENT_SILENCE: Duration = Duration::from_secs(60);
+
+/// Copies `from` to `to` until `from` ends (then `to` is shut down for writing) or is silent
+/// for `silence` (an error, which ends the relay both ways).
+async fn relay_one_way(
+    from: &mut (impl AsyncRead + Unpin),
+    to: &mut (impl AsyncWrite + Unpin),
+    silence: Duration,
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = tokio::time::timeout(silence, from.read(&mut buf))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        if n == 0 {
+            return to.shutdown().await;
         }
-    };
-    let _ = tokio::try_join!(up, down);
+        to.write_all(&buf[..n]).await?;
+        to.flush().await?;
+    }
 }
 
 /// Why an own endpoint's body was refused.
