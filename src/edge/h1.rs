@@ -543,17 +543,27 @@ impl H1 {
         status: u16,
         what: &str,
     ) {
-        tracing::warn!(
-            error = e.error,
-            source = "Upstream",
-            status,
-            method = parts.method.as_str(),
-            path = parts.uri.path(),
-            request_id = decided.request_id.to_str().unwrap_or_default(),
-            during = e.what,
-            cause = e.cause,
-            "{what}"
-        );
+        macro_rules! log_at {
+            ($level:ident, $source:literal) => {
+                tracing::$level!(
+                    error = e.error,
+                    source = $source,
+                    status,
+                    method = parts.method.as_str(),
+                    path = parts.uri.path(),
+                    request_id = decided.request_id.to_str().unwrap_or_default(),
+                    during = e.what,
+                    cause = e.cause,
+                    "{what}"
+                )
+            };
+        }
+        // A client that sent something broken is not the operator's problem.
+        if e.status == 400 {
+            log_at!(debug, "Downstream");
+        } else {
+            log_at!(warn, "Upstream");
+        }
     }
 }
 
